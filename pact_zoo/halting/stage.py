@@ -1,0 +1,271 @@
+"""AdaptiveStage: runs L units on a state under a halting method (DESIGN §1-2).
+
+Training runs every unit for every sample (the Concrete / ACT mixture needs all of them, and DDP needs every
+parameter in the graph). Evaluation is deterministic and compacts the batch: after each unit the halted rows
+are written to the stage output and only the still-active rows go on to the next unit, so a halted sample
+costs nothing. The ``"masked"`` execution mode runs every unit for every sample and multiplies by the
+deterministic weights instead (the way SACT and its peers evaluate); it exists as a reference and a baseline.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Optional, Sequence
+
+import torch
+import torch.utils.checkpoint
+from timm.layers import register_notrace_module
+from torch import nn
+
+from .act import act_halting
+from .config import HaltingConfig, validate_threshold
+from .distributions import StoppingDistribution
+from .flops import current_profiler
+
+__all__ = ["AdaptiveStage", "EXECUTION_MODES"]
+
+#: ``"compact"``: halted rows leave the batch in eval; ``"masked"``: every unit runs, results are masked.
+EXECUTION_MODES = ("compact", "masked")
+
+
+def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """View ``[B]`` weights so they broadcast against a ``[B, ...]`` state, in the state's dtype."""
+    return weights.to(like.dtype).view((-1,) + (1,) * (like.dim() - 1))
+
+
+@register_notrace_module
+class AdaptiveStage(nn.Module):
+    """A sequence of units whose depth each sample chooses.
+
+    Args:
+        units: L modules ``[B, ...] -> [B, ...]`` applied in order (a ResNet stage, or the ponder steps of one
+            recurrent time step). If ``context`` is given to :meth:`forward`, units are called ``unit(x, context)``.
+        heads: L - 1 halting heads ``[B, ...] -> [B]`` logits, one after every unit but the last; ``None``
+            (or empty) only for ``method="none"``.
+        method: ``"pact"``, ``"act"`` or ``"none"``.
+        tau, temperature, threshold, act_eps, cost_estimator: see :class:`~pact_zoo.halting.HaltingConfig`.
+        execution: eval strategy, ``"compact"`` (default) or ``"masked"``.
+
+    After every forward the stage records ``last_units_executed`` (``[B]`` long) and ``last_cost`` (``[B]``
+    float, the per-sample cost that ``tau`` multiplies: E_q[z] / relaxed sum_n n w_n for PACT, N + R for ACT).
+    """
+
+    def __init__(
+            self,
+            units: Sequence[nn.Module],
+            heads: Optional[Sequence[nn.Module]] = None,
+            method: str = "pact",
+            tau: float = HaltingConfig.tau,
+            temperature: float = HaltingConfig.temperature,
+            threshold: float = HaltingConfig.threshold,
+            act_eps: float = HaltingConfig.act_eps,
+            cost_estimator: str = HaltingConfig.cost_estimator,
+            execution: str = "compact",
+    ) -> None:
+        super().__init__()
+        config = HaltingConfig(method=method, tau=tau, temperature=temperature, threshold=threshold,
+                               act_eps=act_eps, cost_estimator=cost_estimator)
+        if len(units) < 1:
+            raise ValueError("units must hold at least one module")
+        self.units = nn.ModuleList(units)
+        heads = list(heads) if heads is not None else []
+        if config.adaptive and len(heads) != len(units) - 1:
+            raise ValueError(f"heads must hold len(units) - 1 = {len(units) - 1} modules for method "
+                             f"{method!r}, got {len(heads)}")
+        self.heads = nn.ModuleList(heads) if heads else None
+        self.method = config.method
+        self.tau = config.tau
+        self.temperature = config.temperature
+        self.threshold = config.threshold
+        self.act_eps = config.act_eps
+        self.cost_estimator = config.cost_estimator
+        self.execution = execution
+        if execution not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
+        self.grad_checkpointing = False
+        self.last_units_executed: Optional[torch.Tensor] = None
+        self.last_cost: Optional[torch.Tensor] = None
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the stage halts (method other than ``"none"`` and heads present)."""
+        return self.method != "none" and self.heads is not None
+
+    def set_threshold(self, threshold: float) -> None:
+        self.threshold = validate_threshold(threshold)
+
+    def extra_repr(self) -> str:
+        if not self.adaptive:
+            return f"method='none', num_units={self.num_units}"
+        return (f"method={self.method!r}, num_units={self.num_units}, tau={self.tau}, "
+                f"temperature={self.temperature}, threshold={self.threshold}, act_eps={self.act_eps}")
+
+    # ----------------------------------------------------------------------------------------------------
+    def _run_unit(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        unit = self.units[n]
+        profiler = current_profiler()
+        with profiler.slot(self, "unit", n) if profiler is not None else nullcontext():
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                if context is None:
+                    return torch.utils.checkpoint.checkpoint(unit, x, use_reentrant=False)
+                return torch.utils.checkpoint.checkpoint(unit, x, context, use_reentrant=False)
+            return unit(x) if context is None else unit(x, context)
+
+    def _halting_logit(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        profiler = current_profiler()
+        with profiler.slot(self, "head", n) if profiler is not None else nullcontext():
+            return self.heads[n](x).float()
+
+    def _record(self, units_executed: torch.Tensor, cost: Optional[torch.Tensor]) -> None:
+        self.last_units_executed = units_executed
+        self.last_cost = cost
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args:
+            x: ``[B, ...]`` stage input.
+            context: optional ``[B, ...]`` per-sample tensor passed to every unit (e.g. an RNN input).
+
+        Returns:
+            ``[B, ...]`` stage output (the shape the units produce).
+        """
+        batch_size = x.shape[0]
+        if not self.adaptive:
+            for n in range(self.num_units):
+                x = self._run_unit(n, x, context)
+            self._record(torch.full((batch_size,), self.num_units, dtype=torch.long, device=x.device), None)
+            return x
+        dense = (self.training or self.execution == "masked" or x.device.type == "meta"
+                 or current_profiler() is not None or torch.jit.is_scripting())
+        if dense:
+            return self._forward_dense(x, context)
+        if self.method == "pact":
+            return self._forward_pact_compact(x, context)
+        return self._forward_act_compact(x, context)
+
+    # ----------------------------------------------------------------------------------------------------
+    def _forward_dense(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """Every unit and head runs for every sample; the output is the weighted sum of unit outputs."""
+        states, logits = [], []
+        for n in range(self.num_units):
+            x = self._run_unit(n, x, context)
+            states.append(x)
+            if n < self.num_units - 1:
+                logits.append(self._halting_logit(n, x))
+        batch_size = x.shape[0]
+        halting_logits = torch.stack(logits, dim=1) if logits else x.new_zeros(batch_size, 0, dtype=torch.float32)
+        num_units = torch.full((batch_size,), self.num_units, dtype=torch.long, device=x.device)
+
+        if self.method == "pact":
+            dist = StoppingDistribution(halting_logits, validate_args=False)  # no host sync
+            if self.training:
+                weights = dist.relaxed_weights(self.temperature)  # Concrete relaxation (DESIGN §1)
+                if self.cost_estimator == "expected":
+                    cost = dist.mean
+                else:
+                    steps_grid = torch.arange(1, self.num_units + 1, device=x.device, dtype=weights.dtype)
+                    cost = (weights * steps_grid).sum(dim=1)
+                units_executed = num_units
+            else:  # deterministic rule, masked: one-hot on the greedy step
+                steps = dist.greedy_steps(self.threshold)
+                weights = nn.functional.one_hot(steps - 1, self.num_units).to(halting_logits.dtype)
+                cost, units_executed = steps.to(halting_logits.dtype), steps
+        else:  # ACT
+            act = act_halting(torch.sigmoid(halting_logits), self.act_eps)
+            weights, cost = act.weights, act.ponder_cost
+            units_executed = num_units if self.training else act.steps
+
+        out = states[0] * _rows(weights[:, 0], states[0])
+        for n in range(1, self.num_units):
+            out = out + states[n] * _rows(weights[:, n], states[n])
+        self._record(units_executed, cost)
+        return out
+
+    # ----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _split(stop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Positions of continuing and halting rows with one host synchronisation."""
+        order = torch.argsort(stop.to(torch.int8), stable=True)  # continuing rows first
+        num_halted = int(stop.sum())
+        num_continue = stop.shape[0] - num_halted
+        return order[:num_continue], order[num_continue:], num_halted
+
+    def _forward_pact_compact(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """PACT deterministic evaluation: stop at the first n with h_n >= threshold, output x_n.
+
+        Memory: the stage output plus the active rows; no accumulator (the paper's memory claim).
+        """
+        out = self._run_unit(0, x, context)
+        batch_size = out.shape[0]
+        steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=out.device)
+        active_state, active_index, active_context = out, None, context
+        for n in range(self.num_units - 1):
+            stop = torch.sigmoid(self._halting_logit(n, active_state)) >= self.threshold
+            keep, halt, num_halted = self._split(stop)
+            if num_halted:
+                halt_rows = halt if active_index is None else active_index[halt]
+                steps.index_fill_(0, halt_rows, n + 1)
+                if active_state is not out:  # rows still holding the first unit's output are in place
+                    out.index_copy_(0, halt_rows, active_state[halt])
+                if num_halted == active_state.shape[0]:
+                    active_index = None
+                    active_state = None
+                    break
+                active_state = active_state[keep]
+                active_index = keep if active_index is None else active_index[keep]
+                if active_context is not None:
+                    active_context = active_context[keep]
+            active_state = self._run_unit(n + 1, active_state, active_context)
+        if active_state is not None:
+            if active_index is None:
+                out = active_state
+            else:
+                out.index_copy_(0, active_index, active_state)
+        self._record(steps, steps.to(torch.float32))
+        return out
+
+    def _forward_act_compact(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """ACT evaluation with compaction: out = sum_n p_n x_n accumulated over the rows still running."""
+        active_state = self._run_unit(0, x, context)
+        batch_size = active_state.shape[0]
+        device = active_state.device
+        steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=device)
+        cost = torch.zeros(batch_size, dtype=torch.float32, device=device)
+        cumulative = torch.zeros(batch_size, dtype=torch.float32, device=device)  # of the active rows
+        active_index: Optional[torch.Tensor] = None
+        active_context = context
+        out: Optional[torch.Tensor] = None
+        for n in range(self.num_units):
+            if n > 0:
+                active_state = self._run_unit(n, active_state, active_context)
+            remainder = 1.0 - cumulative
+            if n < self.num_units - 1:
+                h = torch.sigmoid(self._halting_logit(n, active_state))
+                cumulative = cumulative + h
+                stop = cumulative >= 1.0 - self.act_eps  # Graves eq. 6 / SACT act.py
+                weight = torch.where(stop, remainder, h)
+            else:
+                stop = torch.ones_like(remainder, dtype=torch.bool)
+                weight = remainder
+            contribution = active_state * _rows(weight, active_state)
+            if out is None:
+                out = contribution
+            elif active_index is None:
+                out.add_(contribution)
+            else:
+                out.index_add_(0, active_index, contribution)
+            keep, halt, num_halted = self._split(stop)
+            if num_halted:
+                halt_rows = halt if active_index is None else active_index[halt]
+                steps.index_fill_(0, halt_rows, n + 1)
+                cost.index_copy_(0, halt_rows, (n + 1) + remainder[halt])  # rho = N + R
+                if num_halted == active_state.shape[0]:
+                    break
+                active_state, cumulative = active_state[keep], cumulative[keep]
+                active_index = keep if active_index is None else active_index[keep]
+                if active_context is not None:
+                    active_context = active_context[keep]
+        self._record(steps, cost)
+        return out

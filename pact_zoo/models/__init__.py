@@ -1,0 +1,16 @@
+"""timm model families with adaptive computation. Importing this package registers them with timm."""
+from typing import Iterable, List, Union
+
+import timm
+
+from .pact_resnet_cifar import CifarResNet, PreActBasicUnit
+
+#: One timm module name per family file (registry key = the file's last dotted name).
+FAMILY_MODULES = ("pact_resnet_cifar",)
+
+__all__ = ["CifarResNet", "FAMILY_MODULES", "PreActBasicUnit", "list_models"]
+
+
+def list_models(filter: Union[str, Iterable[str]] = "", pretrained: bool = False) -> List[str]:
+    """Names of the timm models registered by pact_zoo (``timm.list_models`` restricted to its families)."""
+    return timm.list_models(filter, module=list(FAMILY_MODULES), pretrained=pretrained)

@@ -1,0 +1,68 @@
+"""Helpers shared by the timm model families: input checks and checkpoint loading with new halting heads."""
+from __future__ import annotations
+
+import logging
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..halting import adaptive_stages
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["check_image_input", "halting_parameter_names", "add_halting_heads_filter"]
+
+
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: bool) -> None:
+    """Raise ValueError unless ``x`` is ``[B, in_chans, H, W]`` with H, W >= min_size (and finite in eval).
+
+    Non-finite input in eval would make the halting rule silently wrong (NaN never reaches a threshold).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor [B, {in_chans}, H, W], got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape [B, {in_chans}, H, W] (rank 4), got rank {x.dim()} "
+                         f"shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"x must have shape [B, {in_chans}, H, W], got {x.shape[1]} channels "
+                         f"(shape {tuple(x.shape)})")
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(f"x must have spatial size H, W >= {min_size}, got {tuple(x.shape[2:])}")
+    if not training and x.device.type != "meta" and not torch.jit.is_scripting() and not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf: an eval forward needs finite input for the halting rule")
+
+
+def halting_parameter_names(model: nn.Module) -> set[str]:
+    """State-dict keys that belong to halting heads (the only keys a backbone checkpoint may lack)."""
+    names = set()
+    for stage_name, stage in adaptive_stages(model):
+        if stage.heads is None:
+            continue
+        prefix = f"{stage_name}.heads." if stage_name else "heads."
+        names.update(prefix + key for key in stage.heads.state_dict().keys())
+    return names
+
+
+def add_halting_heads_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: accept a checkpoint of the backbone (plain model) for an adaptive model.
+
+    Halting-head keys missing from ``state_dict`` are filled with the model's fresh initialisation and
+    reported. Any other missing or unexpected key raises a KeyError that names it.
+    """
+    model_state = model.state_dict()
+    head_keys = halting_parameter_names(model)
+    unexpected = sorted(k for k in state_dict if k not in model_state)
+    missing = sorted(k for k in model_state if k not in state_dict and k not in head_keys)
+    if unexpected or missing:
+        raise KeyError(f"checkpoint does not match {type(model).__name__}: "
+                       f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}, "
+                       f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}")
+    new_heads = sorted(k for k in head_keys if k not in state_dict)
+    if new_heads:
+        _logger.info("Halting heads newly initialised (not in the checkpoint): %s", ", ".join(new_heads))
+        state_dict = dict(state_dict)
+        for key in new_heads:
+            state_dict[key] = model_state[key]
+    model.__dict__["newly_initialized_keys"] = new_heads
+    return state_dict
