@@ -5,13 +5,15 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="pact_zoo_hf_"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread: tests are small, and OpenMP spin-waiting on a shared 2-core machine is very slow.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import pact_zoo  # noqa: E402,F401  (registers the timm models)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
