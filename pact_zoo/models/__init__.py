@@ -3,12 +3,15 @@ from typing import Iterable, List, Union
 
 import timm
 
+from .pact_resnet import AdaptiveResNet, AdaptiveResNetStage
 from .pact_resnet_cifar import CifarResNet, PreActBasicUnit
 
 #: One timm module name per family file (registry key = the file's last dotted name).
 FAMILY_MODULES = ("pact_resnet_cifar",)
 
-__all__ = ["CifarResNet", "FAMILY_MODULES", "PreActBasicUnit", "list_models"]
+__all__ = [
+    "AdaptiveResNet", "AdaptiveResNetStage", "CifarResNet", "FAMILY_MODULES", "PreActBasicUnit", "list_models",
+]
 
 
 def list_models(filter: Union[str, Iterable[str]] = "", pretrained: bool = False) -> List[str]:
