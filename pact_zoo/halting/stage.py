@@ -32,6 +32,14 @@ def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weights.to(like.dtype).view((-1,) + (1,) * (like.dim() - 1))
 
 
+def _empty_rows(like: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Uninitialised ``[batch_size, ...]`` tensor shaped, typed and laid out (channels_last or not) like ``like``."""
+    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
+        memory_format=torch.channels_last)
+    return torch.empty((batch_size,) + tuple(like.shape[1:]), dtype=like.dtype, device=like.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 @register_notrace_module
 class AdaptiveStage(nn.Module):
     """A sequence of units whose depth each sample chooses.
@@ -185,45 +193,60 @@ class AdaptiveStage(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------
     @staticmethod
-    def _split(stop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Positions of continuing and halting rows with one host synchronisation."""
+    def _num_halted(stop: torch.Tensor) -> int:
+        """How many rows stop: the one host synchronisation of a unit (``stop``: ``[A]`` bool)."""
+        return int(stop.sum())
+
+    @staticmethod
+    def _split(stop: torch.Tensor, num_halted: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of continuing and halting rows, continuing first (no host synchronisation)."""
         order = torch.argsort(stop.to(torch.int8), stable=True)  # continuing rows first
-        num_halted = int(stop.sum())
         num_continue = stop.shape[0] - num_halted
-        return order[:num_continue], order[num_continue:], num_halted
+        return order[:num_continue], order[num_continue:]
 
     def _forward_pact_compact(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         """PACT deterministic evaluation: stop at the first n with h_n >= threshold, output x_n.
 
-        Memory: the stage output plus the active rows; no accumulator (the paper's memory claim).
+        Halted rows leave the batch for good: their final states are kept as they are (one piece per halting
+        unit) and the stage output is assembled from the pieces at the end. Memory: the states of the halted
+        rows plus the running rows, i.e. one stage state of ``B`` rows; no accumulator and no second
+        stage-sized buffer while units run (the paper's memory claim). One host synchronisation per unit.
         """
-        out = self._run_unit(0, x, context)
-        batch_size = out.shape[0]
-        steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=out.device)
-        active_state, active_index, active_context = out, None, context
+        state = self._run_unit(0, x, context)
+        batch_size = state.shape[0]
+        steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=state.device)
+        finished: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []  # (rows, their final states)
+        active_index: Optional[torch.Tensor] = None  # rows of the batch held by ``state``; None = all, in order
+        active_context = context
         for n in range(self.num_units - 1):
-            stop = torch.sigmoid(self._halting_logit(n, active_state)) >= self.threshold
-            keep, halt, num_halted = self._split(stop)
+            stop = torch.sigmoid(self._halting_logit(n, state)) >= self.threshold
+            num_halted = self._num_halted(stop)
             if num_halted:
+                if num_halted == state.shape[0]:  # every running row stops here: ``state`` is final
+                    if active_index is None:
+                        steps.fill_(n + 1)
+                    else:
+                        steps.index_fill_(0, active_index, n + 1)
+                    break
+                keep, halt = self._split(stop, num_halted)
                 halt_rows = halt if active_index is None else active_index[halt]
                 steps.index_fill_(0, halt_rows, n + 1)
-                if active_state is not out:  # rows still holding the first unit's output are in place
-                    out.index_copy_(0, halt_rows, active_state[halt])
-                if num_halted == active_state.shape[0]:
-                    active_index = None
-                    active_state = None
-                    break
-                active_state = active_state[keep]
+                finished.append((halt_rows, state[halt]))
+                state = state[keep]
                 active_index = keep if active_index is None else active_index[keep]
                 if active_context is not None:
                     active_context = active_context[keep]
-            active_state = self._run_unit(n + 1, active_state, active_context)
-        if active_state is not None:
-            if active_index is None:
-                out = active_state
-            else:
-                out.index_copy_(0, active_index, active_state)
+            state = self._run_unit(n + 1, state, active_context)
         self._record(steps, steps.to(torch.float32))
+        if active_index is None:  # no row left the batch: the state is the output
+            return state
+        finished.append((active_index, state))
+        del state
+        out = _empty_rows(finished[0][1], batch_size)
+        while finished:  # free every piece once it is in place
+            rows, rows_state = finished.pop()
+            out.index_copy_(0, rows, rows_state)
+            del rows_state
         return out
 
     def _forward_act_compact(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
@@ -256,8 +279,9 @@ class AdaptiveStage(nn.Module):
                 out.add_(contribution)
             else:
                 out.index_add_(0, active_index, contribution)
-            keep, halt, num_halted = self._split(stop)
+            num_halted = self._num_halted(stop)
             if num_halted:
+                keep, halt = self._split(stop, num_halted)
                 halt_rows = halt if active_index is None else active_index[halt]
                 steps.index_fill_(0, halt_rows, n + 1)
                 cost.index_copy_(0, halt_rows, (n + 1) + remainder[halt])  # rho = N + R
