@@ -8,6 +8,7 @@ from .halting import (
     set_execution, set_threshold,
 )
 from . import models  # noqa: F401  (registers the timm models)
+from . import hf  # noqa: F401  (registers the transformers models)
 from .models import list_models
 
 __version__ = "0.1.0"

@@ -1,0 +1,120 @@
+# Copyright 2026 The pact_zoo authors. Licensed under the Apache License, Version 2.0.
+"""PACT-LSTM configuration.
+
+An LSTM that ponders at every time step (Graves 2016, "Adaptive Computation Time for Recurrent Neural Networks",
+arXiv:1603.08983): the cell is applied 1..``max_ponder_steps`` times per input step, and a halting method decides
+how many - PACT (Figurnov, Sobolev, Vetrov 2018, arXiv:1712.00386), ACT (Graves 2016) or ``"none"`` (a fixed
+number of steps; ``max_ponder_steps=1`` is a plain LSTM).
+
+This file travels with checkpoints as remote code (``trust_remote_code=True``), so it imports the halting core
+from ``pact_zoo.halting`` when pact_zoo is installed and from the copy saved next to it otherwise.
+"""
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+try:  # the one halting core (pact_zoo/halting)
+    from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig
+except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
+    if error.name is None or not error.name.startswith("pact_zoo"):
+        raise
+    from .config import HALTING_METHODS, HaltingConfig
+
+_HALTING_DEFAULTS = HaltingConfig()
+
+
+def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+class PactLSTMConfig(PreTrainedConfig):
+    r"""Configuration of :class:`PactLSTMModel` and its heads.
+
+    Args:
+        input_size (`int`, defaults to 64):
+            Features per time step fed to the first LSTM layer (``inputs_embeds`` is ``[B, T, input_size]``). With
+            ``vocab_size`` set, ``input_ids`` are embedded to this size.
+        vocab_size (`int`, *optional*):
+            Vocabulary of ``input_ids``; ``None`` means the model takes ``inputs_embeds`` only.
+        hidden_size (`int`, defaults to 128):
+            LSTM cells per layer (Graves's parity net: 128).
+        num_hidden_layers (`int`, defaults to 1):
+            Stacked LSTM layers; every layer ponders on its own.
+        max_ponder_steps (`int`, defaults to 20):
+            M, the most cell applications per time step (PonderNet's parity cap: 20). With ``"none"`` every step
+            applies the cell exactly M times.
+        halting_method (`str`, defaults to ``"pact"``):
+            ``"pact"``, ``"act"`` or ``"none"``.
+        tau (`float`, defaults to 0.01):
+            Ponder-cost weight: the loss adds ``tau * mean_batch(sum_layers sum_t rho_t)`` (Graves 2016 eq. 11; PACT's
+            truncated-geometric prior contributes the same term with rho_t = E_q[z_t]).
+        temperature (`float`, defaults to 0.5):
+            PACT Concrete relaxation temperature (training).
+        threshold (`float`, defaults to 0.5):
+            PACT deterministic rule: stop at the first ponder step with h >= threshold (evaluation).
+        act_eps (`float`, defaults to 0.01):
+            ACT halts once the cumulative halting probability reaches ``1 - act_eps`` (Graves 2016 eq. 7).
+        halting_bias_init (`float`, defaults to -3.0):
+            Initial bias of the halting unit (negative: ponder long at first, pact_method.md §4.1).
+        cost_estimator (`str`, defaults to ``"relaxed"``):
+            PACT training cost: ``"relaxed"`` (sum_n n w_n on Concrete samples) or ``"expected"`` (E_q[z]).
+        classifier_dropout (`float`, defaults to 0.0):
+            Dropout before the classification head.
+        initializer_range (`float`, defaults to 0.02):
+            Std of the normal init of linear and embedding weights (LSTM cells use PyTorch's U(-1/sqrt(H), 1/sqrt(H))).
+        pad_token_id (`int`, *optional*):
+            Padding id of ``input_ids`` (its embedding row is zero).
+    """
+
+    model_type = "pact_lstm"
+
+    input_size: int = 64
+    vocab_size: int | None = None
+    hidden_size: int = 128
+    num_hidden_layers: int = 1
+    max_ponder_steps: int = 20
+    halting_method: str = _HALTING_DEFAULTS.method
+    tau: float = _HALTING_DEFAULTS.tau
+    temperature: float = _HALTING_DEFAULTS.temperature
+    threshold: float = _HALTING_DEFAULTS.threshold
+    act_eps: float = _HALTING_DEFAULTS.act_eps
+    halting_bias_init: float = _HALTING_DEFAULTS.halting_bias_init
+    cost_estimator: str = _HALTING_DEFAULTS.cost_estimator
+    classifier_dropout: float = 0.0
+    initializer_range: float = 0.02
+    pad_token_id: int | None = None
+
+    def __post_init__(self, **kwargs) -> None:
+        _check_int("input_size", self.input_size, 1)
+        _check_int("vocab_size", self.vocab_size, 1, optional=True)
+        _check_int("hidden_size", self.hidden_size, 1)
+        _check_int("num_hidden_layers", self.num_hidden_layers, 1)
+        _check_int("max_ponder_steps", self.max_ponder_steps, 1)
+        _check_int("pad_token_id", self.pad_token_id, 0, optional=True)
+        if self.pad_token_id is not None and (self.vocab_size is None or self.pad_token_id >= self.vocab_size):
+            raise ValueError(f"pad_token_id must index the vocabulary (vocab_size={self.vocab_size}), "
+                             f"got {self.pad_token_id}")
+        if self.halting_method not in HALTING_METHODS:
+            raise ValueError(f"halting_method must be one of {HALTING_METHODS}, got {self.halting_method!r}")
+        if not (isinstance(self.classifier_dropout, (int, float)) and 0.0 <= self.classifier_dropout < 1.0):
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
+        if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
+            raise ValueError(f"initializer_range must be > 0, got {self.initializer_range!r}")
+        halting = self.halting_config  # validates tau, temperature, threshold, act_eps, ... (ValueError names field)
+        self.tau, self.temperature, self.threshold = halting.tau, halting.temperature, halting.threshold
+        self.act_eps, self.halting_bias_init = halting.act_eps, halting.halting_bias_init
+        super().__post_init__(**kwargs)
+
+    @property
+    def halting_config(self) -> HaltingConfig:
+        """The halting knobs as the halting core's validated :class:`HaltingConfig`."""
+        return HaltingConfig(method=self.halting_method, tau=self.tau, temperature=self.temperature,
+                             threshold=self.threshold, act_eps=self.act_eps,
+                             halting_bias_init=self.halting_bias_init, cost_estimator=self.cost_estimator)
+
+
+__all__ = ["PactLSTMConfig"]

@@ -1,0 +1,620 @@
+# Copyright 2026 The pact_zoo authors. Licensed under the Apache License, Version 2.0.
+"""PACT-LSTM: an LSTM that ponders a data-dependent number of cell steps at every time step.
+
+Graves 2016 (ACT for RNNs, arXiv:1603.08983) runs the cell s_t^n = S(s_t^{n-1}, [x_t, delta_{n,1}]) for
+n = 1..N(t) inner steps per input step, with s_t^0 = s_{t-1} and a binary flag that is 1 on the first inner step
+only; a halting unit h_t^n = sigmoid(W_h h_t^n + b_h) decides N(t). PACT (Figurnov, Sobolev, Vetrov 2018,
+arXiv:1712.00386) treats N(t) as a latent variable: in training the state carried to t+1 is the Concrete-relaxed
+mixture sum_n w_{t,n} s_t^n (hidden *and* cell state), in evaluation it is s_t^{N(t)} with N(t) the first n whose
+h_t^n >= threshold, and sequences that halted leave the batch for the rest of the time step. ACT uses its mean-field
+weights p_t^n instead. The halting math is :class:`~pact_zoo.halting.AdaptiveStage` (one stage per layer, reused at
+every time step): this file only wires the LSTM cell into it.
+
+Loss (Graves eq. 11; PACT's truncated-geometric prior gives the same term with rho_t = E_q[z_t]):
+``task_loss + tau * mean_batch(sum_layers sum_t rho_t)``.
+
+Remote code: :meth:`PactLSTMPreTrainedModel.save_pretrained` writes this file, ``configuration_pact_lstm.py`` and
+the halting-core modules they import next to the weights, with an ``auto_map``; such a folder loads with
+``trust_remote_code=True`` where pact_zoo is not installed (needs torch, transformers and timm).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
+from transformers.utils import ModelOutput, logging
+
+try:  # the one halting core (pact_zoo/halting)
+    from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.heads import VectorHaltingHead
+    from pact_zoo.halting.stage import AdaptiveStage
+except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
+    if error.name is None or not error.name.startswith("pact_zoo"):
+        raise
+    from .config import HaltingConfig
+    from .heads import VectorHaltingHead
+    from .stage import AdaptiveStage
+from .configuration_pact_lstm import PactLSTMConfig
+
+logger = logging.get_logger(__name__)
+
+#: Value of Graves's first-step input flag on the first / later ponder steps of a time step.
+FIRST_STEP_FLAG, LATER_STEP_FLAG = 1.0, 0.0
+#: Label value ignored by the classification losses (transformers convention).
+IGNORE_INDEX = -100
+#: Auto classes written to ``config.json`` (``auto_map``) by :meth:`PactLSTMPreTrainedModel.save_pretrained`.
+AUTO_MAP_CLASSES = {
+    "AutoModel": "PactLSTMModel",
+    "AutoModelForSequenceClassification": "PactLSTMForSequenceClassification",
+    "AutoModelForTokenClassification": "PactLSTMForTokenClassification",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class PactLSTMModelOutput(ModelOutput):
+    """Output of :class:`PactLSTMModel`.
+
+    Args:
+        last_hidden_state: ``[B, T, H]`` hidden state of the top layer after each time step (zero at padding).
+        ponder_cost: ``[B]`` per-sequence ponder cost sum_layers sum_t rho_t (PACT: relaxed sum_n n w_n or E_q[z] in
+            training, N in eval; ACT: N + R; ``"none"``: executed steps, not part of the loss).
+        ponder_steps: ``[B, T]`` long, cell applications at each time step summed over layers (0 at padding).
+        hidden_states: with ``output_hidden_states``: the input features ``[B, T, input_size]`` and every layer's
+            output ``[B, T, H]``.
+    """
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    ponder_steps: Optional[torch.LongTensor] = None
+    hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+
+
+@dataclass
+class PactLSTMSequenceClassifierOutput(ModelOutput):
+    """Output of :class:`PactLSTMForSequenceClassification`.
+
+    Args:
+        loss: scalar, task loss + tau * mean(ponder_cost) (adaptive methods), when ``labels`` are given.
+        logits: ``[B, num_labels]`` read from the top layer's state at each sequence's last real step.
+        ponder_cost, ponder_steps, hidden_states: as in :class:`PactLSTMModelOutput`.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    ponder_steps: Optional[torch.LongTensor] = None
+    hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+
+
+@dataclass
+class PactLSTMTokenClassifierOutput(ModelOutput):
+    """Output of :class:`PactLSTMForTokenClassification`.
+
+    Args:
+        loss: scalar, task loss over the real steps + tau * mean(ponder_cost), when ``labels`` are given.
+        logits: ``[B, T, num_labels]``, one prediction per time step.
+        ponder_cost, ponder_steps, hidden_states: as in :class:`PactLSTMModelOutput`.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    ponder_steps: Optional[torch.LongTensor] = None
+    hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------------
+class PactLSTMPonderStep(nn.Module):
+    """One application of a layer's LSTM cell to the packed state: a unit of the layer's :class:`AdaptiveStage`.
+
+    The cell is *referenced*, not registered: the layer owns it, so the state dict holds its weights once although
+    every ponder step uses them.
+
+    Args:
+        cell: the layer's ``nn.LSTMCell(input_size + 1, H)``.
+        flag: Graves's first-step input flag appended to the input (1 on the first ponder step, 0 after).
+
+    Shapes: ``state`` ``[B, 2H]`` = cat(h, c), ``inputs`` ``[B, input_size]`` -> ``[B, 2H]``.
+    """
+
+    def __init__(self, cell: nn.LSTMCell, flag: float) -> None:
+        super().__init__()
+        self.__dict__["cell"] = cell
+        self.flag = flag
+
+    def forward(self, state: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        hidden, memory = state.chunk(2, dim=-1)
+        flag = inputs.new_full((inputs.shape[0], 1), self.flag)
+        hidden, memory = self.cell(torch.cat([inputs, flag], dim=-1), (hidden, memory))
+        return torch.cat([hidden, memory], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"flag={self.flag}"
+
+
+class PactLSTMHaltingView(nn.Module):
+    """The layer's halting unit read on the packed state: h_t^n = sigmoid(W_h h_t^n + b_h) (Graves eq. 6).
+
+    The head is referenced, not registered (the layer owns it). Shape: ``[B, 2H]`` -> ``[B]`` halting logits.
+    """
+
+    def __init__(self, head: VectorHaltingHead, hidden_size: int) -> None:
+        super().__init__()
+        self.__dict__["head"] = head
+        self.hidden_size = hidden_size
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.head(state[:, :self.hidden_size])
+
+
+class PactLSTMLayer(nn.Module):
+    """One LSTM layer that ponders 1..M cell steps per time step under the configured halting method.
+
+    Args:
+        config: the model config (``hidden_size``, ``max_ponder_steps``, halting knobs).
+        input_size: features per time step of this layer's input.
+    """
+
+    def __init__(self, config: PactLSTMConfig, input_size: int) -> None:
+        super().__init__()
+        halting: HaltingConfig = config.halting_config
+        self.hidden_size = config.hidden_size
+        self.cell = nn.LSTMCell(input_size + 1, config.hidden_size)  # +1: first-step flag
+        num_steps = config.max_ponder_steps
+        units = [PactLSTMPonderStep(self.cell, FIRST_STEP_FLAG)]
+        if num_steps > 1:
+            units += [PactLSTMPonderStep(self.cell, LATER_STEP_FLAG)] * (num_steps - 1)  # one module, M - 1 times
+        if halting.adaptive and num_steps > 1:
+            self.halting_head = VectorHaltingHead(config.hidden_size, bias_init=halting.halting_bias_init)
+            heads = [PactLSTMHaltingView(self.halting_head, config.hidden_size)] * (num_steps - 1)
+        else:
+            self.halting_head, heads = None, None
+        self.stage = AdaptiveStage(units, heads, method=halting.method, tau=halting.tau,
+                                   temperature=halting.temperature, threshold=halting.threshold,
+                                   act_eps=halting.act_eps, cost_estimator=halting.cost_estimator)
+
+    def forward(self, inputs: torch.Tensor, step_rows: list[Optional[torch.Tensor]]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the sequence.
+
+        Args:
+            inputs: ``[B, T, F]``.
+            step_rows: per time step, ``None`` when every row is real, else the ``[B_t]`` indices of the real rows
+                (padding rows keep their state and execute nothing).
+
+        Returns:
+            outputs ``[B, T, H]`` (zero at padding), ponder steps ``[B, T]`` long, ponder cost ``[B, T]`` float.
+        """
+        batch_size, seq_len, _ = inputs.shape
+        state = inputs.new_zeros(batch_size, 2 * self.hidden_size)
+        outputs, steps, costs = [], [], []
+        for t in range(seq_len):
+            rows = step_rows[t]
+            if rows is None:
+                state = self.stage(state, inputs[:, t])
+                steps.append(self.stage.last_units_executed)
+                costs.append(self._step_cost())
+                outputs.append(state[:, :self.hidden_size])
+                continue
+            step = torch.zeros(batch_size, dtype=torch.long, device=inputs.device)
+            cost = inputs.new_zeros(batch_size, dtype=torch.float32)
+            output = inputs.new_zeros(batch_size, self.hidden_size)
+            if rows.numel():
+                new_state = self.stage(state[rows], inputs[rows, t])
+                state = state.index_copy(0, rows, new_state)
+                step = step.index_copy(0, rows, self.stage.last_units_executed)
+                cost = cost.index_copy(0, rows, self._step_cost())
+                output = output.index_copy(0, rows, new_state[:, :self.hidden_size])
+            steps.append(step)
+            costs.append(cost)
+            outputs.append(output)
+        steps_t, costs_t = torch.stack(steps, dim=1), torch.stack(costs, dim=1)
+        # What pact_zoo.halting_loss / halting reports read: totals over the sequence, per sample.
+        self.stage.last_units_executed = steps_t.sum(dim=1)
+        self.stage.last_cost = costs_t.sum(dim=1) if self.stage.adaptive else None
+        return torch.stack(outputs, dim=1), steps_t, costs_t
+
+    def _step_cost(self) -> torch.Tensor:
+        """``[B_t]`` rho of the step that just ran (executed steps for a non-halting stage)."""
+        cost = self.stage.last_cost
+        return cost.float() if cost is not None else self.stage.last_units_executed.float()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pretrained base
+# --------------------------------------------------------------------------------------------------------------------
+def _atomic_copy(source: Path, destination: Path) -> None:
+    """Copy ``source`` to ``destination`` through a temporary file in the same folder, then rename."""
+    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def remote_code_files() -> list[Path]:
+    """Source files a checkpoint needs to load with ``trust_remote_code=True`` without pact_zoo.
+
+    The configuration and modeling files, plus the halting-core modules they import and, recursively, the modules
+    those import (transformers' own ``get_relative_import_files`` rule, so that what is saved is what it copies when
+    loading). Works in the library and in a model that was itself loaded as remote code.
+    """
+    files: dict[str, Path] = {}
+
+    def add(path: Path) -> None:
+        previous = files.setdefault(path.name, path)
+        if previous.resolve() != path.resolve():
+            raise RuntimeError(f"remote code would hold two files named {path.name}: {previous} and {path}")
+
+    add(Path(sys.modules[PactLSTMConfig.__module__].__file__))
+    add(Path(__file__))
+    for cls in (HaltingConfig, VectorHaltingHead, AdaptiveStage):
+        core_file = Path(sys.modules[cls.__module__].__file__)
+        add(core_file)
+        for dependency in get_relative_import_files(str(core_file)):
+            add(Path(dependency))
+    # transformers resolves every relative import of a shipped file inside the checkpoint folder
+    missing = {f"{name}.py" for path in files.values() for name in get_relative_imports(str(path))} - files.keys()
+    if missing:
+        raise RuntimeError(f"remote code misses {sorted(missing)}")
+    return [files[name] for name in sorted(files)]
+
+
+class PactLSTMPreTrainedModel(PreTrainedModel):
+    """Weight init, remote-code saving and halting knobs shared by the PACT-LSTM models."""
+
+    config: PactLSTMConfig
+    config_class = PactLSTMConfig
+    base_model_prefix = "pact_lstm"
+    main_input_name = "inputs_embeds"
+    input_modalities = ("text",)
+    _no_split_modules = ["PactLSTMLayer"]
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear/Embedding: transformers' default; LSTMCell: U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's LSTM init, not
+        covered by the default); halting unit: bias = ``halting_bias_init``."""
+        super()._init_weights(module)
+        if isinstance(module, nn.LSTMCell):
+            bound = 1.0 / math.sqrt(module.hidden_size)
+            for param in module.parameters():
+                init.uniform_(param, -bound, bound)
+        elif isinstance(module, VectorHaltingHead):
+            init.constant_(module.fc.bias, self.config.halting_bias_init)
+
+    # -- halting knobs ------------------------------------------------------------------------------------------------
+    @property
+    def halting_cfg(self) -> PactLSTMConfig:
+        """The object holding the halting knobs (``pact_zoo.set_threshold`` keeps its ``threshold`` in step)."""
+        return self.config
+
+    def set_threshold(self, threshold: float) -> None:
+        """Change PACT's deterministic halting rule (h >= threshold) without retraining; saved with the config."""
+        threshold = HaltingConfig(threshold=threshold).threshold
+        for module in self.modules():
+            if isinstance(module, AdaptiveStage):
+                module.set_threshold(threshold)
+        self.config.threshold = threshold
+
+    # -- remote code --------------------------------------------------------------------------------------------------
+    @classmethod
+    def register_for_auto_class(cls, auto_class: Union[str, type] = "AutoModel") -> None:
+        """No-op: every :meth:`save_pretrained` already ships the code and an ``auto_map`` for every Auto class."""
+        logger.info(f"{cls.__name__}: checkpoints always carry their remote code; register_for_auto_class is not needed")
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained`` (``config.json`` + ``model.safetensors``), plus remote code.
+
+        ``config.json`` gets an ``auto_map`` for ``AutoConfig``, ``AutoModel``,
+        ``AutoModelForSequenceClassification`` and ``AutoModelForTokenClassification``, and :func:`remote_code_files`
+        are copied next to it, so the folder loads with ``trust_remote_code=True`` without pact_zoo (with pact_zoo
+        imported, the registered in-library classes are used and no remote code runs). ``push_to_hub`` is not
+        supported here: save, then upload the folder.
+        """
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub is not supported by PactLSTM save_pretrained: save, then upload the folder")
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory must be a directory, got the file {save_directory}")
+        config_module = Path(sys.modules[PactLSTMConfig.__module__].__file__).stem
+        modeling_module = Path(__file__).stem
+        self.config.auto_map = {"AutoConfig": f"{config_module}.{PactLSTMConfig.__name__}",
+                                **{auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_CLASSES.items()}}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for source in remote_code_files():
+                _atomic_copy(source, Path(save_directory) / source.name)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+class PactLSTMModel(PactLSTMPreTrainedModel):
+    """Stacked pondering LSTM layers; returns the top layer's hidden state at every time step.
+
+    Inputs: ``input_ids`` ``[B, T]`` (needs ``config.vocab_size``) or ``inputs_embeds`` ``[B, T, input_size]``;
+    optional ``attention_mask`` ``[B, T]`` (1 = real step, 0 = padding; padding may sit anywhere, it neither
+    updates the state nor counts as ponder steps).
+    """
+
+    def __init__(self, config: PactLSTMConfig) -> None:
+        super().__init__(config)
+        self.embeddings = (nn.Embedding(config.vocab_size, config.input_size, padding_idx=config.pad_token_id)
+                           if config.vocab_size is not None else None)
+        self.layers = nn.ModuleList([
+            PactLSTMLayer(config, config.input_size if index == 0 else config.hidden_size)
+            for index in range(config.num_hidden_layers)])
+        self.post_init()
+
+    def get_input_embeddings(self) -> Optional[nn.Embedding]:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    # -- input checks -------------------------------------------------------------------------------------------------
+    def _embed(self, input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor]) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            if self.embeddings is None:
+                raise ValueError("input_ids need config.vocab_size (an embedding); pass inputs_embeds instead")
+            if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+                raise ValueError(f"input_ids must be an integer tensor [batch, seq_len], got {input_ids.dtype} "
+                                 f"{tuple(input_ids.shape)}")
+            if input_ids.device.type != "meta" and input_ids.numel() and (
+                    int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+                raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size})")
+            return self.embeddings(input_ids)
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.input_size:
+            raise ValueError(f"inputs_embeds must be [batch, seq_len, input_size={self.config.input_size}], "
+                             f"got {tuple(inputs_embeds.shape)}")
+        if not inputs_embeds.dtype.is_floating_point:
+            raise ValueError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}")
+        return inputs_embeds
+
+    @staticmethod
+    def _step_rows(attention_mask: Optional[torch.Tensor], inputs: torch.Tensor) -> list[Optional[torch.Tensor]]:
+        """Per time step: ``None`` (all rows real) or the indices of the real rows (one host sync in total)."""
+        batch_size, seq_len = inputs.shape[:2]
+        if attention_mask is None or inputs.device.type == "meta":
+            return [None] * seq_len
+        if tuple(attention_mask.shape) != (batch_size, seq_len):
+            raise ValueError(f"attention_mask must be [batch, seq_len] = {(batch_size, seq_len)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        mask = attention_mask.detach().cpu()
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError("attention_mask must hold 0 (padding) and 1 (real step) only")
+        mask = mask.bool()
+        rows: list[Optional[torch.Tensor]] = []
+        for t in range(seq_len):
+            column = mask[:, t]
+            rows.append(None if bool(column.all()) else column.nonzero().squeeze(1).to(inputs.device))
+        return rows
+
+    def forward(
+            self,
+            input_ids: Optional[torch.LongTensor] = None,
+            inputs_embeds: Optional[torch.FloatTensor] = None,
+            attention_mask: Optional[torch.Tensor] = None,
+            output_hidden_states: Optional[bool] = None,
+            return_dict: Optional[bool] = None,
+    ) -> Union[PactLSTMModelOutput, tuple]:
+        """Returns :class:`PactLSTMModelOutput` (``last_hidden_state`` ``[B, T, H]``, ``ponder_cost`` ``[B]``,
+        ``ponder_steps`` ``[B, T]``, ``hidden_states``), or its tuple with ``return_dict=False``."""
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        hidden = self._embed(input_ids, inputs_embeds)
+        if hidden.shape[1] < 1:
+            raise ValueError("input sequences must have at least one time step")
+        step_rows = self._step_rows(attention_mask, hidden)
+        all_hidden = (hidden,) if output_hidden_states else None
+        ponder_steps, ponder_cost = None, None
+        for layer in self.layers:
+            hidden, steps, cost = layer(hidden, step_rows)
+            ponder_steps = steps if ponder_steps is None else ponder_steps + steps
+            ponder_cost = cost.sum(1) if ponder_cost is None else ponder_cost + cost.sum(1)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden,)
+        output = PactLSTMModelOutput(last_hidden_state=hidden, ponder_cost=ponder_cost, ponder_steps=ponder_steps,
+                                     hidden_states=all_hidden)
+        return output if return_dict else output.to_tuple()
+
+    @property
+    def halting(self) -> bool:
+        """True when some layer halts adaptively (its ponder cost enters the loss)."""
+        return any(layer.stage.adaptive for layer in self.layers)
+
+    def ponder_loss(self, ponder_cost: torch.Tensor) -> torch.Tensor:
+        """``tau * mean_batch(ponder_cost)`` for adaptive methods, else a zero scalar."""
+        if not self.halting:
+            return ponder_cost.new_zeros(())
+        return self.config.tau * ponder_cost.mean()
+
+
+def _problem_type(config: PactLSTMConfig, labels: torch.Tensor) -> str:
+    """transformers' rule: regression for one label, else single- or multi-label by the labels' dtype."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def _classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str, num_labels: int,
+                         valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean task loss over the entries marked ``valid``.
+
+    Args:
+        logits: ``[N, num_labels]``.
+        labels: ``[N]`` class ids (single-label; ``-100`` ignored), ``[N, num_labels]`` targets (multi-label,
+            regression) or ``[N]`` (regression with one label).
+        valid: ``[N]`` bool, entries that count (padding excluded), or ``None``.
+    """
+    if problem_type == "single_label_classification":
+        labels = labels.long()
+        if valid is not None:
+            labels = labels.masked_fill(~valid, IGNORE_INDEX)
+        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+    if problem_type == "regression" and num_labels == 1 and labels.dim() == 1:
+        labels = labels.unsqueeze(-1)
+    labels = labels.to(logits.dtype)
+    if problem_type == "multi_label_classification":
+        per_entry = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+    else:
+        per_entry = F.mse_loss(logits.float(), labels.float(), reduction="none")
+    per_entry = per_entry.mean(-1)
+    if valid is None:
+        return per_entry.mean()
+    return (per_entry * valid).sum() / valid.sum().clamp_min(1)
+
+
+def _check_labels(labels: torch.Tensor, problem_type: str, num_labels: int, leading: tuple[int, ...]) -> None:
+    """Raise ValueError unless ``labels`` has shape ``leading`` (single-label) or ``leading + (num_labels,)``."""
+    if problem_type == "single_label_classification":
+        if tuple(labels.shape) != leading or labels.dtype.is_floating_point:
+            raise ValueError(f"labels must be class ids of shape {leading}, got {labels.dtype} {tuple(labels.shape)}")
+        if labels.device.type != "meta":
+            real = labels[labels != IGNORE_INDEX]
+            if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_labels):
+                raise ValueError(f"labels must lie in [0, num_labels={num_labels}) or be {IGNORE_INDEX}")
+        return
+    allowed = {leading + (num_labels,)}
+    if problem_type == "regression" and num_labels == 1:
+        allowed.add(leading)
+    if tuple(labels.shape) not in allowed:
+        raise ValueError(f"labels for {problem_type} must have shape {' or '.join(map(str, sorted(allowed)))}, "
+                         f"got {tuple(labels.shape)}")
+
+
+class PactLSTMForSequenceClassification(PactLSTMPreTrainedModel):
+    """PACT-LSTM with a linear classifier on the top layer's state at each sequence's last real step
+    (Graves's parity: one-step sequences)."""
+
+    def __init__(self, config: PactLSTMConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pact_lstm = PactLSTMModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+            self,
+            input_ids: Optional[torch.LongTensor] = None,
+            inputs_embeds: Optional[torch.FloatTensor] = None,
+            attention_mask: Optional[torch.Tensor] = None,
+            labels: Optional[torch.Tensor] = None,
+            output_hidden_states: Optional[bool] = None,
+            return_dict: Optional[bool] = None,
+    ) -> Union[PactLSTMSequenceClassifierOutput, tuple]:
+        r"""
+        labels: ``[B]`` class ids (single-label), ``[B, num_labels]`` (multi-label / regression) or ``[B]``
+            (regression with ``num_labels == 1``).
+
+        Returns :class:`PactLSTMSequenceClassifierOutput` (``logits`` ``[B, num_labels]``).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.pact_lstm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                 output_hidden_states=output_hidden_states, return_dict=True)
+        sequence = outputs.last_hidden_state  # [B, T, H]
+        batch_size, seq_len = sequence.shape[:2]
+        if attention_mask is None or sequence.device.type == "meta":
+            last = sequence[:, -1]
+        else:  # last real step of every row
+            mask = attention_mask.to(sequence.device).bool()
+            if not bool(mask.any(dim=1).all()):
+                raise ValueError("attention_mask must mark at least one real step in every sequence")
+            positions = torch.arange(seq_len, device=sequence.device).expand(batch_size, seq_len)
+            last_index = torch.where(mask, positions, -1).amax(dim=1)
+            last = sequence[torch.arange(batch_size, device=sequence.device), last_index]
+        logits = self.classifier(self.dropout(last))
+
+        loss = None
+        if labels is not None:
+            problem_type = _problem_type(self.config, labels)
+            _check_labels(labels, problem_type, self.num_labels, (batch_size,))
+            loss = _classification_loss(logits, labels.to(logits.device), problem_type, self.num_labels)
+            loss = loss + self.pact_lstm.ponder_loss(outputs.ponder_cost)
+        output = PactLSTMSequenceClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
+                                                  ponder_steps=outputs.ponder_steps,
+                                                  hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
+    """PACT-LSTM with a linear classifier at every time step (Graves's logic, addition and sort tasks)."""
+
+    def __init__(self, config: PactLSTMConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pact_lstm = PactLSTMModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+            self,
+            input_ids: Optional[torch.LongTensor] = None,
+            inputs_embeds: Optional[torch.FloatTensor] = None,
+            attention_mask: Optional[torch.Tensor] = None,
+            labels: Optional[torch.Tensor] = None,
+            output_hidden_states: Optional[bool] = None,
+            return_dict: Optional[bool] = None,
+    ) -> Union[PactLSTMTokenClassifierOutput, tuple]:
+        r"""
+        labels: ``[B, T]`` class ids (single-label, ``-100`` ignored) or ``[B, T, num_labels]`` (multi-label /
+            regression). Padding steps never count.
+
+        Returns :class:`PactLSTMTokenClassifierOutput` (``logits`` ``[B, T, num_labels]``).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.pact_lstm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                 output_hidden_states=output_hidden_states, return_dict=True)
+        sequence = outputs.last_hidden_state
+        logits = self.classifier(self.dropout(sequence))  # [B, T, num_labels]
+
+        loss = None
+        if labels is not None:
+            batch_size, seq_len = sequence.shape[:2]
+            problem_type = _problem_type(self.config, labels)
+            _check_labels(labels, problem_type, self.num_labels, (batch_size, seq_len))
+            valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
+            labels = labels.to(logits.device)
+            loss = _classification_loss(logits.reshape(batch_size * seq_len, -1),
+                                        labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
+                                        problem_type, self.num_labels, valid)
+            loss = loss + self.pact_lstm.ponder_loss(outputs.ponder_cost)
+        output = PactLSTMTokenClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
+                                               ponder_steps=outputs.ponder_steps, hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "PactLSTMForSequenceClassification", "PactLSTMForTokenClassification", "PactLSTMModel", "PactLSTMModelOutput",
+    "PactLSTMPreTrainedModel", "PactLSTMSequenceClassifierOutput", "PactLSTMTokenClassifierOutput",
+    "remote_code_files",
+]
