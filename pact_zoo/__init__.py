@@ -7,6 +7,7 @@ from .halting import (
     TruncatedGeometricPrior, VectorHaltingHead, act_halting, adaptive_stages, halting_loss, halting_report,
     set_execution, set_threshold,
 )
+from .halting.calibrate import ThresholdCalibration, calibrate_threshold
 from . import models  # noqa: F401  (registers the timm models)
 from . import hf  # noqa: F401  (registers the transformers models)
 from .models import list_models
@@ -17,4 +18,5 @@ __all__ = [
     "ACTHalting", "AdaptiveStage", "HaltingConfig", "HaltingHead", "HaltingReport", "StoppingDistribution",
     "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting", "adaptive_stages", "halting_loss",
     "halting_report", "list_models", "set_execution", "set_threshold", "__version__",
+    "ThresholdCalibration", "calibrate_threshold",
 ]

@@ -12,11 +12,13 @@ from .report import (
     INPUT_SHAPE_ATTR, HaltingReport, adaptive_stages, halting_loss, halting_report, set_execution, set_threshold,
 )
 from .stage import EXECUTION_MODES, AdaptiveStage
+from .calibrate import ThresholdCalibration, calibrate_threshold
 
 __all__ = [
     "ACTHalting", "AdaptiveStage", "COST_ESTIMATORS", "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS",
     "HaltingConfig", "HaltingHead", "HaltingReport", "INPUT_SHAPE_ATTR", "StoppingDistribution",
-    "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting", "adaptive_stages", "halting_loss",
+    "ThresholdCalibration", "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting", "adaptive_stages",
+    "calibrate_threshold", "halting_loss",
     "halting_report", "logistic_noise", "module_flops_per_sample", "set_execution", "set_threshold",
     "stick_breaking", "validate_threshold",
 ]
