@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
-    "train": ("pact_zoo.training.train", "fine-tune a model from a YAML recipe (works under accelerate launch)"),
+    "train": ("pact_zoo.training.train_cli", "fine-tune a model from a YAML recipe (works under accelerate launch)"),
     "evaluate": ("pact_zoo.training.evaluate", "accuracy and FLOPs at several thresholds, plots"),
     "export": ("pact_zoo.hub", "write a hub-ready folder (safetensors, config.json, model card)"),
     "quickstart": ("pact_zoo.quickstart", "train pact_resnet32 on the bundled digits, evaluate, export"),

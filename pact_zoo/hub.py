@@ -1,0 +1,144 @@
+"""``pact-zoo export``: a hub-ready folder — ``model.safetensors``, ``config.json``, a ``README.md`` model card
+filled from the evaluation JSON and the variant's card (``hub_configs/<variant>/card.yaml``), and the plots.
+
+timm folders load with ``timm.create_model("local-dir:<folder>", pretrained=True)`` and with transformers'
+``AutoModelForImageClassification.from_pretrained(<folder>)``; Hugging Face folders with ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import yaml
+
+from .training.evaluate import format_table
+from .training.io import atomic_directory, is_timm_folder, load_model_folder, save_model_folder
+
+__all__ = ["export_folder", "build_model_card", "main", "CARD_TAGS"]
+
+CARD_TAGS = ["adaptive-computation", "pact"]
+
+
+def _load_card(path: Optional[str]) -> Dict[str, Any]:
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"card file not found: {path}")
+    card = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(card, dict):
+        raise ValueError(f"card file {path} must hold a mapping, got {type(card).__name__}")
+    return card
+
+
+def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_model: bool, model_name: str,
+                     training_config: Optional[Dict[str, Any]] = None):
+    """A ``huggingface_hub.ModelCard`` with metadata (library, tags, datasets, metrics) and the trade-off table."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    default = evaluation["default"]
+    full = evaluation["full_depth"]
+    dataset = card.get("dataset", evaluation.get("dataset", "unknown"))
+    task_type = card.get("task", "image-classification" if timm_model else "text-classification")
+    metrics = [("accuracy", default["accuracy"]), ("mean_flops", default["mean_flops"]),
+               ("flops_ratio", default["mean_flops"] / full["mean_flops"])]
+    tags = list(dict.fromkeys(CARD_TAGS + list(card.get("tags", [])) + (["timm"] if timm_model else [])))
+    data = ModelCardData(
+        model_name=model_name,
+        library_name="timm" if timm_model else "transformers",
+        license=card.get("license", "apache-2.0"),
+        tags=tags,
+        datasets=[dataset],
+        metrics=["accuracy"],
+        pipeline_tag=task_type,
+        eval_results=[EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset,
+                                 metric_type=name, metric_value=float(value)) for name, value in metrics],
+        threshold=evaluation.get("threshold"),
+        halting_methods=evaluation.get("methods"),
+        full_depth_flops=float(full["mean_flops"]),
+    )
+    usage = (f'import pact_zoo, timm\nmodel = timm.create_model("hf-hub:<repo>", pretrained=True)\n'
+             f'pact_zoo.set_threshold(model, {evaluation.get("threshold")})  # speed/accuracy knob'
+             if timm_model else
+             'import pact_zoo\nfrom transformers import AutoModelForSequenceClassification\n'
+             'model = AutoModelForSequenceClassification.from_pretrained("<repo>")')
+    plots = "\n".join(f"![{p}]({p})" for p in evaluation.get("plots", []))
+    body = "\n".join([
+        "---", data.to_yaml(), "---", "", f"# {model_name}", "",
+        card.get("description", "An adaptive-computation model trained with pact_zoo."), "",
+        "## Speed / accuracy trade-off", "",
+        f"Mean FLOPs per sample at the default rule: {default['mean_flops'] / 1e6:.2f} M "
+        f"({default['mean_flops'] / full['mean_flops']:.3f} of full depth, {full['mean_flops'] / 1e6:.2f} M); "
+        f"accuracy {100 * default['accuracy']:.2f} % (full depth {100 * full['accuracy']:.2f} %).", "",
+        "```", format_table(evaluation), "```", "", plots, "",
+        "## Training recipe", "", "```yaml",
+        yaml.safe_dump(training_config or card.get("recipe", {}), sort_keys=False).strip(), "```",
+        "", "## Usage", "", "```python", usage, "```", "",
+        "## Citation", "", "```bibtex",
+        "@article{figurnov2018pact,\n  title={Probabilistic Adaptive Computation Time},\n"
+        "  author={Figurnov, Michael and Sobolev, Artem and Vetrov, Dmitry},\n"
+        "  journal={Bulletin of the Polish Academy of Sciences: Technical Sciences},\n"
+        "  volume={66}, number={6}, pages={811--820}, year={2018}\n}", "```", "",
+    ])
+    return ModelCard(body)
+
+
+def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = None, card_path: Optional[str] = None,
+                  model_name: Optional[str] = None) -> Path:
+    """Write the hub-ready folder atomically and return its path."""
+    model_dir_path = Path(model_dir)
+    eval_path = Path(eval_dir) if eval_dir else model_dir_path.parent / "eval"
+    if not (eval_path / "tradeoff.json").is_file():
+        raise FileNotFoundError(f"no evaluation at {eval_path / 'tradeoff.json'}: run 'pact-zoo evaluate' first")
+    evaluation = json.loads((eval_path / "tradeoff.json").read_text())
+    card = _load_card(card_path)
+    model = load_model_folder(model_dir_path)
+    timm_model = is_timm_folder(model_dir_path)
+    name = model_name or card.get("model_name") or Path(output_dir).name
+    output = Path(output_dir)
+    with atomic_directory(output) as tmp:
+        weights = tmp / "weights"
+        save_model_folder(model, weights)
+        for item in weights.iterdir():
+            shutil.move(str(item), tmp / item.name)
+        weights.rmdir()
+        for plot in evaluation.get("plots", []):
+            if (eval_path / plot).is_file():
+                shutil.copy2(eval_path / plot, tmp / plot)
+        shutil.copy2(eval_path / "tradeoff.json", tmp / "tradeoff.json")
+        train_config_path = model_dir_path.parent / "train_config.json"
+        training_config = json.loads(train_config_path.read_text()) if train_config_path.is_file() else None
+        build_model_card(card, evaluation, timm_model, name, training_config).save(tmp / "README.md")
+    return output
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload the folder with huggingface_hub (needs the network and a token)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True, private=private)
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload pact_zoo model").commit_url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pact-zoo export", description=__doc__)
+    parser.add_argument("--model-dir", required=True, help="trained model folder (<output_dir>/model)")
+    parser.add_argument("--eval-dir", help="folder with tradeoff.json and plots (default: <model-dir>/../eval)")
+    parser.add_argument("--card", help="card metadata YAML, e.g. hub_configs/pact_resnet32.digits/card.yaml")
+    parser.add_argument("--output-dir", required=True, help="hub-ready folder to write")
+    parser.add_argument("--model-name", help="name in the card (default: from the card, else the folder name)")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this hub repo")
+    parser.add_argument("--private", action="store_true", help="create the hub repo as private")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    folder = export_folder(args.model_dir, args.output_dir, args.eval_dir, args.card, args.model_name)
+    print(f"exported {folder}")
+    if args.push_to_hub:
+        print(f"pushed: {push_to_hub(folder, args.push_to_hub, args.private)}")
+    return 0

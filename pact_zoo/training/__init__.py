@@ -1,0 +1,9 @@
+"""One Accelerate training loop for every model family, typed configs and evaluation."""
+from .config import ConfigError, TrainConfig, load_config
+from .io import atomic_directory, atomic_write_json, atomic_write_text, load_model_folder, save_model_folder
+from .loop import evaluate_model, train
+
+__all__ = [
+    "ConfigError", "TrainConfig", "atomic_directory", "atomic_write_json", "atomic_write_text", "evaluate_model",
+    "load_config", "load_model_folder", "save_model_folder", "train",
+]

@@ -1,0 +1,224 @@
+"""``pact-zoo evaluate``: the speed/accuracy trade-off of a trained model.
+
+Accuracy and mean FLOPs per sample at several thresholds and at full depth, written to JSON, with a plot of
+accuracy against FLOPs, a histogram of the units executed and, for image models, a grid of the test images
+that used the fewest and the most units.
+"""
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..halting import adaptive_stages, set_threshold
+from .config import TrainConfig, add_config_arguments, load_config
+from .io import atomic_write_json, load_model_folder
+from .loop import evaluate_model
+from .tasks import build_task
+
+__all__ = ["full_depth", "evaluate_tradeoff", "main"]
+
+TRADEOFF_JSON = "tradeoff.json"
+TRADEOFF_PLOT = "tradeoff.png"
+UNITS_HISTOGRAM = "units_hist.png"
+IMAGE_GRID = "fewest_most_units.png"
+GRID_IMAGES_PER_ROW = 8
+
+
+@contextmanager
+def full_depth(model: nn.Module) -> Iterator[None]:
+    """Run every unit of every stage (no halting heads) inside the block."""
+    stages = [stage for _, stage in adaptive_stages(model)]
+    methods = [stage.method for stage in stages]
+    for stage in stages:
+        stage.method = "none"
+    try:
+        yield
+    finally:
+        for stage, method in zip(stages, methods):
+            stage.method = method
+
+
+def _halting_methods(model: nn.Module) -> set[str]:
+    return {stage.method for _, stage in adaptive_stages(model) if stage.adaptive}
+
+
+@torch.no_grad()
+def _per_sample_units(model: nn.Module, loader: DataLoader, task) -> torch.Tensor:
+    """``[N, S]`` units executed per eval sample, in dataset order."""
+    model.eval()
+    units = []
+    for batch in loader:
+        task.forward(model, batch)
+        units.append(task.report(model)[1])
+    return torch.cat(units)
+
+
+def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Sequence[float]) -> Dict[str, Any]:
+    """Trade-off points: one per threshold (PACT), the model's own rule, and full depth."""
+    methods = _halting_methods(model)
+    stages = [stage for _, stage in adaptive_stages(model)]
+    own_threshold = stages[0].threshold if stages else None
+    points = []
+    if "pact" in methods:
+        for threshold in sorted(set(thresholds) | {own_threshold}):
+            set_threshold(model, threshold)
+            points.append(dict(evaluate_model(model, loader, task), threshold=threshold, rule="pact"))
+        set_threshold(model, own_threshold)
+    elif methods:
+        points.append(dict(evaluate_model(model, loader, task), threshold=None, rule=",".join(sorted(methods))))
+    with full_depth(model):
+        full = dict(evaluate_model(model, loader, task), threshold=None, rule="full_depth")
+    default = next((p for p in points if p["threshold"] == own_threshold), points[0] if points else full)
+    return {"methods": sorted(methods), "threshold": own_threshold, "points": points, "full_depth": full,
+            "default": default}
+
+
+def _plot_tradeoff(result: Dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    points = result["points"]
+    if points:
+        ax.plot([p["mean_flops"] / 1e6 for p in points], [100 * p["accuracy"] for p in points], "o-",
+                label="adaptive")
+        for p in points:
+            if p["threshold"] is not None:
+                ax.annotate(f"{p['threshold']:g}", (p["mean_flops"] / 1e6, 100 * p["accuracy"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+    full = result["full_depth"]
+    ax.plot([full["mean_flops"] / 1e6], [100 * full["accuracy"]], "k*", markersize=10, label="full depth")
+    ax.set_xlabel("mean MFLOPs per sample")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = units.shape[1]
+    fig, axes = plt.subplots(1, stages, figsize=(3 * stages, 2.8), squeeze=False)
+    for s in range(stages):
+        ax = axes[0, s]
+        bins = torch.arange(0.5, num_units[s] + 1.5)
+        ax.hist(units[:, s].numpy(), bins=bins.numpy(), color="tab:blue", edgecolor="white")
+        ax.set_title(f"stage {s + 1}", fontsize=9)
+        ax.set_xlabel("units executed")
+    axes[0, 0].set_ylabel("samples")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _plot_image_grid(images: list, fewest: list[int], most: list[int], units: torch.Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, GRID_IMAGES_PER_ROW, figsize=(1.3 * GRID_IMAGES_PER_ROW, 3.2), squeeze=False)
+    for row, (label, indices) in enumerate((("fewest units", fewest), ("most units", most))):
+        for col in range(GRID_IMAGES_PER_ROW):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(indices):
+                ax.imshow(images[indices[col]].convert("RGB"))
+                ax.set_title(str(int(units[indices[col]].sum())), fontsize=8)
+        axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center",
+                          ha="right", fontsize=8)
+    fig.suptitle("test images by total units executed", fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import os
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
+                   thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Evaluate ``model`` on ``config``'s eval split; write the JSON and plots into ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    task = build_task(config)
+    data = task.load_data(model)
+    loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False, collate_fn=data.collate_fn,
+                        num_workers=config.num_workers)
+    model.eval()
+    result = evaluate_tradeoff(model, task, loader, thresholds or config.eval_thresholds)
+    result.update(model=config.model, dataset=config.dataset)
+    units = _per_sample_units(model, loader, task)
+    stages = [stage for _, stage in adaptive_stages(model)]
+    _plot_tradeoff(result, output_dir / TRADEOFF_PLOT, f"{config.model} on {config.dataset}")
+    _plot_units_histogram(units, [s.num_units for s in stages], output_dir / UNITS_HISTOGRAM)
+    plots = [TRADEOFF_PLOT, UNITS_HISTOGRAM]
+    if task.kind == "image" and data.raw_eval is not None:
+        raw, image_column = data.raw_eval
+        order = torch.argsort(units.sum(1), stable=True).tolist()
+        count = min(GRID_IMAGES_PER_ROW, len(order))
+        images = {i: raw[i][image_column] for i in order[:count] + order[-count:]}
+        _plot_image_grid(images, order[:count], order[::-1][:count], units, output_dir / IMAGE_GRID)
+        plots.append(IMAGE_GRID)
+    result["plots"] = plots
+    result["units_histogram"] = [torch.bincount(units[:, s], minlength=stages[s].num_units + 1)[1:].tolist()
+                                 for s in range(units.shape[1])]
+    atomic_write_json(output_dir / TRADEOFF_JSON, result)
+    return result
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """A short text table of the trade-off points."""
+    rows = [("rule", "threshold", "accuracy", "MFLOPs", "vs full", "units per stage")]
+    for p in result["points"] + [result["full_depth"]]:
+        rows.append((p["rule"], "-" if p["threshold"] is None else f"{p['threshold']:g}", f"{100 * p['accuracy']:.2f}%",
+                     f"{p['mean_flops'] / 1e6:.1f}", f"{p['flops_ratio']:.3f}",
+                     " / ".join(f"{u:.2f}" for u in p["mean_units"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pact-zoo evaluate", description=__doc__)
+    parser.add_argument("--model-dir", required=True, help="model folder (e.g. <output_dir>/model of a run)")
+    parser.add_argument("--eval-dir", help="where to write tradeoff.json and plots (default: <model-dir>/../eval)")
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    model_dir = Path(args.model_dir)
+    if args.config is None and (model_dir.parent / "train_config.json").is_file():
+        args.config = str(model_dir.parent / "train_config.json")
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    config = load_config(args.config, overrides)
+    model = load_model_folder(model_dir)
+    result = run_evaluation(model, config, Path(args.eval_dir) if args.eval_dir else model_dir.parent / "eval")
+    print(format_table(result))
+    return 0

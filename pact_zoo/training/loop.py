@@ -1,0 +1,235 @@
+"""The Accelerate training loop shared by every model family.
+
+loss = task loss + s(t) * pact_zoo.halting_loss(model), where s(t) ramps from 0 to 1 over
+``tau_warmup_epochs`` (optional). One process or many (``accelerate launch``); checkpoints with
+``accelerator.save_state`` at the end of every epoch, written atomically, and ``resume`` from the latest.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..halting import halting_loss
+from .config import TrainConfig
+from .io import atomic_write_json, save_model_folder
+from .tasks import build_task, halting_head_parameters
+
+__all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor"]
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d+)$")
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+MODEL_DIR = "model"
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (SACT) or AdamW; no weight decay on norms and biases; halting heads at
+    ``lr * head_lr_mult``."""
+    heads = halting_head_parameters(model)
+    groups: Dict[tuple, list] = {}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        decay = config.weight_decay if param.ndim > 1 else 0.0
+        lr = config.lr * (config.head_lr_mult if id(param) in heads else 1.0)
+        groups.setdefault((decay, lr), []).append(param)
+    param_groups = [dict(params=p, weight_decay=d, lr=lr) for (d, lr), p in groups.items()]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=False)
+    return torch.optim.AdamW(param_groups, lr=config.lr)
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at optimiser step ``step``: linear warm-up, then step decay or cosine."""
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "constant":
+        return 1.0
+    progress = step / max(1, total_steps)
+    if config.schedule == "step":  # SACT: x0.1 at fixed fractions of training
+        return config.lr_gamma ** sum(progress >= m for m in config.lr_milestones)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+
+def latest_checkpoint(output_dir: str) -> Optional[Path]:
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None) -> Dict[str, Any]:
+    """Accuracy, mean FLOPs per sample and mean units per stage of an eval pass (deterministic halting)."""
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    correct, count, flops_sum, units_sum, full_flops = 0, 0, 0.0, None, None
+    for batch in loader:
+        logits = task.forward(model, batch)
+        flops, units, full_flops = task.report(unwrapped)
+        labels = batch["labels"]
+        preds = logits.argmax(-1)
+        flops, units = flops.to(preds.device), units.to(preds.device)
+        if accelerator is not None:
+            preds, labels, flops, units = accelerator.gather_for_metrics((preds, labels, flops, units))
+        correct += int((preds == labels).sum())
+        count += labels.numel()
+        flops_sum += float(flops.double().sum())
+        units = units.double().sum(0)
+        units_sum = units if units_sum is None else units_sum + units
+    mean_flops = flops_sum / max(count, 1)
+    return {
+        "accuracy": correct / max(count, 1),
+        "mean_flops": mean_flops,
+        "full_flops": full_flops,
+        "flops_ratio": mean_flops / full_flops if full_flops else None,
+        "mean_units": (units_sum / max(count, 1)).tolist() if units_sum is not None else [],
+        "num_samples": count,
+    }
+
+
+def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
+    """Run one training job; returns the last epoch's metrics. Works with 1 or N processes."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tb")),
+        log_with="tensorboard" if _tensorboard_available() else None,
+    )
+    set_seed(config.seed)
+    task = build_task(config)
+    with accelerator.main_process_first():
+        num_classes = task.num_classes()
+    model = task.build_model(num_classes)
+    with accelerator.main_process_first():
+        data = task.load_data(model)
+    train_loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate_fn,
+                              num_workers=config.num_workers, drop_last=False)
+    eval_loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False,
+                             collate_fn=data.collate_fn, num_workers=config.num_workers)
+    # Scheduler steps are counted on the un-sharded loader: accelerate steps it once per process.
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, config))
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler)
+
+    start_epoch, global_step = 0, 0
+    if resume:
+        checkpoint = latest_checkpoint(config.output_dir)
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            state = json.loads((checkpoint / STATE_FILE).read_text())
+            start_epoch, global_step = state["epoch"], state["global_step"]
+            accelerator.print(f"resumed from {checkpoint} (epoch {start_epoch}, step {global_step})")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(output_dir / "train_config.json", config.to_dict())
+    if accelerator.log_with:
+        accelerator.init_trackers("pact_zoo", config={k: v for k, v in config.to_dict().items()
+                                                      if isinstance(v, (int, float, str, bool))})
+
+    metrics: Dict[str, Any] = {}
+    micro_batches_per_epoch = len(train_loader)
+    for epoch in range(start_epoch, config.epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        model.train()
+        start = time.perf_counter()
+        running_loss, running_cost, seen = 0.0, 0.0, 0
+        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}",
+                        disable=not accelerator.is_local_main_process, leave=False)
+        for micro_step, batch in enumerate(progress):
+            epochs_done = epoch + micro_step / max(1, micro_batches_per_epoch)
+            tau_scale = min(1.0, epochs_done / config.tau_warmup_epochs) if config.tau_warmup_epochs > 0 else 1.0
+            with accelerator.accumulate(model):
+                logits = task.forward(model, batch)
+                task_loss = F.cross_entropy(logits.float(), batch["labels"])
+                cost = halting_loss(model)
+                loss = task_loss + tau_scale * cost
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                global_step += 1
+                if config.debug_kill_at_step is not None and global_step == config.debug_kill_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die mid-run, no clean-up
+            running_loss += float(task_loss.detach()) * batch["labels"].shape[0]
+            running_cost += float(cost.detach()) * batch["labels"].shape[0]
+            seen += batch["labels"].shape[0]
+            progress.set_postfix(loss=f"{running_loss / seen:.3f}", cost=f"{running_cost / seen:.3f}")
+        train_time = time.perf_counter() - start
+        metrics = evaluate_model(model, eval_loader, task, accelerator)
+        metrics.update(epoch=epoch + 1, step=global_step, train_loss=running_loss / max(seen, 1),
+                       train_halting_loss=running_cost / max(seen, 1), lr=scheduler.get_last_lr()[0],
+                       epoch_time_s=train_time, num_processes=accelerator.num_processes)
+        if accelerator.is_main_process:
+            with open(output_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+        if accelerator.log_with:
+            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=global_step)
+        accelerator.print(
+            f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f} acc {metrics['accuracy']:.4f} "
+            f"flops {metrics['mean_flops'] / 1e6:.1f}M ({metrics['flops_ratio']:.3f} of full) "
+            f"units {[round(u, 2) for u in metrics['mean_units']]} [{train_time:.1f}s]")
+        _save_checkpoint(accelerator, output_dir, epoch + 1, global_step, config.keep_checkpoints)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model_folder(accelerator.unwrap_model(model), output_dir / MODEL_DIR)
+        atomic_write_json(output_dir / "final_metrics.json", metrics)
+    accelerator.end_training()
+    return metrics
+
+
+def _save_checkpoint(accelerator, output_dir: Path, epoch: int, global_step: int, keep: int) -> None:
+    """``save_state`` into a temporary folder, then rename it into place (a crash never leaves half a
+    checkpoint behind as the latest)."""
+    root = output_dir / CHECKPOINT_DIR
+    tmp = root / f".tmp_epoch_{epoch:04d}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / STATE_FILE, {"epoch": epoch, "global_step": global_step})
+        final = root / f"epoch_{epoch:04d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        checkpoints = sorted(p for p in root.iterdir() if CHECKPOINT_PATTERN.match(p.name))
+        for old in checkpoints[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""Entry point for `accelerate launch scripts/train.py ...` (same options as `pact-zoo train`)."""
+import sys
+
+from pact_zoo.training.train_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

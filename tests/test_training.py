@@ -1,0 +1,188 @@
+"""The fine-tuning pipeline: train -> evaluate -> export -> reload, multi-process, resume, data, configs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import pact_zoo
+from pact_zoo.data import load_image_dataset
+from pact_zoo.hub import export_folder
+from pact_zoo.training import ConfigError, load_config, load_model_folder, train
+from pact_zoo.training.evaluate import run_evaluation
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(
+    model="pact_resnet32", model_kwargs={"layers": [2, 2, 2], "channels": [4, 8, 8], "tau": 0.05},
+    dataset="digits", max_train_samples=48, max_eval_samples=24, epochs=1, batch_size=16, eval_batch_size=24,
+    lr=0.05, augment="crop", eval_thresholds=[0.3, 0.7],
+)
+
+
+def _overrides_argv(overrides):
+    argv = []
+    for key, value in overrides.items():
+        argv += [f"--{key.replace('_', '-')}", json.dumps(value) if not isinstance(value, str) else value]
+    return argv
+
+
+def _run_train(overrides, *extra, launcher=(), env=None, check=True):
+    cmd = [*launcher] if launcher else [sys.executable]
+    cmd += [str(REPO / "scripts" / "train.py"), *_overrides_argv(overrides), *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture
+def reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_train_evaluate_export_reload(tmp_path, reset_accelerate):
+    config = load_config(None, dict(TINY, output_dir=str(tmp_path / "run")))
+    metrics = train(config)
+    assert metrics["epoch"] == 1 and 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_samples"] == 24
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["mean_flops"] > 0
+
+    model = load_model_folder(tmp_path / "run" / "model").eval()
+    result = run_evaluation(model, config, tmp_path / "run" / "eval")
+    assert [p["threshold"] for p in result["points"]] == [0.3, 0.5, 0.7]
+    assert result["full_depth"]["rule"] == "full_depth"
+    for plot in ("tradeoff.png", "units_hist.png", "fewest_most_units.png"):
+        assert (tmp_path / "run" / "eval" / plot).stat().st_size > 1000
+
+    hub = export_folder(str(tmp_path / "run" / "model"), str(tmp_path / "hub"),
+                        card_path=str(REPO / "hub_configs" / "pact_resnet32.digits" / "card.yaml"))
+    assert {"model.safetensors", "config.json", "README.md", "tradeoff.png"} <= {p.name for p in hub.iterdir()}
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(hub / "README.md")
+    assert {"adaptive-computation", "pact"} <= set(card.data.tags) and card.data.library_name == "timm"
+    assert card.data.datasets == ["digits"] and card.data.threshold == 0.5
+    metric_types = {m["type"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}
+    assert {"accuracy", "mean_flops", "flops_ratio"} <= metric_types
+
+    from transformers import AutoModelForImageClassification
+
+    x = torch.randn(5, 3, 32, 32)
+    via_timm = timm.create_model(f"local-dir:{hub}", pretrained=True).eval()
+    via_transformers = AutoModelForImageClassification.from_pretrained(hub).eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(via_timm(x), expected)
+        assert torch.equal(via_transformers(pixel_values=x).logits, expected)
+
+
+def test_two_process_cpu_run(tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                "29517"]
+    _run_train(dict(TINY, output_dir=str(out)), launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["num_processes"] == 2
+    assert metrics[-1]["num_samples"] == 24  # gather_for_metrics drops the samples padded onto the last batch
+    assert sorted(p.name for p in (out / "checkpoints" / "epoch_0001").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    run = dict(TINY, epochs=2)  # 48 samples / batch 16 = 3 steps per epoch
+    _run_train(dict(run, output_dir=str(tmp_path / "straight")))
+    killed = _run_train(dict(run, output_dir=str(tmp_path / "killed"), debug_kill_at_step=5), check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "killed" / "model").exists()
+    assert (tmp_path / "killed" / "checkpoints" / "epoch_0001").is_dir()
+    _run_train(dict(run, output_dir=str(tmp_path / "killed")), "--resume")
+    straight = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def _write_png_folder(root: Path, counts: dict) -> None:
+    rng = np.random.default_rng(0)
+    for split, per_class in counts.items():
+        for label in ("cat", "dog"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_imagefolder_loader(tmp_path):
+    _write_png_folder(tmp_path / "imgs", {"train": 3, "test": 2})
+    splits = load_image_dataset(f"imagefolder:{tmp_path / 'imgs'}")
+    assert len(splits.train) == 6 and len(splits.eval) == 4 and splits.class_names == ["cat", "dog"]
+    assert splits.train[0]["image"].size == (12, 12)
+
+
+def test_parquet_loader(tmp_path, reset_accelerate):
+    digits = load_image_dataset("digits")
+    digits.train.select(range(40)).to_parquet(str(tmp_path / "train.parquet"))
+    digits.eval.select(range(16)).to_parquet(str(tmp_path / "test.parquet"))
+    splits = load_image_dataset(f"parquet:{tmp_path}")
+    assert len(splits.train) == 40 and len(splits.eval) == 16 and splits.num_classes == 10
+    metrics = train(load_config(None, dict(TINY, dataset=f"parquet:{tmp_path}", output_dir=str(tmp_path / "run"))))
+    assert metrics["num_samples"] == 16
+
+
+def test_bundled_digits_split_is_fixed():
+    splits = load_image_dataset("digits")
+    assert (len(splits.train), len(splits.eval)) == (1437, 360)
+    assert splits.train[0]["image"].size == (32, 32) and splits.class_names == [str(d) for d in range(10)]
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (dict(model="pact_resnet9000"), ConfigError, "pact_resnet32"),
+    (dict(dataset="cifar11"), ValueError, "valid choices: 'digits'"),
+    (dict(dataset="imagefolder:/no/such/dir"), FileNotFoundError, "/no/such/dir"),
+    (dict(pretrained_file="/no/such/weights.safetensors"), FileNotFoundError, "weights.safetensors"),
+    (dict(epochs="three"), ConfigError, "epochs must be int"),
+    (dict(lr_milestones=0.5), ConfigError, "lr_milestones"),
+    (dict(optimizer="lamb"), ConfigError, "sgd"),
+])
+def test_bad_configs_name_the_problem(overrides, error, message, reset_accelerate):
+    with pytest.raises(error, match=message):
+        train(load_config(None, dict(TINY, output_dir="/tmp/unused", **overrides)))
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("model: pact_resnet32\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['learning_rate'\].*valid keys: model"):
+        load_config(str(path))
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("variant", ["pact_resnet32.digits", "pact_resnet110.cifar10", "act_resnet110.cifar10"])
+def test_hub_config_recipes_load(variant):
+    config = load_config(str(REPO / "hub_configs" / variant / "train.yaml"))
+    assert config.model in pact_zoo.list_models()
+    assert (REPO / "hub_configs" / variant / "card.yaml").is_file()
+
+
+def test_cli_lists_commands_and_rejects_unknown(capsys):
+    from pact_zoo.cli import main
+
+    assert main([]) == 0
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in ("train", "evaluate", "export", "quickstart"))
+    assert main(["fly"]) == 2
