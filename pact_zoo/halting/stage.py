@@ -40,6 +40,12 @@ def _empty_rows(like: torch.Tensor, batch_size: int) -> torch.Tensor:
                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` (``[A, ...]`` -> ``[len(rows), ...]``): ``index_select`` on contiguous states (about 3x faster
+    than advanced indexing on CPU); advanced indexing otherwise, which keeps a channels_last layout."""
+    return x.index_select(0, rows) if x.is_contiguous() else x[rows]
+
+
 @register_notrace_module
 class AdaptiveStage(nn.Module):
     """A sequence of units whose depth each sample chooses.
@@ -231,11 +237,11 @@ class AdaptiveStage(nn.Module):
                 keep, halt = self._split(stop, num_halted)
                 halt_rows = halt if active_index is None else active_index[halt]
                 steps.index_fill_(0, halt_rows, n + 1)
-                finished.append((halt_rows, state[halt]))
-                state = state[keep]
+                finished.append((halt_rows, _take_rows(state, halt)))
+                state = _take_rows(state, keep)
                 active_index = keep if active_index is None else active_index[keep]
                 if active_context is not None:
-                    active_context = active_context[keep]
+                    active_context = _take_rows(active_context, keep)
             state = self._run_unit(n + 1, state, active_context)
         self._record(steps, steps.to(torch.float32))
         if active_index is None:  # no row left the batch: the state is the output
@@ -287,9 +293,9 @@ class AdaptiveStage(nn.Module):
                 cost.index_copy_(0, halt_rows, (n + 1) + remainder[halt])  # rho = N + R
                 if num_halted == active_state.shape[0]:
                     break
-                active_state, cumulative = active_state[keep], cumulative[keep]
+                active_state, cumulative = _take_rows(active_state, keep), cumulative[keep]
                 active_index = keep if active_index is None else active_index[keep]
                 if active_context is not None:
-                    active_context = active_context[keep]
+                    active_context = _take_rows(active_context, keep)
         self._record(steps, cost)
         return out
