@@ -98,7 +98,8 @@ def parity_dataset(num_samples: int, vector_size: int = 64, seed: int = 0, place
         rank = rng.random((num_samples, vector_size)).argsort(axis=1).argsort(axis=1)
     vectors = np.where(rank < num_nonzero[:, None], signs, np.float32(0.0)).astype(np.float32)
     labels = ((vectors == 1.0).sum(axis=1) % 2).astype(np.int64)
-    features = _features(vector_size, ClassLabel(names=["even", "odd"]), num_nonzero=Value("int64"))
+    features = Features({"inputs_embeds": Array2D(shape=(1, vector_size), dtype="float32"),
+                         "labels": ClassLabel(names=["even", "odd"]), "num_nonzero": Value("int64")})
     return Dataset.from_dict({"inputs_embeds": vectors[:, None, :], "labels": labels, "num_nonzero": num_nonzero},
                              features=features)
 
