@@ -294,14 +294,19 @@ class PactLSTMPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Linear/Embedding: transformers' default; LSTMCell: U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's LSTM init, not
-        covered by the default); halting unit: bias = ``halting_bias_init``."""
+        covered by the default); halting unit: bias = ``halting_bias_init``.
+
+        The halting bias is set on the head's ``nn.Linear`` itself: transformers skips custom-code modules without
+        parameters of their own (such as :class:`VectorHaltingHead`), so an init keyed on the head would not run.
+        """
         super()._init_weights(module)
         if isinstance(module, nn.LSTMCell):
             bound = 1.0 / math.sqrt(module.hidden_size)
             for param in module.parameters():
                 init.uniform_(param, -bound, bound)
-        elif isinstance(module, VectorHaltingHead):
-            init.constant_(module.fc.bias, self.config.halting_bias_init)
+        elif isinstance(module, nn.Linear) and any(
+                module is head.fc for head in self.modules() if isinstance(head, VectorHaltingHead)):
+            init.constant_(module.bias, self.config.halting_bias_init)
 
     # -- halting knobs ------------------------------------------------------------------------------------------------
     @property
