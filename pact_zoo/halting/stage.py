@@ -41,9 +41,13 @@ def _empty_rows(like: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def _take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``x[rows]`` (``[A, ...]`` -> ``[len(rows), ...]``): ``index_select`` on contiguous states (about 3x faster
-    than advanced indexing on CPU); advanced indexing otherwise, which keeps a channels_last layout."""
-    return x.index_select(0, rows) if x.is_contiguous() else x[rows]
+    """``x[rows]`` (``[A, ...]`` -> ``[len(rows), ...]``) in the layout of ``x``, with ``index_select`` (3-5x
+    faster than advanced indexing on CPU); a channels_last state is gathered as its contiguous NHWC view."""
+    if x.is_contiguous():
+        return x.index_select(0, rows)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return x[rows]
 
 
 @register_notrace_module
