@@ -1,4 +1,7 @@
-"""The timm model contract for every registered pact_zoo model (in the spirit of timm's tests/test_models.py)."""
+"""The timm model contract for the CIFAR family (in the spirit of timm's tests/test_models.py).
+
+The ImageNet family has its own contract tests in test_pact_resnet_imagenet.py (other input size and cfg).
+"""
 import inspect
 import logging
 
@@ -11,8 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import pact_zoo
 
-ALL_MODELS = pact_zoo.list_models()
-ADAPTIVE_MODELS = [m for m in ALL_MODELS if m.startswith(("pact_", "act_"))]
+ALL_MODELS = timm.list_models(module="pact_resnet_cifar")
 # The contract tests run the small variant of each family; depth-specific checks cover the large ones.
 SMALL_MODELS = [m for m in ALL_MODELS if "110" not in m]
 INPUT = (3, 32, 32)
@@ -22,6 +24,7 @@ def test_registered():
     for name in ["resnet32_cifar", "resnet110_cifar", "pact_resnet32", "pact_resnet110", "act_resnet32",
                  "act_resnet110"]:
         assert name in ALL_MODELS
+    assert set(ALL_MODELS) | {"pact_resnet50", "act_resnet101"} <= set(pact_zoo.list_models())
 
 
 def _heterogeneous_heads(model, scale=2.0):

@@ -7,7 +7,7 @@ from .pact_resnet import AdaptiveResNet, AdaptiveResNetStage
 from .pact_resnet_cifar import CifarResNet, PreActBasicUnit
 
 #: One timm module name per family file (registry key = the file's last dotted name).
-FAMILY_MODULES = ("pact_resnet_cifar",)
+FAMILY_MODULES = ("pact_resnet_cifar", "pact_resnet")
 
 __all__ = [
     "AdaptiveResNet", "AdaptiveResNetStage", "CifarResNet", "FAMILY_MODULES", "PreActBasicUnit", "list_models",

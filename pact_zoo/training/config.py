@@ -29,6 +29,7 @@ class TrainConfig:
     # model
     model: str = "pact_resnet32"
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False  # load the model's registered pretrained weights (hub; needs the network or a cache)
     pretrained_file: Optional[str] = None  # backbone checkpoint (.safetensors / .pth), loaded offline
     # data
     dataset: str = "digits"

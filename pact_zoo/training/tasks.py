@@ -67,7 +67,7 @@ class ImageClassificationTask:
         if self.config.pretrained_file:
             return timm.create_model(self.config.model, pretrained=True,
                                      pretrained_cfg_overlay=dict(file=self.config.pretrained_file), **kwargs)
-        return timm.create_model(self.config.model, **kwargs)
+        return timm.create_model(self.config.model, pretrained=self.config.pretrained, **kwargs)
 
     def load_data(self, model: nn.Module) -> TaskData:
         from timm.data import resolve_data_config
