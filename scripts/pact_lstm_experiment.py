@@ -1,7 +1,7 @@
 """The PACT-LSTM reference experiment on CPU: Graves's parity task (PACT, ACT, a fixed one-step LSTM) and MNIST-1D
-(PACT vs a plain LSTM). Reads the recipe ``hub_configs/pact_lstm.parity/train.yaml``.
+(PACT vs a plain LSTM). Reads the recipe ``hub_configs/pact_lstm.parity/experiment.yaml``.
 
-    python scripts/pact_lstm_experiment.py --config hub_configs/pact_lstm.parity/train.yaml \
+    python scripts/pact_lstm_experiment.py --config hub_configs/pact_lstm.parity/experiment.yaml \
         --output-dir out/pact_lstm_experiment [--only parity] [--steps-scale 0.1]
 
 Writes ``results.json`` (every number) and ``results.md`` (the tables of ``docs/lstm_results.md``) to the output
@@ -156,7 +156,7 @@ def markdown(results: dict[str, Any], recipe: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=Path("hub_configs/pact_lstm.parity/train.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("hub_configs/pact_lstm.parity/experiment.yaml"))
     parser.add_argument("--output-dir", type=Path, default=None)
     parser.add_argument("--only", choices=("parity", "mnist1d"), default=None)
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every training budget (pilots)")

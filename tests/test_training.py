@@ -17,6 +17,7 @@ from pact_zoo.data import load_image_dataset
 from pact_zoo.hub import export_folder
 from pact_zoo.training import ConfigError, load_config, load_model_folder, train
 from pact_zoo.training.evaluate import run_evaluation
+from pact_zoo.training.tasks import SEQUENCE_MODELS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(
@@ -172,11 +173,41 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
-@pytest.mark.parametrize("variant", ["pact_resnet32.digits", "pact_resnet110.cifar10", "act_resnet110.cifar10"])
+@pytest.mark.parametrize("variant", sorted(p.name for p in (REPO / "hub_configs").iterdir() if p.is_dir()))
 def test_hub_config_recipes_load(variant):
     config = load_config(str(REPO / "hub_configs" / variant / "train.yaml"))
-    assert config.model in pact_zoo.list_models()
+    assert config.model in pact_zoo.list_models() + list(SEQUENCE_MODELS)
     assert (REPO / "hub_configs" / variant / "card.yaml").is_file()
+
+
+def test_sequence_task_train_evaluate_export_reload(tmp_path, reset_accelerate):
+    overrides = dict(
+        model="pact_lstm", model_kwargs={"hidden_size": 8, "max_ponder_steps": 3, "halting_bias_init": 0.0},
+        dataset="parity", dataset_kwargs={"vector_size": 6, "train_samples": 64, "test_samples": 32},
+        epochs=1, batch_size=16, eval_batch_size=32, optimizer="adamw", lr=0.01, eval_thresholds=[0.3, 0.7],
+        output_dir=str(tmp_path / "run"))
+    config = load_config(None, overrides)
+    metrics = train(config)
+    assert metrics["num_samples"] == 32 and 1.0 <= metrics["mean_units"][0] <= 3.0
+    assert 0 < metrics["flops_ratio"] <= 1.0
+    model = load_model_folder(tmp_path / "run" / "model").eval()
+    result = run_evaluation(model, config, tmp_path / "run" / "eval")
+    assert result["full_depth"]["mean_units"] == [3.0] and result["full_depth"]["flops_ratio"] < 1.0
+    hub = export_folder(str(tmp_path / "run" / "model"), str(tmp_path / "hub"),
+                        card_path=str(REPO / "hub_configs" / "pact_lstm.parity" / "card.yaml"))
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification
+
+    assert ModelCard.load(hub / "README.md").data.library_name == "transformers"
+    reloaded = AutoModelForSequenceClassification.from_pretrained(hub).eval()
+    x = torch.randn(4, 1, 6)
+    with torch.no_grad():
+        assert torch.equal(reloaded(inputs_embeds=x).logits, model(inputs_embeds=x).logits)
+
+
+def test_sequence_task_rejects_image_dataset(reset_accelerate):
+    with pytest.raises(ValueError, match="valid choices: parity, mnist1d"):
+        train(load_config(None, dict(model="pact_lstm", dataset="digits", output_dir="/tmp/unused")))
 
 
 def test_cli_lists_commands_and_rejects_unknown(capsys):

@@ -23,8 +23,8 @@ from datasets import Array2D, ClassLabel, Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
 __all__ = [
-    "LOGIC_GATES", "PARITY_PLACEMENTS", "addition_dataset", "collate_sequences", "logic_dataset", "parity_dataset",
-    "sort_dataset",
+    "LOGIC_GATES", "PARITY_PLACEMENTS", "SEQUENCE_CLASSIFICATION_DATASETS", "addition_dataset", "collate_sequences",
+    "load_sequence_splits", "logic_dataset", "parity_dataset", "sort_dataset",
 ]
 
 PARITY_PLACEMENTS = ("first", "random")
@@ -272,3 +272,33 @@ def collate_sequences(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Ten
             padded[row, :value.shape[0]] = value
         batch[key] = padded
     return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+#: Sequence-classification tasks the shared training loop can use (one label per sequence).
+SEQUENCE_CLASSIFICATION_DATASETS = ("parity", "mnist1d")
+
+
+def load_sequence_splits(name: str, seed: int = 0, **kwargs: Any) -> tuple[Dataset, Dataset, list[str]]:
+    """Train and test splits of a generated sequence-classification task, and its class names.
+
+    Args:
+        name: ``"parity"`` (kwargs: ``train_samples``, ``test_samples`` and :func:`parity_dataset` arguments; the
+            test split uses ``seed + 1``) or ``"mnist1d"`` (kwargs: :class:`~pact_zoo.data.mnist1d.MNIST1DConfig`
+            fields).
+        seed: generator seed.
+    """
+    if name == "parity":
+        options = dict(kwargs)
+        train_samples = options.pop("train_samples", 100_000)
+        test_samples = options.pop("test_samples", 10_000)
+        train = parity_dataset(train_samples, seed=seed, **options)
+        test = parity_dataset(test_samples, seed=seed + 1, **options)
+    elif name == "mnist1d":
+        from .mnist1d import mnist1d_splits
+
+        splits = mnist1d_splits(**{"seed": seed, **kwargs})
+        train, test = splits["train"], splits["test"]
+    else:
+        raise ValueError(f"unknown sequence dataset {name!r}; choose from {SEQUENCE_CLASSIFICATION_DATASETS}")
+    return train, test, list(train.features["labels"].names)

@@ -10,9 +10,14 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-__all__ = ["FlopsProfiler", "current_profiler", "module_flops_per_sample"]
+__all__ = ["FlopsProfiler", "current_profiler", "module_flops_per_sample", "recurrent_cell_flops"]
 
 _ACTIVE: list["FlopsProfiler"] = []
+
+
+def recurrent_cell_flops(cell: nn.RNNCellBase) -> int:
+    """FLOPs of one step of an RNN / LSTM / GRU cell for one sample (its input and hidden matmuls)."""
+    return 2 * (cell.weight_ih.numel() + cell.weight_hh.numel())
 
 
 def module_flops_per_sample(module: nn.Module, output: torch.Tensor) -> int:
@@ -26,7 +31,7 @@ def module_flops_per_sample(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         return 2 * (output.numel() // batch) * module.in_features
     if isinstance(module, nn.RNNCellBase):
-        return 2 * (module.weight_ih.numel() + module.weight_hh.numel())
+        return recurrent_cell_flops(module)
     return 0
 
 

@@ -227,6 +227,7 @@ class PactLSTMLayer(nn.Module):
             outputs.append(output)
         steps_t, costs_t = torch.stack(steps, dim=1), torch.stack(costs, dim=1)
         # What pact_zoo.halting_loss / halting reports read: totals over the sequence, per sample.
+        self.last_ponder_steps = steps_t  # [B, T], 0 at padding: per-step FLOPs accounting
         self.stage.last_units_executed = steps_t.sum(dim=1)
         self.stage.last_cost = costs_t.sum(dim=1) if self.stage.adaptive else None
         return torch.stack(outputs, dim=1), steps_t, costs_t

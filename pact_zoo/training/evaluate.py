@@ -115,7 +115,7 @@ def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: P
     fig, axes = plt.subplots(1, stages, figsize=(3 * stages, 2.8), squeeze=False)
     for s in range(stages):
         ax = axes[0, s]
-        bins = torch.arange(0.5, num_units[s] + 1.5)
+        bins = torch.arange(0.5, max(num_units[s], int(units[:, s].max())) + 1.5)
         ax.hist(units[:, s].numpy(), bins=bins.numpy(), color="tab:blue", edgecolor="white")
         ax.set_title(f"stage {s + 1}", fontsize=9)
         ax.set_xlabel("units executed")
@@ -187,7 +187,7 @@ def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
         plots.append(IMAGE_GRID)
     result["plots"] = plots
     result["units_histogram"] = [torch.bincount(units[:, s], minlength=stages[s].num_units + 1)[1:].tolist()
-                                 for s in range(units.shape[1])]
+                                 for s in range(units.shape[1])]  # counts of 1, 2, ... units
     atomic_write_json(output_dir / TRADEOFF_JSON, result)
     return result
 
@@ -197,7 +197,7 @@ def format_table(result: Dict[str, Any]) -> str:
     rows = [("rule", "threshold", "accuracy", "MFLOPs", "vs full", "units per stage")]
     for p in result["points"] + [result["full_depth"]]:
         rows.append((p["rule"], "-" if p["threshold"] is None else f"{p['threshold']:g}", f"{100 * p['accuracy']:.2f}%",
-                     f"{p['mean_flops'] / 1e6:.1f}", f"{p['flops_ratio']:.3f}",
+                     f"{p['mean_flops'] / 1e6:.4g}", f"{p['flops_ratio']:.3f}",
                      " / ".join(f"{u:.2f}" for u in p["mean_units"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)

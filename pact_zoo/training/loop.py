@@ -83,26 +83,26 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None)
     """Accuracy, mean FLOPs per sample and mean units per stage of an eval pass (deterministic halting)."""
     model.eval()
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
-    correct, count, flops_sum, units_sum, full_flops = 0, 0, 0.0, None, None
+    correct, count, flops_sum, full_sum, units_sum = 0, 0, 0.0, 0.0, None
     for batch in loader:
         logits = task.forward(model, batch)
-        flops, units, full_flops = task.report(unwrapped)
+        flops, units, full = task.report(unwrapped)
         labels = batch["labels"]
         preds = logits.argmax(-1)
-        flops, units = flops.to(preds.device), units.to(preds.device)
+        flops, units, full = flops.to(preds.device), units.to(preds.device), full.to(preds.device)
         if accelerator is not None:
-            preds, labels, flops, units = accelerator.gather_for_metrics((preds, labels, flops, units))
+            preds, labels, flops, units, full = accelerator.gather_for_metrics((preds, labels, flops, units, full))
         correct += int((preds == labels).sum())
         count += labels.numel()
         flops_sum += float(flops.double().sum())
+        full_sum += float(full.double().sum())
         units = units.double().sum(0)
         units_sum = units if units_sum is None else units_sum + units
-    mean_flops = flops_sum / max(count, 1)
     return {
         "accuracy": correct / max(count, 1),
-        "mean_flops": mean_flops,
-        "full_flops": full_flops,
-        "flops_ratio": mean_flops / full_flops if full_flops else None,
+        "mean_flops": flops_sum / max(count, 1),
+        "full_flops": full_sum / max(count, 1),
+        "flops_ratio": flops_sum / full_sum if full_sum else None,
         "mean_units": (units_sum / max(count, 1)).tolist() if units_sum is not None else [],
         "num_samples": count,
     }

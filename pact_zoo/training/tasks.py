@@ -10,11 +10,17 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from ..data import collate_images, image_transforms, load_image_dataset, with_image_transform
-from ..halting import adaptive_stages, halting_report
+from ..data import (
+    SEQUENCE_CLASSIFICATION_DATASETS, collate_images, collate_sequences, image_transforms, load_image_dataset,
+    load_sequence_splits, with_image_transform,
+)
+from ..halting import adaptive_stages, halting_report, recurrent_cell_flops
 from .config import ConfigError, TrainConfig
 
-__all__ = ["TaskData", "ImageClassificationTask", "build_task"]
+__all__ = ["TaskData", "ImageClassificationTask", "SequenceClassificationTask", "SEQUENCE_MODELS", "build_task"]
+
+#: Hugging Face model types the loop trains on generated sequence-classification tasks.
+SEQUENCE_MODELS = ("pact_lstm",)
 
 
 @dataclass
@@ -97,14 +103,86 @@ class ImageClassificationTask:
         return model(batch["pixel_values"])
 
     @staticmethod
-    def report(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Per-sample FLOPs ``[B]``, units executed ``[B, S]`` and full-depth FLOPs of the last forward."""
+    def report(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample FLOPs ``[B]``, units executed ``[B, S]`` and full-depth FLOPs ``[B]`` of the last forward."""
         report = halting_report(model)
-        return report.flops, report.units_executed, report.full_flops
+        return report.flops, report.units_executed, torch.full_like(report.flops, report.full_flops)
 
 
-def build_task(config: TrainConfig) -> ImageClassificationTask:
-    """The task for ``config.model``."""
+class SequenceClassificationTask:
+    """Hugging Face PACT-LSTM classifiers on generated sequence tasks (parity, MNIST-1D)."""
+
+    kind = "sequence"
+
+    def __init__(self, config: TrainConfig) -> None:
+        if config.dataset not in SEQUENCE_CLASSIFICATION_DATASETS:
+            raise ValueError(f"unknown dataset {config.dataset!r} for {config.model}; valid choices: "
+                             f"{', '.join(SEQUENCE_CLASSIFICATION_DATASETS)}")
+        self.config = config
+        self._splits = None
+
+    def _load_splits(self):
+        if self._splits is None:
+            self._splits = load_sequence_splits(self.config.dataset, seed=self.config.seed,
+                                                **self.config.dataset_kwargs)
+        return self._splits
+
+    def num_classes(self) -> int:
+        return len(self._load_splits()[2])
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        from ..hf import PactLSTMConfig, PactLSTMForSequenceClassification
+
+        train, _, class_names = self._load_splits()
+        if self.config.pretrained_file:  # a saved model folder
+            return PactLSTMForSequenceClassification.from_pretrained(self.config.pretrained_file,
+                                                                     **self.config.model_kwargs)
+        input_size = len(train[0]["inputs_embeds"][0])
+        model_config = PactLSTMConfig(input_size=input_size, id2label=dict(enumerate(class_names)),
+                                      **self.config.model_kwargs)
+        return PactLSTMForSequenceClassification(model_config)
+
+    def load_data(self, model: nn.Module) -> TaskData:
+        train, evaluation, class_names = self._load_splits()
+        if self.config.max_train_samples:
+            train = train.select(range(min(self.config.max_train_samples, len(train))))
+        if self.config.max_eval_samples:
+            evaluation = evaluation.select(range(min(self.config.max_eval_samples, len(evaluation))))
+        return TaskData(train=train, eval=evaluation, collate_fn=collate_sequences, class_names=class_names)
+
+    @staticmethod
+    def forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, num_labels]``."""
+        return model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+
+    @staticmethod
+    def report(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample FLOPs ``[B]``, ponder steps per layer ``[B, S]`` and full-depth FLOPs ``[B]``.
+
+        Per real time step and layer: n cell steps and min(n, M - 1) halting heads (none after the last step);
+        full depth runs M cell steps and M - 1 heads. Plus the classifier once per sequence.
+        """
+        layers = [m for m in model.modules() if hasattr(m, "last_ponder_steps") and hasattr(m, "cell")]
+        classifier = next(m for name, m in model.named_modules() if name.endswith("classifier"))
+        steps = [layer.last_ponder_steps.cpu() for layer in layers]  # [B, T] each, 0 at padding
+        flops = torch.full((steps[0].shape[0],), 2 * classifier.in_features * classifier.out_features,
+                           dtype=torch.long)
+        full = flops.clone()
+        for layer, step in zip(layers, steps):
+            max_steps = layer.stage.num_units
+            cell = recurrent_cell_flops(layer.cell)
+            head = 2 * layer.halting_head.fc.in_features if layer.halting_head is not None else 0
+            real = (step > 0).sum(1)
+            heads_run = step.clamp(max=max_steps - 1).sum(1) if layer.stage.adaptive else torch.zeros_like(real)
+            flops += step.sum(1) * cell + heads_run * head
+            full += real * (max_steps * cell + (max_steps - 1) * head)
+        return flops, torch.stack([s.sum(1) for s in steps], dim=1), full
+
+
+def build_task(config: TrainConfig):
+    """The task for ``config.model``: PACT-LSTM sequence models, else timm image models."""
+    if config.model in SEQUENCE_MODELS:
+        return SequenceClassificationTask(config)
     return ImageClassificationTask(config)
 
 
