@@ -220,6 +220,12 @@ def _flops(model: nn.Module, batches: list[torch.Tensor]) -> tuple[float, float,
     return total / count, full, (units / count).tolist()
 
 
+def _units(model: nn.Module) -> torch.Tensor:
+    from .halting import halting_report
+
+    return halting_report(model).units_executed
+
+
 def _time_round_robin(model: nn.Module, batches: list[torch.Tensor], modes: Sequence[str], warmup: int,
                       repeats: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -247,12 +253,14 @@ def benchmark_eval(model: nn.Module, input_shape: Sequence[int], batch_sizes: Se
         num_samples = batch_size * len(batches)
         with execution(model, "adaptive"):
             flops_adaptive, flops_with_heads, mean_units = _flops(model, batches)
-            adaptive_out = [model(b) for b in batches[:2]]
+            adaptive_out = [(model(b), _units(model)) for b in batches[:2]]
         with execution(model, "full"):
             flops_full, _, _ = _flops(model, batches)
         with execution(model, "masked"):
-            masked_out = [model(b) for b in batches[:2]]
-        max_diff = max(float((a - m).abs().max()) for a, m in zip(adaptive_out, masked_out))
+            masked_out = [(model(b), _units(model)) for b in batches[:2]]
+        max_diff = max(float((a - m).abs().max()) for (a, _), (m, _) in zip(adaptive_out, masked_out))
+        scale = max(float(m.abs().max()) for m, _ in masked_out) or 1.0
+        same_units = all(torch.equal(ua, um) for (_, ua), (_, um) in zip(adaptive_out, masked_out))
         times = _time_round_robin(model, batches, modes, warmup, repeats)
         medians = {mode: statistics.median(values) for mode, values in times.items()}
         minima = {mode: min(values) for mode, values in times.items()}
@@ -265,6 +273,8 @@ def benchmark_eval(model: nn.Module, input_shape: Sequence[int], batch_sizes: Se
                                  "masked_executed": flops_with_heads},
             "flops_ratio": flops_ratio, "mean_units_per_stage": mean_units,
             "max_abs_diff_adaptive_vs_masked": max_diff,
+            "max_rel_diff_adaptive_vs_masked": max_diff / scale,  # relative to max |output|
+            "same_units_adaptive_vs_masked": same_units,
         }
         if "full" in medians:
             for mode in ("adaptive", "masked"):

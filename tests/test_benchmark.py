@@ -31,6 +31,8 @@ def test_cli_end_to_end_writes_valid_json(tmp_path, capsys):
         assert all(t > 0 for t in record["median_s"].values())
         assert 0 < record["flops_ratio"] <= 1.2
         assert record["max_abs_diff_adaptive_vs_masked"] <= 1e-5
+        assert record["max_rel_diff_adaptive_vs_masked"] <= 1e-5
+        assert record["same_units_adaptive_vs_masked"] is True
         assert record["efficiency"] == pytest.approx(record["time_ratio_adaptive"] / record["flops_ratio"])
         assert record["efficiency_target"] == benchmark.EFFICIENCY_TARGETS.get(record["batch_size"])
     assert set(result["memory"]) == {"pact"}  # one fresh process (each costs an import of torch + timm)
