@@ -13,8 +13,13 @@ from typing import Optional, Sequence
 
 import torch
 import torch.utils.checkpoint
-from timm.layers import register_notrace_module
 from torch import nn
+
+try:  # timm's FX tracing treats the stage as a leaf; the core itself does not need timm (remote-code checkpoints)
+    from timm.layers import register_notrace_module
+except ImportError:  # pragma: no cover - exercised only where timm is absent
+    def register_notrace_module(module: type) -> type:
+        return module
 
 from .act import act_halting
 from .config import HaltingConfig, validate_threshold
