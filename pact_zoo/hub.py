@@ -59,8 +59,9 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         halting_methods=evaluation.get("methods"),
         full_depth_flops=float(full["mean_flops"]),
     )
-    usage = (f'import pact_zoo, timm\nmodel = timm.create_model("hf-hub:<repo>", pretrained=True)\n'
-             f'pact_zoo.set_threshold(model, {evaluation.get("threshold")})  # speed/accuracy knob'
+    knob = (f'\npact_zoo.set_threshold(model, {evaluation.get("threshold")})  # speed/accuracy knob'
+            if "pact" in evaluation.get("methods", []) else "")
+    usage = (f'import pact_zoo, timm\nmodel = timm.create_model("hf-hub:<repo>", pretrained=True){knob}'
              if timm_model else
              'import pact_zoo\nfrom transformers import AutoModelForSequenceClassification\n'
              'model = AutoModelForSequenceClassification.from_pretrained("<repo>")')

@@ -235,6 +235,25 @@ def test_optimisation_lowers_the_loss(name):
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
 
 
+def test_report_keeps_frozen_modules_in_eval():
+    model = timm.create_model("pact_resnet32").train()
+    model.stages[0].units[0].norm1.eval()  # e.g. frozen BN while fine-tuning
+    model(torch.randn(2, *INPUT))
+    pact_zoo.halting_report(model)
+    assert model.training and not model.stages[0].units[0].norm1.training
+
+
+def test_calibrate_threshold_on_image_batches():
+    from pact_zoo.data import collate_images
+
+    model = timm.create_model("pact_resnet32").eval()
+    _heterogeneous_heads(model)
+    rows = [{"pixel_values": torch.randn(*INPUT), "labels": 0} for _ in range(32)]
+    loader = [collate_images(rows[i:i + 16]) for i in (0, 16)]
+    threshold, ratio = pact_zoo.calibrate_threshold(model, loader, 0.6, tolerance=0.05)
+    assert 0.0 < threshold <= 1.0 and ratio <= 0.6 + 1e-9
+
+
 def test_halting_loss_values():
     model = timm.create_model("pact_resnet32", tau=0.1).train()
     model(torch.randn(4, *INPUT))

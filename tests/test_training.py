@@ -22,7 +22,8 @@ from pact_zoo.training.tasks import SEQUENCE_MODELS
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(
     model="pact_resnet32", model_kwargs={"layers": [2, 2, 2], "channels": [4, 8, 8], "tau": 0.05},
-    dataset="digits", max_train_samples=48, max_eval_samples=24, epochs=1, batch_size=16, eval_batch_size=24,
+    # 49 = 3 batches of 16 + a 1-row remainder, which the loop drops (BatchNorm needs 2 rows in training)
+    dataset="digits", max_train_samples=49, max_eval_samples=24, epochs=1, batch_size=16, eval_batch_size=24,
     lr=0.05, augment="crop", eval_thresholds=[0.3, 0.7],
 )
 
@@ -103,7 +104,7 @@ def test_two_process_cpu_run(tmp_path):
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
-    run = dict(TINY, epochs=2)  # 48 samples / batch 16 = 3 steps per epoch
+    run = dict(TINY, epochs=2)  # 49 samples / batch 16 = 3 steps per epoch (last row dropped)
     _run_train(dict(run, output_dir=str(tmp_path / "straight")))
     killed = _run_train(dict(run, output_dir=str(tmp_path / "killed"), debug_kill_at_step=5), check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -115,6 +116,25 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    _run_train(dict(run, output_dir=str(tmp_path / "killed")), "--resume")  # nothing left to do
+    assert json.loads((tmp_path / "killed" / "final_metrics.json").read_text())["epoch"] == 2
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_halting_heads_get_their_learning_rate():
+    from pact_zoo.hf import PactLSTMConfig, PactLSTMForSequenceClassification
+    from pact_zoo.training.loop import build_optimizer
+
+    config = load_config(None, dict(TINY, optimizer="adamw", lr=0.01, head_lr_mult=10.0))
+    for model in (timm.create_model("pact_resnet32"),
+                  PactLSTMForSequenceClassification(PactLSTMConfig(input_size=4, hidden_size=8, max_ponder_steps=3))):
+        optimizer = build_optimizer(model, config)
+        head_lrs = {g["lr"] for g in optimizer.param_groups
+                    if any(".heads." in n or "halting_head" in n for n, p in model.named_parameters()
+                           if any(p is q for q in g["params"]))}
+        assert head_lrs == {0.1}, type(model).__name__
 
 
 def _write_png_folder(root: Path, counts: dict) -> None:

@@ -40,6 +40,8 @@ def _model_inputs(batch: Any, device: torch.device) -> tuple[tuple, dict]:
     """Positional and keyword model inputs of one calibration batch (labels are dropped)."""
     if isinstance(batch, torch.Tensor):
         return (batch.to(device),), {}
+    if isinstance(batch, Mapping) and "pixel_values" in batch:  # pact_zoo / HF image batches
+        return (batch["pixel_values"].to(device),), {}
     if isinstance(batch, Mapping):
         kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
                   if k not in LABEL_KEYS}

@@ -90,7 +90,10 @@ def _find_profiled_root(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if getattr(module, INPUT_SHAPE_ATTR, None) is not None:
             return module
-    raise RuntimeError("no forward recorded: call the model on an input before halting_report")
+    raise RuntimeError("no input shape recorded: halting_report profiles models that record their per-sample "
+                       f"input shape (attribute {INPUT_SHAPE_ATTR!r}, set by the pact_zoo timm families in "
+                       "forward_features); call such a model first. Sequence models report ponder_steps in their "
+                       "outputs instead")
 
 
 def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]]) -> tuple[int, list[list[int]],
@@ -105,13 +108,14 @@ def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]]) -> tuple[
     if signature in cache:
         return cache[signature]
     records = [(s.last_units_executed, s.last_cost) for _, s in stages]
-    was_training = root.training
+    modes = [(m, m.training) for m in root.modules()]  # e.g. frozen BN layers stay in eval
     root.eval()
     try:
         with torch.no_grad(), FlopsProfiler(root) as profiler:
             root(torch.zeros((1,) + shape, dtype=param.dtype, device=param.device))
     finally:
-        root.train(was_training)
+        for module, training in modes:
+            module.training = training
         for (_, stage), (units, cost) in zip(stages, records):
             stage.last_units_executed, stage.last_cost = units, cost
     unit_flops = [[profiler.get(s, "unit", n) for n in range(s.num_units)] for _, s in stages]

@@ -53,7 +53,8 @@ def add_halting_heads_filter(state_dict: Dict[str, torch.Tensor], model: nn.Modu
     model_state = model.state_dict()
     head_keys = halting_parameter_names(model)
     unexpected = sorted(k for k in state_dict if k not in model_state)
-    missing = sorted(k for k in model_state if k not in state_dict and k not in head_keys)
+    missing = sorted(k for k in model_state if k not in state_dict and k not in head_keys
+                     and not k.endswith("num_batches_tracked"))  # absent from older (torchvision) checkpoints
     if unexpected or missing:
         raise KeyError(f"checkpoint does not match {type(model).__name__}: "
                        f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}, "
@@ -61,8 +62,10 @@ def add_halting_heads_filter(state_dict: Dict[str, torch.Tensor], model: nn.Modu
     new_heads = sorted(k for k in head_keys if k not in state_dict)
     if new_heads:
         _logger.info("Halting heads newly initialised (not in the checkpoint): %s", ", ".join(new_heads))
+    filled = new_heads + sorted(k for k in model_state if k not in state_dict and k not in head_keys)
+    if filled:
         state_dict = dict(state_dict)
-        for key in new_heads:
+        for key in filled:
             state_dict[key] = model_state[key]
     model.__dict__["newly_initialized_keys"] = new_heads
     return state_dict

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..halting import halting_loss
 from .config import TrainConfig
-from .io import atomic_write_json, save_model_folder
+from .io import atomic_write_json, atomic_write_text, save_model_folder
 from .tasks import build_task, halting_head_parameters
 
 __all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor"]
@@ -130,7 +130,7 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     with accelerator.main_process_first():
         data = task.load_data(model)
     train_loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate_fn,
-                              num_workers=config.num_workers, drop_last=False)
+                              num_workers=config.num_workers, drop_last=True)  # a 1-row batch breaks BatchNorm in training
     eval_loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False,
                              collate_fn=data.collate_fn, num_workers=config.num_workers)
     # Scheduler steps are counted on the un-sharded loader: accelerate steps it once per process.
@@ -157,7 +157,8 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         accelerator.init_trackers("pact_zoo", config={k: v for k, v in config.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
 
-    metrics: Dict[str, Any] = {}
+    metrics: Dict[str, Any] = _trim_metrics(output_dir / METRICS_FILE, start_epoch) \
+        if accelerator.is_main_process else {}
     micro_batches_per_epoch = len(train_loader)
     for epoch in range(start_epoch, config.epochs):
         if hasattr(train_loader, "set_epoch"):
@@ -201,7 +202,7 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
             accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=global_step)
         accelerator.print(
             f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f} acc {metrics['accuracy']:.4f} "
-            f"flops {metrics['mean_flops'] / 1e6:.1f}M ({metrics['flops_ratio']:.3f} of full) "
+            f"flops {metrics['mean_flops'] / 1e6:.1f}M ({metrics['flops_ratio'] or 0.0:.3f} of full) "
             f"units {[round(u, 2) for u in metrics['mean_units']]} [{train_time:.1f}s]")
         _save_checkpoint(accelerator, output_dir, epoch + 1, global_step, config.keep_checkpoints)
 
@@ -211,6 +212,15 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         atomic_write_json(output_dir / "final_metrics.json", metrics)
     accelerator.end_training()
     return metrics
+
+
+def _trim_metrics(path: Path, epochs_done: int) -> Dict[str, Any]:
+    """Keep the metrics lines of the epochs a resumed run does not repeat; return the last one (or {})."""
+    if not path.is_file():
+        return {}
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epochs_done]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return json.loads(kept[-1]) if kept else {}
 
 
 def _save_checkpoint(accelerator, output_dir: Path, epoch: int, global_step: int, keep: int) -> None:

@@ -14,7 +14,7 @@ from ..data import (
     SEQUENCE_CLASSIFICATION_DATASETS, collate_images, collate_sequences, image_transforms, load_image_dataset,
     load_sequence_splits, with_image_transform,
 )
-from ..halting import adaptive_stages, halting_report, recurrent_cell_flops
+from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_report, recurrent_cell_flops
 from .config import ConfigError, TrainConfig
 
 __all__ = ["TaskData", "ImageClassificationTask", "SequenceClassificationTask", "SEQUENCE_MODELS", "build_task"]
@@ -188,4 +188,6 @@ def build_task(config: TrainConfig):
 
 def halting_head_parameters(model: nn.Module) -> set[int]:
     """``id`` of every halting-head parameter (they may get their own learning rate)."""
-    return {id(p) for _, stage in adaptive_stages(model) if stage.heads is not None for p in stage.heads.parameters()}
+    heads = [m for m in model.modules() if isinstance(m, (HaltingHead, VectorHaltingHead))]
+    heads += [stage.heads for _, stage in adaptive_stages(model) if stage.heads is not None]
+    return {id(p) for head in heads for p in head.parameters()}
