@@ -32,12 +32,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .fileio import atomic_write_json
 
 __all__ = ["main", "build_parser", "synthesize_halting", "full_depth", "EFFICIENCY_TARGETS"]
 
@@ -464,19 +465,8 @@ def format_report(result: dict) -> str:
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
-    """Write ``payload`` as JSON to a temporary file in the target folder, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".benchmark-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(payload, out, indent=2)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` as JSON (keys in insertion order) to ``path`` atomically."""
+    atomic_write_json(path, payload, sort_keys=False)
 
 
 # --------------------------------------------------------------------------------------------------------

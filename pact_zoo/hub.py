@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional, Sequence
 import yaml
 
 from .training.evaluate import format_table
-from .training.io import atomic_directory, is_timm_folder, load_model_folder, save_model_folder
+from .fileio import atomic_directory
+from .training.io import is_timm_folder, load_model_folder, save_model_folder
 
 __all__ = ["export_folder", "build_model_card", "main", "CARD_TAGS"]
 

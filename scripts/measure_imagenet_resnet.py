@@ -22,7 +22,6 @@ Usage: python scripts/measure_imagenet_resnet.py [--model pact_resnet50] [--batc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 import pact_zoo
+from pact_zoo.fileio import atomic_write_json
 
 
 def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
@@ -226,10 +226,7 @@ def main(argv: List[str] | None = None) -> int:
         print(f"batch {batch_size}: {line}", flush=True)
 
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(result, handle, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, result, sort_keys=False)
     return 0
 
 

@@ -1,6 +1,7 @@
 """One Accelerate training loop for every model family, typed configs and evaluation."""
 from .config import ConfigError, TrainConfig, load_config
-from .io import atomic_directory, atomic_write_json, atomic_write_text, load_model_folder, save_model_folder
+from ..fileio import atomic_directory, atomic_write_json, atomic_write_text
+from .io import load_model_folder, save_model_folder
 from .loop import evaluate_model, train
 
 __all__ = [

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from ..halting import adaptive_stages, set_threshold
 from .config import TrainConfig, add_config_arguments, load_config
-from .io import atomic_write_json, load_model_folder
+from ..fileio import atomic_path, atomic_write_json
+from .io import load_model_folder
 from .loop import evaluate_model
 from .tasks import build_task
 
@@ -146,20 +147,13 @@ def _plot_image_grid(images: list, fewest: list[int], most: list[int], units: to
 
 
 def _save_figure(fig, path: Path) -> None:
-    import os
-    import tempfile
-
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,

@@ -1,60 +1,19 @@
-"""Atomic file and folder writes, and model folders that timm and transformers both load."""
+"""Model folders that timm and transformers both load (written atomically)."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Union
 
 import torch
 from torch import nn
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_directory", "save_model_folder", "load_model_folder",
-           "is_timm_folder"]
+from ..fileio import atomic_directory
+
+__all__ = ["save_model_folder", "load_model_folder", "is_timm_folder"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-@contextmanager
-def atomic_directory(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` as a whole, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def is_timm_folder(path: PathLike) -> bool:

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from ..halting import halting_loss
 from .config import TrainConfig
-from .io import atomic_write_json, atomic_write_text, save_model_folder
+from ..fileio import atomic_write_json, atomic_write_text
+from .io import save_model_folder
 from .tasks import build_task, halting_head_parameters
 
 __all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor"]

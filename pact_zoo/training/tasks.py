@@ -32,6 +32,11 @@ class TaskData:
     raw_eval: Any = None  # untransformed eval split, for image grids
 
 
+def _limit(split, max_samples: Optional[int]):
+    """The first ``max_samples`` rows of a ``datasets.Dataset`` split (all of them when ``None``)."""
+    return split.select(range(min(max_samples, len(split)))) if max_samples else split
+
+
 class ImageClassificationTask:
     """timm image classifiers (every ``pact_zoo`` model and any timm model) on image datasets."""
 
@@ -83,10 +88,7 @@ class ImageClassificationTask:
         data_config = resolve_data_config(model=model)
         in_chans = data_config["input_size"][0]
         train, evaluation = splits.train, splits.eval
-        if c.max_train_samples:
-            train = train.select(range(min(c.max_train_samples, len(train))))
-        if c.max_eval_samples:
-            evaluation = evaluation.select(range(min(c.max_eval_samples, len(evaluation))))
+        train, evaluation = _limit(train, c.max_train_samples), _limit(evaluation, c.max_eval_samples)
         return TaskData(
             train=with_image_transform(train, splits.image_column, splits.label_column,
                                        image_transforms(data_config, c.augment, is_training=True), in_chans),
@@ -144,10 +146,8 @@ class SequenceClassificationTask:
 
     def load_data(self, model: nn.Module) -> TaskData:
         train, evaluation, class_names = self._load_splits()
-        if self.config.max_train_samples:
-            train = train.select(range(min(self.config.max_train_samples, len(train))))
-        if self.config.max_eval_samples:
-            evaluation = evaluation.select(range(min(self.config.max_eval_samples, len(evaluation))))
+        train = _limit(train, self.config.max_train_samples)
+        evaluation = _limit(evaluation, self.config.max_eval_samples)
         return TaskData(train=train, eval=evaluation, collate_fn=collate_sequences, class_names=class_names)
 
     @staticmethod
