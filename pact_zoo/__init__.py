@@ -1,11 +1,12 @@
-"""pact_zoo: Probabilistic Adaptive Computation Time (PACT) and ACT for timm and Hugging Face models.
+"""pact_zoo: adaptive computation (PACT, ACT, policy-gradient halting) for timm and Hugging Face models.
 
 ``import pact_zoo`` registers the adaptive models with timm (``timm.create_model("pact_resnet110")``).
 """
 from .halting import (
-    ACTHalting, AdaptiveStage, HaltingConfig, HaltingHead, HaltingReport, StoppingDistribution,
-    TruncatedGeometricPrior, VectorHaltingHead, act_halting, adaptive_stages, halting_loss, halting_report,
-    set_execution, set_threshold,
+    HALTING_METHODS, ACTHalting, AdaptiveStage, HaltingConfig, HaltingHead, HaltingMethod, HaltingReport,
+    StoppingDistribution, TruncatedGeometricPrior, VectorHaltingHead, act_halting, adaptive_stages, full_depth,
+    halting_loss, halting_report, register_halting_method, set_decision, set_execution, set_threshold,
+    training_loss,
 )
 from .halting.calibrate import ThresholdCalibration, calibrate_threshold
 from . import models  # noqa: F401  (registers the timm models)
@@ -15,8 +16,9 @@ from .models import list_models
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTHalting", "AdaptiveStage", "HaltingConfig", "HaltingHead", "HaltingReport", "StoppingDistribution",
-    "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting", "adaptive_stages", "halting_loss",
-    "halting_report", "list_models", "set_execution", "set_threshold", "__version__",
+    "ACTHalting", "AdaptiveStage", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
+    "HaltingReport", "StoppingDistribution", "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting",
+    "adaptive_stages", "full_depth", "halting_loss", "halting_report", "list_models", "register_halting_method",
+    "set_decision", "set_execution", "set_threshold", "training_loss", "__version__",
     "ThresholdCalibration", "calibrate_threshold",
 ]

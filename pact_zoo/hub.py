@@ -61,7 +61,7 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         full_depth_flops=float(full["mean_flops"]),
     )
     knob = (f'\npact_zoo.set_threshold(model, {evaluation.get("threshold")})  # speed/accuracy knob'
-            if "pact" in evaluation.get("methods", []) else "")
+            if evaluation.get("threshold") is not None else "")
     usage = (f'import pact_zoo, timm\nmodel = timm.create_model("hf-hub:<repo>", pretrained=True){knob}'
              if timm_model else
              'import pact_zoo\nfrom transformers import AutoModelForSequenceClassification\n'

@@ -44,15 +44,15 @@ def test_compact_equals_per_sample_and_masked(method, batch_size):
     x = torch.randn(batch_size, WIDTH)
     with torch.no_grad():
         compact = stage(x)
-        steps = stage.last_units_executed.clone()
-        cost = stage.last_cost.clone()
+        steps = stage.record.units_executed.clone()
+        cost = stage.record.cost.clone()
         single = per_sample(stage, x)
         stage.execution = "masked"
         masked = stage(x)
     torch.testing.assert_close(compact, single, atol=1e-5, rtol=0)
     torch.testing.assert_close(compact, masked, atol=1e-5, rtol=0)
-    assert torch.equal(steps, stage.last_units_executed)
-    torch.testing.assert_close(cost, stage.last_cost)
+    assert torch.equal(steps, stage.record.units_executed)
+    torch.testing.assert_close(cost, stage.record.cost)
     if batch_size == 64:
         assert steps.unique().numel() > 2, "test needs samples halting at different units"
 
@@ -64,7 +64,7 @@ def test_all_or_none_halt_at_first_unit(method, bias, expected_steps):
     x = torch.randn(9, WIDTH)
     with torch.no_grad():
         out = stage(x)
-        assert stage.last_units_executed.tolist() == [expected_steps] * 9
+        assert stage.record.units_executed.tolist() == [expected_steps] * 9
         reference = x
         for unit in stage.units[:expected_steps]:
             reference = unit(reference)
@@ -79,7 +79,7 @@ def test_pact_eval_output_is_the_halting_state():
     x = torch.randn(32, WIDTH)
     with torch.no_grad():
         out = stage(x)
-        steps = stage.last_units_executed
+        steps = stage.record.units_executed
         states, state = [], x
         for unit in stage.units:
             state = unit(state)
@@ -93,13 +93,13 @@ def test_threshold_controls_depth():
     x = torch.randn(128, WIDTH)
     means = []
     for threshold in (0.1, 0.5, 0.9, 1.0):
-        stage.set_threshold(threshold)
+        pact_zoo.set_threshold(stage, threshold)
         with torch.no_grad():
             stage(x)
-        means.append(stage.last_units_executed.float().mean().item())
+        means.append(stage.record.units_executed.float().mean().item())
     assert means == sorted(means) and means[0] < means[-1]
     with pytest.raises(ValueError, match="threshold"):
-        stage.set_threshold(0.0)
+        pact_zoo.set_threshold(stage, 0.0)
 
 
 def test_context_is_gathered_with_rows():
@@ -107,7 +107,7 @@ def test_context_is_gathered_with_rows():
     x, context = torch.randn(40, WIDTH), torch.randn(40, WIDTH)
     with torch.no_grad():
         compact = stage(x, context)
-        assert stage.last_units_executed.unique().numel() > 1
+        assert stage.record.units_executed.unique().numel() > 1
         single = per_sample(stage, x, context)
     torch.testing.assert_close(compact, single, atol=1e-5, rtol=0)
 
@@ -117,7 +117,7 @@ def test_training_runs_every_unit_and_gives_gradients(method):
     stage = make_stage(method).train()
     x = torch.randn(8, WIDTH)
     out = stage(x)
-    assert stage.last_units_executed.tolist() == [5] * 8
+    assert stage.record.units_executed.tolist() == [5] * 8
     loss = out.pow(2).mean() + pact_zoo.halting_loss(stage)
     loss.backward()
     for name, param in stage.named_parameters():
@@ -129,7 +129,7 @@ def test_training_runs_every_unit_and_gives_gradients(method):
 def test_pact_cost_estimators():
     stage = make_stage("pact", cost_estimator="expected").train()
     stage(torch.randn(8, WIDTH))
-    cost = stage.last_cost
+    cost = stage.record.cost
     assert cost.requires_grad and ((cost >= 1) & (cost <= 5)).all()
 
 
@@ -137,7 +137,7 @@ def test_halting_loss_is_tau_weighted_mean_cost():
     stage = make_stage("act", tau=0.25).eval()
     with torch.no_grad():
         stage(torch.randn(10, WIDTH))
-    torch.testing.assert_close(pact_zoo.halting_loss(stage), 0.25 * stage.last_cost.mean())
+    torch.testing.assert_close(pact_zoo.halting_loss(stage), 0.25 * stage.record.cost.mean())
 
 
 def test_meta_device_has_no_data_dependent_control_flow():

@@ -171,7 +171,7 @@ def test_training_sends_gradient_to_every_parameter(model_class, method):
     assert not missing
     if method != "none":  # the loss carries the ponder term: task loss + tau * mean(sum_t rho_t)
         assert output.ponder_cost.requires_grad
-        assert torch.allclose(pact_zoo.halting_loss(model), config.tau * output.ponder_cost.mean())
+        assert torch.allclose(pact_zoo.halting_loss(model), config.halting_knobs['tau'] * output.ponder_cost.mean())
 
 
 def test_padding_labels_do_not_count():
@@ -236,10 +236,11 @@ def test_output_hidden_states_and_return_dict_false():
 def test_set_threshold_updates_stages_and_config(tmp_path):
     model = PactLSTMForSequenceClassification(tiny_config("pact"))
     pact_zoo.set_threshold(model, 0.8)
-    assert model.config.threshold == 0.8
-    assert all(layer.stage.threshold == 0.8 for layer in model.pact_lstm.layers)
+    assert model.config.halting_knobs["threshold"] == 0.8
+    assert all(layer.stage.method.threshold == 0.8 for layer in model.pact_lstm.layers)
     model.save_pretrained(tmp_path)
-    assert PactLSTMForSequenceClassification.from_pretrained(tmp_path).pact_lstm.layers[0].stage.threshold == 0.8
+    loaded = PactLSTMForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.pact_lstm.layers[0].stage.method.threshold == 0.8
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,25 +1,42 @@
-"""The halting core: PACT and ACT math, halting heads, adaptive stages and per-forward reports.
+"""The halting core: halting methods as objects, adaptive stages, compaction, per-forward records and reports.
 
 Every model family in :mod:`pact_zoo.models` and :mod:`pact_zoo.hf` builds on this package; none re-implements
-the halting math.
+the halting math. Methods: ``"pact"`` (Figurnov et al. 2018), ``"act"`` (Graves 2016), ``"policy_gradient"``
+(Bengio et al. 2016) and ``"none"``; add one with :func:`register_halting_method`.
+
+This package stays flat with single-dot imports: remote-code checkpoints copy its files next to the model code.
 """
-from .act import ACTHalting, act_halting
-from .config import COST_ESTIMATORS, HALTING_METHODS, HaltingConfig, validate_threshold
+from .method import (
+    HALTING_METHODS, HaltingMethod, HaltingRecord, Knob, Mixture, StopDecision, get_halting_method,
+    register_halting_method,
+)
+from .act import ACTHalting, ACTMethod, act_halting
+from .pact import PACTMethod
+from .policy_gradient import PolicyGradientMethod
+from .none import NoHalting
+from .config import COST_ESTIMATORS, HaltingConfig, validate_threshold
+from .compaction import ActiveRows, RowCollector, count_true, empty_rows, split_rows, take_rows
 from .distributions import StoppingDistribution, TruncatedGeometricPrior, logistic_noise, stick_breaking
 from .flops import FlopsProfiler, module_flops_per_sample, recurrent_cell_flops
 from .heads import HaltingHead, VectorHaltingHead
 from .report import (
-    INPUT_SHAPE_ATTR, HaltingReport, adaptive_stages, halting_loss, halting_report, set_execution, set_threshold,
+    INPUT_SHAPE_ATTR, PROFILE_INPUTS_METHOD, HaltingReport, TrainingLoss, adaptive_stages, training_loss, full_depth, halting_cost, halting_loss,
+    halting_report, needs_rollout, needs_task_loss, self_critical_baseline, set_decision, set_execution,
+    set_threshold,
 )
-from .stage import EXECUTION_MODES, AdaptiveStage
+from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 from .calibrate import ThresholdCalibration, calibrate_threshold
+from .synthetic import synthesize_halting
 
 __all__ = [
-    "ACTHalting", "AdaptiveStage", "COST_ESTIMATORS", "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS",
-    "HaltingConfig", "HaltingHead", "HaltingReport", "INPUT_SHAPE_ATTR", "StoppingDistribution",
+    "ACTHalting", "ACTMethod", "ActiveRows", "AdaptiveStage", "COST_ESTIMATORS", "DECISION_MODES",
+    "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
+    "HaltingRecord", "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "Mixture", "NoHalting", "PACTMethod",
+    "PROFILE_INPUTS_METHOD", "PolicyGradientMethod", "RowCollector", "StopDecision", "StoppingDistribution",
     "ThresholdCalibration", "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting", "adaptive_stages",
-    "calibrate_threshold", "halting_loss",
-    "halting_report", "logistic_noise", "module_flops_per_sample", "recurrent_cell_flops", "set_execution",
-    "set_threshold",
-    "stick_breaking", "validate_threshold",
+    "calibrate_threshold", "count_true", "empty_rows", "full_depth", "get_halting_method", "halting_cost",
+    "halting_loss", "halting_report", "logistic_noise", "module_flops_per_sample", "needs_rollout",
+    "needs_task_loss", "recurrent_cell_flops", "register_halting_method", "self_critical_baseline",
+    "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking", "synthesize_halting",
+    "take_rows", "training_loss", "TrainingLoss", "validate_threshold",
 ]

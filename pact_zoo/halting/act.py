@@ -1,11 +1,23 @@
-"""ACT halting weights and ponder cost (Graves 2016 eqs. 6-8; semantics of the official SACT ``act.py``)."""
+"""ACT halting (Graves 2016, "Adaptive Computation Time for Recurrent Neural Networks", arXiv:1603.08983; SACT,
+Figurnov et al. CVPR 2017): the output is the mean-field mixture sum_n p_n x_n, p_n = h_n until the cumulative
+halting probability reaches 1 - eps and the remainder R after; the ponder cost is rho = N + R (eqs. 6-8; semantics
+of the official SACT ``act.py``). Training and evaluation use the same weights; evaluation compacts the rows that
+halted.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-__all__ = ["ACTHalting", "act_halting"]
+from .method import HaltingMethod, Knob, Mixture, StopDecision, check_number, register_halting_method
+
+__all__ = ["ACTHalting", "ACTMethod", "act_halting"]
+
+#: Graves 2016 / SACT: halt once sum_n h_n >= 1 - eps.
+DEFAULT_ACT_EPS = 0.01
+DEFAULT_TAU = 0.01
 
 
 @dataclass
@@ -56,3 +68,40 @@ def act_halting(halting_probs: torch.Tensor, eps: float = 0.01) -> ACTHalting:
     steps = halt_index + 1
     ponder_cost = steps.to(h.dtype) + remainder
     return ACTHalting(weights=weights, steps=steps, ponder_cost=ponder_cost, remainder=remainder)
+
+
+@register_halting_method
+class ACTMethod(HaltingMethod):
+    """ACT: the same mean-field mixture in training and evaluation; the output accumulates sum_n p_n x_n."""
+
+    name = "act"
+    knobs = {
+        "tau": Knob(DEFAULT_TAU, check_number(0.0), "ponder-cost weight, >= 0"),
+        "act_eps": Knob(DEFAULT_ACT_EPS, check_number(0.0, 1.0, min_open=True, max_open=True),
+                        "halt once the cumulative halting probability reaches 1 - act_eps, in (0, 1)"),
+    }
+    accumulates = True
+
+    def mixture(self, halting_logits: torch.Tensor, training: bool) -> Mixture:
+        act = act_halting(torch.sigmoid(halting_logits), self.act_eps)
+        units = torch.full_like(act.steps, act.weights.shape[1]) if training else act.steps
+        return Mixture(weights=act.weights, units_executed=units, cost=act.ponder_cost)
+
+    def start(self, batch_size: int, device: torch.device, mode: str) -> dict:
+        return {"cumulative": torch.zeros(batch_size, device=device),
+                "remainder": torch.ones(batch_size, device=device)}
+
+    def decide(self, index: int, logits: torch.Tensor, carry: dict, mode: str, log: dict) -> StopDecision:
+        h = torch.sigmoid(logits.float())
+        remainder = 1.0 - carry["cumulative"]
+        cumulative = carry["cumulative"] + h
+        stop = cumulative >= 1.0 - self.act_eps  # Graves eq. 6 / SACT act.py
+        carry["cumulative"], carry["remainder"] = cumulative, remainder
+        return StopDecision(stop=stop, weight=torch.where(stop, remainder, h))
+
+    def last_weight(self, carry: dict) -> Optional[torch.Tensor]:
+        carry["remainder"] = 1.0 - carry["cumulative"]
+        return carry["remainder"]
+
+    def finish(self, units: int, carry: dict, rows: torch.Tensor) -> dict:
+        return {"cost": units + carry["remainder"][rows]}  # rho = N + R

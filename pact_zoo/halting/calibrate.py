@@ -61,7 +61,7 @@ def _flops_ratio(model: nn.Module, batches: list, device: torch.device) -> float
         model(*args, **kwargs)
         report = halting_report(model)
         flops += float(report.flops.double().sum())
-        full += float(report.full_flops) * report.flops.shape[0]
+        full += float(report.sample_full_flops.double().sum())
     return flops / full
 
 
@@ -73,7 +73,7 @@ def calibrate_threshold(
         max_iterations: int = 30,
         max_batches: Optional[int] = None,
 ) -> ThresholdCalibration:
-    """Find and set the PACT threshold whose mean FLOPs ratio on ``dataloader`` meets ``target_flops_ratio``.
+    """Find and set the halting threshold whose mean FLOPs ratio on ``dataloader`` meets ``target_flops_ratio``.
 
     The FLOPs ratio (mean per-sample FLOPs / full-depth FLOPs, from :func:`~pact_zoo.halting_report`) grows
     with the threshold. The search returns the largest threshold found whose ratio does not exceed the
@@ -83,7 +83,7 @@ def calibrate_threshold(
     train/eval mode with the threshold set (:func:`~pact_zoo.set_threshold`).
 
     Args:
-        model: a model with PACT :class:`~pact_zoo.halting.AdaptiveStage` modules.
+        model: a model whose :class:`~pact_zoo.halting.AdaptiveStage` methods have a threshold (``has_threshold``).
         dataloader: calibration batches: ``[B, ...]`` tensors, ``(inputs, targets, ...)`` sequences, or dicts
             of model keyword inputs (``labels`` etc. are dropped). Iterated once; the batches are kept.
         target_flops_ratio: the budget, in (0, 1].
@@ -105,9 +105,10 @@ def calibrate_threshold(
     if max_batches is not None and not (isinstance(max_batches, int) and max_batches >= 1):
         raise ValueError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
     stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive]
-    if not stages or any(stage.method != "pact" for stage in stages):
-        raise ValueError("model must have PACT adaptive stages (method='pact'): the threshold is PACT's "
-                         "deterministic halting rule")
+    if not stages or not all(stage.method.has_threshold for stage in stages):
+        methods = sorted({stage.method.name for stage in stages})
+        raise ValueError(f"model must have halting stages whose method has a threshold (e.g. 'pact', "
+                         f"'policy_gradient'), got methods {methods or 'none'}")
     batches = []
     for batch in dataloader:
         batches.append(batch)

@@ -1,77 +1,91 @@
-"""Halting knobs shared by every adaptive model family, validated in one place."""
+"""HaltingConfig: the halting method and its knobs, validated once and handed down whole to every stage."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["HaltingConfig", "HALTING_METHODS", "COST_ESTIMATORS", "validate_threshold"]
+from .act import ACTMethod
+from .method import HALTING_METHODS, HaltingMethod, check_threshold, get_halting_method
+from .none import NoHalting
+from .pact import COST_ESTIMATORS, PACTMethod
+from .policy_gradient import PolicyGradientMethod
 
-#: ``"pact"``: Figurnov et al. 2018; ``"act"``: Graves 2016 / SACT 2017; ``"none"``: every unit runs.
-HALTING_METHODS = ("pact", "act", "none")
-#: PACT cost term: ``"relaxed"`` = sum_n n * w_n on Concrete samples, ``"expected"`` = exact E_q[z] (DESIGN §1).
-COST_ESTIMATORS = ("relaxed", "expected")
+__all__ = ["HaltingConfig", "HALTING_METHODS", "COST_ESTIMATORS", "BUILTIN_METHODS", "validate_threshold",
+           "DEFAULT_HALTING_BIAS_INIT"]
 
-# Defaults of DESIGN §1. tau = 0.01 is the SACT README's CIFAR-10 value (pact_method.md §2.3).
-DEFAULT_TAU = 0.01
-DEFAULT_TEMPERATURE = 0.5
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_ACT_EPS = 0.01
+#: The methods that ship with pact_zoo (registered on import); users add theirs with ``register_halting_method``.
+BUILTIN_METHODS = (PACTMethod, ACTMethod, PolicyGradientMethod, NoHalting)
+#: Initial bias of every halting head (SACT: -3, so that every unit runs at the start of training).
 DEFAULT_HALTING_BIAS_INIT = -3.0
 
 
-def validate_threshold(threshold: float) -> float:
-    """Return ``threshold`` as float, or raise ValueError unless it lies in (0, 1]."""
-    threshold = float(threshold)
-    if not (0.0 < threshold <= 1.0):
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    return threshold
+def validate_threshold(threshold: Any) -> float:
+    """Return ``threshold`` as float, or raise ValueError unless it is a number in (0, 1]."""
+    return check_threshold("threshold", threshold)
 
 
-@dataclass
 class HaltingConfig:
-    """What an adaptive stage needs to know about halting.
+    """A halting method's name and knobs, plus the heads' bias init: what a model hands to its stages.
 
     Args:
-        method: ``"pact"``, ``"act"`` or ``"none"``.
-        tau: cost per executed unit (PACT: prior log-scale time penalty; ACT: ponder-cost weight), >= 0.
-        temperature: Concrete relaxation temperature lambda (PACT training), > 0.
-        threshold: deterministic PACT rule, stop at the first unit with h_n >= threshold, in (0, 1].
-        act_eps: ACT halts once the cumulative halting probability reaches 1 - act_eps, in (0, 1).
-        halting_bias_init: initial bias of every halting head (SACT: -3, so all units run at first).
-        cost_estimator: PACT training cost, ``"relaxed"`` (sum_n n w_n) or ``"expected"`` (E_q[z]).
+        method: a registered method name (``pact_zoo.halting.HALTING_METHODS``).
+        halting_bias_init: initial bias of every halting head.
+        **knobs: the method's knobs (e.g. PACT: ``tau``, ``temperature``, ``threshold``, ``cost_estimator``);
+            missing ones take the method's defaults, unknown ones raise ValueError naming the method's knobs.
+
+    Knobs read as attributes (``config.tau``); :meth:`to_dict` gives the flat ``{method, halting_bias_init,
+    **knobs}`` a model's kwargs take.
     """
 
-    method: str = "pact"
-    tau: float = DEFAULT_TAU
-    temperature: float = DEFAULT_TEMPERATURE
-    threshold: float = DEFAULT_THRESHOLD
-    act_eps: float = DEFAULT_ACT_EPS
-    halting_bias_init: float = DEFAULT_HALTING_BIAS_INIT
-    cost_estimator: str = "relaxed"
+    def __init__(self, method: str = "pact", halting_bias_init: float = DEFAULT_HALTING_BIAS_INIT,
+                 **knobs: Any) -> None:
+        self.method_cls: type[HaltingMethod] = get_halting_method(method)
+        if not (isinstance(halting_bias_init, (int, float)) and not isinstance(halting_bias_init, bool)
+                and math.isfinite(halting_bias_init)):
+            raise ValueError(f"halting_bias_init must be a finite number, got {halting_bias_init!r}")
+        self.method = method
+        self.halting_bias_init = float(halting_bias_init)
+        self.knobs = self.method_cls.validate_knobs(knobs)
 
-    def __post_init__(self) -> None:
-        if self.method not in HALTING_METHODS:
-            raise ValueError(f"method must be one of {HALTING_METHODS}, got {self.method!r}")
-        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau >= 0):
-            raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        self.threshold = validate_threshold(self.threshold)
-        if not (isinstance(self.act_eps, (int, float)) and 0.0 < self.act_eps < 1.0):
-            raise ValueError(f"act_eps must be in (0, 1), got {self.act_eps!r}")
-        if not (isinstance(self.halting_bias_init, (int, float)) and math.isfinite(self.halting_bias_init)):
-            raise ValueError(f"halting_bias_init must be a finite number, got {self.halting_bias_init!r}")
-        if self.cost_estimator not in COST_ESTIMATORS:
-            raise ValueError(f"cost_estimator must be one of {COST_ESTIMATORS}, got {self.cost_estimator!r}")
-        self.tau, self.temperature = float(self.tau), float(self.temperature)
-        self.act_eps, self.halting_bias_init = float(self.act_eps), float(self.halting_bias_init)
+    def __getattr__(self, name: str) -> Any:
+        knobs = self.__dict__.get("knobs", {})
+        if name in knobs:
+            return knobs[name]
+        raise AttributeError(f"HaltingConfig of method {self.__dict__.get('method')!r} has no attribute or knob "
+                             f"{name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HaltingConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "HaltingConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
+
+    def set_halting_knob(self, key: str, value: Any) -> None:
+        """Change one knob (validated by the method)."""
+        self.knobs = self.method_cls.validate_knobs(dict(self.knobs, **{key: value}))
+
+    def build(self) -> HaltingMethod:
+        """A fresh method instance with these knobs (each stage gets its own)."""
+        return self.method_cls(**self.knobs)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"method": self.method, "halting_bias_init": self.halting_bias_init, **self.knobs}
+
+    @classmethod
+    def from_kwargs(cls, method: str, kwargs: dict[str, Any]) -> "HaltingConfig":
+        """Pop ``halting_bias_init`` and every registered method's knob names out of ``kwargs`` (a model's keyword
+        arguments) and validate them for ``method``: a knob of another method raises a ValueError that names it."""
+        return cls(method, **cls.pop_knob_kwargs(kwargs, include_bias_init=True))
+
+    @staticmethod
+    def pop_knob_kwargs(kwargs: dict[str, Any], include_bias_init: bool = False) -> dict[str, Any]:
+        """Pop the entries of ``kwargs`` named like a knob of any registered method (unvalidated)."""
+        names = {k for m in HALTING_METHODS.values() for k in m.knobs}
+        if include_bias_init:
+            names.add("halting_bias_init")
+        return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
 
     @property
     def adaptive(self) -> bool:
-        """True when the method halts (has halting heads)."""
-        return self.method != "none"
+        """True when the method halts (the model builds halting heads)."""
+        return self.method_cls.uses_heads

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
+from .method import logit_threshold
+
 __all__ = ["StoppingDistribution", "TruncatedGeometricPrior", "logistic_noise", "stick_breaking"]
 
 # Uniform noise is clamped away from 0 and 1 before taking logit(u) (pact_method.md §6 pitfall vi).
@@ -142,7 +144,7 @@ class StoppingDistribution(torch.distributions.Distribution):
         """``[B]`` long: the first n with h_n >= threshold, else L (PACT's deterministic test rule)."""
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        stops = self.halting_probs >= threshold
+        stops = self.halting_logits >= logit_threshold(threshold)  # h_n >= threshold; 1.0 never stops
         stops = torch.cat([stops, stops.new_ones(stops.shape[:-1] + (1,))], dim=-1)
         return stops.to(torch.uint8).argmax(-1) + 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional, Type
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import DEFAULT_HALTING_BIAS_INIT
@@ -19,7 +20,8 @@ class HaltingHead(nn.Module):
         act_layer: activation after the BN (SACT CIFAR: leaky ReLU 0.1; ImageNet: identity).
         bias_init: initial bias of the linear layer (SACT: -3, so that every unit runs at the start).
 
-    Shape: ``[B, C, H, W]`` -> ``[B]`` halting logits.
+    Shape: ``[B, C, H, W]`` -> ``[B]`` halting logits. A training batch of one row (sampled-path training can
+    leave one row running) is normalised with the running statistics.
     """
 
     def __init__(
@@ -45,7 +47,12 @@ class HaltingHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(2, 3))
-        return self.fc(self.act(self.norm(pooled))).squeeze(-1)
+        if self.training and pooled.shape[0] == 1:  # one row has no batch statistics: use the running ones
+            normed = F.batch_norm(pooled, self.norm.running_mean, self.norm.running_var, self.norm.weight,
+                                  self.norm.bias, training=False, eps=self.norm.eps)
+        else:
+            normed = self.norm(pooled)
+        return self.fc(self.act(normed)).squeeze(-1)
 
 
 class VectorHaltingHead(nn.Module):

@@ -1,24 +1,30 @@
-"""What the last forward did, and the knobs users turn after training (model-level API)."""
+"""Model-level API: the loss and the report of the last forward (read from each stage's one record), and the knobs
+users turn after training (threshold, execution, stop decisions, full depth)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from .config import validate_threshold
-from .flops import FlopsProfiler, _COUNTED
-from .stage import EXECUTION_MODES, AdaptiveStage
+from .flops import _COUNTED, FlopsProfiler
+from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 
 __all__ = [
-    "HaltingReport", "adaptive_stages", "halting_loss", "halting_report", "set_threshold", "set_execution",
-    "INPUT_SHAPE_ATTR",
+    "HaltingReport", "TrainingLoss", "training_loss", "adaptive_stages", "full_depth", "halting_cost", "halting_loss", "halting_report",
+    "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
+    "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD",
 ]
 
-#: Models set this attribute (the ``[C, H, W]`` / per-sample input shape of the last forward) so that
-#: :func:`halting_report` can profile one sample at full depth.
+#: Image models set this attribute (the ``[C, H, W]`` per-sample input shape of the last forward) so that
+#: :func:`halting_report` can profile one sample.
 INPUT_SHAPE_ATTR = "halting_input_shape"
+#: Other models define this method: ``model.halting_profile_inputs() -> (args, kwargs)`` of a one-sample forward
+#: that applies every stage once (e.g. a one-step sequence for a recurrent model).
+PROFILE_INPUTS_METHOD = "halting_profile_inputs"
 
 
 @dataclass
@@ -26,10 +32,12 @@ class HaltingReport:
     """Per-sample account of the last forward.
 
     Attributes:
-        units_executed: ``[B, S]`` long, units run per adaptive stage.
-        flops: ``[B]`` long, FLOPs per sample (2 per multiply-add of every convolution and linear layer that
-            ran: stem, executed units, executed halting heads, classifier).
-        full_flops: FLOPs of one sample at full depth (every unit and head).
+        units_executed: ``[B, S]`` long, units run per adaptive stage (summed over time steps for recurrent models).
+        flops: ``[B]`` long, FLOPs per sample (2 per multiply-add of every convolution, linear and recurrent-cell
+            layer that ran: stem, executed units, executed halting heads, classifier).
+        full_flops: FLOPs of one sample at full depth (every unit, no halting head: the plain network).
+        sample_full_flops: ``[B]`` long, full-depth FLOPs of each sample (differs from ``full_flops`` only for
+            sequences with padding).
         num_units: ``S`` stage depths L.
         stage_names: ``S`` module names of the stages.
     """
@@ -37,6 +45,7 @@ class HaltingReport:
     units_executed: torch.Tensor
     flops: torch.Tensor
     full_flops: int
+    sample_full_flops: torch.Tensor
     num_units: tuple[int, ...]
     stage_names: tuple[str, ...]
 
@@ -46,8 +55,8 @@ class HaltingReport:
 
     @property
     def flops_ratio(self) -> float:
-        """Mean FLOPs relative to full depth."""
-        return self.mean_flops / self.full_flops
+        """Total FLOPs relative to the same samples at full depth."""
+        return float(self.flops.double().sum() / self.sample_full_flops.double().sum())
 
     @property
     def mean_units(self) -> torch.Tensor:
@@ -57,28 +66,73 @@ class HaltingReport:
 
 def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveStage]]:
     """All :class:`AdaptiveStage` modules of ``model`` (including non-halting ones), in module order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return [(name, m) for name, m in model.named_modules() if isinstance(m, AdaptiveStage)]
 
 
-def _stages_or_raise(model: nn.Module) -> list[tuple[str, AdaptiveStage]]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return adaptive_stages(model)
+def _records(model: nn.Module, what: str) -> list[tuple[str, AdaptiveStage]]:
+    stages = adaptive_stages(model)
+    for name, stage in stages:
+        if stage.record is None:
+            raise RuntimeError(f"stage {name!r} has not run yet: call the model's forward before {what}")
+    return stages
 
 
-def halting_loss(model: nn.Module) -> torch.Tensor:
-    """The tau-weighted cost term of the last forward, summed over stages, averaged over the batch.
+def needs_task_loss(model: nn.Module) -> bool:
+    """True when a stage's method needs the per-sample task loss in :func:`halting_loss` (REINFORCE)."""
+    return any(stage.halting and stage.method.needs_task_loss for _, stage in adaptive_stages(model))
 
-    PACT: tau * E_q[z] (or its relaxed estimate sum_n n w_n); ACT: tau * (N + R) (DESIGN §1). A plain model
-    (no halting stage) gives a zero scalar.
-    """
+
+def needs_rollout(model: nn.Module) -> bool:
+    """True when a stage's method uses the self-critical baseline (:func:`self_critical_baseline`)."""
+    return any(stage.halting and getattr(stage.method, "needs_rollout", False) for _, stage in adaptive_stages(model))
+
+
+def halting_cost(model: nn.Module, cost_scale: float = 1.0) -> torch.Tensor:
+    """``[B]`` per-sample tau-weighted cost of the last forward, summed over the halting stages."""
     total: Optional[torch.Tensor] = None
-    for name, stage in _stages_or_raise(model):
-        if not stage.adaptive:
+    for _, stage in _records(model, "halting_cost"):
+        record = stage.record
+        if record.cost is None or not stage.halting:
             continue
-        if stage.last_cost is None:
-            raise RuntimeError(f"stage {name!r} has not run yet: call the model's forward before halting_loss")
-        term = stage.tau * stage.last_cost.mean()
+        term = cost_scale * getattr(stage.method, "tau", 0.0) * record.cost.float()
+        total = term if total is None else total + term
+    if total is None:
+        stages = adaptive_stages(model)
+        if not stages:
+            return torch.zeros(())
+        record = stages[0][1].record
+        return torch.zeros(record.batch_size, device=record.units_executed.device)
+    return total
+
+
+def halting_loss(model: nn.Module, task_loss: Optional[torch.Tensor] = None,
+                 baseline_loss: Optional[torch.Tensor] = None, cost_scale: float = 1.0) -> torch.Tensor:
+    """The halting term of the training loss for the last forward, summed over stages (a scalar).
+
+    Each stage's method gives its term: PACT ``tau * E_q[z]`` (or the relaxed sum_n n w_n), ACT ``tau * (N + R)``
+    (averaged over the batch), policy gradient its REINFORCE term. A plain model gives a zero scalar.
+
+    Args:
+        model: a model with :class:`AdaptiveStage` modules, after a forward.
+        task_loss: ``[B]`` per-sample task loss of that forward (``reduction="none"``); required by methods with
+            ``needs_task_loss`` (policy gradient), ignored by the others.
+        baseline_loss: ``[B]`` per-sample path loss of a baseline forward, from :func:`self_critical_baseline`.
+        cost_scale: multiplies every ``tau`` (a warm-up of the cost).
+    """
+    stages = [(name, stage) for name, stage in _records(model, "halting_loss") if stage.halting]
+    path_loss = None
+    if task_loss is not None:
+        if not isinstance(task_loss, torch.Tensor) or task_loss.dim() != 1:
+            raise ValueError("task_loss must be the per-sample task loss, a [B] tensor (reduction='none'), got "
+                             f"{type(task_loss).__name__} {tuple(getattr(task_loss, 'shape', ()))}")
+        if any(stage.method.needs_task_loss for _, stage in stages):
+            path_loss = task_loss.detach().float() + halting_cost(model, cost_scale).detach()
+    total: Optional[torch.Tensor] = None
+    for _, stage in stages:
+        term = stage.method.loss(stage.record, task_loss=path_loss, baseline_loss=baseline_loss,
+                                 cost_scale=cost_scale)
         total = term if total is None else total + term
     if total is None:
         param = next(model.parameters(), None)
@@ -86,38 +140,120 @@ def halting_loss(model: nn.Module) -> torch.Tensor:
     return total
 
 
-def _find_profiled_root(model: nn.Module) -> nn.Module:
+@contextmanager
+def _rollout(model: nn.Module) -> Iterator[None]:
+    """Training-mode forward under the deterministic rule, BatchNorm statistics left untouched."""
+    stages = [stage for _, stage in adaptive_stages(model)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    for stage in stages:
+        stage.rollout = True
+    try:
+        yield
+    finally:
+        for stage in stages:
+            stage.rollout = False
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def self_critical_baseline(model: nn.Module, path_task_loss: Callable[[], torch.Tensor],
+                           cost_scale: float = 1.0) -> torch.Tensor:
+    """The self-critical REINFORCE baseline (Rennie et al. 2017; BlockDrop): the per-sample path loss of the
+    deterministic halting rule on the same batch.
+
+    Runs ``path_task_loss()`` - a closure that calls the model on the batch and returns the ``[B]`` per-sample task
+    loss - without gradients, in training mode but with every stage deciding by its deterministic rule and BatchNorm
+    statistics left untouched. Call it *before* the training forward (a forward replaces the stages' records).
+
+    Returns:
+        ``[B]`` task loss + tau-weighted units of the greedy path, for ``halting_loss(..., baseline_loss=...)``.
+    """
+    with torch.no_grad(), _rollout(model):
+        task_loss = path_task_loss()
+        return task_loss.detach().float() + halting_cost(model, cost_scale)
+
+
+@dataclass
+class TrainingLoss:
+    """Result of :func:`training_loss`: ``loss`` (scalar to backpropagate) = ``task_loss`` + ``halting_loss``, and the
+    model ``output`` of the training forward."""
+
+    loss: torch.Tensor
+    task_loss: torch.Tensor
+    halting_loss: torch.Tensor
+    output: Any
+
+
+def training_loss(model: nn.Module, forward: Callable[[], Any], per_sample_loss: Callable[[Any], torch.Tensor],
+                  cost_scale: float = 1.0) -> TrainingLoss:
+    """One training forward and its loss, for every halting method (what the training loop does per batch).
+
+    Runs the self-critical baseline forward first where a method needs it, then ``forward()``, and adds
+    :func:`halting_loss` with the per-sample task loss where a method needs it.
+
+    Args:
+        model: the adaptive model (the unwrapped module when ``forward`` calls a DDP wrapper).
+        forward: ``() -> output`` runs the model on the batch.
+        per_sample_loss: ``output -> [B]`` per-sample task loss (e.g. ``F.cross_entropy(..., reduction="none")``).
+        cost_scale: multiplies every ``tau`` (warm-up).
+    """
+    baseline = None
+    if model.training and torch.is_grad_enabled() and needs_rollout(model):
+        baseline = self_critical_baseline(model, lambda: per_sample_loss(forward()), cost_scale)
+    output = forward()
+    per_sample = per_sample_loss(output)
+    task_loss = per_sample.mean()
+    cost = halting_loss(model, task_loss=per_sample if needs_task_loss(model) else None, baseline_loss=baseline,
+                        cost_scale=cost_scale)
+    return TrainingLoss(loss=task_loss + cost, task_loss=task_loss, halting_loss=cost, output=output)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# FLOPs report
+# --------------------------------------------------------------------------------------------------------------------
+def _profiled_root(model: nn.Module) -> nn.Module:
     for module in model.modules():
-        if getattr(module, INPUT_SHAPE_ATTR, None) is not None:
+        if callable(getattr(module, PROFILE_INPUTS_METHOD, None)) or getattr(module, INPUT_SHAPE_ATTR, None):
             return module
-    raise RuntimeError("no input shape recorded: halting_report profiles models that record their per-sample "
-                       f"input shape (attribute {INPUT_SHAPE_ATTR!r}, set by the pact_zoo timm families in "
-                       "forward_features); call such a model first. Sequence models report ponder_steps in their "
-                       "outputs instead")
+    raise RuntimeError(f"no profiling input: halting_report profiles models that record their per-sample input "
+                       f"shape (attribute {INPUT_SHAPE_ATTR!r}, set by the pact_zoo timm families in forward_features) "
+                       f"or define {PROFILE_INPUTS_METHOD}() (the pact_zoo Hugging Face models); call such a model "
+                       "first")
 
 
 def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]]) -> tuple[int, list[list[int]],
                                                                                  list[list[int]]]:
-    """Per-sample FLOPs of the non-adaptive part, of every unit and of every head (cached per input shape)."""
-    shape = tuple(getattr(root, INPUT_SHAPE_ATTR))
+    """Per-sample FLOPs of the non-adaptive part, of every unit and of every head, profiled once per input shape on
+    one sample (every stage runs its dense path once under the profiler and leaves its record alone)."""
     param = next(root.parameters())
+    if callable(getattr(root, PROFILE_INPUTS_METHOD, None)):
+        args, kwargs = getattr(root, PROFILE_INPUTS_METHOD)()
+        shape = tuple((k, tuple(v.shape)) for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+        shape += tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+    else:
+        shape = tuple(getattr(root, INPUT_SHAPE_ATTR))
+        args = (torch.zeros((1,) + shape, dtype=param.dtype, device=param.device),)
+        kwargs = {}
     signature = (shape, param.dtype, param.device.type, tuple(s.adaptive for _, s in stages),
                  tuple((type(m).__name__, tuple(getattr(m, "weight").shape) if hasattr(m, "weight") else ())
                        for m in root.modules() if isinstance(m, _COUNTED)))
     cache = root.__dict__.setdefault("_halting_flops_cache", {})
     if signature in cache:
         return cache[signature]
-    records = [(s.last_units_executed, s.last_cost) for _, s in stages]
     modes = [(m, m.training) for m in root.modules()]  # e.g. frozen BN layers stay in eval
     root.eval()
     try:
         with torch.no_grad(), FlopsProfiler(root) as profiler:
-            root(torch.zeros((1,) + shape, dtype=param.dtype, device=param.device))
+            root(*args, **kwargs)
     finally:
         for module, training in modes:
             module.training = training
-        for (_, stage), (units, cost) in zip(stages, records):
-            stage.last_units_executed, stage.last_cost = units, cost
     unit_flops = [[profiler.get(s, "unit", n) for n in range(s.num_units)] for _, s in stages]
     head_flops = [[profiler.get(s, "head", n) for n in range(s.num_units - 1)] if s.adaptive else []
                   for _, s in stages]
@@ -128,52 +264,94 @@ def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]]) -> tuple[
 
 def halting_report(model: nn.Module) -> HaltingReport:
     """Units executed and FLOPs per sample of the model's last forward (see :class:`HaltingReport`)."""
-    stages = _stages_or_raise(model)
+    stages = adaptive_stages(model)
     if not stages:
         raise ValueError("model has no AdaptiveStage: nothing to report")
-    units = []
-    for name, stage in stages:
-        if stage.last_units_executed is None:
-            raise RuntimeError(f"stage {name!r} has not run yet: call the model before halting_report")
-        units.append(stage.last_units_executed)
-    batch_sizes = {u.shape[0] for u in units}
-    if len(batch_sizes) != 1:
+    stages = _records(model, "halting_report")
+    units = [stage.record.units_executed.cpu() for _, stage in stages]
+    if len({u.shape[0] for u in units}) != 1:
         raise RuntimeError("stages recorded different batch sizes: they did not all run in the last forward")
-    units_executed = torch.stack(units, dim=1).cpu()  # [B, S]
-    base, unit_flops, head_flops = _profile(_find_profiled_root(model), stages)
-    flops = torch.full((units_executed.shape[0],), base, dtype=torch.long)
+    base, unit_flops, head_flops = _profile(_profiled_root(model), stages)
+    batch_size = units[0].shape[0]
+    flops = torch.full((batch_size,), base, dtype=torch.long)
+    sample_full = torch.full((batch_size,), base, dtype=torch.long)
     full = base
     for s, (_, stage) in enumerate(stages):
+        per_step = units[s] if units[s].dim() == 2 else units[s].unsqueeze(1)  # [B, T] applications
         cum_units = torch.tensor([0] + unit_flops[s], dtype=torch.long).cumsum(0)
-        flops += cum_units[units_executed[:, s]]
-        full += int(cum_units[-1])
-        if stage.adaptive:
+        flops += cum_units[per_step].sum(1)
+        stage_full = int(cum_units[-1])
+        sample_full += (per_step > 0).sum(1) * stage_full
+        full += per_step.shape[1] * stage_full
+        if stage.adaptive and stage.record.cost is not None:  # heads ran: one after every executed unit but the last
             cum_heads = torch.tensor([0] + head_flops[s], dtype=torch.long).cumsum(0)
-            heads_run = units_executed[:, s].clamp(max=stage.num_units - 1)  # no head after the last unit
-            flops += cum_heads[heads_run]
-            full += int(cum_heads[-1])
-    return HaltingReport(units_executed=units_executed, flops=flops, full_flops=full,
+            flops += cum_heads[per_step.clamp(max=stage.num_units - 1)].sum(1)
+    units_executed = torch.stack([u.sum(1) if u.dim() == 2 else u for u in units], dim=1)
+    return HaltingReport(units_executed=units_executed, flops=flops, full_flops=full, sample_full_flops=sample_full,
                          num_units=tuple(s.num_units for _, s in stages),
                          stage_names=tuple(name for name, _ in stages))
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Knobs
+# --------------------------------------------------------------------------------------------------------------------
 def set_threshold(model: nn.Module, threshold: float) -> None:
-    """Change the deterministic PACT halting rule (h_n >= threshold) of every stage, without retraining."""
+    """Change the deterministic halting rule (h_n >= threshold) of every stage whose method has a threshold, without
+    retraining. Raises ValueError when no stage has one (e.g. ACT or a plain model)."""
     threshold = validate_threshold(threshold)
-    for _, stage in _stages_or_raise(model):
-        stage.set_threshold(threshold)
-    for module in model.modules():  # keep exported model args / configs in step
+    stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive and stage.method.has_threshold]
+    if not stages:
+        methods = sorted({stage.method.name for _, stage in adaptive_stages(model)})
+        raise ValueError(f"model has no halting stage with a threshold (methods: {methods or 'none'}): "
+                         "set_threshold needs a method with a threshold rule such as 'pact' or 'policy_gradient'")
+    for stage in stages:
+        stage.method.set_knob("threshold", threshold)
+    _sync_configs(model, "threshold", threshold)
+
+
+def _sync_configs(model: nn.Module, key: str, value: Any) -> None:
+    """Keep exported configs (a model's ``halting_cfg``, timm's ``_model_args``) in step with a knob change."""
+    for module in model.modules():
         config = getattr(module, "halting_cfg", None)
-        if config is not None:
-            config.threshold = threshold
+        if config is not None and hasattr(config, "set_halting_knob"):
+            config.set_halting_knob(key, value)
         model_args = getattr(module, "_model_args", None)
-        if isinstance(model_args, dict) and "threshold" in model_args:
-            model_args["threshold"] = threshold
+        if isinstance(model_args, dict) and key in model_args:
+            model_args[key] = value
 
 
 def set_execution(model: nn.Module, execution: str) -> None:
     """Choose how evaluation runs: ``"compact"`` (halted rows leave the batch) or ``"masked"`` (reference)."""
     if execution not in EXECUTION_MODES:
         raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
-    for _, stage in _stages_or_raise(model):
+    for _, stage in adaptive_stages(model):
         stage.execution = execution
+
+
+def set_decision(model: nn.Module, decision: str) -> None:
+    """Eval stop decisions: ``"greedy"`` (the deterministic rule, default) or ``"sample"`` (each stop sampled from the
+    heads' Bernoulli probabilities; methods with ``stochastic = True`` only)."""
+    if decision not in DECISION_MODES:
+        raise ValueError(f"decision must be one of {DECISION_MODES}, got {decision!r}")
+    for _, stage in adaptive_stages(model):
+        if decision == "sample" and stage.adaptive and not stage.method.stochastic:
+            raise ValueError(f"decision='sample' needs a stochastic halting method; stage uses "
+                             f"{stage.method.name!r}")
+        stage.decision = decision
+
+
+@contextmanager
+def full_depth(model: nn.Module) -> Iterator[nn.Module]:
+    """Run every unit of every stage and no halting head inside the block: the plain network's computation.
+
+    This is the one definition of full depth used by the report (``full_flops``), evaluation and the benchmark.
+    """
+    stages = [stage for _, stage in adaptive_stages(model)]
+    previous = [stage.full_depth for stage in stages]
+    for stage in stages:
+        stage.full_depth = True
+    try:
+        yield model
+    finally:
+        for stage, value in zip(stages, previous):
+            stage.full_depth = value

@@ -1,15 +1,20 @@
-"""AdaptiveStage: runs L units on a state under a halting method (DESIGN §1-2).
+"""AdaptiveStage: L units whose depth each sample chooses, under any registered halting method.
 
-Training runs every unit for every sample (the Concrete / ACT mixture needs all of them, and DDP needs every
-parameter in the graph). Evaluation is deterministic and compacts the batch: after each unit the halted rows
-are written to the stage output and only the still-active rows go on to the next unit, so a halted sample
-costs nothing. The ``"masked"`` execution mode runs every unit for every sample and multiplies by the
-deterministic weights instead (the way SACT and its peers evaluate); it exists as a reference and a baseline.
+The stage has two loops and no method-specific branch; it asks its :class:`~pact_zoo.halting.HaltingMethod`:
+
+* the **dense** loop runs every unit and head for every row and mixes the unit outputs with the method's weights
+  (training of dense methods such as PACT's Concrete mixture and ACT; the ``"masked"`` eval reference, the way SACT
+  and its peers evaluate; FLOPs profiling, meta tensors and tracing);
+* the **compact** loop decides after every unit which rows stop; stopped rows leave the batch, so a halted sample
+  costs nothing (evaluation of every method, and sampled-path training of methods such as policy gradient).
+
+Every forward leaves one :class:`~pact_zoo.halting.HaltingRecord` in :attr:`AdaptiveStage.record`.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from contextlib import nullcontext
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.utils.checkpoint
@@ -21,15 +26,17 @@ except ImportError:  # pragma: no cover - exercised only where timm is absent
     def register_notrace_module(module: type) -> type:
         return module
 
-from .act import act_halting
-from .config import HaltingConfig, validate_threshold
-from .distributions import StoppingDistribution
+from .compaction import ActiveRows, RowCollector, count_true, split_rows, take_rows
+from .config import HaltingConfig
 from .flops import current_profiler
+from .method import HaltingMethod, HaltingRecord, get_halting_method
 
-__all__ = ["AdaptiveStage", "EXECUTION_MODES"]
+__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES"]
 
 #: ``"compact"``: halted rows leave the batch in eval; ``"masked"``: every unit runs, results are masked.
 EXECUTION_MODES = ("compact", "masked")
+#: Eval stop decisions: ``"greedy"`` (the method's deterministic rule) or ``"sample"`` (sampled stops).
+DECISION_MODES = ("greedy", "sample")
 
 
 def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -37,22 +44,17 @@ def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weights.to(like.dtype).view((-1,) + (1,) * (like.dim() - 1))
 
 
-def _empty_rows(like: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Uninitialised ``[batch_size, ...]`` tensor shaped, typed and laid out (channels_last or not) like ``like``."""
-    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
-        memory_format=torch.channels_last)
-    return torch.empty((batch_size,) + tuple(like.shape[1:]), dtype=like.dtype, device=like.device,
-                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def _take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``x[rows]`` (``[A, ...]`` -> ``[len(rows), ...]``) in the layout of ``x``, with ``index_select`` (3-5x
-    faster than advanced indexing on CPU); a channels_last state is gathered as its contiguous NHWC view."""
-    if x.is_contiguous():
-        return x.index_select(0, rows)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
-    return x[rows]
+def _build_method(method: Union[str, HaltingMethod, HaltingConfig], knobs: dict[str, Any]) -> HaltingMethod:
+    # duck-typed: remote-code checkpoints may load the config and the stage from two copies of the core files
+    if isinstance(method, HaltingConfig) or (hasattr(method, "build") and hasattr(method, "method_cls")):
+        if knobs:
+            raise ValueError(f"pass halting knobs inside the HaltingConfig, not as keyword arguments: {sorted(knobs)}")
+        return method.build()
+    if isinstance(method, HaltingMethod) or hasattr(method, "mixture"):
+        if knobs:
+            raise ValueError(f"pass halting knobs to the HaltingMethod, not as keyword arguments: {sorted(knobs)}")
+        return method
+    return get_halting_method(method)(**knobs)
 
 
 @register_notrace_module
@@ -60,53 +62,53 @@ class AdaptiveStage(nn.Module):
     """A sequence of units whose depth each sample chooses.
 
     Args:
-        units: L modules ``[B, ...] -> [B, ...]`` applied in order (a ResNet stage, or the ponder steps of one
-            recurrent time step). If ``context`` is given to :meth:`forward`, units are called ``unit(x, context)``.
-        heads: L - 1 halting heads ``[B, ...] -> [B]`` logits, one after every unit but the last; ``None``
-            (or empty) only for ``method="none"``.
-        method: ``"pact"``, ``"act"`` or ``"none"``.
-        tau, temperature, threshold, act_eps, cost_estimator: see :class:`~pact_zoo.halting.HaltingConfig`.
+        units: L modules ``[B, ...] -> [B, ...]`` applied in order (a ResNet stage, the ponder steps of one
+            recurrent time step, ...). If ``context`` is given to :meth:`forward`, units are called
+            ``unit(x, context)``.
+        heads: L - 1 halting heads ``[B, ...] -> [B]`` logits, one after every unit but the last; ``None`` for
+            methods without heads (``"none"``).
+        method: a registered method name, a :class:`~pact_zoo.halting.HaltingConfig` (handed down whole by the
+            model) or a :class:`~pact_zoo.halting.HaltingMethod` instance.
         execution: eval strategy, ``"compact"`` (default) or ``"masked"``.
+        **knobs: the method's knobs when ``method`` is a name (e.g. ``tau``, ``threshold``).
 
-    After every forward the stage records ``last_units_executed`` (``[B]`` long) and ``last_cost`` (``[B]``
-    float, the per-sample cost that ``tau`` multiplies: E_q[z] / relaxed sum_n n w_n for PACT, N + R for ACT).
+    Attributes:
+        record: the :class:`~pact_zoo.halting.HaltingRecord` of the last forward (None before the first).
+        full_depth: run every unit and no head (:func:`~pact_zoo.halting.full_depth`).
+        decision: eval stop decisions, ``"greedy"`` or ``"sample"`` (methods with ``stochastic = True``).
+        rollout: training-mode forward under the deterministic rule, no record of log-probabilities
+            (:func:`~pact_zoo.halting.self_critical_baseline`).
     """
 
     def __init__(
             self,
             units: Sequence[nn.Module],
             heads: Optional[Sequence[nn.Module]] = None,
-            method: str = "pact",
-            tau: float = HaltingConfig.tau,
-            temperature: float = HaltingConfig.temperature,
-            threshold: float = HaltingConfig.threshold,
-            act_eps: float = HaltingConfig.act_eps,
-            cost_estimator: str = HaltingConfig.cost_estimator,
+            method: Union[str, HaltingMethod, HaltingConfig] = "pact",
             execution: str = "compact",
+            **knobs: Any,
     ) -> None:
         super().__init__()
-        config = HaltingConfig(method=method, tau=tau, temperature=temperature, threshold=threshold,
-                               act_eps=act_eps, cost_estimator=cost_estimator)
         if len(units) < 1:
             raise ValueError("units must hold at least one module")
-        self.units = nn.ModuleList(units)
-        heads = list(heads) if heads is not None else []
-        if config.adaptive and len(heads) != len(units) - 1:
-            raise ValueError(f"heads must hold len(units) - 1 = {len(units) - 1} modules for method "
-                             f"{method!r}, got {len(heads)}")
-        self.heads = nn.ModuleList(heads) if heads else None
-        self.method = config.method
-        self.tau = config.tau
-        self.temperature = config.temperature
-        self.threshold = config.threshold
-        self.act_eps = config.act_eps
-        self.cost_estimator = config.cost_estimator
-        self.execution = execution
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
+        self.method = _build_method(method, knobs)
+        self.units = nn.ModuleList(units)
+        heads = list(heads) if heads is not None else []
+        if self.method.uses_heads and len(heads) != len(units) - 1:
+            raise ValueError(f"heads must hold len(units) - 1 = {len(units) - 1} modules for method "
+                             f"{self.method.name!r}, got {len(heads)}")
+        if not self.method.uses_heads and heads:
+            raise ValueError(f"method {self.method.name!r} uses no halting heads, got {len(heads)}")
+        self.heads = nn.ModuleList(heads) if heads else None
+        self.method_state = self.method.make_state()
+        self.execution = execution
+        self.decision = "greedy"
+        self.full_depth = False
+        self.rollout = False
         self.grad_checkpointing = False
-        self.last_units_executed: Optional[torch.Tensor] = None
-        self.last_cost: Optional[torch.Tensor] = None
+        self.record: Optional[HaltingRecord] = None
 
     @property
     def num_units(self) -> int:
@@ -114,19 +116,19 @@ class AdaptiveStage(nn.Module):
 
     @property
     def adaptive(self) -> bool:
-        """True when the stage halts (method other than ``"none"`` and heads present)."""
-        return self.method != "none" and self.heads is not None
+        """True when the stage has halting heads (its method halts)."""
+        return self.method.uses_heads and self.heads is not None
 
-    def set_threshold(self, threshold: float) -> None:
-        self.threshold = validate_threshold(threshold)
+    @property
+    def halting(self) -> bool:
+        """True when the next forward halts (adaptive and not switched to full depth)."""
+        return self.adaptive and not self.full_depth
 
     def extra_repr(self) -> str:
-        if not self.adaptive:
-            return f"method='none', num_units={self.num_units}"
-        return (f"method={self.method!r}, num_units={self.num_units}, tau={self.tau}, "
-                f"temperature={self.temperature}, threshold={self.threshold}, act_eps={self.act_eps}")
+        knobs = "".join(f", {k}={v!r}" for k, v in self.method.knob_values().items())
+        return f"method={self.method.name!r}, num_units={self.num_units}{knobs}"
 
-    # ----------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------------------------
     def _run_unit(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         unit = self.units[n]
         profiler = current_profiler()
@@ -142,169 +144,122 @@ class AdaptiveStage(nn.Module):
         with profiler.slot(self, "head", n) if profiler is not None else nullcontext():
             return self.heads[n](x).float()
 
-    def _record(self, units_executed: torch.Tensor, cost: Optional[torch.Tensor]) -> None:
-        self.last_units_executed = units_executed
-        self.last_cost = cost
+    def _keep(self, record: HaltingRecord) -> None:
+        if current_profiler() is None:  # a profiling run leaves the user's record alone
+            self.record = record
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Args:
             x: ``[B, ...]`` stage input.
-            context: optional ``[B, ...]`` per-sample tensor passed to every unit (e.g. an RNN input).
+            context: optional ``[B, ...]`` per-row tensor passed to every unit (e.g. an RNN input).
 
         Returns:
             ``[B, ...]`` stage output (the shape the units produce).
         """
-        batch_size = x.shape[0]
-        if not self.adaptive:
-            for n in range(self.num_units):
-                x = self._run_unit(n, x, context)
-            self._record(torch.full((batch_size,), self.num_units, dtype=torch.long, device=x.device), None)
-            return x
-        dense = (self.training or self.execution == "masked" or x.device.type == "meta"
-                 or current_profiler() is not None or torch.jit.is_scripting())
+        if not self.halting:
+            return self._forward_all(x, context)
+        training = self.training and not self.rollout
+        dense = (current_profiler() is not None or x.device.type == "meta" or torch.jit.is_scripting()
+                 or torch.compiler.is_compiling()
+                 or (training and self.method.dense_training)
+                 or (not training and not self.rollout and self.execution == "masked"))
         if dense:
-            return self._forward_dense(x, context)
-        if self.method == "pact":
-            return self._forward_pact_compact(x, context)
-        return self._forward_act_compact(x, context)
+            return self._forward_dense(x, context, training)
+        mode = "sample" if training else ("greedy" if self.rollout else self.decision)
+        return self._forward_compact(x, context, mode)
 
-    # ----------------------------------------------------------------------------------------------------
-    def _forward_dense(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        """Every unit and head runs for every sample; the output is the weighted sum of unit outputs."""
+    # ----------------------------------------------------------------------------------------------------------------
+    def _forward_all(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """Every unit, no head: the plain network (method without heads, or full depth)."""
+        for n in range(self.num_units):
+            x = self._run_unit(n, x, context)
+        units = torch.full((x.shape[0],), self.num_units, dtype=torch.long, device=x.device)
+        self._keep(HaltingRecord(units_executed=units, cost=None, num_units=self.num_units, method=self.method))
+        return x
+
+    def _forward_dense(self, x: torch.Tensor, context: Optional[torch.Tensor], training: bool) -> torch.Tensor:
+        """Every unit and head runs for every row; the output is the method's weighted sum of the unit outputs."""
         states, logits = [], []
         for n in range(self.num_units):
             x = self._run_unit(n, x, context)
             states.append(x)
             if n < self.num_units - 1:
                 logits.append(self._halting_logit(n, x))
-        batch_size = x.shape[0]
-        halting_logits = torch.stack(logits, dim=1) if logits else x.new_zeros(batch_size, 0, dtype=torch.float32)
-        num_units = torch.full((batch_size,), self.num_units, dtype=torch.long, device=x.device)
-
-        if self.method == "pact":
-            dist = StoppingDistribution(halting_logits, validate_args=False)  # no host sync
-            if self.training:
-                weights = dist.relaxed_weights(self.temperature)  # Concrete relaxation (DESIGN §1)
-                if self.cost_estimator == "expected":
-                    cost = dist.mean
-                else:
-                    steps_grid = torch.arange(1, self.num_units + 1, device=x.device, dtype=weights.dtype)
-                    cost = (weights * steps_grid).sum(dim=1)
-                units_executed = num_units
-            else:  # deterministic rule, masked: one-hot on the greedy step
-                steps = dist.greedy_steps(self.threshold)
-                weights = nn.functional.one_hot(steps - 1, self.num_units).to(halting_logits.dtype)
-                cost, units_executed = steps.to(halting_logits.dtype), steps
-        else:  # ACT
-            act = act_halting(torch.sigmoid(halting_logits), self.act_eps)
-            weights, cost = act.weights, act.ponder_cost
-            units_executed = num_units if self.training else act.steps
-
-        out = states[0] * _rows(weights[:, 0], states[0])
+        halting_logits = (torch.stack(logits, dim=1) if logits
+                          else x.new_zeros(x.shape[0], 0, dtype=torch.float32))
+        mix = self.method.mixture(halting_logits, training)
+        out = states[0] * _rows(mix.weights[:, 0], states[0])
         for n in range(1, self.num_units):
-            out = out + states[n] * _rows(weights[:, n], states[n])
-        self._record(units_executed, cost)
+            out = out + states[n] * _rows(mix.weights[:, n], states[n])
+        self._keep(HaltingRecord(units_executed=mix.units_executed, cost=mix.cost, num_units=self.num_units,
+                                 method=self.method, log_prob=mix.log_prob))
         return out
 
-    # ----------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _num_halted(stop: torch.Tensor) -> int:
-        """How many rows stop: the one host synchronisation of a unit (``stop``: ``[A]`` bool)."""
-        return int(stop.sum())
+    def _forward_compact(self, x: torch.Tensor, context: Optional[torch.Tensor], mode: str) -> torch.Tensor:
+        """Decide after every unit; stopped rows leave the batch. One host synchronisation per unit.
 
-    @staticmethod
-    def _split(stop: torch.Tensor, num_halted: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions of continuing and halting rows, continuing first (no host synchronisation)."""
-        order = torch.argsort(stop.to(torch.int8), stable=True)  # continuing rows first
-        num_continue = stop.shape[0] - num_halted
-        return order[:num_continue], order[num_continue:]
-
-    def _forward_pact_compact(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        """PACT deterministic evaluation: stop at the first n with h_n >= threshold, output x_n.
-
-        Halted rows leave the batch for good: their final states are kept as they are (one piece per halting
-        unit) and the stage output is assembled from the pieces at the end. Memory: the states of the halted
-        rows plus the running rows, i.e. one stage state of ``B`` rows; no accumulator and no second
-        stage-sized buffer while units run (the paper's memory claim). One host synchronisation per unit.
+        Methods that take the state at the stop (PACT, policy gradient) keep each stopped row's final state as it
+        is (one piece per unit) and assemble the output once: memory is one stage state of B rows, with no
+        accumulator (PACT's memory claim). Accumulating methods (ACT) add w_n x_n of the running rows to the output.
         """
+        method = self.method
         state = self._run_unit(0, x, context)
-        batch_size = state.shape[0]
-        steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=state.device)
-        finished: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []  # (rows, their final states)
-        active_index: Optional[torch.Tensor] = None  # rows of the batch held by ``state``; None = all, in order
-        active_context = context
-        for n in range(self.num_units - 1):
-            stop = torch.sigmoid(self._halting_logit(n, state)) >= self.threshold
-            num_halted = self._num_halted(stop)
-            if num_halted:
-                if num_halted == state.shape[0]:  # every running row stops here: ``state`` is final
-                    if active_index is None:
-                        steps.fill_(n + 1)
-                    else:
-                        steps.index_fill_(0, active_index, n + 1)
-                    break
-                keep, halt = self._split(stop, num_halted)
-                halt_rows = halt if active_index is None else active_index[halt]
-                steps.index_fill_(0, halt_rows, n + 1)
-                finished.append((halt_rows, _take_rows(state, halt)))
-                state = _take_rows(state, keep)
-                active_index = keep if active_index is None else active_index[keep]
-                if active_context is not None:
-                    active_context = _take_rows(active_context, keep)
-            state = self._run_unit(n + 1, state, active_context)
-        self._record(steps, steps.to(torch.float32))
-        if active_index is None:  # no row left the batch: the state is the output
-            return state
-        finished.append((active_index, state))
-        del state
-        out = _empty_rows(finished[0][1], batch_size)
-        while finished:  # free every piece once it is in place
-            rows, rows_state = finished.pop()
-            out.index_copy_(0, rows, rows_state)
-            del rows_state
-        return out
-
-    def _forward_act_compact(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        """ACT evaluation with compaction: out = sum_n p_n x_n accumulated over the rows still running."""
-        active_state = self._run_unit(0, x, context)
-        batch_size = active_state.shape[0]
-        device = active_state.device
+        batch_size, device = state.shape[0], state.device
+        active = ActiveRows(batch_size, device)
         steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=device)
-        cost = torch.zeros(batch_size, dtype=torch.float32, device=device)
-        cumulative = torch.zeros(batch_size, dtype=torch.float32, device=device)  # of the active rows
-        active_index: Optional[torch.Tensor] = None
-        active_context = context
+        carry = method.start(batch_size, device, mode)
+        log: dict[str, list] = defaultdict(list)
+        pieces = RowCollector(batch_size)
+        values: dict[str, RowCollector] = {}
         out: Optional[torch.Tensor] = None
         for n in range(self.num_units):
-            if n > 0:
-                active_state = self._run_unit(n, active_state, active_context)
-            remainder = 1.0 - cumulative
+            num_rows = state.shape[0]
             if n < self.num_units - 1:
-                h = torch.sigmoid(self._halting_logit(n, active_state))
-                cumulative = cumulative + h
-                stop = cumulative >= 1.0 - self.act_eps  # Graves eq. 6 / SACT act.py
-                weight = torch.where(stop, remainder, h)
+                decision = method.decide(n, self._halting_logit(n, state), carry, mode, log)
+                stop, weight = decision.stop, decision.weight
+                num_stop = count_true(stop)
             else:
-                stop = torch.ones_like(remainder, dtype=torch.bool)
-                weight = remainder
-            contribution = active_state * _rows(weight, active_state)
-            if out is None:
-                out = contribution
-            elif active_index is None:
-                out.add_(contribution)
+                stop, weight, num_stop = None, method.last_weight(carry), num_rows
+            if method.accumulates:
+                contribution = state * _rows(weight, state)
+                out = contribution if out is None else active.add_into(out, contribution)
+            if num_stop == 0:
+                state = self._run_unit(n + 1, state, context)
+                continue
+            if num_stop == num_rows:
+                keep, halted = None, torch.arange(num_rows, device=device)
             else:
-                out.index_add_(0, active_index, contribution)
-            num_halted = self._num_halted(stop)
-            if num_halted:
-                keep, halt = self._split(stop, num_halted)
-                halt_rows = halt if active_index is None else active_index[halt]
-                steps.index_fill_(0, halt_rows, n + 1)
-                cost.index_copy_(0, halt_rows, (n + 1) + remainder[halt])  # rho = N + R
-                if num_halted == active_state.shape[0]:
-                    break
-                active_state, cumulative = _take_rows(active_state, keep), cumulative[keep]
-                active_index = keep if active_index is None else active_index[keep]
-                if active_context is not None:
-                    active_context = _take_rows(active_context, keep)
-        self._record(steps, cost)
+                keep, halted = split_rows(stop, num_stop)
+            halted_rows = active.original(halted)
+            if keep is None and active.index is None:
+                steps.fill_(n + 1)
+            else:
+                steps.index_fill_(0, halted_rows, n + 1)
+            for key, value in method.finish(n + 1, carry, halted).items():
+                values.setdefault(key, RowCollector(batch_size)).add(halted_rows, value)
+            if keep is None:
+                break
+            if not method.accumulates:
+                pieces.add(halted_rows, take_rows(state, halted))
+            state = take_rows(state, keep)
+            carry = {key: value.index_select(0, keep) for key, value in carry.items()}
+            if context is not None:
+                context = take_rows(context, keep)
+            active.keep(keep)
+            state = self._run_unit(n + 1, state, context)
+        if not method.accumulates:
+            if pieces:
+                pieces.add(active.all(), state)
+                out = pieces.assemble()
+            else:  # no row left early: the state is the output, in order
+                out = state
+        del state
+        row_values = {key: collector.assemble() for key, collector in values.items()}
+        record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=self.num_units,
+                               method=method, log_prob=row_values.pop("log_prob", None))
+        if mode == "sample" and self.training and torch.is_grad_enabled():
+            record.terms = method.terms(log, row_values)
+            # units no row reached get no gradient; a zero-valued touch keeps every parameter in the graph (DDP)
+            record.touch = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
+        self._keep(record)
         return out

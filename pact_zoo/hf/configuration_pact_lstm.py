@@ -48,20 +48,16 @@ class PactLSTMConfig(PreTrainedConfig):
             M, the most cell applications per time step (PonderNet's parity cap: 20). With ``"none"`` every step
             applies the cell exactly M times.
         halting_method (`str`, defaults to ``"pact"``):
-            ``"pact"``, ``"act"`` or ``"none"``.
-        tau (`float`, defaults to 0.01):
-            Ponder-cost weight: the loss adds ``tau * mean_batch(sum_layers sum_t rho_t)`` (Graves 2016 eq. 11; PACT's
-            truncated-geometric prior contributes the same term with rho_t = E_q[z_t]).
-        temperature (`float`, defaults to 0.5):
-            PACT Concrete relaxation temperature (training).
-        threshold (`float`, defaults to 0.5):
-            PACT deterministic rule: stop at the first ponder step with h >= threshold (evaluation).
-        act_eps (`float`, defaults to 0.01):
-            ACT halts once the cumulative halting probability reaches ``1 - act_eps`` (Graves 2016 eq. 7).
+            A registered halting method (``pact_zoo.halting.HALTING_METHODS``: ``"pact"``, ``"act"``,
+            ``"policy_gradient"``, ``"none"``).
         halting_bias_init (`float`, defaults to -3.0):
-            Initial bias of the halting unit (negative: ponder long at first, pact_method.md §4.1).
-        cost_estimator (`str`, defaults to ``"relaxed"``):
-            PACT training cost: ``"relaxed"`` (sum_n n w_n on Concrete samples) or ``"expected"`` (E_q[z]).
+            Initial bias of the halting unit (negative: ponder long at first).
+        halting_knobs (`dict`, *optional*):
+            The method's knobs (PACT: ``tau``, ``temperature``, ``threshold``, ``cost_estimator``; ACT: ``tau``,
+            ``act_eps``; policy gradient: ``tau``, ``threshold``, ``baseline``, ...); missing ones take the method's
+            defaults. Knobs may also be passed flat (``PactLSTMConfig(tau=0.01)``); a knob of another method raises.
+            ``tau`` weighs the ponder cost: the loss adds ``tau * mean_batch(sum_layers sum_t rho_t)`` (Graves 2016
+            eq. 11; PACT's truncated-geometric prior contributes the same term with rho_t = E_q[z_t]).
         classifier_dropout (`float`, defaults to 0.0):
             Dropout before the classification head.
         initializer_range (`float`, defaults to 0.02):
@@ -78,12 +74,8 @@ class PactLSTMConfig(PreTrainedConfig):
     num_hidden_layers: int = 1
     max_ponder_steps: int = 20
     halting_method: str = _HALTING_DEFAULTS.method
-    tau: float = _HALTING_DEFAULTS.tau
-    temperature: float = _HALTING_DEFAULTS.temperature
-    threshold: float = _HALTING_DEFAULTS.threshold
-    act_eps: float = _HALTING_DEFAULTS.act_eps
     halting_bias_init: float = _HALTING_DEFAULTS.halting_bias_init
-    cost_estimator: str = _HALTING_DEFAULTS.cost_estimator
+    halting_knobs: dict | None = None
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02
     pad_token_id: int | None = None
@@ -98,23 +90,30 @@ class PactLSTMConfig(PreTrainedConfig):
         if self.pad_token_id is not None and (self.vocab_size is None or self.pad_token_id >= self.vocab_size):
             raise ValueError(f"pad_token_id must index the vocabulary (vocab_size={self.vocab_size}), "
                              f"got {self.pad_token_id}")
-        if self.halting_method not in HALTING_METHODS:
-            raise ValueError(f"halting_method must be one of {HALTING_METHODS}, got {self.halting_method!r}")
         if not (isinstance(self.classifier_dropout, (int, float)) and 0.0 <= self.classifier_dropout < 1.0):
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
         if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
             raise ValueError(f"initializer_range must be > 0, got {self.initializer_range!r}")
-        halting = self.halting_config  # validates tau, temperature, threshold, act_eps, ... (ValueError names field)
-        self.tau, self.temperature, self.threshold = halting.tau, halting.temperature, halting.threshold
-        self.act_eps, self.halting_bias_init = halting.act_eps, halting.halting_bias_init
+        if self.halting_method not in HALTING_METHODS:
+            raise ValueError(f"halting_method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
+                             f"got {self.halting_method!r}")
+        if self.halting_knobs is not None and not isinstance(self.halting_knobs, dict):
+            raise ValueError(f"halting_knobs must be a dict or None, got {type(self.halting_knobs).__name__}")
+        flat = HaltingConfig.pop_knob_kwargs(kwargs)  # knobs passed flat, such as tau=...
+        halting = HaltingConfig(self.halting_method, self.halting_bias_init,
+                                **dict(self.halting_knobs or {}, **flat))  # validates (ValueError names the knob)
+        self.halting_knobs, self.halting_bias_init = halting.knobs, halting.halting_bias_init
         super().__post_init__(**kwargs)
 
     @property
     def halting_config(self) -> HaltingConfig:
-        """The halting knobs as the halting core's validated :class:`HaltingConfig`."""
-        return HaltingConfig(method=self.halting_method, tau=self.tau, temperature=self.temperature,
-                             threshold=self.threshold, act_eps=self.act_eps,
-                             halting_bias_init=self.halting_bias_init, cost_estimator=self.cost_estimator)
+        """The halting method and knobs as the halting core's validated :class:`HaltingConfig`."""
+        return HaltingConfig(self.halting_method, self.halting_bias_init, **(self.halting_knobs or {}))
+
+    def set_halting_knob(self, key: str, value) -> None:
+        """Change one halting knob (validated); saved with the config."""
+        self.halting_knobs = HaltingConfig(self.halting_method, self.halting_bias_init,
+                                           **dict(self.halting_knobs or {}, **{key: value})).knobs
 
 
 __all__ = ["PactLSTMConfig"]

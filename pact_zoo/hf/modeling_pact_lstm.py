@@ -38,13 +38,19 @@ from transformers.utils import ModelOutput, logging
 
 try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
+    from pact_zoo.halting.method import HaltingRecord
+    from pact_zoo.halting.report import halting_loss, needs_rollout, self_critical_baseline, set_threshold
     from pact_zoo.halting.stage import AdaptiveStage
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
     from .config import HaltingConfig
+    from .flops import current_profiler
     from .heads import VectorHaltingHead
+    from .method import HaltingRecord
+    from .report import halting_loss, needs_rollout, self_critical_baseline, set_threshold
     from .stage import AdaptiveStage
 from .configuration_pact_lstm import PactLSTMConfig
 
@@ -186,9 +192,7 @@ class PactLSTMLayer(nn.Module):
             heads = [PactLSTMHaltingView(self.halting_head, config.hidden_size)] * (num_steps - 1)
         else:
             self.halting_head, heads = None, None
-        self.stage = AdaptiveStage(units, heads, method=halting.method, tau=halting.tau,
-                                   temperature=halting.temperature, threshold=halting.threshold,
-                                   act_eps=halting.act_eps, cost_estimator=halting.cost_estimator)
+        self.stage = AdaptiveStage(units, heads, method=halting if heads is not None else "none")
 
     def forward(self, inputs: torch.Tensor, step_rows: list[Optional[torch.Tensor]]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,42 +204,42 @@ class PactLSTMLayer(nn.Module):
                 (padding rows keep their state and execute nothing).
 
         Returns:
-            outputs ``[B, T, H]`` (zero at padding), ponder steps ``[B, T]`` long, ponder cost ``[B, T]`` float.
+            outputs ``[B, T, H]`` (zero at padding), ponder steps ``[B, T]`` long, ponder cost ``[B]`` float (the
+            method's cost summed over the sequence; executed steps for a non-halting layer). The stage's record is
+            the sequence's (:meth:`HaltingRecord.over_time`), read by ``pact_zoo.halting_loss`` / ``halting_report``.
         """
         batch_size, seq_len, _ = inputs.shape
         state = inputs.new_zeros(batch_size, 2 * self.hidden_size)
-        outputs, steps, costs = [], [], []
+        outputs, records = [], []
+        profiling = current_profiler() is not None  # a profiling run leaves the records alone
         for t in range(seq_len):
             rows = step_rows[t]
             if rows is None:
                 state = self.stage(state, inputs[:, t])
-                steps.append(self.stage.last_units_executed)
-                costs.append(self._step_cost())
                 outputs.append(state[:, :self.hidden_size])
-                continue
-            step = torch.zeros(batch_size, dtype=torch.long, device=inputs.device)
-            cost = inputs.new_zeros(batch_size, dtype=torch.float32)
-            output = inputs.new_zeros(batch_size, self.hidden_size)
-            if rows.numel():
-                new_state = self.stage(state[rows], inputs[rows, t])
-                state = state.index_copy(0, rows, new_state)
-                step = step.index_copy(0, rows, self.stage.last_units_executed)
-                cost = cost.index_copy(0, rows, self._step_cost())
-                output = output.index_copy(0, rows, new_state[:, :self.hidden_size])
-            steps.append(step)
-            costs.append(cost)
-            outputs.append(output)
-        steps_t, costs_t = torch.stack(steps, dim=1), torch.stack(costs, dim=1)
-        # What pact_zoo.halting_loss / halting reports read: totals over the sequence, per sample.
-        self.last_ponder_steps = steps_t  # [B, T], 0 at padding: per-step FLOPs accounting
-        self.stage.last_units_executed = steps_t.sum(dim=1)
-        self.stage.last_cost = costs_t.sum(dim=1) if self.stage.adaptive else None
-        return torch.stack(outputs, dim=1), steps_t, costs_t
-
-    def _step_cost(self) -> torch.Tensor:
-        """``[B_t]`` rho of the step that just ran (executed steps for a non-halting stage)."""
-        cost = self.stage.last_cost
-        return cost.float() if cost is not None else self.stage.last_units_executed.float()
+            else:
+                output = inputs.new_zeros(batch_size, self.hidden_size)
+                if rows.numel():
+                    new_state = self.stage(state[rows], inputs[rows, t])
+                    state = state.index_copy(0, rows, new_state)
+                    output = output.index_copy(0, rows, new_state[:, :self.hidden_size])
+                outputs.append(output)
+                if not rows.numel():
+                    continue
+            if not profiling:
+                records.append((rows, self.stage.record))
+        if profiling:
+            steps = torch.full((batch_size, seq_len), self.stage.num_units, dtype=torch.long, device=inputs.device)
+            return torch.stack(outputs, dim=1), steps, steps.sum(1).float()
+        record = HaltingRecord.over_time(records, batch_size)
+        if len(records) < seq_len:  # steps where every row was padding: expand to [B, T]
+            times = [t for t, rows in enumerate(step_rows) if rows is None or rows.numel()]
+            units = record.units_executed.new_zeros(batch_size, seq_len)
+            units[:, times] = record.units_executed
+            record.units_executed = units
+        self.stage.record = record
+        cost = record.cost if record.cost is not None else record.units_executed.sum(1).float()
+        return torch.stack(outputs, dim=1), record.units_executed, cost
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -269,8 +273,8 @@ def remote_code_files() -> list[Path]:
 
     add(Path(sys.modules[PactLSTMConfig.__module__].__file__))
     add(Path(__file__))
-    for cls in (HaltingConfig, VectorHaltingHead, AdaptiveStage):
-        core_file = Path(sys.modules[cls.__module__].__file__)
+    for core in (HaltingConfig, current_profiler, VectorHaltingHead, HaltingRecord, halting_loss, AdaptiveStage):
+        core_file = Path(sys.modules[core.__module__].__file__)
         add(core_file)
         for dependency in get_relative_import_files(str(core_file)):
             add(Path(dependency))
@@ -312,16 +316,38 @@ class PactLSTMPreTrainedModel(PreTrainedModel):
     # -- halting knobs ------------------------------------------------------------------------------------------------
     @property
     def halting_cfg(self) -> PactLSTMConfig:
-        """The object holding the halting knobs (``pact_zoo.set_threshold`` keeps its ``threshold`` in step)."""
+        """The object holding the halting knobs (``pact_zoo.set_threshold`` keeps them in step, so they are saved)."""
         return self.config
 
     def set_threshold(self, threshold: float) -> None:
-        """Change PACT's deterministic halting rule (h >= threshold) without retraining; saved with the config."""
-        threshold = HaltingConfig(threshold=threshold).threshold
-        for module in self.modules():
-            if isinstance(module, AdaptiveStage):
-                module.set_threshold(threshold)
-        self.config.threshold = threshold
+        """``pact_zoo.set_threshold(self, threshold)``: the eval rule h >= threshold, saved with the config."""
+        set_threshold(self, threshold)
+
+    def halting_profile_inputs(self) -> tuple[tuple, dict]:
+        """A one-sample, one-step forward for ``pact_zoo.halting_report`` to profile the FLOPs per ponder step."""
+        param = next(self.parameters())
+        if self.config.vocab_size is not None:
+            return (), {"input_ids": torch.zeros(1, 1, dtype=torch.long, device=param.device)}
+        return (), {"inputs_embeds": torch.zeros(1, 1, self.config.input_size, dtype=param.dtype,
+                                                 device=param.device)}
+
+    def _rollout_baseline(self, labels: Optional[torch.Tensor], greedy_loss) -> Optional[torch.Tensor]:
+        """Policy-gradient halting with the self-critical baseline: the ``[B]`` path loss of the deterministic rule,
+        from ``greedy_loss()`` (a forward without labels -> per-sample task loss), run *before* the training forward.
+        None where no baseline forward is needed."""
+        if labels is None or not (self.training and torch.is_grad_enabled()) or not needs_rollout(self):
+            return None
+        return self_critical_baseline(self, greedy_loss)
+
+    def _halting_loss(self, per_sample_loss, baseline: Optional[torch.Tensor]) -> torch.Tensor:
+        """``pact_zoo.halting_loss`` of the forward that just ran; methods that need it (REINFORCE) get the
+        per-sample task loss ``per_sample_loss()`` in training. An eval forward of such a method adds nothing."""
+        sampled = any(isinstance(m, AdaptiveStage) and m.halting and m.method.needs_task_loss for m in self.modules())
+        if not sampled:
+            return halting_loss(self)
+        if not (self.training and torch.is_grad_enabled()):
+            return torch.zeros((), device=next(self.parameters()).device)
+        return halting_loss(self, task_loss=per_sample_loss(), baseline_loss=baseline)
 
     # -- remote code --------------------------------------------------------------------------------------------------
     @classmethod
@@ -440,24 +466,12 @@ class PactLSTMModel(PactLSTMPreTrainedModel):
         for layer in self.layers:
             hidden, steps, cost = layer(hidden, step_rows)
             ponder_steps = steps if ponder_steps is None else ponder_steps + steps
-            ponder_cost = cost.sum(1) if ponder_cost is None else ponder_cost + cost.sum(1)
+            ponder_cost = cost if ponder_cost is None else ponder_cost + cost
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden,)
         output = PactLSTMModelOutput(last_hidden_state=hidden, ponder_cost=ponder_cost, ponder_steps=ponder_steps,
                                      hidden_states=all_hidden)
         return output if return_dict else output.to_tuple()
-
-    @property
-    def halting(self) -> bool:
-        """True when some layer halts adaptively (its ponder cost enters the loss)."""
-        return any(layer.stage.adaptive for layer in self.layers)
-
-    def ponder_loss(self, ponder_cost: torch.Tensor) -> torch.Tensor:
-        """``tau * mean_batch(ponder_cost)`` for adaptive methods, else a zero scalar."""
-        if not self.halting:
-            return ponder_cost.new_zeros(())
-        return self.config.tau * ponder_cost.mean()
-
 
 def _problem_type(config: PactLSTMConfig, labels: torch.Tensor) -> str:
     """transformers' rule: regression for one label, else single- or multi-label by the labels' dtype."""
@@ -471,31 +485,39 @@ def _problem_type(config: PactLSTMConfig, labels: torch.Tensor) -> str:
 
 
 def _classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str, num_labels: int,
-                         valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean task loss over the entries marked ``valid``.
+                         valid: Optional[torch.Tensor] = None, rows: Optional[int] = None) -> torch.Tensor:
+    """Mean task loss over the entries marked ``valid``, or, with ``rows``, the ``[rows]`` per-sample means (the N
+    entries are ``rows`` samples of N / rows time steps each).
 
     Args:
         logits: ``[N, num_labels]``.
         labels: ``[N]`` class ids (single-label; ``-100`` ignored), ``[N, num_labels]`` targets (multi-label,
             regression) or ``[N]`` (regression with one label).
         valid: ``[N]`` bool, entries that count (padding excluded), or ``None``.
+        rows: return per-sample losses of this many samples instead of the mean.
     """
     if problem_type == "single_label_classification":
         labels = labels.long()
         if valid is not None:
             labels = labels.masked_fill(~valid, IGNORE_INDEX)
-        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-    if problem_type == "regression" and num_labels == 1 and labels.dim() == 1:
-        labels = labels.unsqueeze(-1)
-    labels = labels.to(logits.dtype)
-    if problem_type == "multi_label_classification":
-        per_entry = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+        if rows is None:
+            return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+        per_entry = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        counted = labels != IGNORE_INDEX
     else:
-        per_entry = F.mse_loss(logits.float(), labels.float(), reduction="none")
-    per_entry = per_entry.mean(-1)
-    if valid is None:
-        return per_entry.mean()
-    return (per_entry * valid).sum() / valid.sum().clamp_min(1)
+        if problem_type == "regression" and num_labels == 1 and labels.dim() == 1:
+            labels = labels.unsqueeze(-1)
+        labels = labels.to(logits.dtype)
+        if problem_type == "multi_label_classification":
+            per_entry = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+        else:
+            per_entry = F.mse_loss(logits.float(), labels.float(), reduction="none")
+        per_entry = per_entry.mean(-1)
+        counted = valid if valid is not None else torch.ones_like(per_entry, dtype=torch.bool)
+    if rows is None:
+        return (per_entry * counted).sum() / counted.sum().clamp_min(1)
+    per_entry, counted = per_entry.reshape(rows, -1), counted.reshape(rows, -1)
+    return (per_entry * counted).sum(1) / counted.sum(1).clamp_min(1)
 
 
 def _check_labels(labels: torch.Tensor, problem_type: str, num_labels: int, leading: tuple[int, ...]) -> None:
@@ -544,6 +566,9 @@ class PactLSTMForSequenceClassification(PactLSTMPreTrainedModel):
         Returns :class:`PactLSTMSequenceClassifierOutput` (``logits`` ``[B, num_labels]``).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        baseline = self._rollout_baseline(labels, lambda: self._task_loss(
+            self(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits, labels,
+            rows=True))
         outputs = self.pact_lstm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                  output_hidden_states=output_hidden_states, return_dict=True)
         sequence = outputs.last_hidden_state  # [B, T, H]
@@ -561,14 +586,19 @@ class PactLSTMForSequenceClassification(PactLSTMPreTrainedModel):
 
         loss = None
         if labels is not None:
-            problem_type = _problem_type(self.config, labels)
-            _check_labels(labels, problem_type, self.num_labels, (batch_size,))
-            loss = _classification_loss(logits, labels.to(logits.device), problem_type, self.num_labels)
-            loss = loss + self.pact_lstm.ponder_loss(outputs.ponder_cost)
+            loss = self._task_loss(logits, labels)
+            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, rows=True), baseline)
         output = PactLSTMSequenceClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
                                                   ponder_steps=outputs.ponder_steps,
                                                   hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: bool = False) -> torch.Tensor:
+        """Mean task loss of ``[B, num_labels]`` logits, or the ``[B]`` per-sample losses with ``rows``."""
+        problem_type = _problem_type(self.config, labels)
+        _check_labels(labels, problem_type, self.num_labels, (logits.shape[0],))
+        return _classification_loss(logits, labels.to(logits.device), problem_type, self.num_labels,
+                                    rows=logits.shape[0] if rows else None)
 
 
 class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
@@ -598,6 +628,9 @@ class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
         Returns :class:`PactLSTMTokenClassifierOutput` (``logits`` ``[B, T, num_labels]``).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        baseline = self._rollout_baseline(labels, lambda: self._task_loss(
+            self(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits, labels,
+            attention_mask, rows=True))
         outputs = self.pact_lstm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                  output_hidden_states=output_hidden_states, return_dict=True)
         sequence = outputs.last_hidden_state
@@ -605,18 +638,24 @@ class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
 
         loss = None
         if labels is not None:
-            batch_size, seq_len = sequence.shape[:2]
-            problem_type = _problem_type(self.config, labels)
-            _check_labels(labels, problem_type, self.num_labels, (batch_size, seq_len))
-            valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
-            labels = labels.to(logits.device)
-            loss = _classification_loss(logits.reshape(batch_size * seq_len, -1),
-                                        labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
-                                        problem_type, self.num_labels, valid)
-            loss = loss + self.pact_lstm.ponder_loss(outputs.ponder_cost)
+            loss = self._task_loss(logits, labels, attention_mask)
+            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, attention_mask, rows=True),
+                                             baseline)
         output = PactLSTMTokenClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
                                                ponder_steps=outputs.ponder_steps, hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                   rows: bool = False) -> torch.Tensor:
+        """Mean task loss of ``[B, T, num_labels]`` logits over the real steps, or ``[B]`` per sequence with ``rows``."""
+        batch_size, seq_len = logits.shape[:2]
+        problem_type = _problem_type(self.config, labels)
+        _check_labels(labels, problem_type, self.num_labels, (batch_size, seq_len))
+        valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
+        labels = labels.to(logits.device)
+        return _classification_loss(logits.reshape(batch_size * seq_len, -1),
+                                    labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
+                                    problem_type, self.num_labels, valid, rows=batch_size if rows else None)
 
 
 __all__ = [

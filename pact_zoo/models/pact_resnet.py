@@ -81,13 +81,14 @@ class AdaptiveResNet(ResNet):
     Args:
         block: ``BasicBlock`` or ``Bottleneck`` (timm's classes).
         layers: units per stage.
-        method: ``"pact"``, ``"act"`` or ``"none"`` (no halting heads: exactly timm's ResNet).
-        tau, temperature, threshold, act_eps, halting_bias_init, cost_estimator: halting knobs, see
-            :class:`~pact_zoo.halting.HaltingConfig`.
+        method: a registered halting method (``pact_zoo.halting.HALTING_METHODS``: ``"pact"``, ``"act"``,
+            ``"policy_gradient"``, ``"none"`` = no halting heads, exactly timm's ResNet).
         halting_act_layer: activation between the halting head's BN and linear layer, a timm activation name;
             ``None`` (default) for none, as SACT on ImageNet.
         device, dtype: factory kwargs for every parameter and buffer.
-        **kwargs: the other arguments of :class:`timm.models.resnet.ResNet` (``num_classes``, ``in_chans``,
+        **kwargs: ``halting_bias_init`` and the method's knobs (e.g. ``tau``, ``threshold``; see
+            :class:`~pact_zoo.halting.HaltingConfig`), and the other arguments of
+            :class:`timm.models.resnet.ResNet` (``num_classes``, ``in_chans``,
             ``global_pool``, ``drop_rate``, ``drop_path_rate``, ``output_stride``, stem / downsample options ...);
             an unknown name raises TypeError.
     """
@@ -97,35 +98,26 @@ class AdaptiveResNet(ResNet):
             block: Union[Type[BasicBlock], Type[Bottleneck]],
             layers: Tuple[int, ...],
             method: str = "pact",
-            tau: float = HaltingConfig.tau,
-            temperature: float = HaltingConfig.temperature,
-            threshold: float = HaltingConfig.threshold,
-            act_eps: float = HaltingConfig.act_eps,
-            halting_bias_init: float = HaltingConfig.halting_bias_init,
-            cost_estimator: str = HaltingConfig.cost_estimator,
             halting_act_layer: Optional[str] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
             **kwargs: Any,
     ) -> None:
         # Validate the halting knobs before building the (large) backbone.
-        halting_cfg = HaltingConfig(method=method, tau=tau, temperature=temperature, threshold=threshold,
-                                    act_eps=act_eps, halting_bias_init=halting_bias_init,
-                                    cost_estimator=cost_estimator)
+        halting_cfg = HaltingConfig.from_kwargs(method, kwargs)
         head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
         super().__init__(block=block, layers=layers, device=device, dtype=dtype, **kwargs)
         dd = {"device": device, "dtype": dtype}
         self.halting_cfg = halting_cfg
         self.min_input_size = MIN_INPUT_SIZE
-        stage_kwargs = {k: v for k, v in halting_cfg.to_dict().items() if k != "halting_bias_init"}
         for stage_idx, name in enumerate(STAGE_NAMES):
             units = list(getattr(self, name))
             num_chs = self.feature_info[stage_idx + 1]["num_chs"]
             heads = None
             if halting_cfg.adaptive:
-                heads = [HaltingHead(num_chs, act_layer=head_act, bias_init=halting_bias_init, **dd)
+                heads = [HaltingHead(num_chs, act_layer=head_act, bias_init=halting_cfg.halting_bias_init, **dd)
                          for _ in range(len(units) - 1)]
-            setattr(self, name, AdaptiveResNetStage(units, heads, **stage_kwargs))
+            setattr(self, name, AdaptiveResNetStage(units, heads, method=halting_cfg))
 
     def _stages(self) -> List[AdaptiveResNetStage]:
         """The stages still present (``prune_intermediate_layers`` replaces pruned ones by empty Sequentials)."""

@@ -89,9 +89,10 @@ class CifarResNet(nn.Module):
         in_chans: input channels.
         global_pool: timm pooling type.
         drop_rate: dropout before the classifier.
-        method: halting method, ``"pact"``, ``"act"`` or ``"none"`` (a plain ResNet, no halting heads).
-        tau, temperature, threshold, act_eps, halting_bias_init, cost_estimator: halting knobs, see
-            :class:`~pact_zoo.halting.HaltingConfig`.
+        method: a registered halting method (``pact_zoo.halting.HALTING_METHODS``: ``"pact"``, ``"act"``,
+            ``"policy_gradient"``, ``"none"`` = a plain ResNet, no halting heads).
+        **halting_kwargs: ``halting_bias_init`` and the method's knobs (e.g. PACT: ``tau``, ``temperature``,
+            ``threshold``, ``cost_estimator``), see :class:`~pact_zoo.halting.HaltingConfig`.
     """
 
     def __init__(
@@ -103,22 +104,17 @@ class CifarResNet(nn.Module):
             global_pool: str = "avg",
             drop_rate: float = 0.0,
             method: str = "pact",
-            tau: float = HaltingConfig.tau,
-            temperature: float = HaltingConfig.temperature,
-            threshold: float = HaltingConfig.threshold,
-            act_eps: float = HaltingConfig.act_eps,
-            halting_bias_init: float = HaltingConfig.halting_bias_init,
-            cost_estimator: str = HaltingConfig.cost_estimator,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
+            **halting_kwargs: Any,
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         if len(layers) != len(channels) or not all(n >= 1 for n in layers):
             raise ValueError(f"layers must give >= 1 unit for each of the {len(channels)} stages, got {layers}")
-        self.halting_cfg = HaltingConfig(method=method, tau=tau, temperature=temperature, threshold=threshold,
-                                         act_eps=act_eps, halting_bias_init=halting_bias_init,
-                                         cost_estimator=cost_estimator)
+        self.halting_cfg = HaltingConfig.from_kwargs(method, halting_kwargs)
+        if halting_kwargs:
+            raise TypeError(f"CifarResNet got unexpected keyword arguments {sorted(halting_kwargs)}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -128,7 +124,6 @@ class CifarResNet(nn.Module):
         self.stem = nn.Conv2d(in_chans, channels[0], 3, padding=1, bias=False, **dd)
         self.feature_info = [dict(num_chs=channels[0], reduction=1, module="stem")]
         stages, prev_chs, reduction = [], channels[0], 1
-        stage_kwargs = {k: v for k, v in self.halting_cfg.to_dict().items() if k != "halting_bias_init"}
         for stage_idx, (depth, chs) in enumerate(zip(layers, channels)):
             stride = 1 if stage_idx == 0 else 2
             reduction *= stride
@@ -136,9 +131,9 @@ class CifarResNet(nn.Module):
             units += [PreActBasicUnit(chs, chs, 1, **dd) for _ in range(depth - 1)]
             heads = None
             if self.halting_cfg.adaptive:
-                heads = [HaltingHead(chs, act_layer=_act_layer, bias_init=halting_bias_init, **dd)
+                heads = [HaltingHead(chs, act_layer=_act_layer, bias_init=self.halting_cfg.halting_bias_init, **dd)
                          for _ in range(depth - 1)]
-            stages.append(AdaptiveStage(units, heads, **stage_kwargs))
+            stages.append(AdaptiveStage(units, heads, method=self.halting_cfg))
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"stages.{stage_idx}"))
             prev_chs = chs
         self.stages = nn.Sequential(*stages)
@@ -282,6 +277,10 @@ default_cfgs = generate_default_cfgs({
     "pact_resnet110": _cfg(),
     "act_resnet32": _cfg(paper_ids="arXiv:1612.02297", paper_name="Spatially Adaptive Computation Time"),
     "act_resnet110": _cfg(paper_ids="arXiv:1612.02297", paper_name="Spatially Adaptive Computation Time"),
+    "pg_resnet32": _cfg(paper_ids="arXiv:1511.06297",
+                        paper_name="Conditional Computation in Neural Networks for faster models"),
+    "pg_resnet110": _cfg(paper_ids="arXiv:1511.06297",
+                         paper_name="Conditional Computation in Neural Networks for faster models"),
 })
 
 
@@ -325,3 +324,17 @@ def act_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-110 with ACT halting in every stage (the SACT baseline)."""
     model_args = dict(layers=(18, 18, 18), method="act")
     return _create_cifar_resnet("act_resnet110", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def pg_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-32 with policy-gradient halting in every stage (Bengio et al. 2016; BlockDrop-style)."""
+    model_args = dict(layers=(5, 5, 5), method="policy_gradient")
+    return _create_cifar_resnet("pg_resnet32", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def pg_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-110 with policy-gradient halting in every stage (Bengio et al. 2016; BlockDrop-style)."""
+    model_args = dict(layers=(18, 18, 18), method="policy_gradient")
+    return _create_cifar_resnet("pg_resnet110", pretrained, **dict(model_args, **kwargs))

@@ -7,22 +7,21 @@ that used the fewest and the most units.
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..halting import adaptive_stages, set_threshold
+from ..halting import adaptive_stages, full_depth, set_threshold
 from .config import TrainConfig, add_config_arguments, load_config
 from ..fileio import atomic_path, atomic_write_json
 from .io import load_model_folder
 from .loop import evaluate_model
 from .tasks import build_task
 
-__all__ = ["full_depth", "evaluate_tradeoff", "main"]
+__all__ = ["evaluate_tradeoff", "main"]
 
 TRADEOFF_JSON = "tradeoff.json"
 TRADEOFF_PLOT = "tradeoff.png"
@@ -31,22 +30,8 @@ IMAGE_GRID = "fewest_most_units.png"
 GRID_IMAGES_PER_ROW = 8
 
 
-@contextmanager
-def full_depth(model: nn.Module) -> Iterator[None]:
-    """Run every unit of every stage (no halting heads) inside the block."""
-    stages = [stage for _, stage in adaptive_stages(model)]
-    methods = [stage.method for stage in stages]
-    for stage in stages:
-        stage.method = "none"
-    try:
-        yield
-    finally:
-        for stage, method in zip(stages, methods):
-            stage.method = method
-
-
 def _halting_methods(model: nn.Module) -> set[str]:
-    return {stage.method for _, stage in adaptive_stages(model) if stage.adaptive}
+    return {stage.method.name for _, stage in adaptive_stages(model) if stage.adaptive}
 
 
 @torch.no_grad()
@@ -61,15 +46,17 @@ def _per_sample_units(model: nn.Module, loader: DataLoader, task) -> torch.Tenso
 
 
 def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Sequence[float]) -> Dict[str, Any]:
-    """Trade-off points: one per threshold (PACT), the model's own rule, and full depth."""
+    """Trade-off points: one per threshold (methods with a threshold), the model's own rule, and full depth."""
     methods = _halting_methods(model)
-    stages = [stage for _, stage in adaptive_stages(model)]
-    own_threshold = stages[0].threshold if stages else None
+    stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive]
+    thresholded = bool(stages) and all(stage.method.has_threshold for stage in stages)
+    own_threshold = stages[0].method.threshold if thresholded else None
     points = []
-    if "pact" in methods:
+    if thresholded:
+        rule = ",".join(sorted(methods))
         for threshold in sorted(set(thresholds) | {own_threshold}):
             set_threshold(model, threshold)
-            points.append(dict(evaluate_model(model, loader, task), threshold=threshold, rule="pact"))
+            points.append(dict(evaluate_model(model, loader, task), threshold=threshold, rule=rule))
         set_threshold(model, own_threshold)
     elif methods:
         points.append(dict(evaluate_model(model, loader, task), threshold=None, rule=",".join(sorted(methods))))

@@ -1,7 +1,9 @@
 """The Accelerate training loop shared by every model family.
 
-loss = task loss + s(t) * pact_zoo.halting_loss(model), where s(t) ramps from 0 to 1 over
-``tau_warmup_epochs`` (optional). One process or many (``accelerate launch``); checkpoints with
+loss = task loss + pact_zoo.halting_loss(model, per-sample task loss, cost_scale=s(t)), where s(t) ramps the
+halting cost weights from 0 to 1 over ``tau_warmup_epochs`` (optional). Methods that learn by REINFORCE get the
+per-sample task loss, and the self-critical baseline (a gradient-free forward under the deterministic rule)
+where they use it. One process or many (``accelerate launch``); checkpoints with
 ``accelerator.save_state`` at the end of every epoch, written atomically, and ``resume`` from the latest.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..halting import halting_loss
+from ..halting import training_loss
 from .config import TrainConfig
 from ..fileio import atomic_write_json, atomic_write_text
 from .io import save_model_folder
@@ -161,6 +163,7 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     metrics: Dict[str, Any] = _trim_metrics(output_dir / METRICS_FILE, start_epoch) \
         if accelerator.is_main_process else {}
     micro_batches_per_epoch = len(train_loader)
+    unwrapped = accelerator.unwrap_model(model)
     for epoch in range(start_epoch, config.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -173,10 +176,10 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
             epochs_done = epoch + micro_step / max(1, micro_batches_per_epoch)
             tau_scale = min(1.0, epochs_done / config.tau_warmup_epochs) if config.tau_warmup_epochs > 0 else 1.0
             with accelerator.accumulate(model):
-                logits = task.forward(model, batch)
-                task_loss = F.cross_entropy(logits.float(), batch["labels"])
-                cost = halting_loss(model)
-                loss = task_loss + tau_scale * cost
+                step = training_loss(
+                    unwrapped, lambda: task.forward(model, batch),
+                    lambda logits: F.cross_entropy(logits.float(), batch["labels"], reduction="none"), tau_scale)
+                loss, task_loss, cost = step.loss, step.task_loss, step.halting_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

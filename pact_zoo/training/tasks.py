@@ -14,7 +14,7 @@ from ..data import (
     SEQUENCE_CLASSIFICATION_DATASETS, collate_images, collate_sequences, image_transforms, load_image_dataset,
     load_sequence_splits, with_image_transform,
 )
-from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_report, recurrent_cell_flops
+from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_report
 from .config import ConfigError, TrainConfig
 
 __all__ = ["TaskData", "ImageClassificationTask", "SequenceClassificationTask", "SEQUENCE_MODELS", "build_task"]
@@ -106,9 +106,10 @@ class ImageClassificationTask:
 
     @staticmethod
     def report(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample FLOPs ``[B]``, units executed ``[B, S]`` and full-depth FLOPs ``[B]`` of the last forward."""
+        """Per-sample FLOPs ``[B]``, units executed ``[B, S]`` (summed over time steps for sequence models) and
+        full-depth FLOPs ``[B]`` of the last forward, from :func:`~pact_zoo.halting_report`."""
         report = halting_report(model)
-        return report.flops, report.units_executed, torch.full_like(report.flops, report.full_flops)
+        return report.flops, report.units_executed, report.sample_full_flops
 
 
 class SequenceClassificationTask:
@@ -155,28 +156,7 @@ class SequenceClassificationTask:
         """Logits ``[B, num_labels]``."""
         return model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
 
-    @staticmethod
-    def report(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample FLOPs ``[B]``, ponder steps per layer ``[B, S]`` and full-depth FLOPs ``[B]``.
-
-        Per real time step and layer: n cell steps and min(n, M - 1) halting heads (none after the last step);
-        full depth runs M cell steps and M - 1 heads. Plus the classifier once per sequence.
-        """
-        layers = [m for m in model.modules() if hasattr(m, "last_ponder_steps") and hasattr(m, "cell")]
-        classifier = next(m for name, m in model.named_modules() if name.endswith("classifier"))
-        steps = [layer.last_ponder_steps.cpu() for layer in layers]  # [B, T] each, 0 at padding
-        flops = torch.full((steps[0].shape[0],), 2 * classifier.in_features * classifier.out_features,
-                           dtype=torch.long)
-        full = flops.clone()
-        for layer, step in zip(layers, steps):
-            max_steps = layer.stage.num_units
-            cell = recurrent_cell_flops(layer.cell)
-            head = 2 * layer.halting_head.fc.in_features if layer.halting_head is not None else 0
-            real = (step > 0).sum(1)
-            heads_run = step.clamp(max=max_steps - 1).sum(1) if layer.stage.adaptive else torch.zeros_like(real)
-            flops += step.sum(1) * cell + heads_run * head
-            full += real * (max_steps * cell + (max_steps - 1) * head)
-        return flops, torch.stack([s.sum(1) for s in steps], dim=1), full
+    report = staticmethod(ImageClassificationTask.report)
 
 
 def build_task(config: TrainConfig):
@@ -190,4 +170,5 @@ def halting_head_parameters(model: nn.Module) -> set[int]:
     """``id`` of every halting-head parameter (they may get their own learning rate)."""
     heads = [m for m in model.modules() if isinstance(m, (HaltingHead, VectorHaltingHead))]
     heads += [stage.heads for _, stage in adaptive_stages(model) if stage.heads is not None]
+    heads += [stage.method_state for _, stage in adaptive_stages(model) if stage.method_state is not None]
     return {id(p) for head in heads for p in head.parameters()}
