@@ -1,22 +1,30 @@
 """``pact-zoo benchmark``: do saved FLOPs show up as saved wall-clock time?
 
-For one model and a list of batch sizes it times eval forwards (warm-up, repeats, median; the modes run in
-round-robin inside every repeat so that load on a shared machine hits them alike) of
+For one model (a CIFAR ResNet at 32x32, an ImageNet ResNet at 224x224, ...) and a list of batch sizes it times
+eval forwards of
 
 * ``adaptive``: the deterministic halting rule with compaction (halted rows leave the batch),
-* ``full``: the same modules at full depth (every unit, no halting head),
+* ``full``: the same modules at full depth (:func:`~pact_zoo.halting.full_depth`: every unit, no halting head,
+  the plain network's computation),
 * ``masked``: every unit and head runs for every sample and the outputs are masked with the deterministic
-  one-hot (PACT) / ACT weights, the way SACT, SkipNet, ConvNet-AIG and A-ViT evaluate,
+  weights, the way SACT, SkipNet, ConvNet-AIG and A-ViT evaluate,
+* ``plain`` (optional): a separate plain network with the same weights (``--plain-model``, e.g. timm's own
+  ``resnet50`` for ``pact_resnet50``; default ``--model`` with ``method="none"``),
 
 and reports ``efficiency = (time_adaptive / time_full) / (flops_adaptive / flops_full)`` (1.0: the saved FLOPs
 are fully realised; FLOPs from :func:`~pact_zoo.halting_report`, so head FLOPs count against the adaptive
 model). It also measures the peak memory of one eval forward of the PACT deterministic, ACT and plain
-networks, each in a fresh process, and the training-step time of the PACT network vs the plain network.
+networks, each in a fresh process, and the time of one training step of the plain network, the PACT network and
+the policy-gradient network (sampled depth, with the self-critical baseline forward, and with the batch-mean
+baseline that needs none).
+
+Every timing goes through one round-robin timer (:func:`time_round_robin`): the configurations run in rotating
+order inside every repeat, so load on a shared machine hits them alike, and the median of the repeats is reported.
 
 Untrained halting heads (bias -3) never stop, so the benchmark can set reproducible synthetic heads
-(``--synthetic-halting SEED``, :func:`synthesize_halting`) under which per-sample depth is spread evenly
-over the units of every stage (about half of the units on average), and/or calibrate the threshold to a
-FLOPs budget (``--target-flops-ratio``, :func:`~pact_zoo.calibrate_threshold`) on generated data.
+(``--synthetic-halting SEED``, :func:`~pact_zoo.halting.synthesize_halting`) under which per-sample depth is
+spread evenly over the units of every stage (about half of the units on average), and/or calibrate the threshold
+to a FLOPs budget (``--target-flops-ratio``, :func:`~pact_zoo.calibrate_threshold`) on generated data.
 
 Output: a table on stdout and a JSON file (written to a temporary file, then renamed). See
 ``docs/benchmarks.md`` for the method and the measured numbers.
@@ -33,21 +41,36 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .fileio import atomic_write_json
 
-__all__ = ["main", "build_parser", "synthesize_halting", "full_depth", "EFFICIENCY_TARGETS"]
+__all__ = ["main", "build_parser", "time_round_robin", "set_synthetic_heads",
+           "EFFICIENCY_TARGETS", "TRAIN_NETWORKS"]
 
 #: Issue 6 targets for ``efficiency`` (batch size -> upper bound), pact_resnet110 on 2 CPU cores.
 EFFICIENCY_TARGETS = {1: 1.25, 8: 1.25, 64: 1.10, 256: 1.10}
 #: Issue 6 target for a PACT training step relative to a plain network step.
 TRAIN_STEP_TARGET = 1.15
-EVAL_MODES = ("adaptive", "full", "masked")
+EVAL_MODES = ("adaptive", "full", "masked", "plain")
+DEFAULT_EVAL_MODES = ("adaptive", "full", "masked")
 MEMORY_NETWORKS = ("pact", "act", "plain")
+#: Networks whose training step is timed: ``model`` (the benchmarked model as configured), ``plain`` (no halting),
+#: and twins of ``--model`` with the same weights under another halting method (name, extra knobs).
+TRAIN_TWINS = {
+    "pact": ("pact", {}),
+    "pg": ("policy_gradient", {"baseline": "greedy"}),  # self-critical: one extra gradient-free forward
+    "pg_batch_mean": ("policy_gradient", {"baseline": "batch_mean"}),  # no extra forward
+}
+TRAIN_NETWORKS = ("model", "plain") + tuple(TRAIN_TWINS)
+DEFAULT_TRAIN_NETWORKS = ("plain", "pact", "pg", "pg_batch_mean")
+#: Head weight scale of the synthetic heads of a method whose training *samples* its depth: confident heads
+#: (logits of magnitude ~10), so that the sampled depth follows the deterministic one (about half of the units);
+#: at the default scale 3 the sampled stops come early and a stage runs ~30 % of its units.
+SAMPLED_HEAD_WEIGHT_SCALE = 10.0
 #: Environment of the memory probes: glibc returns every block >= 64 KiB to the OS when freed, so the
 #: resident set follows the live tensors (see docs/benchmarks.md).
 MEMORY_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -67,14 +90,15 @@ def _parse_kwargs(text: Optional[str]) -> dict:
     return kwargs
 
 
-def create_model(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
-    """``timm.create_model(name, **kwargs)`` in eval mode, weights drawn after ``torch.manual_seed(seed)``."""
+def create_model(name: str, kwargs: dict, seed: int = 0, device: str = "cpu") -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` in eval mode on ``device``, weights drawn after
+    ``torch.manual_seed(seed)``."""
     import timm
 
     import pact_zoo  # noqa: F401  (registers the models)
 
     torch.manual_seed(seed)
-    return timm.create_model(name, **kwargs).eval()
+    return timm.create_model(name, **kwargs).to(device).eval()
 
 
 def input_shape_of(model: nn.Module, override: Optional[Sequence[int]] = None) -> tuple[int, ...]:
@@ -88,91 +112,57 @@ def input_shape_of(model: nn.Module, override: Optional[Sequence[int]] = None) -
 
 
 def _stages(model: nn.Module) -> list:
+    """The model's stages that have halting heads."""
     from .halting import adaptive_stages
 
     return [stage for _, stage in adaptive_stages(model) if stage.adaptive]
 
 
+def _twin_kwargs(kwargs: dict, method: str, extra: dict) -> dict:
+    """``kwargs`` for ``method`` instead of the model's own: knobs the target method does not have are dropped
+    (e.g. PACT's ``temperature`` for a policy-gradient twin), ``extra`` knobs are added."""
+    from .halting import HALTING_METHODS, get_halting_method
+
+    every_knob = {knob for name in HALTING_METHODS for knob in get_halting_method(name).knobs}
+    target = get_halting_method(method).knobs
+    kept = {k: v for k, v in kwargs.items() if k not in every_knob or k in target}
+    return dict(kept, method=method, **extra)
+
+
+def _copy_weights(source: nn.Module, target: nn.Module) -> list[str]:
+    """Copy every parameter / buffer of ``target`` that ``source`` has (same name and shape); returns the names of
+    the target's entries that were left as they were (e.g. a plain network has no halting heads to receive)."""
+    src = source.state_dict()
+    dst = target.state_dict()
+    copied = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
+    target.load_state_dict(copied, strict=False)
+    return sorted(set(dst) - set(copied))
+
+
 @torch.no_grad()
-def synthesize_halting(model: nn.Module, seed: int, input_shape: Sequence[int], num_samples: int = 128,
-                       weight_scale: float = 3.0) -> None:
-    """Set reproducible halting heads under which each sample's depth is spread over the units.
-
-    For every adaptive stage, in order: the head weights are drawn from ``N(0, weight_scale^2 / C)`` with a
-    generator seeded by ``seed`` (a different random direction of the features per head, so the samples
-    that stop differ from unit to unit); the heads' BatchNorm statistics are set to the mean / variance of
-    their pooled inputs on ``num_samples`` generated inputs (``N(0, 1)``, same seed); and the bias of head
-    ``n`` is set so that, on those inputs and at threshold 0.5, a fraction ``1 / (L - n)`` of the samples still
-    running stops there, i.e. the halting step is uniform on ``1..L``: each stage runs about half of its
-    units on average, per sample, not all at once. Heads without a BatchNorm (``VectorHaltingHead``) only
-    get the weights and biases. The model is left in eval mode with threshold 0.5 and compact execution.
-    """
-    from .halting import set_execution, set_threshold
-
-    generator = torch.Generator().manual_seed(int(seed))
-    stages = _stages(model)
-    if not stages:
-        raise ValueError("synthesize_halting needs a model with adaptive stages (method 'pact' or 'act')")
-    param = next(model.parameters())
-    inputs = torch.randn((num_samples,) + tuple(input_shape), generator=generator).to(param.device, param.dtype)
-    for stage in stages:
-        for head in stage.heads:
-            fc = head.fc
-            fc.weight.copy_(torch.randn(fc.weight.shape, generator=generator) * weight_scale
-                            / fc.in_features ** 0.5)
-            fc.bias.zero_()
-    model.eval()
-    set_threshold(model, 0.5)
-    set_execution(model, "masked")  # every head sees every sample; outputs as at eval
-    try:
-        for stage in stages:  # in order: a stage's inputs depend on the depths chosen before it
-            captured: dict[int, torch.Tensor] = {}
-            hooks = []
-            for index, head in enumerate(stage.heads):
-                target = head.norm if hasattr(head, "norm") else head.fc
-                hooks.append(target.register_forward_hook(
-                    lambda _m, args, _out, index=index: captured.__setitem__(index, args[0].detach())))
-            try:
-                with torch.inference_mode():
-                    model(inputs)
-            finally:
-                for hook in hooks:
-                    hook.remove()
-            running = torch.ones(num_samples, dtype=torch.bool, device=param.device)
-            for index, head in enumerate(stage.heads):
-                features = captured[index].float()
-                if hasattr(head, "norm"):
-                    head.norm.running_mean.copy_(features.mean(0))
-                    head.norm.running_var.copy_(features.var(0))
-                    features = head.act(head.norm(captured[index])).float()
-                scores = features @ head.fc.weight.float().t()
-                scores = scores.squeeze(-1)
-                hazard = 1.0 / (stage.num_units - index)
-                quantile = torch.quantile(scores[running], 1.0 - hazard) if running.any() else scores.max()
-                head.fc.bias.fill_(-float(quantile))
-                running &= scores < quantile
-    finally:
-        set_execution(model, "compact")
+def _samples_depth_in_training(model: nn.Module) -> bool:
+    """True when a halting stage's method samples its depth in training (asks the method: ``dense_training``)."""
+    return any(not stage.method.dense_training for stage in _stages(model))
 
 
-@contextlib.contextmanager
-def full_depth(model: nn.Module) -> Iterator[None]:
-    """Run every adaptive stage at full depth without its halting heads (the plain network's cost)."""
-    stages = _stages(model)
-    heads = [stage.heads for stage in stages]
-    try:
-        for stage in stages:
-            stage.heads = None
-        yield
-    finally:
-        for stage, stage_heads in zip(stages, heads):
-            stage.heads = stage_heads
+def set_synthetic_heads(model: nn.Module, seed: int, input_shape: Sequence[int], num_samples: int = 128) -> None:
+    """Synthetic halting heads for the benchmark: :func:`~pact_zoo.halting.synthesize_halting` (depth uniform over
+    each stage's units under the deterministic rule). For a method whose training samples the depth the backbone
+    BatchNorms are calibrated first (:func:`~pact_zoo.halting.calibrate_batchnorm`) and the heads are confident
+    (:data:`SAMPLED_HEAD_WEIGHT_SCALE`), so that the sampled training depth is also about half of the units."""
+    from .halting import synthesize_halting
+
+    if _samples_depth_in_training(model):
+        synthesize_halting(model, seed, input_shape, num_samples=num_samples,
+                           weight_scale=SAMPLED_HEAD_WEIGHT_SCALE, calibrate_norms=True)
+    else:
+        synthesize_halting(model, seed, input_shape, num_samples=num_samples)
 
 
 @contextlib.contextmanager
 def execution(model: nn.Module, mode: str) -> Iterator[None]:
-    """``mode`` in :data:`EVAL_MODES` for the duration of the block."""
-    from .halting import set_execution
+    """Eval mode ``adaptive`` / ``full`` / ``masked`` of ``model`` for the duration of the block."""
+    from .halting import full_depth, set_execution
 
     if mode == "full":
         with full_depth(model):
@@ -186,14 +176,61 @@ def execution(model: nn.Module, mode: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------------------
+# the one timer
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(runs: Mapping[str, Callable[[], Any]], warmup: int, repeats: int,
+                     contexts: Optional[Mapping[str, Callable[[], ContextManager]]] = None,
+                     device: Optional[torch.device] = None) -> dict[str, list[float]]:
+    """Wall time of every run, interleaved: each of ``warmup + repeats`` rounds runs every entry once, starting
+    one entry later than the round before, so that load from other processes hits all of them alike.
+
+    Args:
+        runs: name -> callable doing the work that is timed.
+        warmup: untimed rounds first.
+        repeats: timed rounds.
+        contexts: name -> context-manager factory entered around the run, outside the timed region (e.g. an eval
+            mode of the model).
+        device: synchronised before the clock starts and before it stops (CUDA).
+
+    Returns:
+        name -> ``repeats`` times in seconds (take the median).
+    """
+    names = list(runs)
+    device = device or torch.device("cpu")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(warmup + repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            with contexts[name]() if contexts and name in contexts else contextlib.nullcontext():
+                gc.collect()
+                _synchronize(device)
+                start = time.perf_counter()
+                runs[name]()
+                _synchronize(device)
+                elapsed = time.perf_counter() - start
+            if repeat >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def _medians(times: Mapping[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+    return ({name: statistics.median(values) for name, values in times.items()},
+            {name: min(values) for name, values in times.items()})
+
+
+# --------------------------------------------------------------------------------------------------------
 # eval timing
 def _batches(input_shape: Sequence[int], batch_size: int, min_samples: int, seed: int,
-             channels_last: bool) -> list[torch.Tensor]:
+             channels_last: bool, device: str = "cpu") -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed + batch_size)
     num_batches = max(1, -(-min_samples // batch_size))
     batches = []
     for _ in range(num_batches):
-        batch = torch.randn((batch_size,) + tuple(input_shape), generator=generator)
+        batch = torch.randn((batch_size,) + tuple(input_shape), generator=generator).to(device)
         if channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         batches.append(batch)
@@ -205,20 +242,40 @@ def _run_all(model: nn.Module, batches: list[torch.Tensor]) -> None:
         model(batch)
 
 
-def _flops(model: nn.Module, batches: list[torch.Tensor]) -> tuple[float, float, list[float]]:
-    """(mean per-sample FLOPs, full-depth FLOPs with heads, mean units per stage) over the batches."""
+def _flops(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Any]:
+    """Per-sample FLOPs and depths of the current eval mode over the batches (``halting_report``)."""
     from .halting import halting_report
 
-    total, count, full, units = 0.0, 0, 0.0, None
+    flops, units = [], []
+    full = num_units = None
     for batch in batches:
         model(batch)
         report = halting_report(model)
-        total += float(report.flops.double().sum())
-        count += report.flops.shape[0]
-        full = float(report.full_flops)
-        batch_units = report.units_executed.double().sum(0)
-        units = batch_units if units is None else units + batch_units
-    return total / count, full, (units / count).tolist()
+        flops.append(report.flops.double())
+        units.append(report.units_executed)
+        full, num_units = float(report.full_flops), report.num_units
+    flops_all, units_all = torch.cat(flops), torch.cat(units)
+    return {"mean": float(flops_all.mean()), "min": float(flops_all.min()), "max": float(flops_all.max()),
+            "full": full, "mean_units": units_all.double().mean(0).tolist(),
+            "units_fraction": float(units_all.double().sum(1).mean() / sum(num_units)),
+            "distinct_depth_patterns": int(units_all.unique(dim=0).shape[0])}
+
+
+@torch.inference_mode()
+def executed_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs per sample of everything the model runs when no stage halts: every unit *and* every halting head (the
+    masked mode's cost) for an adaptive model, the network's FLOPs for a plain one (any timm model)."""
+    from .halting import FlopsProfiler
+
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopsProfiler(model) as profiler:
+            model(torch.zeros((1,) + tuple(input_shape), dtype=param.dtype, device=param.device))
+    finally:
+        model.train(was_training)
+    return int(sum(profiler.flops.values()))
 
 
 def _units(model: nn.Module) -> torch.Tensor:
@@ -227,60 +284,56 @@ def _units(model: nn.Module) -> torch.Tensor:
     return halting_report(model).units_executed
 
 
-def _time_round_robin(model: nn.Module, batches: list[torch.Tensor], modes: Sequence[str], warmup: int,
-                      repeats: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {mode: [] for mode in modes}
-    for repeat in range(warmup + repeats):
-        order = list(modes[repeat % len(modes):]) + list(modes[:repeat % len(modes)])  # rotate the start
-        for mode in order:
-            with execution(model, mode):
-                gc.collect()
-                start = time.perf_counter()
-                _run_all(model, batches)
-                elapsed = time.perf_counter() - start
-            if repeat >= warmup:
-                times[mode].append(elapsed)
-    return times
-
-
 @torch.inference_mode()
 def benchmark_eval(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int], warmup: int,
                    repeats: int, min_samples: int, seed: int, channels_last: bool,
-                   modes: Sequence[str] = EVAL_MODES, log: Callable[[str], None] = print) -> list[dict]:
+                   modes: Sequence[str] = DEFAULT_EVAL_MODES, plain: Optional[nn.Module] = None,
+                   device: str = "cpu", log: Callable[[str], None] = print) -> list[dict]:
     """One record per batch size: median times, FLOPs, efficiency and the output check vs masked."""
+    if "plain" in modes and plain is None:
+        raise ValueError("mode 'plain' needs the plain network")
+    masked_flops = executed_flops(model, input_shape)
+    plain_flops = executed_flops(plain, input_shape) if plain is not None else None
     records = []
     for batch_size in batch_sizes:
-        batches = _batches(input_shape, batch_size, min_samples, seed, channels_last)
+        batches = _batches(input_shape, batch_size, min_samples, seed, channels_last, device)
         num_samples = batch_size * len(batches)
         with execution(model, "adaptive"):
-            flops_adaptive, flops_with_heads, mean_units = _flops(model, batches)
+            adaptive = _flops(model, batches)
             adaptive_out = [(model(b), _units(model)) for b in batches[:2]]
         with execution(model, "full"):
-            flops_full, _, _ = _flops(model, batches)
+            flops_full = _flops(model, batches)["mean"]
         with execution(model, "masked"):
             masked_out = [(model(b), _units(model)) for b in batches[:2]]
         max_diff = max(float((a - m).abs().max()) for (a, _), (m, _) in zip(adaptive_out, masked_out))
         scale = max(float(m.abs().max()) for m, _ in masked_out) or 1.0
         same_units = all(torch.equal(ua, um) for (_, ua), (_, um) in zip(adaptive_out, masked_out))
-        times = _time_round_robin(model, batches, modes, warmup, repeats)
-        medians = {mode: statistics.median(values) for mode, values in times.items()}
-        minima = {mode: min(values) for mode, values in times.items()}
-        flops_ratio = flops_adaptive / flops_full
+        runs = {mode: (lambda: _run_all(plain, batches)) if mode == "plain" else (lambda: _run_all(model, batches))
+                for mode in modes}
+        contexts = {mode: (lambda mode=mode: execution(model, mode)) for mode in modes if mode != "plain"}
+        times = time_round_robin(runs, warmup, repeats, contexts=contexts, device=torch.device(device))
+        medians, minima = _medians(times)
+        flops_ratio = adaptive["mean"] / flops_full
         record: dict[str, Any] = {
             "batch_size": batch_size, "num_batches": len(batches), "samples_per_repeat": num_samples,
             "times_s": times, "median_s": medians, "min_s": minima,
             "median_ms_per_sample": {m: 1e3 * t / num_samples for m, t in medians.items()},
-            "flops_per_sample": {"adaptive": flops_adaptive, "full": flops_full,
-                                 "masked_executed": flops_with_heads},
-            "flops_ratio": flops_ratio, "mean_units_per_stage": mean_units,
+            "flops_per_sample": {"adaptive": adaptive["mean"], "adaptive_min": adaptive["min"],
+                                 "adaptive_max": adaptive["max"], "full": flops_full,
+                                 "masked_executed": masked_flops, "plain": plain_flops},
+            "flops_ratio": flops_ratio, "mean_units_per_stage": adaptive["mean_units"],
+            "units_fraction": adaptive["units_fraction"],
+            "distinct_depth_patterns": adaptive["distinct_depth_patterns"],
             "max_abs_diff_adaptive_vs_masked": max_diff,
             "max_rel_diff_adaptive_vs_masked": max_diff / scale,  # relative to max |output|
             "same_units_adaptive_vs_masked": same_units,
         }
         if "full" in medians:
-            for mode in ("adaptive", "masked"):
+            for mode in ("adaptive", "masked", "plain"):
                 if mode in medians:
                     record[f"time_ratio_{mode}"] = medians[mode] / medians["full"]
+            for mode in ("adaptive", "masked"):
+                if mode in medians:
                     record[f"efficiency_{mode}"] = record[f"time_ratio_{mode}"] / flops_ratio
                     # best-of-repeats: the least disturbed run of each mode (robust on a shared machine)
                     record[f"efficiency_{mode}_min"] = minima[mode] / minima["full"] / flops_ratio
@@ -289,6 +342,9 @@ def benchmark_eval(model: nn.Module, input_shape: Sequence[int], batch_sizes: Se
             record["efficiency_target"] = target
             if target is not None and record["efficiency"] is not None:
                 record["target_met"] = record["efficiency"] <= target
+        if "plain" in medians:  # the original backbone as the baseline (e.g. timm resnet50)
+            record["time_vs_plain"] = {mode: medians[mode] / medians["plain"] for mode in medians}
+            record["flops_vs_plain"] = {"adaptive": adaptive["mean"] / plain_flops, "full": flops_full / plain_flops}
         records.append(record)
         log(_format_eval_row(record))
     return records
@@ -314,7 +370,16 @@ def _reset_peak_rss() -> bool:
 
 
 def _allocator_peak_bytes(model: nn.Module, batch: torch.Tensor) -> int:
-    """Peak of live bytes allocated through PyTorch's CPU allocator during one forward (profiler events)."""
+    """Peak of live bytes allocated by one forward: through PyTorch's CPU allocator (profiler events), or through
+    the CUDA caching allocator (its peak statistics) for a CUDA batch."""
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize(batch.device)
+        torch.cuda.reset_peak_memory_stats(batch.device)
+        before = torch.cuda.memory_allocated(batch.device)
+        model(batch)
+        torch.cuda.synchronize(batch.device)
+        return torch.cuda.max_memory_allocated(batch.device) - before
+
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -334,13 +399,14 @@ def _memory_probe(spec: dict) -> dict:
     from .halting import halting_report, set_threshold
 
     torch.set_num_threads(spec["threads"])
-    model = create_model(spec["model"], spec["kwargs"], spec["seed"])
+    device = spec.get("device", "cpu")
+    model = create_model(spec["model"], spec["kwargs"], spec["seed"], device)
     shape = tuple(spec["input_shape"])
     if spec.get("synthetic_halting") is not None and _stages(model):
-        synthesize_halting(model, spec["synthetic_halting"], shape)
-    if spec.get("threshold") is not None and any(s.method == "pact" for s in _stages(model)):
+        set_synthetic_heads(model, spec["synthetic_halting"], shape, spec.get("synthetic_samples", 128))
+    if spec.get("threshold") is not None and any(s.method.has_threshold for s in _stages(model)):
         set_threshold(model, spec["threshold"])
-    batch = _batches(shape, spec["batch_size"], spec["batch_size"], spec["seed"], spec["channels_last"])[0]
+    batch = _batches(shape, spec["batch_size"], spec["batch_size"], spec["seed"], spec["channels_last"], device)[0]
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     model(batch)  # warm-up: one-time allocations (primitive caches, FLOPs tables) are not the forward's
@@ -349,14 +415,15 @@ def _memory_probe(spec: dict) -> dict:
         flops_ratio = halting_report(model).flops_ratio
     gc.collect()
     allocator_peak = _allocator_peak_bytes(model, batch)
-    gc.collect()
-    rss_before_kib = _read_status_kib("VmRSS")
-    reset = _reset_peak_rss()
-    model(batch)
-    rss_peak_kib = _read_status_kib("VmHWM")
-    return {"allocator_peak_bytes": allocator_peak,
-            "rss_peak_delta_bytes": 1024 * (rss_peak_kib - rss_before_kib) if reset else None,
-            "flops_ratio": flops_ratio}
+    rss_delta = None
+    if batch.device.type == "cpu":
+        gc.collect()
+        rss_before_kib = _read_status_kib("VmRSS")
+        reset = _reset_peak_rss()
+        model(batch)
+        rss_peak_kib = _read_status_kib("VmHWM")
+        rss_delta = 1024 * (rss_peak_kib - rss_before_kib) if reset else None
+    return {"allocator_peak_bytes": allocator_peak, "rss_peak_delta_bytes": rss_delta, "flops_ratio": flops_ratio}
 
 
 def _memory_probe_main() -> int:
@@ -380,37 +447,104 @@ def measure_memory(spec: dict, timeout_s: float = 600.0) -> dict:
 
 # --------------------------------------------------------------------------------------------------------
 # training step
-def benchmark_training(adaptive: nn.Module, plain: nn.Module, input_shape: Sequence[int], batch_size: int,
-                       warmup: int, repeats: int, seed: int, channels_last: bool) -> dict:
-    """Median time of one SGD step (forward, loss incl. the halting cost, backward, update), round-robin."""
-    from .halting import halting_loss
+def _describe(model: nn.Module) -> str:
+    """``method`` (and ``baseline`` where the method has one) of the model's halting stages, or ``plain``."""
+    stages = _stages(model)
+    if not stages:
+        return "plain"
+    method = stages[0].method
+    baseline = getattr(method, "baseline", None)
+    return method.name + (f" (baseline {baseline})" if baseline is not None else "")
+
+
+def build_training_networks(model: nn.Module, names: Sequence[str], model_name: str, kwargs: dict,
+                            plain_model: Optional[str], seed: int, input_shape: Sequence[int],
+                            synthetic_halting: Optional[int], synthetic_samples: int = 128,
+                            device: str = "cpu", channels_last: bool = False) -> dict[str, nn.Module]:
+    """The networks of the training comparison, every one with ``model``'s weights where it has them.
+
+    ``model`` is the benchmarked model itself; ``plain`` is ``plain_model`` (or ``model_name`` with
+    ``method="none"``); the others are twins of ``model_name`` under another method (:data:`TRAIN_TWINS`). With
+    ``synthetic_halting`` the twins get synthetic heads (:func:`set_synthetic_heads`).
+    """
+    networks: dict[str, nn.Module] = {}
+    for name in names:
+        if name == "model":
+            networks[name] = model
+            continue
+        if name == "plain":
+            net = (create_model(plain_model, {}, seed, device) if plain_model
+                   else create_model(model_name, _twin_kwargs(kwargs, "none", {}), seed, device))
+            _copy_weights(model, net)
+        else:
+            method, extra = TRAIN_TWINS[name]
+            net = create_model(model_name, _twin_kwargs(kwargs, method, extra), seed, device)
+            missing = _copy_weights(model, net)
+            if missing and any(".method_state." not in key for key in missing):
+                raise ValueError(f"training twin {name!r} of {model_name} does not take the model's weights: "
+                                 f"{missing[:5]}")
+            if synthetic_halting is not None and _stages(net):
+                set_synthetic_heads(net, synthetic_halting, input_shape, synthetic_samples)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        networks[name] = net
+    return networks
+
+
+def benchmark_training(networks: Mapping[str, nn.Module], input_shape: Sequence[int], batch_size: int,
+                       warmup: int, repeats: int, seed: int, channels_last: bool,
+                       device: str = "cpu") -> dict:
+    """Median time of one SGD step per network, round-robin.
+
+    A step is what the training loop does per batch (:func:`~pact_zoo.halting.training_loss`): the self-critical
+    baseline forward where the method needs one, the training forward, the per-sample cross-entropy plus
+    ``halting_loss``, backward, update. The JSON also gives the fraction of units each training forward ran.
+    """
+    from .halting import adaptive_stages, training_loss
 
     generator = torch.Generator().manual_seed(seed)
-    batch = _batches(input_shape, batch_size, batch_size, seed, channels_last)[0]
-    num_classes = getattr(adaptive, "num_classes", 10) or 10
-    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
-    models = {"adaptive": adaptive.train(), "plain": plain.train()}
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for name, m in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
-    for repeat in range(warmup + repeats):
-        for name in names[repeat % 2:] + names[:repeat % 2]:
-            model, optimizer = models[name], optimizers[name]
-            gc.collect()
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(batch), labels) + halting_loss(model)
-            loss.backward()
-            optimizer.step()
-            elapsed = time.perf_counter() - start
-            if repeat >= warmup:
-                times[name].append(elapsed)
-    for model in models.values():
-        model.eval()
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    ratio = medians["adaptive"] / medians["plain"]
-    return {"batch_size": batch_size, "times_s": times, "median_s": medians, "ratio": ratio,
-            "target": TRAIN_STEP_TARGET, "target_met": ratio <= TRAIN_STEP_TARGET}
+    batch = _batches(input_shape, batch_size, batch_size, seed, channels_last, device)[0]
+    num_classes = next(iter(networks.values())).num_classes or 10
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for name, m in networks.items()}
+    units: dict[str, list[list[torch.Tensor]]] = {name: [] for name in networks}
+
+    def step(name: str) -> None:
+        model, optimizer = networks[name], optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss = training_loss(model, lambda: model(batch),
+                             lambda logits: nn.functional.cross_entropy(logits, labels, reduction="none")).loss
+        loss.backward()
+        optimizer.step()
+        units[name].append([stage.record.total_units for _, stage in adaptive_stages(model)])
+
+    for model in networks.values():
+        model.train()
+    try:
+        times = time_round_robin({name: (lambda name=name: step(name)) for name in networks}, warmup, repeats,
+                                 device=torch.device(device))
+    finally:
+        for model in networks.values():
+            model.eval()
+    medians, minima = _medians(times)
+    fractions = {}
+    for name, model in networks.items():
+        stages = [stage for _, stage in adaptive_stages(model)]
+        timed = units[name][warmup:]
+        if stages and timed:
+            total_units = sum(stage.num_units for stage in stages)
+            fractions[name] = float(torch.stack([sum(u.double() for u in step_units) for step_units in timed])
+                                    .mean() / total_units)
+    ratios = {}
+    for base in ("plain", "pact"):
+        for name in networks:
+            if base in medians and name not in ("plain", base):
+                ratios[f"{name}_vs_{base}"] = medians[name] / medians[base]
+    ratio = ratios.get("pact_vs_plain")
+    return {"batch_size": batch_size, "networks": {name: _describe(m) for name, m in networks.items()},
+            "times_s": times, "median_s": medians, "min_s": minima, "units_fraction": fractions,
+            "ratios": ratios, "ratio": ratio, "target": TRAIN_STEP_TARGET,
+            "target_met": None if ratio is None else ratio <= TRAIN_STEP_TARGET}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -420,13 +554,15 @@ def _format_eval_row(record: dict) -> str:
     eff = record.get("efficiency")
     target = record.get("efficiency_target")
     verdict = "" if target is None else ("met" if record.get("target_met") else "MISSED")
+    plain = med.get("plain")
     return (f"{record['batch_size']:>6} {med.get('adaptive', float('nan')):>11.3f} "
             f"{med.get('full', float('nan')):>9.3f} {med.get('masked', float('nan')):>10.3f} "
             f"{record['flops_ratio']:>7.3f} {record.get('time_ratio_adaptive', float('nan')):>7.3f} "
             f"{eff if eff is not None else float('nan'):>7.3f} "
             f"{record.get('efficiency_masked', float('nan')):>7.3f} "
             f"{record.get('efficiency_adaptive_min', float('nan')):>7.3f} "
-            f"{'' if target is None else f'<= {target:.2f}':>8} {verdict}")
+            f"{'' if target is None else f'<= {target:.2f}':>8} {verdict:<6}"
+            + ("" if plain is None else f" plain {plain:.3f} ms/smp"))
 
 
 EVAL_HEADER = (f"{'batch':>6} {'adaptive':>11} {'full':>9} {'masked':>10} {'FLOPs':>7} {'time':>7} "
@@ -435,16 +571,46 @@ EVAL_HEADER = (f"{'batch':>6} {'adaptive':>11} {'full':>9} {'masked':>10} {'FLOP
                f"{'adapt':>7} {'masked':>7} {'(min)':>7}")
 
 
+def _format_training(tr: dict) -> list[str]:
+    med, ratios = tr["median_s"], tr["ratios"]
+    lines = [f"training step, batch {tr['batch_size']} (median of {len(next(iter(tr['times_s'].values())))}; "
+             "units = fraction of the units the training forward ran)",
+             f"{'network':>14} {'method':<36} {'units':>6} {'ms':>9} {'vs plain':>9} {'vs pact':>8}"]
+    for name, seconds in med.items():
+        units = tr["units_fraction"].get(name)
+        vs_plain = 1.0 if name == "plain" else ratios.get(f"{name}_vs_plain")
+        vs_pact = 1.0 if name == "pact" else ratios.get(f"{name}_vs_pact")
+        lines.append(f"{name:>14} {tr['networks'][name]:<36} {'-' if units is None else f'{units:.3f}':>6} "
+                     f"{1e3 * seconds:>9.1f} {'-' if vs_plain is None else f'{vs_plain:.3f}':>9} "
+                     f"{'-' if vs_pact is None else f'{vs_pact:.3f}':>8}")
+    if tr.get("ratio") is not None:
+        lines.append(f"PACT step / plain step {tr['ratio']:.3f} (target <= {tr['target']}: "
+                     f"{'met' if tr['target_met'] else 'MISSED'})")
+    return lines
+
+
 def format_report(result: dict) -> str:
-    lines = [f"model {result['model']} {result['model_kwargs'] or ''} threshold {result['threshold']:.6g}"
-             f" ({result['threads']} threads, {result['platform']['torch']})"]
+    threshold = result.get("threshold")
+    lines = [f"model {result['model']} {result['model_kwargs'] or ''} method {result['method']} threshold "
+             f"{'-' if threshold is None else f'{threshold:.6g}'} input {'x'.join(map(str, result['input_shape']))}"
+             f" on {result.get('device', 'cpu')} ({result['threads']} threads, {result['platform']['torch']})"]
     if result.get("calibration"):
         cal = result["calibration"]
         lines.append(f"calibration: target FLOPs ratio {cal['target_flops_ratio']}, achieved "
                      f"{cal['flops_ratio']:.4f} on {cal['num_samples']} generated samples")
     if result.get("eval"):
+        first = result["eval"][0]
+        flops = first["flops_per_sample"]
+        lines += ["", f"FLOPs/sample: full depth (plain computation) {flops['full'] / 1e9:.4g} G, every unit and head "
+                      f"{flops['masked_executed'] / 1e9:.4g} G"
+                  + ("" if flops.get("plain") is None else f", plain network {flops['plain'] / 1e9:.4g} G")]
         lines += ["", "eval wall time (median of repeats; efficiency = time ratio / FLOPs ratio)", EVAL_HEADER]
         lines += [_format_eval_row(r) for r in result["eval"]]
+        lines += [f"batch {r['batch_size']}: units run {r['units_fraction']:.3f}, "
+                  f"{r['distinct_depth_patterns']} distinct depth patterns"
+                  + ("" if "time_vs_plain" not in r else
+                     ", time vs plain: " + ", ".join(f"{m} {v:.3f}" for m, v in r["time_vs_plain"].items()))
+                  for r in result["eval"]]
     if result.get("memory"):
         lines += ["", f"peak memory of one eval forward, batch {result['memory_batch_size']} (fresh process each)",
                   f"{'network':>10} {'allocator MiB':>14} {'RSS delta MiB':>14} {'FLOPs ratio':>12}"]
@@ -457,10 +623,7 @@ def format_report(result: dict) -> str:
         if "pact_below_act" in result:
             lines.append(f"PACT peak below ACT peak: {'met' if result['pact_below_act'] else 'MISSED'}")
     if result.get("training"):
-        tr = result["training"]
-        lines += ["", f"training step, batch {tr['batch_size']}: adaptive {1e3 * tr['median_s']['adaptive']:.1f} ms,"
-                  f" plain {1e3 * tr['median_s']['plain']:.1f} ms, ratio {tr['ratio']:.3f} "
-                  f"(target <= {tr['target']}: {'met' if tr['target_met'] else 'MISSED'})"]
+        lines += [""] + _format_training(result["training"])
     return "\n".join(lines)
 
 
@@ -494,30 +657,44 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _names(text: str, allowed: Sequence[str], option: str) -> list[str]:
+    names = [m for m in text.split(",") if m]
+    if not names or any(m not in allowed for m in names) or len(set(names)) != len(names):
+        raise ValueError(f"{option} must be a comma-separated subset of {tuple(allowed)}, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pact-zoo benchmark", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="pact_resnet110", help="registered timm model name (pact_* / act_*)")
-    parser.add_argument("--model-kwargs", default=None, help="JSON object of timm.create_model kwargs")
+    parser.add_argument("--model", default="pact_resnet110",
+                        help="registered timm model name (pact_* / act_* / pg_*, CIFAR or ImageNet ResNets)")
+    parser.add_argument("--model-kwargs", default=None,
+                        help='JSON object of timm.create_model kwargs (e.g. \'{"zero_init_last": false}\')')
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--threshold", type=_unit_interval, default=None,
-                        help="PACT halting threshold (default: the model's)")
+                        help="halting threshold (default: the model's)")
     budget.add_argument("--target-flops-ratio", type=_unit_interval, default=None,
                         help="calibrate the threshold to this FLOPs budget on generated data")
     parser.add_argument("--calibration-samples", type=_positive_int, default=256)
     parser.add_argument("--synthetic-halting", type=int, default=None, metavar="SEED",
                         help="set reproducible synthetic halting heads (depth uniform over each stage's units, "
                              "about half of the units on average); without it the model's heads are used")
+    parser.add_argument("--synthetic-samples", type=_positive_int, default=128,
+                        help="generated inputs the synthetic heads are set on")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 64, 256])
     parser.add_argument("--min-samples", type=_positive_int, default=64,
                         help="every timed repeat runs at least this many samples (several batches when small)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=_positive_int, default=5)
-    parser.add_argument("--modes", default=",".join(EVAL_MODES), help="eval modes to time: adaptive,full,masked")
-    parser.add_argument("--input-size", type=_int_list, default=None, help="C,H,W (default: pretrained_cfg)")
+    parser.add_argument("--modes", default=",".join(DEFAULT_EVAL_MODES),
+                        help=f"eval modes to time, a subset of {','.join(EVAL_MODES)} (plain: the plain network)")
+    parser.add_argument("--input-size", type=_int_list, default=None,
+                        help="C,H,W (default: the model's pretrained_cfg, e.g. 3,224,224 for pact_resnet50)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (timings synchronise the device)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the generated inputs")
     parser.add_argument("--memory-batch-size", type=_positive_int, default=64)
     parser.add_argument("--memory-networks", default="pact,act,plain",
@@ -525,13 +702,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument("--train-batch-size", type=_positive_int, default=32)
     parser.add_argument("--train-repeats", type=_positive_int, default=5)
+    parser.add_argument("--train-warmup", type=int, default=1)
+    parser.add_argument("--train-networks", default=",".join(DEFAULT_TRAIN_NETWORKS),
+                        help=f"networks whose training step is timed, a subset of {','.join(TRAIN_NETWORKS)}: "
+                             "model = --model as configured, plain = no halting, pact / pg / pg_batch_mean = "
+                             "--model under PACT / policy gradient with the self-critical (greedy) or batch-mean "
+                             "baseline, same weights")
     parser.add_argument("--plain-model", default=None,
-                        help="plain network for the training/memory comparison (default: --model with "
-                             "method='none', e.g. resnet110_cifar's network for pact_resnet110)")
+                        help="plain network for the plain eval mode, training and memory (default: --model with "
+                             "method='none', e.g. resnet110_cifar's network for pact_resnet110; timm's resnet50 "
+                             "for pact_resnet50)")
     parser.add_argument("--no-training", action="store_true", help="skip the training-step timing")
     parser.add_argument("--no-eval", action="store_true", help="skip the eval timing")
     parser.add_argument("--output", default="benchmark.json", help="JSON result file")
     return parser
+
+
+def _load_average() -> Optional[list[float]]:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -540,83 +728,96 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
     try:
         kwargs = _parse_kwargs(args.model_kwargs)
-        modes = [m for m in args.modes.split(",") if m]
-        if not modes or any(m not in EVAL_MODES for m in modes):
-            raise ValueError(f"--modes must be a comma-separated subset of {EVAL_MODES}, got {args.modes!r}")
-        memory_networks = [m for m in args.memory_networks.split(",") if m]
-        if not memory_networks or any(m not in MEMORY_NETWORKS for m in memory_networks):
-            raise ValueError(f"--memory-networks must be a comma-separated subset of {MEMORY_NETWORKS}, "
-                             f"got {args.memory_networks!r}")
-        if args.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-    except ValueError as exc:
+        modes = _names(args.modes, EVAL_MODES, "--modes")
+        memory_networks = _names(args.memory_networks, MEMORY_NETWORKS, "--memory-networks")
+        train_networks = _names(args.train_networks, TRAIN_NETWORKS, "--train-networks")
+        if args.warmup < 0 or args.train_warmup < 0:
+            raise ValueError(f"--warmup and --train-warmup must be >= 0, got {args.warmup}, {args.train_warmup}")
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available")
+    except (ValueError, RuntimeError) as exc:
         print(f"pact-zoo benchmark: {exc}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    model = create_model(args.model, kwargs, args.seed)
+    model = create_model(args.model, kwargs, args.seed, args.device)
     stages = _stages(model)
     if not stages:
         print(f"pact-zoo benchmark: {args.model} has no halting stage (method 'none'?)", file=sys.stderr)
         return 2
     method = stages[0].method
+    has_threshold = all(stage.method.has_threshold for stage in stages)
+    if (args.target_flops_ratio is not None or args.threshold is not None) and not has_threshold:
+        print(f"pact-zoo benchmark: --target-flops-ratio / --threshold need a halting method with a threshold; "
+              f"{args.model} uses {method.name!r}", file=sys.stderr)
+        return 2
     shape = input_shape_of(model, args.input_size)
     if args.synthetic_halting is not None:
-        synthesize_halting(model, args.synthetic_halting, shape)
+        set_synthetic_heads(model, args.synthetic_halting, shape, args.synthetic_samples)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     calibration = None
     if args.target_flops_ratio is not None:
-        if method != "pact":
-            print("pact-zoo benchmark: --target-flops-ratio needs a PACT model", file=sys.stderr)
-            return 2
         generator = torch.Generator().manual_seed(args.seed + 1)
-        data = torch.randn((args.calibration_samples,) + shape, generator=generator)
+        data = torch.randn((args.calibration_samples,) + shape, generator=generator).to(args.device)
         if args.channels_last and data.dim() == 4:
             data = data.contiguous(memory_format=torch.channels_last)
-        loader = list(data.split(64))
-        found = calibrate_threshold(model, loader, args.target_flops_ratio)
+        found = calibrate_threshold(model, list(data.split(64)), args.target_flops_ratio)
         calibration = {"target_flops_ratio": args.target_flops_ratio, "threshold": found.threshold,
                        "flops_ratio": found.flops_ratio, "num_samples": args.calibration_samples}
     elif args.threshold is not None:
         set_threshold(model, args.threshold)
-    threshold = stages[0].threshold
+    threshold = method.threshold if method.has_threshold else None
     result: dict[str, Any] = {
-        "model": args.model, "model_kwargs": kwargs, "method": method, "threshold": threshold,
-        "synthetic_halting": args.synthetic_halting, "calibration": calibration, "input_shape": list(shape),
-        "channels_last": args.channels_last, "threads": threads, "warmup": args.warmup, "repeats": args.repeats,
+        "model": args.model, "model_kwargs": kwargs, "method": method.name, "knobs": method.knob_values(),
+        "threshold": threshold, "synthetic_halting": args.synthetic_halting, "calibration": calibration,
+        "input_shape": list(shape), "channels_last": args.channels_last, "device": str(device), "threads": threads,
+        "warmup": args.warmup, "repeats": args.repeats, "plain_model": args.plain_model,
         "platform": {"torch": torch.__version__, "python": platform.python_version(),
                      "machine": platform.machine(), "processor": platform.processor(),
-                     "cpu_count": os.cpu_count(),
-                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+                     "cpu_count": os.cpu_count(), "load_average": _load_average(),
+                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
     }
     print(format_report(result))
+
+    def plain_network() -> nn.Module:
+        plain = (create_model(args.plain_model, {}, args.seed, args.device) if args.plain_model
+                 else create_model(args.model, _twin_kwargs(kwargs, "none", {}), args.seed, args.device))
+        _copy_weights(model, plain)
+        return plain.to(memory_format=torch.channels_last) if args.channels_last else plain
+
     if not args.no_eval:
         print("\neval wall time (median of repeats; efficiency = time ratio / FLOPs ratio)\n" + EVAL_HEADER)
+        plain = plain_network() if "plain" in modes else None
         result["eval"] = benchmark_eval(model, shape, args.batch_sizes, args.warmup, args.repeats,
-                                        args.min_samples, args.seed, args.channels_last, modes)
+                                        args.min_samples, args.seed, args.channels_last, modes, plain=plain,
+                                        device=args.device)
+        del plain
     if not args.no_memory:
         base = {"model": args.model, "seed": args.seed, "input_shape": list(shape), "threads": threads,
-                "batch_size": args.memory_batch_size, "channels_last": args.channels_last,
-                "synthetic_halting": args.synthetic_halting, "threshold": threshold}
-        specs = {"pact": dict(base, kwargs=dict(kwargs, method="pact")),
-                 "act": dict(base, kwargs=dict(kwargs, method="act")),
+                "batch_size": args.memory_batch_size, "channels_last": args.channels_last, "device": args.device,
+                "synthetic_halting": args.synthetic_halting, "synthetic_samples": args.synthetic_samples,
+                "threshold": threshold}
+        specs = {"pact": dict(base, kwargs=_twin_kwargs(kwargs, "pact", {})),
+                 "act": dict(base, kwargs=_twin_kwargs(kwargs, "act", {})),
                  "plain": (dict(base, model=args.plain_model, kwargs={}) if args.plain_model
-                           else dict(base, kwargs=dict(kwargs, method="none")))}
+                           else dict(base, kwargs=_twin_kwargs(kwargs, "none", {})))}
         result["memory_batch_size"] = args.memory_batch_size
         result["memory"] = {name: measure_memory(specs[name]) for name in memory_networks}
         if "pact" in result["memory"] and "act" in result["memory"]:
             result["pact_below_act"] = (result["memory"]["pact"]["allocator_peak_bytes"]
                                         < result["memory"]["act"]["allocator_peak_bytes"])
     if not args.no_training:
-        plain = (create_model(args.plain_model, {}, args.seed) if args.plain_model
-                 else create_model(args.model, dict(kwargs, method="none"), args.seed))
-        if args.channels_last:
-            plain = plain.to(memory_format=torch.channels_last)
-        result["training"] = benchmark_training(model, plain, shape, args.train_batch_size, 1,
-                                                args.train_repeats, args.seed, args.channels_last)
-    result["platform"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        print(f"\ntraining step, batch {args.train_batch_size}: {', '.join(train_networks)} ...", flush=True)
+        networks = build_training_networks(model, train_networks, args.model, kwargs, args.plain_model, args.seed,
+                                           shape, args.synthetic_halting, args.synthetic_samples, args.device,
+                                           args.channels_last)
+        result["training"] = benchmark_training(networks, shape, args.train_batch_size, args.train_warmup,
+                                                args.train_repeats, args.seed, args.channels_last, args.device)
+        del networks
+    result["platform"]["load_average_end"] = _load_average()
     print("\n" + format_report(result))
     write_json_atomic(args.output, result)
     print(f"\nwrote {args.output}")

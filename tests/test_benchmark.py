@@ -1,4 +1,4 @@
-"""The benchmark harness runs end to end on a tiny model and writes valid JSON (no timing is asserted)."""
+"""The benchmark harness runs end to end on tiny models and writes valid JSON (no timing is asserted)."""
 import json
 import os
 
@@ -7,18 +7,27 @@ import timm
 import torch
 
 from pact_zoo import benchmark
-from pact_zoo.halting import halting_report
+from pact_zoo.halting import adaptive_stages, full_depth, halting_report, synthesize_halting
 
-TINY_ARGS = ["--model", "pact_resnet32", "--model-kwargs", '{"layers": [3, 3, 3], "channels": [4, 8, 8]}',
-             "--input-size", "3,8,8", "--repeats", "1", "--warmup", "0", "--min-samples", "4", "--threads", "1"]
+TINY_KWARGS = '{"layers": [3, 3, 3], "channels": [4, 8, 8]}'
+TINY_ARGS = ["--model", "pact_resnet32", "--model-kwargs", TINY_KWARGS, "--input-size", "3,8,8", "--repeats", "1",
+             "--warmup", "0", "--min-samples", "4", "--threads", "1", "--synthetic-samples", "32"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_cli_end_to_end_writes_valid_json(tmp_path, capsys):
     out = tmp_path / "results" / "bench.json"
     rc = benchmark.main(TINY_ARGS + [
         "--synthetic-halting", "0", "--target-flops-ratio", "0.6", "--calibration-samples", "32",
-        "--batch-sizes", "1,3", "--memory-batch-size", "4", "--memory-networks", "pact", "--train-batch-size", "4", "--train-repeats", "1",
-        "--output", str(out)])
+        "--batch-sizes", "1,3", "--memory-batch-size", "4", "--memory-networks", "pact", "--train-batch-size", "4",
+        "--train-repeats", "1", "--train-warmup", "0", "--output", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     assert [name for name in os.listdir(out.parent)] == ["bench.json"]  # no temporary file left behind
@@ -29,7 +38,11 @@ def test_cli_end_to_end_writes_valid_json(tmp_path, capsys):
     for record in result["eval"]:
         assert set(record["median_s"]) == {"adaptive", "full", "masked"}
         assert all(t > 0 for t in record["median_s"].values())
-        assert 0 < record["flops_ratio"] <= 1.2
+        assert 0 < record["flops_ratio"] <= 1.0
+        flops = record["flops_per_sample"]
+        assert flops["adaptive_min"] <= flops["adaptive"] <= flops["adaptive_max"] <= flops["masked_executed"]
+        assert flops["full"] < flops["masked_executed"]  # full depth = the plain computation, no head
+        assert 0 < record["units_fraction"] <= 1 and record["distinct_depth_patterns"] >= 1
         assert record["max_abs_diff_adaptive_vs_masked"] <= 1e-5
         assert record["max_rel_diff_adaptive_vs_masked"] <= 1e-5
         assert record["same_units_adaptive_vs_masked"] is True
@@ -37,11 +50,21 @@ def test_cli_end_to_end_writes_valid_json(tmp_path, capsys):
         assert record["efficiency_target"] == benchmark.EFFICIENCY_TARGETS.get(record["batch_size"])
     assert set(result["memory"]) == {"pact"}  # one fresh process (each costs an import of torch + timm)
     assert result["memory"]["pact"]["allocator_peak_bytes"] > 0
-    assert 0 < result["memory"]["pact"]["flops_ratio"] <= 1.2
+    assert 0 < result["memory"]["pact"]["flops_ratio"] <= 1.0
     training = result["training"]
-    assert training["ratio"] == pytest.approx(training["median_s"]["adaptive"] / training["median_s"]["plain"])
+    assert list(training["median_s"]) == list(benchmark.DEFAULT_TRAIN_NETWORKS)
+    medians, ratios = training["median_s"], training["ratios"]
+    assert training["ratio"] == pytest.approx(medians["pact"] / medians["plain"])
+    for name in ("pact", "pg", "pg_batch_mean"):
+        assert ratios[f"{name}_vs_plain"] == pytest.approx(medians[name] / medians["plain"])
+    for name in ("pg", "pg_batch_mean"):
+        assert ratios[f"{name}_vs_pact"] == pytest.approx(medians[name] / medians["pact"])
+        assert training["networks"][name].startswith("policy_gradient")
+    assert training["units_fraction"]["plain"] == 1.0 and training["units_fraction"]["pact"] == 1.0  # dense
+    assert training["units_fraction"]["pg"] < 1.0  # the sampled path runs fewer units
     printed = capsys.readouterr().out
     assert "efficiency" in printed and "peak memory" in printed and "training step" in printed
+    assert "pg_batch_mean" in printed
 
 
 def test_cli_threshold_and_mode_subset(tmp_path):
@@ -56,17 +79,84 @@ def test_cli_threshold_and_mode_subset(tmp_path):
     assert "memory" not in result and "training" not in result
 
 
+def test_cli_imagenet_resnet_against_timm_backbone(tmp_path, capsys):
+    """What the former scripts/measure_imagenet_resnet.py measured: an ImageNet ResNet with synthetic heads at a
+    FLOPs budget, against timm's own backbone with the same weights (FLOPs and wall time); small input, fast."""
+    out = tmp_path / "bench.json"
+    rc = benchmark.main(["--model", "pact_resnet18", "--plain-model", "resnet18", "--input-size", "3,32,32",
+                         "--model-kwargs", '{"zero_init_last": false}', "--synthetic-halting", "0",
+                         "--synthetic-samples", "16", "--target-flops-ratio", "0.7", "--calibration-samples", "16",
+                         "--batch-sizes", "2", "--min-samples", "2", "--repeats", "1", "--warmup", "0",
+                         "--modes", "adaptive,full,plain", "--no-memory", "--no-training", "--threads", "1",
+                         "--output", str(out)])
+    assert rc == 0
+    record = json.loads(out.read_text())["eval"][0]
+    flops = record["flops_per_sample"]
+    assert flops["plain"] == flops["full"]  # full depth of the adaptive model = timm's resnet18
+    assert record["flops_vs_plain"]["adaptive"] == pytest.approx(record["flops_ratio"])
+    assert set(record["time_vs_plain"]) == {"adaptive", "full", "plain"}
+    assert "plain network" in capsys.readouterr().out
+
+
+def test_training_networks_share_weights_and_pg_samples_about_half():
+    model = benchmark.create_model("pact_resnet32", {"layers": [3, 3, 3], "channels": [4, 8, 8], "tau": 0.02})
+    benchmark.set_synthetic_heads(model, 0, (3, 8, 8), num_samples=32)
+    networks = benchmark.build_training_networks(model, ["model", "plain", "pact", "pg", "pg_batch_mean"],
+                                                 "pact_resnet32", {"layers": [3, 3, 3], "channels": [4, 8, 8],
+                                                                   "temperature": 0.3},
+                                                 None, 0, (3, 8, 8), synthetic_halting=0, synthetic_samples=32)
+    assert networks["model"] is model
+    assert not benchmark._stages(networks["plain"])
+    torch.testing.assert_close(networks["plain"].stem.weight, model.stem.weight)
+    torch.testing.assert_close(networks["pact"].stages[0].heads[0].fc.weight, model.stages[0].heads[0].fc.weight)
+    assert networks["pact"].stages[0].method.temperature == 0.3
+    for name, baseline in (("pg", "greedy"), ("pg_batch_mean", "batch_mean")):
+        method = networks[name].stages[0].method
+        assert not method.dense_training and method.baseline == baseline
+        assert not hasattr(method, "temperature")  # PACT's knob is not handed to the twin
+    result = benchmark.benchmark_training({k: networks[k] for k in ("plain", "pg", "pg_batch_mean")}, (3, 8, 8),
+                                          batch_size=32, warmup=0, repeats=2, seed=0, channels_last=False)
+    assert 0.3 < result["units_fraction"]["pg"] < 0.8, result["units_fraction"]
+    assert 0.3 < result["units_fraction"]["pg_batch_mean"] < 0.8, result["units_fraction"]
+    assert result["ratio"] is None and set(result["ratios"]) == {"pg_vs_plain", "pg_batch_mean_vs_plain"}
+
+
+def test_time_round_robin_rotates_and_uses_contexts():
+    calls, entered = [], []
+
+    class Context:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            entered.append(self.name)
+
+        def __exit__(self, *exc):
+            return False
+
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = benchmark.time_round_robin(runs, warmup=1, repeats=2, contexts={"b": lambda: Context("b")})
+    assert calls == list("abc" "bca" "cab")  # every round starts one entry later
+    assert entered == ["b"] * 3
+    assert {name: len(values) for name, values in times.items()} == {"a": 2, "b": 2, "c": 2}
+
+
+def test_act_model_has_no_threshold_to_calibrate(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--model", "act_resnet32", "--model-kwargs", TINY_KWARGS, "--input-size", "3,8,8",
+            "--target-flops-ratio", "0.5", "--output", str(out)]
+    assert benchmark.main(args) == 2
+    assert "threshold" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.parametrize("network", ["act", "plain"])
 def test_memory_probe_in_process(network):
     """The probe the subprocesses run (here in-process, to keep the test fast)."""
     kwargs = {"layers": [3, 3, 3], "channels": [4, 8, 8], "method": "act" if network == "act" else "none"}
     spec = {"model": "pact_resnet32", "kwargs": kwargs, "seed": 0, "input_shape": [3, 8, 8], "threads": 1,
-            "batch_size": 4, "channels_last": False, "synthetic_halting": 0, "threshold": 0.5}
-    threads = torch.get_num_threads()
-    try:
-        result = benchmark._memory_probe(spec)
-    finally:
-        torch.set_num_threads(threads)
+            "batch_size": 4, "channels_last": False, "synthetic_halting": 0, "synthetic_samples": 32,
+            "threshold": 0.5}
+    result = benchmark._memory_probe(spec)
     assert result["allocator_peak_bytes"] > 0
     assert (result["flops_ratio"] is None) == (network == "plain")
 
@@ -74,6 +164,7 @@ def test_memory_probe_in_process(network):
 @pytest.mark.parametrize("extra", [
     ["--modes", "adaptive,fast"],
     ["--memory-networks", "pact,gpu"],
+    ["--train-networks", "plain,sgd"],
     ["--model-kwargs", "[1, 2]"],
 ])
 def test_cli_rejects_bad_arguments(tmp_path, extra, capsys):
@@ -90,20 +181,26 @@ def test_parser_rejects_bad_values(extra):
         benchmark.build_parser().parse_args(extra)
 
 
-def test_full_depth_runs_every_unit_without_heads():
+def test_full_mode_is_the_cores_full_depth():
     model = timm.create_model("pact_resnet32", layers=(3, 3, 3), channels=(4, 8, 8)).eval()
-    benchmark.synthesize_halting(model, 0, (3, 8, 8), num_samples=32)
+    synthesize_halting(model, 0, (3, 8, 8), num_samples=32)
     x = torch.randn(5, 3, 8, 8)
     with torch.inference_mode():
         model(x)
         adaptive = halting_report(model)
-        with benchmark.full_depth(model):
+        with benchmark.execution(model, "full"):
+            assert all(not stage.halting for _, stage in adaptive_stages(model))
             model(x)
             full = halting_report(model)
-        assert all(s.heads is not None for s in model.stages)
+        with full_depth(model):
+            reference = model(x)
+        with benchmark.execution(model, "full"):
+            torch.testing.assert_close(model(x), reference, rtol=0, atol=0)
+        assert all(stage.halting for _, stage in adaptive_stages(model))
     assert torch.all(full.units_executed == 3)
-    assert full.flops[0] < adaptive.full_flops  # no head FLOPs at full depth
+    assert torch.all(full.flops == adaptive.full_flops)  # no head FLOPs at full depth: the plain computation
     assert adaptive.units_executed.double().mean() < 3
+    assert benchmark.executed_flops(model, (3, 8, 8)) > adaptive.full_flops  # masked: every head as well
 
 
 def test_write_json_atomic_replaces(tmp_path):

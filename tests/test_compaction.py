@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 import pact_zoo
-from pact_zoo.benchmark import _allocator_peak_bytes, synthesize_halting
-from pact_zoo.halting import AdaptiveStage, HaltingHead, calibrate_threshold, halting_report, set_execution
+from pact_zoo.benchmark import _allocator_peak_bytes
+from pact_zoo.halting import (
+    AdaptiveStage, HaltingHead, calibrate_threshold, halting_report, set_execution, synthesize_halting,
+)
 
 CHS = 4
 TINY = dict(layers=(4, 4, 4), channels=(4, 8, 8))
@@ -42,13 +44,13 @@ def run_three_ways(module: nn.Module, x: torch.Tensor, stages: list) -> tuple:
     with torch.inference_mode():
         set_execution(module, "compact")
         compact = module(x)
-        steps = [s.last_units_executed.clone() for s in stages]
-        costs = [s.last_cost.clone() for s in stages]
+        steps = [s.record.units_executed.clone() for s in stages]
+        costs = [s.record.cost.clone() for s in stages]
         single = torch.cat([module(x[i:i + 1]) for i in range(x.shape[0])])
         set_execution(module, "masked")
         masked = module(x)
-        masked_steps = [s.last_units_executed.clone() for s in stages]
-        masked_costs = [s.last_cost.clone() for s in stages]
+        masked_steps = [s.record.units_executed.clone() for s in stages]
+        masked_costs = [s.record.cost.clone() for s in stages]
         set_execution(module, "compact")
     return compact, single, masked, steps, masked_steps, costs, masked_costs
 
@@ -154,7 +156,7 @@ def test_calibrate_threshold_meets_budget(tiny_models):
         threshold, ratio = calibrate_threshold(model, loader, target)
         assert 0.0 < threshold <= 1.0
         assert target - 0.03 <= ratio <= target, (target, ratio)
-        assert all(s.threshold == threshold for _, s in pact_zoo.adaptive_stages(model))
+        assert all(s.method.threshold == threshold for _, s in pact_zoo.adaptive_stages(model))
         with torch.inference_mode():  # the threshold is set: the same data gives the same ratio
             flops = sum(float(halting_report(model).flops.sum()) for _ in [model(data)])
         assert flops / (96 * halting_report(model).full_flops) == pytest.approx(ratio, abs=1e-9)
@@ -164,13 +166,18 @@ def test_calibrate_threshold_meets_budget(tiny_models):
 def test_calibrate_threshold_unreachable_budget_and_bad_input(tiny_models):
     model = tiny_models["pact"]
     data = [torch.randn(16, *TINY_INPUT)]
+    pact_zoo.set_threshold(model, 1.0)
+    with torch.inference_mode():
+        model(data[0])
+    # full depth is the plain computation (no head): at threshold 1.0 every head runs as well, above a budget of 1.0
+    assert halting_report(model).flops_ratio > 1.0
     result = calibrate_threshold(model, data, 1.0)
-    assert result.threshold == 1.0 and result.flops_ratio <= 1.0
+    assert result.threshold < 1.0 and 0.9 < result.flops_ratio <= 1.0
     tiny = calibrate_threshold(model, data, 1e-3)  # below "every sample stops at its first unit"
     assert tiny.flops_ratio > 1e-3 and tiny.threshold < 1e-6
     with pytest.raises(ValueError, match="target_flops_ratio"):
         calibrate_threshold(model, data, 1.5)
-    with pytest.raises(ValueError, match="PACT"):
+    with pytest.raises(ValueError, match="threshold"):
         calibrate_threshold(tiny_models["act"], data, 0.5)
     with pytest.raises(ValueError, match="no batch"):
         calibrate_threshold(model, [], 0.5)

@@ -1,4 +1,4 @@
-"""The halting math of DESIGN §1: ACT test vectors, PACT distributions, configuration checks."""
+"""The halting math (Graves 2016; Figurnov et al. 2018): ACT test vectors, PACT distributions, configuration checks."""
 import math
 
 import pytest
@@ -10,7 +10,7 @@ from pact_zoo.halting import (
 
 UNIT_OUTPUTS = torch.arange(5, dtype=torch.float64)  # L = 5 units whose outputs are 0, 1, 2, 3, 4
 
-# SACT act_test.py vectors (pact_method.md §3): h, N, rho, p, d rho / d h, output
+# SACT act_test.py vectors (mfigurnov/sact act_test.py): h, N, rho, p, d rho / d h, output
 ACT_VECTORS = [
     ([0.01, 0.5, 0.6, 0.7], 3, 3.49, [0.01, 0.5, 0.49, 0.0, 0.0], [-1.0, -1.0, 0.0, 0.0], 1.48),
     ([0.999] * 4, 1, 2.0, [1.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 4, 0.0),

@@ -51,14 +51,10 @@ def _calibrate(model, batch=8, size=SIZE, seed=0):
     return model
 
 
-def _heterogeneous_heads(model, logit_std=2.0):
-    """Input-dependent halting logits (~N(0, logit_std) over samples) so samples halt at different units."""
-    with torch.no_grad():
-        for _, stage in pact_zoo.adaptive_stages(model):
-            for head in stage.heads or []:
-                head.fc.weight.normal_(0, logit_std / head.fc.in_features ** 0.5)
-                head.fc.bias.zero_()
-    return _calibrate(model)
+def _heterogeneous_heads(model):
+    """The core's synthetic halting heads: samples halt at different units."""
+    pact_zoo.halting.synthesize_halting(_calibrate(model), seed=0, input_shape=INPUT, num_samples=16)
+    return model
 
 
 def _backbone_checkpoint(backbone, tmp_path, fmt="safetensors"):
@@ -295,7 +291,8 @@ def test_checkpoint_key_errors_name_the_key(tmp_path, corrupt, message):
 
 
 def test_save_for_hf_round_trip(tmp_path):
-    model = _heterogeneous_heads(timm.create_model("pact_resnet18", num_classes=7, threshold=0.3)).eval()
+    model = _heterogeneous_heads(timm.create_model("pact_resnet18", num_classes=7)).eval()
+    pact_zoo.set_threshold(model, 0.3)  # kept in the exported model args
     save_for_hf(model, tmp_path, safe_serialization=True)
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     assert loaded.halting_cfg.threshold == 0.3 and loaded.num_classes == 7

@@ -4,7 +4,7 @@ Every example has ``inputs_embeds`` (``[T, F]`` float32 features, one row per ti
 lengths vary for logic, addition and sort, and :func:`collate_sequences` pads a batch and builds the
 ``attention_mask`` the PACT-LSTM expects.
 
-What is verified and what is reconstructed (``../shared/reference/pact_method.md`` §4.2-4.3):
+What is verified and what is reconstructed (Graves 2016 §3; PonderNet, Banino et al. 2021, §4):
 
 * **parity** [verified, PonderNet App. B.1]: a vector of ``vector_size`` (64) entries, k in 1..64 of them set to
   +1 or -1 at random, the rest 0; the target is the parity of the number of +1 entries. One time step. Where the

@@ -26,10 +26,10 @@ from .report import (
 )
 from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 from .calibrate import ThresholdCalibration, calibrate_threshold
-from .synthetic import synthesize_halting
+from .synthetic import calibrate_batchnorm, synthesize_halting
 
 __all__ = [
-    "ACTHalting", "ACTMethod", "ActiveRows", "AdaptiveStage", "COST_ESTIMATORS", "DECISION_MODES",
+    "ACTHalting", "ACTMethod", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage", "COST_ESTIMATORS", "DECISION_MODES",
     "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
     "HaltingRecord", "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "Mixture", "NoHalting", "PACTMethod",
     "PROFILE_INPUTS_METHOD", "PolicyGradientMethod", "RowCollector", "StopDecision", "StoppingDistribution",

@@ -1,4 +1,4 @@
-"""PACT distributions over the number of executed units (Figurnov, Sobolev, Vetrov 2018; DESIGN §1).
+"""PACT distributions over the number of executed units (Figurnov, Sobolev, Vetrov 2018, arXiv:1712.00386).
 
 Conventions: one adaptive stage has ``L`` units; ``halting_logits`` ``[B, L-1]`` come from the halting heads
 after units 1..L-1 (the last unit always halts). ``steps`` are 1-based unit counts in 1..L.
@@ -15,7 +15,7 @@ from .method import logit_threshold
 
 __all__ = ["StoppingDistribution", "TruncatedGeometricPrior", "logistic_noise", "stick_breaking"]
 
-# Uniform noise is clamped away from 0 and 1 before taking logit(u) (pact_method.md §6 pitfall vi).
+# Uniform noise is clamped away from 0 and 1 before taking logit(u): log(0) would give inf logits.
 UNIFORM_CLAMP = 1e-6
 
 
@@ -52,7 +52,7 @@ def logistic_noise(shape: torch.Size, *, device: torch.device, generator: Option
 class StoppingDistribution(torch.distributions.Distribution):
     """PACT's amortised posterior q(z | x) over the number of executed units z in 1..L.
 
-    Stick-breaking over the halting heads (DESIGN §1; PonderNet eq. 2):
+    Stick-breaking over the halting heads (PACT §3.1; PonderNet, Banino et al. 2021, eq. 2):
     q(z = n) = h_n prod_{j<n}(1 - h_j) for n < L, q(z = L) = prod_{j<L}(1 - h_j), with h_n = sigmoid(a_n).
 
     Args:
@@ -134,7 +134,7 @@ class StoppingDistribution(torch.distributions.Distribution):
         return torch.sigmoid((a + noise) / temperature)
 
     def relaxed_weights(self, temperature: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``[B, L]`` Concrete relaxation of the one-hot z (DESIGN §1 variant A); rows sum to 1.
+        """``[B, L]`` Concrete relaxation of the one-hot z (Maddison et al. 2017 / Jang et al. 2017 binary Concrete on each stop decision, PACT §3.2); rows sum to 1.
 
         Differentiable w.r.t. the halting logits (reparameterised logistic noise).
         """
@@ -150,7 +150,7 @@ class StoppingDistribution(torch.distributions.Distribution):
 
 
 class TruncatedGeometricPrior(torch.distributions.Distribution):
-    """PACT's prior p(z = n) proportional to exp(-tau n) on n in 1..L (DESIGN §1).
+    """PACT's prior p(z = n) proportional to exp(-tau n) on n in 1..L (PACT §3.1).
 
     Args:
         tau: log-scale cost per unit, >= 0 (``tau = 0`` is uniform).

@@ -316,7 +316,7 @@ def _sync_configs(model: nn.Module, key: str, value: Any) -> None:
         if config is not None and hasattr(config, "set_halting_knob"):
             config.set_halting_knob(key, value)
         model_args = getattr(module, "_model_args", None)
-        if isinstance(model_args, dict) and key in model_args:
+        if isinstance(model_args, dict) and (key in model_args or config is not None):
             model_args[key] = value
 
 

@@ -10,19 +10,52 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .report import adaptive_stages, set_execution
+from .report import adaptive_stages, full_depth, set_execution
 
-__all__ = ["synthesize_halting"]
+__all__ = ["calibrate_batchnorm", "synthesize_halting"]
 
 #: Default scale of the random head directions (logit std about this value on normalised features).
 DEFAULT_WEIGHT_SCALE = 3.0
 #: Generated inputs used to place the head biases.
 DEFAULT_NUM_SAMPLES = 128
+#: Batch size of the BatchNorm calibration forwards.
+CALIBRATION_BATCH_SIZE = 32
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, input_shape: Sequence[int], seed: int,
+                        num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int = CALIBRATION_BATCH_SIZE) -> None:
+    """Running statistics of every backbone BatchNorm (halting heads excluded) = the average batch statistics of
+    ``num_samples`` generated ``N(0, 1)`` inputs at full depth, as after training: a random network then normalises
+    alike in train and eval mode and its activations keep their scale through a deep stack."""
+    head_modules = {id(m) for _, stage in adaptive_stages(model) if stage.heads is not None
+                    for m in stage.heads.modules()}
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    param = next(model.parameters())
+    generator = torch.Generator().manual_seed(int(seed) + 2)
+    data = torch.randn((num_samples,) + tuple(input_shape), generator=generator)
+    was_training = model.training
+    model.train()
+    try:
+        with full_depth(model):
+            for chunk in data.split(batch_size):
+                if chunk.shape[0] > 1:  # a batch of one has no batch statistics
+                    model(chunk.to(param.device, param.dtype))
+    finally:
+        model.train(was_training)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 @torch.no_grad()
 def synthesize_halting(model: nn.Module, seed: int, input_shape: Sequence[int],
-                       num_samples: int = DEFAULT_NUM_SAMPLES, weight_scale: float = DEFAULT_WEIGHT_SCALE) -> None:
+                       num_samples: int = DEFAULT_NUM_SAMPLES, weight_scale: float = DEFAULT_WEIGHT_SCALE,
+                       calibrate_norms: bool = False) -> None:
     """Set reproducible halting heads under which each sample's depth is spread over the units.
 
     For every halting stage, in order: the head weights are drawn from ``N(0, weight_scale^2 / C)`` with a
@@ -38,13 +71,19 @@ def synthesize_halting(model: nn.Module, seed: int, input_shape: Sequence[int],
         model: a model with halting stages whose heads end in a ``fc`` ``nn.Linear(C, 1)``.
         seed: generator seed.
         input_shape: per-sample model input shape (e.g. ``(3, 32, 32)``).
+        num_samples: generated inputs the biases are placed on.
+        weight_scale: std of the head logits' random directions (larger: more confident heads).
+        calibrate_norms: first set the backbone BatchNorm statistics from generated inputs
+            (:func:`calibrate_batchnorm`), as for an untrained network that should behave like a trained one.
     """
     from .report import set_threshold
 
-    generator = torch.Generator().manual_seed(int(seed))
     stages = [stage for _, stage in adaptive_stages(model) if stage.halting]
     if not stages:
         raise ValueError("synthesize_halting needs a model with halting stages (a method with heads)")
+    if calibrate_norms:
+        calibrate_batchnorm(model, input_shape, seed, num_samples)
+    generator = torch.Generator().manual_seed(int(seed))
     param = next(model.parameters())
     inputs = torch.randn((num_samples,) + tuple(input_shape), generator=generator).to(param.device, param.dtype)
     for stage in stages:

@@ -11,7 +11,7 @@ keys are the halting heads, ``layer<N>.heads.<n>.{norm,fc}.*`` (head ``n`` follo
 without them is accepted and the heads are reported as newly initialised (:func:`add_halting_heads_filter`).
 
 Halting head: global average pool -> BN -> Linear(C -> 1), no activation, bias -3 (SACT ImageNet
-``imagenet_model.py`` arg scope; see ``reference/pact_method.md`` §3). Use ``halting_act_layer`` to add one.
+``imagenet_model.py`` arg scope). Use ``halting_act_layer`` to add one.
 
 Papers:
 * PACT: Figurnov, Sobolev, Vetrov, "Probabilistic Adaptive Computation Time", arXiv:1712.00386.
