@@ -171,7 +171,11 @@ def test_training_sends_gradient_to_every_parameter(model_class, method):
     assert not missing
     if method != "none":  # the loss carries the ponder term: task loss + tau * mean(sum_t rho_t)
         assert output.ponder_cost.requires_grad
-        assert torch.allclose(pact_zoo.halting_loss(model), config.halting_knobs['tau'] * output.ponder_cost.mean())
+        record = model.pact_lstm.layers[0].stage.record
+        expected = config.halting_knobs["tau"] * output.ponder_cost.mean() + sum(
+            sum(layer.stage.record.terms.values(), torch.zeros(())) for layer in model.pact_lstm.layers)
+        assert torch.allclose(pact_zoo.halting_loss(model), expected)
+        assert ("entropy" in record.terms) == (method == "pact")  # PACT's entropy bonus (entropy_weight)
 
 
 def test_padding_labels_do_not_count():

@@ -167,3 +167,32 @@ def test_toy_method_is_registered_and_validated():
     model = timm.create_model("pact_resnet32", method="expected_depth_toy").eval()
     with pytest.raises(ValueError, match="no halting stage with a threshold"):
         pact_zoo.set_threshold(model, 0.5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_anytime_batch_trains_every_family(family, method):
+    """An anytime batch: per-sample random depth, no head runs, every parameter still gets a gradient (DDP)."""
+    model, x, _ = family(method)
+    model.train()
+    labels = torch.arange(BATCH) % 3
+    with pact_zoo.halting.anytime_depth(model):
+        result = pact_zoo.training_loss(model, lambda: _forward(model, x),
+                                        lambda logits: F.cross_entropy(logits, labels, reduction="none"))
+        units = pact_zoo.halting_report(model).units_executed
+    result.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert float(result.halting_loss) == 0.0
+    num_units = torch.tensor(pact_zoo.halting_report(model).num_units)
+    assert ((units >= 1) & (units <= num_units * (LSTM_SEQ if units.max() > num_units.max() else 1))).all()
+
+
+def test_threshold_one_runs_every_unit_even_where_the_sigmoid_saturates():
+    model = timm.create_model("pact_resnet32", layers=(3, 3, 3), channels=(4, 8, 8), halting_bias_init=30.0).eval()
+    pact_zoo.set_threshold(model, 1.0)  # sigmoid(30) == 1.0 in float32: still no stop
+    with torch.no_grad():
+        model(torch.randn(4, 3, 16, 16))
+    assert pact_zoo.halting_report(model).units_executed.tolist() == [[3, 3, 3]] * 4
+    pact_zoo.set_threshold(model, 0.999)
+    with torch.no_grad():
+        model(torch.randn(4, 3, 16, 16))
+    assert pact_zoo.halting_report(model).units_executed.tolist() == [[1, 1, 1]] * 4

@@ -245,3 +245,26 @@ def test_cli_lists_commands_and_rejects_unknown(capsys):
     usage = capsys.readouterr().out
     assert all(name in usage for name in ("train", "evaluate", "export", "quickstart"))
     assert main(["fly"]) == 2
+
+
+def test_anytime_run_calibrates_monotonically(tmp_path, reset_accelerate):
+    """After a tiny anytime run the budget knob works: the calibrated FLOPs ratio grows with the target."""
+    from torch.utils.data import DataLoader
+
+    from pact_zoo.data import collate_images
+    from pact_zoo.training.tasks import build_task
+
+    config = load_config(None, dict(TINY, anytime=True, anytime_prob=0.5, epochs=2, output_dir=str(tmp_path / "run")))
+    train(config)
+    model = load_model_folder(tmp_path / "run" / "model").eval()
+    data = build_task(config).load_data(model)
+    loader = DataLoader(data.eval, batch_size=24, collate_fn=collate_images)
+    ratios = [pact_zoo.calibrate_threshold(model, loader, target, tolerance=0.0).flops_ratio
+              for target in (0.55, 0.7, 0.85, 1.0)]
+    assert ratios == sorted(ratios), ratios
+    assert ratios[-1] == pytest.approx(1.0, abs=0.02) and ratios[0] < ratios[-1]
+
+
+def test_anytime_prob_is_validated():
+    with pytest.raises(ConfigError, match="anytime_prob"):
+        load_config(None, dict(TINY, anytime=True, anytime_prob=1.5))

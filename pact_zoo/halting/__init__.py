@@ -20,16 +20,17 @@ from .distributions import StoppingDistribution, TruncatedGeometricPrior, logist
 from .flops import FlopsProfiler, module_flops_per_sample, recurrent_cell_flops
 from .heads import HaltingHead, VectorHaltingHead
 from .report import (
-    INPUT_SHAPE_ATTR, PROFILE_INPUTS_METHOD, HaltingReport, TrainingLoss, adaptive_stages, training_loss, full_depth, halting_cost, halting_loss,
+    INPUT_SHAPE_ATTR, PROFILE_INPUTS_METHOD, HaltingReport, TrainingLoss, adaptive_stages, anytime_depth,
+    training_loss, full_depth, halting_cost, halting_loss,
     halting_report, needs_rollout, needs_task_loss, self_critical_baseline, set_decision, set_execution,
-    set_threshold,
+    set_threshold, truncated_depth,
 )
 from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 from .calibrate import ThresholdCalibration, calibrate_threshold
 from .synthetic import calibrate_batchnorm, synthesize_halting
 
 __all__ = [
-    "ACTHalting", "ACTMethod", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage", "COST_ESTIMATORS", "DECISION_MODES",
+    "ACTHalting", "ACTMethod", "anytime_depth", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage", "COST_ESTIMATORS", "DECISION_MODES",
     "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
     "HaltingRecord", "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "Mixture", "NoHalting", "PACTMethod",
     "PROFILE_INPUTS_METHOD", "PolicyGradientMethod", "RowCollector", "StopDecision", "StoppingDistribution",
@@ -38,5 +39,5 @@ __all__ = [
     "halting_loss", "halting_report", "logistic_noise", "module_flops_per_sample", "needs_rollout",
     "needs_task_loss", "recurrent_cell_flops", "register_halting_method", "self_critical_baseline",
     "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking", "synthesize_halting",
-    "take_rows", "training_loss", "TrainingLoss", "validate_threshold",
+    "take_rows", "training_loss", "TrainingLoss", "truncated_depth", "validate_threshold",
 ]

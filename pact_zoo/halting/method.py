@@ -86,12 +86,14 @@ class Knob:
 @dataclass
 class Mixture:
     """Dense-path result: ``weights`` ``[B, L]`` over the unit outputs (rows sum to 1), ``units_executed`` ``[B]``
-    long, ``cost`` ``[B]`` float (what ``tau`` multiplies) or None, ``log_prob`` ``[B]`` or None."""
+    long, ``cost`` ``[B]`` float (what ``tau`` multiplies) or None, ``log_prob`` ``[B]`` or None, and ``terms``:
+    extra loss terms (scalars, already weighted) such as an entropy bonus."""
 
     weights: torch.Tensor
     units_executed: torch.Tensor
     cost: Optional[torch.Tensor]
     log_prob: Optional[torch.Tensor] = None
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -325,7 +327,8 @@ class HaltingMethod:
     # -- loss ----------------------------------------------------------------------------------------------------------
     def loss(self, record: HaltingRecord, task_loss: Optional[torch.Tensor] = None,
              baseline_loss: Optional[torch.Tensor] = None, cost_scale: float = 1.0) -> torch.Tensor:
-        """The stage's term of :func:`~pact_zoo.halting_loss`, a scalar. Default: ``cost_scale * tau * mean(cost)``.
+        """The stage's term of :func:`~pact_zoo.halting_loss`, a scalar. Default: ``cost_scale * tau * mean(cost)``
+        plus the record's extra terms.
 
         Args:
             record: the stage's record of the forward.
@@ -333,6 +336,11 @@ class HaltingMethod:
             baseline_loss: ``[B]`` per-sample loss of a baseline path (self-critical REINFORCE), or None.
             cost_scale: multiplies ``tau`` (the training loop's tau warm-up).
         """
-        if record.cost is None:
-            return record.units_executed.new_zeros((), dtype=torch.float32)
-        return cost_scale * getattr(self, "tau", 0.0) * record.cost.float().mean()
+        total = record.units_executed.new_zeros((), dtype=torch.float32)
+        if record.cost is not None:
+            total = total + cost_scale * getattr(self, "tau", 0.0) * record.cost.float().mean()
+        for term in record.terms.values():
+            total = total + term
+        if record.touch is not None:
+            total = total + record.touch
+        return total

@@ -6,6 +6,11 @@ Training: the output is the Concrete-relaxed mixture sum_n w_n x_n of every unit
 prior's log-density contributes ``tau * cost`` with cost = sum_n n w_n (``"relaxed"``) or E_q[z] (``"expected"``).
 Evaluation: the deterministic rule "stop at the first n with h_n >= threshold" and the state x_n at the stop
 (paper §3.3): halted rows leave the batch.
+
+Entropy bonus (``entropy_weight`` beta): training adds ``-beta * H(q(z | x))``. The ELBO has this term (beta = 1 with
+the prior's cost); without it the Concrete noise drives every halting logit far past the noise (|a| ~ 5-8), the
+depth becomes one constant per stage and the threshold stops mattering. With beta > 0 the per-sample optimum is
+q(n) ~ exp(-(loss_n + tau n) / beta): the logits stay near the threshold and depth varies with the input.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ __all__ = ["PACTMethod", "COST_ESTIMATORS", "greedy_stop", "sampled_stop"]
 COST_ESTIMATORS = ("relaxed", "expected")
 #: tau = 0.01 is the SACT README's CIFAR-10 value; temperature 0.5 and threshold 0.5 are the paper's defaults.
 DEFAULT_TAU, DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD = 0.01, 0.5, 0.5
+#: Entropy bonus weight: 0.1 keeps per-input depth on digits and Fashion-MNIST (docs/learning_quality.md).
+DEFAULT_ENTROPY_WEIGHT = 0.1
 
 
 def greedy_stop(logits: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -58,6 +65,8 @@ class PACTMethod(HaltingMethod):
                           "eval rule: stop at the first unit with h_n >= threshold, in (0, 1]; 1.0 runs every unit"),
         "cost_estimator": Knob("relaxed", check_choice(*COST_ESTIMATORS),
                                "training cost: 'relaxed' (sum_n n w_n) or 'expected' (E_q[z])"),
+        "entropy_weight": Knob(DEFAULT_ENTROPY_WEIGHT, check_number(0.0),
+                               "training adds -entropy_weight * H(q(z | x)), >= 0 (0: the paper's objective)"),
     }
     stochastic = True
 
@@ -72,7 +81,8 @@ class PACTMethod(HaltingMethod):
                 grid = torch.arange(1, num_units + 1, device=weights.device, dtype=weights.dtype)
                 cost = (weights * grid).sum(dim=1)
             units = torch.full((weights.shape[0],), num_units, dtype=torch.long, device=weights.device)
-            return Mixture(weights=weights, units_executed=units, cost=cost)
+            terms = {"entropy": -self.entropy_weight * dist.entropy().mean()} if self.entropy_weight > 0 else {}
+            return Mixture(weights=weights, units_executed=units, cost=cost, terms=terms)
         steps = dist.greedy_steps(self.threshold)
         return Mixture(weights=one_hot_steps(steps, num_units, dist.halting_logits.dtype), units_executed=steps,
                        cost=steps.to(torch.float32))

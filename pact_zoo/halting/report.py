@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -14,9 +14,9 @@ from .flops import _COUNTED, FlopsProfiler
 from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 
 __all__ = [
-    "HaltingReport", "TrainingLoss", "training_loss", "adaptive_stages", "full_depth", "halting_cost", "halting_loss", "halting_report",
+    "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "full_depth", "halting_cost", "halting_loss", "halting_report",
     "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
-    "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD",
+    "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD",
 ]
 
 #: Image models set this attribute (the ``[C, H, W]`` per-sample input shape of the last forward) so that
@@ -134,6 +134,9 @@ def halting_loss(model: nn.Module, task_loss: Optional[torch.Tensor] = None,
         term = stage.method.loss(stage.record, task_loss=path_loss, baseline_loss=baseline_loss,
                                  cost_scale=cost_scale)
         total = term if total is None else total + term
+    for _, stage in adaptive_stages(model):  # stages that ran without their heads (anytime batches) still touch them
+        if not stage.halting and stage.record is not None and stage.record.touch is not None:
+            total = stage.record.touch if total is None else total + stage.record.touch
     if total is None:
         param = next(model.parameters(), None)
         return torch.zeros((), device=param.device if param is not None else None)
@@ -338,6 +341,41 @@ def set_decision(model: nn.Module, decision: str) -> None:
             raise ValueError(f"decision='sample' needs a stochastic halting method; stage uses "
                              f"{stage.method.name!r}")
         stage.decision = decision
+
+
+@contextmanager
+def truncated_depth(model: nn.Module, depths: Sequence[int]) -> Iterator[nn.Module]:
+    """Run exactly ``depths[s]`` units of stage ``s`` (in :func:`adaptive_stages` order) and no halting head inside
+    the block: a static network made of each stage's first units (anytime training, static baselines)."""
+    stages = [stage for _, stage in adaptive_stages(model)]
+    if len(depths) != len(stages) or not all(isinstance(d, int) and 1 <= d <= s.num_units
+                                             for d, s in zip(depths, stages)):
+        raise ValueError(f"depths must give 1..L units for each of the {len(stages)} stages "
+                         f"(L = {[s.num_units for s in stages]}), got {list(depths)}")
+    previous = [stage.truncate for stage in stages]
+    for stage, depth in zip(stages, depths):
+        stage.truncate = depth
+    try:
+        yield model
+    finally:
+        for stage, value in zip(stages, previous):
+            stage.truncate = value
+
+
+@contextmanager
+def anytime_depth(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, training forwards run ``d ~ Uniform{1..L}`` units per sample and stage (drawn up front, the
+    rows leave the batch at their depth) and no halting head: the anytime batches of ``anytime: true`` training,
+    which train every prefix of every stage so that any threshold gives a working network."""
+    stages = [stage for _, stage in adaptive_stages(model)]
+    previous = [stage.anytime for stage in stages]
+    for stage in stages:
+        stage.anytime = True
+    try:
+        yield model
+    finally:
+        for stage, value in zip(stages, previous):
+            stage.anytime = value
 
 
 @contextmanager

@@ -29,9 +29,9 @@ except ImportError:  # pragma: no cover - exercised only where timm is absent
 from .compaction import ActiveRows, RowCollector, count_true, split_rows, take_rows
 from .config import HaltingConfig
 from .flops import current_profiler
-from .method import HaltingMethod, HaltingRecord, get_halting_method
+from .method import HaltingMethod, HaltingRecord, StopDecision, get_halting_method
 
-__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES"]
+__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "zero_touch"]
 
 #: ``"compact"``: halted rows leave the batch in eval; ``"masked"``: every unit runs, results are masked.
 EXECUTION_MODES = ("compact", "masked")
@@ -57,6 +57,32 @@ def _build_method(method: Union[str, HaltingMethod, HaltingConfig], knobs: dict[
     return get_halting_method(method)(**knobs)
 
 
+def zero_touch(module: nn.Module) -> Optional[torch.Tensor]:
+    """A zero-valued scalar that depends on every trainable parameter of ``module`` (None if it has none)."""
+    params = [p.reshape(-1)[0] for p in module.parameters() if p.requires_grad]
+    return torch.stack(params).sum() * 0.0 if params else None
+
+
+class _UniformDepth(HaltingMethod):
+    """Anytime training's stop rule (not registered): each row runs d ~ U{1..L} units, chosen up front; no heads."""
+
+    name = "uniform_depth"
+    uses_heads = False
+
+    def __init__(self, num_units: int) -> None:
+        super().__init__()
+        self.num_units = num_units
+
+    def start(self, batch_size: int, device: torch.device, mode: str) -> dict:
+        return {"depth": torch.randint(1, self.num_units + 1, (batch_size,), device=device)}
+
+    def decide(self, index: int, logits: Optional[torch.Tensor], carry: dict, mode: str, log: dict):
+        return StopDecision(stop=carry["depth"] == index + 1)
+
+    def finish(self, units: int, carry: dict, rows: torch.Tensor) -> dict:
+        return {}  # no cost: no halting decision was made
+
+
 @register_notrace_module
 class AdaptiveStage(nn.Module):
     """A sequence of units whose depth each sample chooses.
@@ -75,6 +101,9 @@ class AdaptiveStage(nn.Module):
     Attributes:
         record: the :class:`~pact_zoo.halting.HaltingRecord` of the last forward (None before the first).
         full_depth: run every unit and no head (:func:`~pact_zoo.halting.full_depth`).
+        truncate: run exactly this many units and no head (:func:`~pact_zoo.halting.truncated_depth`), or None.
+        anytime: training forwards run a uniformly sampled number of units per row and no head
+            (:func:`~pact_zoo.halting.anytime_depth`).
         decision: eval stop decisions, ``"greedy"`` or ``"sample"`` (methods with ``stochastic = True``).
         rollout: training-mode forward under the deterministic rule, no record of log-probabilities
             (:func:`~pact_zoo.halting.self_critical_baseline`).
@@ -106,6 +135,8 @@ class AdaptiveStage(nn.Module):
         self.execution = execution
         self.decision = "greedy"
         self.full_depth = False
+        self.truncate: Optional[int] = None
+        self.anytime = False
         self.rollout = False
         self.grad_checkpointing = False
         self.record: Optional[HaltingRecord] = None
@@ -121,8 +152,10 @@ class AdaptiveStage(nn.Module):
 
     @property
     def halting(self) -> bool:
-        """True when the next forward halts (adaptive and not switched to full depth)."""
-        return self.adaptive and not self.full_depth
+        """True when the next forward's depth comes from the halting heads (adaptive, and not switched to full,
+        truncated or anytime depth)."""
+        return (self.adaptive and not self.full_depth and self.truncate is None
+                and not (self.anytime and self.training))
 
     def extra_repr(self) -> str:
         knobs = "".join(f", {k}={v!r}" for k, v in self.method.knob_values().items())
@@ -156,6 +189,10 @@ class AdaptiveStage(nn.Module):
         Returns:
             ``[B, ...]`` stage output (the shape the units produce).
         """
+        if self.truncate is not None:
+            return self._forward_all(x, context, self.truncate)
+        if self.anytime and self.training:
+            return self._forward_compact(x, context, "uniform", _UniformDepth(self.num_units))
         if not self.halting:
             return self._forward_all(x, context)
         training = self.training and not self.rollout
@@ -169,11 +206,14 @@ class AdaptiveStage(nn.Module):
         return self._forward_compact(x, context, mode)
 
     # ----------------------------------------------------------------------------------------------------------------
-    def _forward_all(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        """Every unit, no head: the plain network (method without heads, or full depth)."""
-        for n in range(self.num_units):
+    def _forward_all(self, x: torch.Tensor, context: Optional[torch.Tensor],
+                     num_units: Optional[int] = None) -> torch.Tensor:
+        """The first ``num_units`` units (default: every unit), no head: the plain network (method without heads,
+        full depth) or a truncated one."""
+        num_units = self.num_units if num_units is None else num_units
+        for n in range(num_units):
             x = self._run_unit(n, x, context)
-        units = torch.full((x.shape[0],), self.num_units, dtype=torch.long, device=x.device)
+        units = torch.full((x.shape[0],), num_units, dtype=torch.long, device=x.device)
         self._keep(HaltingRecord(units_executed=units, cost=None, num_units=self.num_units, method=self.method))
         return x
 
@@ -192,17 +232,18 @@ class AdaptiveStage(nn.Module):
         for n in range(1, self.num_units):
             out = out + states[n] * _rows(mix.weights[:, n], states[n])
         self._keep(HaltingRecord(units_executed=mix.units_executed, cost=mix.cost, num_units=self.num_units,
-                                 method=self.method, log_prob=mix.log_prob))
+                                 method=self.method, log_prob=mix.log_prob, terms=mix.terms))
         return out
 
-    def _forward_compact(self, x: torch.Tensor, context: Optional[torch.Tensor], mode: str) -> torch.Tensor:
+    def _forward_compact(self, x: torch.Tensor, context: Optional[torch.Tensor], mode: str,
+                         method: Optional[HaltingMethod] = None) -> torch.Tensor:
         """Decide after every unit; stopped rows leave the batch. One host synchronisation per unit.
 
         Methods that take the state at the stop (PACT, policy gradient) keep each stopped row's final state as it
         is (one piece per unit) and assemble the output once: memory is one stage state of B rows, with no
         accumulator (PACT's memory claim). Accumulating methods (ACT) add w_n x_n of the running rows to the output.
         """
-        method = self.method
+        method = self.method if method is None else method
         state = self._run_unit(0, x, context)
         batch_size, device = state.shape[0], state.device
         active = ActiveRows(batch_size, device)
@@ -215,7 +256,8 @@ class AdaptiveStage(nn.Module):
         for n in range(self.num_units):
             num_rows = state.shape[0]
             if n < self.num_units - 1:
-                decision = method.decide(n, self._halting_logit(n, state), carry, mode, log)
+                logits = self._halting_logit(n, state) if method.uses_heads else None
+                decision = method.decide(n, logits, carry, mode, log)
                 stop, weight = decision.stop, decision.weight
                 num_stop = count_true(stop)
             else:
@@ -257,9 +299,9 @@ class AdaptiveStage(nn.Module):
         row_values = {key: collector.assemble() for key, collector in values.items()}
         record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=self.num_units,
                                method=method, log_prob=row_values.pop("log_prob", None))
-        if mode == "sample" and self.training and torch.is_grad_enabled():
+        if mode in ("sample", "uniform") and self.training and torch.is_grad_enabled():
             record.terms = method.terms(log, row_values)
             # units no row reached get no gradient; a zero-valued touch keeps every parameter in the graph (DDP)
-            record.touch = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
+            record.touch = zero_touch(self)
         self._keep(record)
         return out

@@ -42,7 +42,7 @@ try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.heads import VectorHaltingHead
     from pact_zoo.halting.method import HaltingRecord
     from pact_zoo.halting.report import halting_loss, needs_rollout, self_critical_baseline, set_threshold
-    from pact_zoo.halting.stage import AdaptiveStage
+    from pact_zoo.halting.stage import AdaptiveStage, zero_touch
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
@@ -51,7 +51,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .heads import VectorHaltingHead
     from .method import HaltingRecord
     from .report import halting_loss, needs_rollout, self_critical_baseline, set_threshold
-    from .stage import AdaptiveStage
+    from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_lstm import PactLSTMConfig
 
 logger = logging.get_logger(__name__)
@@ -237,6 +237,8 @@ class PactLSTMLayer(nn.Module):
             units = record.units_executed.new_zeros(batch_size, seq_len)
             units[:, times] = record.units_executed
             record.units_executed = units
+        if record.touch is not None or (self.stage.anytime and self.training and torch.is_grad_enabled()):
+            record.touch = zero_touch(self)  # the cell and head are the layer's (the stage only references them)
         self.stage.record = record
         cost = record.cost if record.cost is not None else record.units_executed.sum(1).float()
         return torch.stack(outputs, dim=1), record.units_executed, cost

@@ -271,6 +271,9 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
+    **{f"resnet{6 * n + 2}_cifar": _cfg(paper_ids="arXiv:1603.05027",
+                                        paper_name="Identity Mappings in Deep Residual Networks")
+       for n in (1, 2, 3)},
     "resnet32_cifar": _cfg(paper_ids="arXiv:1603.05027", paper_name="Identity Mappings in Deep Residual Networks"),
     "resnet110_cifar": _cfg(paper_ids="arXiv:1603.05027", paper_name="Identity Mappings in Deep Residual Networks"),
     "pact_resnet32": _cfg(),
@@ -282,6 +285,27 @@ default_cfgs = generate_default_cfgs({
     "pg_resnet110": _cfg(paper_ids="arXiv:1511.06297",
                          paper_name="Conditional Computation in Neural Networks for faster models"),
 })
+
+
+@register_model
+def resnet8_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """Plain CIFAR ResNet-8 (1 unit per stage): a static baseline at the FLOPs of a shallow adaptive model."""
+    model_args = dict(layers=(1, 1, 1), method="none")
+    return _create_cifar_resnet("resnet8_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet14_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """Plain CIFAR ResNet-14 (2 units per stage), a static baseline."""
+    model_args = dict(layers=(2, 2, 2), method="none")
+    return _create_cifar_resnet("resnet14_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet20_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """Plain CIFAR ResNet-20 (3 units per stage), a static baseline."""
+    model_args = dict(layers=(3, 3, 3), method="none")
+    return _create_cifar_resnet("resnet20_cifar", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

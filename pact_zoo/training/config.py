@@ -60,6 +60,8 @@ class TrainConfig:
     max_grad_norm: Optional[float] = None
     mixed_precision: str = "no"
     tau_warmup_epochs: float = 0.0  # linear warm-up of the halting cost weight from 0
+    anytime: bool = False  # one model for every budget: some batches train random per-sample depths
+    anytime_prob: float = 0.5  # share of anytime batches (with anytime: true)
     seed: int = 0
     # evaluation and output
     eval_thresholds: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -82,6 +84,8 @@ class TrainConfig:
         for name in ("lr", "head_lr_mult"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < self.anytime_prob < 1.0:
+            raise ConfigError(f"anytime_prob must be in (0, 1), got {self.anytime_prob}")
         if any(not 0 < t <= 1 for t in self.eval_thresholds):
             raise ConfigError(f"eval_thresholds must lie in (0, 1], got {self.eval_thresholds}")
 

@@ -3,15 +3,19 @@
 loss = task loss + pact_zoo.halting_loss(model, per-sample task loss, cost_scale=s(t)), where s(t) ramps the
 halting cost weights from 0 to 1 over ``tau_warmup_epochs`` (optional). Methods that learn by REINFORCE get the
 per-sample task loss, and the self-critical baseline (a gradient-free forward under the deterministic rule)
-where they use it. One process or many (``accelerate launch``); checkpoints with
+where they use it. With ``anytime: true`` a share ``anytime_prob`` of the batches trains the task loss of a network
+truncated at d ~ U{1..L} units per sample and stage instead (:func:`~pact_zoo.halting.anytime_depth`), so that
+every threshold gives a trained network: one model for every budget. One process or many (``accelerate launch``); checkpoints with
 ``accelerator.save_state`` at the end of every epoch, written atomically, and ``resume`` from the latest.
 """
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..halting import training_loss
+from ..halting import anytime_depth, training_loss
 from .config import TrainConfig
 from ..fileio import atomic_write_json, atomic_write_text
 from .io import save_model_folder
@@ -176,9 +180,11 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
             epochs_done = epoch + micro_step / max(1, micro_batches_per_epoch)
             tau_scale = min(1.0, epochs_done / config.tau_warmup_epochs) if config.tau_warmup_epochs > 0 else 1.0
             with accelerator.accumulate(model):
-                step = training_loss(
-                    unwrapped, lambda: task.forward(model, batch),
-                    lambda logits: F.cross_entropy(logits.float(), batch["labels"], reduction="none"), tau_scale)
+                anytime = config.anytime and _anytime_batch(config, epoch, micro_step)
+                with anytime_depth(unwrapped) if anytime else nullcontext():
+                    step = training_loss(
+                        unwrapped, lambda: task.forward(model, batch),
+                        lambda logits: F.cross_entropy(logits.float(), batch["labels"], reduction="none"), tau_scale)
                 loss, task_loss, cost = step.loss, step.task_loss, step.halting_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
@@ -216,6 +222,12 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         atomic_write_json(output_dir / "final_metrics.json", metrics)
     accelerator.end_training()
     return metrics
+
+
+def _anytime_batch(config: TrainConfig, epoch: int, micro_step: int) -> bool:
+    """Whether this batch is an anytime batch: a draw keyed on (seed, epoch, step), so every process and a resumed
+    run make the same choice."""
+    return random.Random(f"{config.seed}:{epoch}:{micro_step}").random() < config.anytime_prob
 
 
 def _trim_metrics(path: Path, epochs_done: int) -> Dict[str, Any]:
