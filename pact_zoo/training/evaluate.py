@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..halting import adaptive_stages, full_depth, set_threshold
+from ..halting import adaptive_stages, full_depth, set_decision, set_threshold
 from .config import TrainConfig, add_config_arguments, load_config
 from ..fileio import atomic_path, atomic_write_json
 from .io import load_model_folder
@@ -45,8 +45,20 @@ def _per_sample_units(model: nn.Module, loader: DataLoader, task) -> torch.Tenso
     return torch.cat(units)
 
 
+def depth_spread(units: torch.Tensor) -> Dict[str, list]:
+    """How much the depth varies per input, per stage, from ``[N, S]`` units executed at the model's own rule:
+    the standard deviation of the units and the share of samples away from the stage's most common depth (0: every
+    input gets the same depth, a static network)."""
+    units = units.long()
+    modes = [int(torch.bincount(units[:, s]).argmax()) for s in range(units.shape[1])]
+    return {"std": [float(units[:, s].double().std(unbiased=False)) for s in range(units.shape[1])],
+            "away_from_mode": [float((units[:, s] != modes[s]).double().mean()) for s in range(units.shape[1])]}
+
+
 def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Sequence[float]) -> Dict[str, Any]:
-    """Trade-off points: one per threshold (methods with a threshold), the model's own rule, and full depth."""
+    """Trade-off points: one per threshold (methods with a threshold), the model's own rule, the model's own rule
+    with sampled instead of deterministic stops (stochastic methods, ``rule`` suffixed ``:sampled``), and full
+    depth."""
     methods = _halting_methods(model)
     stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive]
     thresholded = bool(stages) and all(stage.method.has_threshold for stage in stages)
@@ -58,11 +70,20 @@ def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Se
             set_threshold(model, threshold)
             points.append(dict(evaluate_model(model, loader, task), threshold=threshold, rule=rule))
         set_threshold(model, own_threshold)
+        if all(stage.method.stochastic for stage in stages):  # PACT's claim: the deterministic rule is no worse
+            set_decision(model, "sample")
+            try:
+                torch.manual_seed(0)
+                points.append(dict(evaluate_model(model, loader, task), threshold=own_threshold,
+                                   rule=f"{rule}:sampled"))
+            finally:
+                set_decision(model, "greedy")
     elif methods:
         points.append(dict(evaluate_model(model, loader, task), threshold=None, rule=",".join(sorted(methods))))
     with full_depth(model):
         full = dict(evaluate_model(model, loader, task), threshold=None, rule="full_depth")
-    default = next((p for p in points if p["threshold"] == own_threshold), points[0] if points else full)
+    default = next((p for p in points if p["threshold"] == own_threshold and not p["rule"].endswith(":sampled")),
+                   points[0] if points else full)
     return {"methods": sorted(methods), "threshold": own_threshold, "points": points, "full_depth": full,
             "default": default}
 
@@ -169,6 +190,7 @@ def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
     result["plots"] = plots
     result["units_histogram"] = [torch.bincount(units[:, s], minlength=stages[s].num_units + 1)[1:].tolist()
                                  for s in range(units.shape[1])]  # counts of 1, 2, ... units
+    result["depth_spread"] = depth_spread(units)
     atomic_write_json(output_dir / TRADEOFF_JSON, result)
     return result
 
@@ -181,7 +203,13 @@ def format_table(result: Dict[str, Any]) -> str:
                      f"{p['mean_flops'] / 1e6:.4g}", f"{p['flops_ratio']:.3f}",
                      " / ".join(f"{u:.2f}" for u in p["mean_units"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    spread = result.get("depth_spread")
+    if spread:
+        table += ("\nper-input depth at the model's rule: share away from the modal depth "
+                  + " / ".join(f"{a:.2f}" for a in spread["away_from_mode"]) + ", std "
+                  + " / ".join(f"{v:.2f}" for v in spread["std"]))
+    return table
 
 
 def build_parser() -> argparse.ArgumentParser:
