@@ -30,7 +30,8 @@ from .calibrate import ThresholdCalibration, calibrate_threshold
 from .synthetic import calibrate_batchnorm, synthesize_halting
 
 __all__ = [
-    "ACTHalting", "ACTMethod", "anytime_depth", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage", "COST_ESTIMATORS", "DECISION_MODES",
+    "ACTHalting", "ACTMethod", "anytime_depth", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage",
+    "COST_ESTIMATORS", "DECISION_MODES",
     "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
     "HaltingRecord", "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "Mixture", "NoHalting", "PACTMethod",
     "PROFILE_INPUTS_METHOD", "PolicyGradientMethod", "RowCollector", "StopDecision", "StoppingDistribution",

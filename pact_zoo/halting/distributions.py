@@ -134,7 +134,8 @@ class StoppingDistribution(torch.distributions.Distribution):
         return torch.sigmoid((a + noise) / temperature)
 
     def relaxed_weights(self, temperature: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``[B, L]`` Concrete relaxation of the one-hot z (Maddison et al. 2017 / Jang et al. 2017 binary Concrete on each stop decision, PACT §3.2); rows sum to 1.
+        """``[B, L]`` Concrete relaxation of the one-hot z (binary Concrete of Maddison et al. 2017 / Jang et al. 2017
+        on each stop decision, PACT §3.2); rows sum to 1.
 
         Differentiable w.r.t. the halting logits (reparameterised logistic noise).
         """

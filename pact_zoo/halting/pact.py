@@ -14,7 +14,6 @@ q(n) ~ exp(-(loss_n + tau n) / beta): the logits stay near the threshold and dep
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -91,7 +91,7 @@ class PolicyGradientMethod(HaltingMethod):
         return Mixture(weights=one_hot_steps(steps, num_units, dist.halting_logits.dtype), units_executed=steps,
                        cost=steps.to(torch.float32))
 
-    # -- compact path ----------------------------------------------------------------------------------------------------
+    # -- compact path ------------------------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device, mode: str) -> dict:
         if mode != "sample":
             return {}
@@ -133,7 +133,7 @@ class PolicyGradientMethod(HaltingMethod):
             terms["L_v"] = -self.lambda_v * sum(g.var(unbiased=False) for g in go if g.numel() > 1)
         return terms
 
-    # -- loss ------------------------------------------------------------------------------------------------------------
+    # -- loss --------------------------------------------------------------------------------------------------------
     def loss(self, record: HaltingRecord, task_loss: Optional[torch.Tensor] = None,
              baseline_loss: Optional[torch.Tensor] = None, cost_scale: float = 1.0) -> torch.Tensor:
         """REINFORCE term + baseline fit + Bengio regularisers; ``task_loss`` here is the per-sample *path* loss

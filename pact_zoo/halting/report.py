@@ -14,7 +14,8 @@ from .flops import _COUNTED, FlopsProfiler
 from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 
 __all__ = [
-    "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "full_depth", "halting_cost", "halting_loss", "halting_report",
+    "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "full_depth", "halting_cost", "halting_loss",
+    "halting_report",
     "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
     "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD",
 ]

@@ -649,7 +649,8 @@ class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],
                    rows: bool = False) -> torch.Tensor:
-        """Mean task loss of ``[B, T, num_labels]`` logits over the real steps, or ``[B]`` per sequence with ``rows``."""
+        """Mean task loss of ``[B, T, num_labels]`` logits over the real steps, or ``[B]`` per sequence with
+        ``rows``."""
         batch_size, seq_len = logits.shape[:2]
         problem_type = _problem_type(self.config, labels)
         _check_labels(labels, problem_type, self.num_labels, (batch_size, seq_len))

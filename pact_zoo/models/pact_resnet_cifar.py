@@ -10,7 +10,6 @@ PACT: Figurnov, Sobolev, Vetrov, "Probabilistic Adaptive Computation Time", arXi
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch

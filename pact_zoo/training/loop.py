@@ -5,8 +5,9 @@ halting cost weights from 0 to 1 over ``tau_warmup_epochs`` (optional). Methods 
 per-sample task loss, and the self-critical baseline (a gradient-free forward under the deterministic rule)
 where they use it. With ``anytime: true`` a share ``anytime_prob`` of the batches trains the task loss of a network
 truncated at d ~ U{1..L} units per sample and stage instead (:func:`~pact_zoo.halting.anytime_depth`), so that
-every threshold gives a trained network: one model for every budget. One process or many (``accelerate launch``); checkpoints with
-``accelerator.save_state`` at the end of every epoch, written atomically, and ``resume`` from the latest.
+every threshold gives a trained network: one model for every budget. One process or many (``accelerate launch``);
+checkpoints with ``accelerator.save_state`` at the end of every epoch, written atomically, and ``resume`` from the
+latest.
 """
 from __future__ import annotations
 
