@@ -144,8 +144,9 @@ class HaltingRecord:
             batch_size: B.
 
         Returns:
-            units ``[B, T]`` (0 where a row did not run), cost and log-prob ``[B]`` summed over the steps, loss terms
-            averaged over the steps.
+            units ``[B, T]`` (0 where a row did not run); cost and log-prob ``[B]`` and the loss terms summed over
+            the steps (so a per-step term such as PACT's entropy bonus keeps its ratio to the per-step cost ``tau``
+            whatever the sequence length).
         """
         first = steps[0][1]
         device = first.units_executed.device
@@ -166,7 +167,7 @@ class HaltingRecord:
                     value = value.new_zeros(batch_size).index_add(0, rows, value)
                 sums[key] = value if sums[key] is None else sums[key] + value
             for key, term in record.terms.items():
-                terms[key] = terms.get(key, 0.0) + term / len(steps)
+                terms[key] = terms.get(key, 0.0) + term
         touch = next((record.touch for _, record in steps if record.touch is not None), None)
         return cls(units_executed=units, cost=sums["cost"], num_units=first.num_units, method=first.method,
                    log_prob=sums["log_prob"], terms=terms, touch=touch)
