@@ -17,6 +17,12 @@ __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_dire
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
@@ -26,6 +32,7 @@ def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a written file gets the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -50,6 +57,7 @@ def atomic_directory(path: PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

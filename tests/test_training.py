@@ -271,3 +271,34 @@ def test_anytime_run_calibrates_monotonically(tmp_path, reset_accelerate):
 def test_anytime_prob_is_validated():
     with pytest.raises(ConfigError, match="anytime_prob"):
         load_config(None, dict(TINY, anytime=True, anytime_prob=1.5))
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    from pact_zoo.fileio import atomic_directory, atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "x.txt", "a")
+        with atomic_directory(tmp_path / "folder") as folder:
+            (folder / "f").write_text("b")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "hub_configs" / "methods.compare").glob("*.yaml")
+                                          if "results" not in p.name))
+def test_comparison_recipes_load(recipe):
+    """Every run of an experiment recipe resolves to a valid training config of a registered model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_methods", REPO / "scripts" / "compare_methods.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    runs = compare.expand_runs(compare.load_recipe(str(REPO / "hub_configs" / "methods.compare" / recipe)))
+    assert runs
+    for run in runs:
+        config = load_config(str(REPO / run["base_config"]) if run["base_config"] else None, run["overrides"])
+        assert config.model in pact_zoo.list_models()
+        timm.create_model(config.model, **config.model_kwargs)  # the halting knobs are valid for the method
