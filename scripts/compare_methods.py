@@ -53,6 +53,8 @@ METHOD_KEYS = {"model", "model_kwargs", "taus", "overrides", "eval_thresholds"}
 DATASET_KEYS = {"overrides", "taus"}
 #: plot style per method (others get matplotlib's cycle)
 STYLES = {"pact": ("tab:blue", "o"), "act": ("tab:orange", "s"), "policy_gradient": ("tab:green", "^"),
+          "pact_anytime": ("tab:purple", "D"), "resnet8": ("dimgray", "P"), "resnet14": ("dimgray", "P"),
+          "resnet20": ("dimgray", "P"),
           "plain": ("black", "*")}
 
 
@@ -344,6 +346,10 @@ def summarize(result: Dict[str, Any], spec: Optional[Dict[str, Any]] = None) -> 
         rule=default["rule"], threshold=default["threshold"],
         accuracy=default["accuracy"], flops_ratio=default["flops_ratio"], mean_flops=default["mean_flops"],
         full_flops=default["full_flops"], mean_units=default["mean_units"],
+        curve=[dict(threshold=p["threshold"], accuracy=p["accuracy"], mean_flops=p["mean_flops"],
+                    mean_units=p["mean_units"]) for p in tradeoff["points"] if not p["rule"].endswith(":sampled")],
+        sampled=next((dict(accuracy=p["accuracy"], flops_ratio=p["flops_ratio"]) for p in tradeoff["points"]
+                      if p["rule"].endswith(":sampled")), None),
         off_mode_share=[off_mode_share(h) for h in tradeoff.get("units_histogram", [])],
         units_histogram=tradeoff.get("units_histogram"),
         full_depth_accuracy=full["accuracy"], num_eval_samples=default["num_samples"],
@@ -367,18 +373,31 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         subset = [r for r in rows if r["dataset"] == dataset]
         first = subset[0]
+        reference = max(r["full_flops"] for r in subset)
         lines += [f"### {dataset} ({first['num_eval_samples']} test samples, {first['epochs']} epochs)", "",
-                  "| method | tau | rule | accuracy | FLOPs ratio | mean units per stage | off-mode share per stage "
-                  "| full-depth acc. | epoch time (median, s) | load start / end |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | tau | rule | accuracy | FLOPs ratio | FLOPs vs largest | mean units per stage "
+                  "| off-mode share per stage | full-depth acc. | sampled-depth acc. | epoch time (median, s) "
+                  "| load start / end |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in subset:
             rule = r["rule"] if r["threshold"] is None else f"{r['rule']} @ {r['threshold']:g}"
+            sampled = r.get("sampled")
+            sampled_text = "-" if sampled is None else f"{100 * sampled['accuracy']:.2f}%"
             lines.append(
                 f"| {r['method']} | {_fmt_tau(r['tau'])} | {rule} | {100 * r['accuracy']:.2f}% "
-                f"| {r['flops_ratio']:.3f} | {' / '.join(f'{u:.2f}' for u in r['mean_units'])} "
+                f"| {r['flops_ratio']:.3f} | {r['mean_flops'] / reference:.3f} "
+                f"| {' / '.join(f'{u:.2f}' for u in r['mean_units'])} "
                 f"| {' / '.join(f'{s:.2f}' for s in r['off_mode_share'])} | {100 * r['full_depth_accuracy']:.2f}% "
+                f"| {sampled_text} "
                 f"| {r['epoch_time_median_s']:.1f} | {r['loadavg_start'][0]:.2f} / {r['loadavg_end'][0]:.2f} |")
         lines.append("")
+        for r in subset:  # one model, every budget: the threshold sweep of a run evaluated at several thresholds
+            if len(r.get("curve") or []) > 1:
+                lines += [f"{r['method']} (tau {_fmt_tau(r['tau'])}), one trained model at every threshold:", "",
+                          "| threshold | accuracy | FLOPs vs largest | mean units per stage |", "|---|---|---|---|"]
+                lines += [f"| {c['threshold']:g} | {100 * c['accuracy']:.2f}% | {c['mean_flops'] / reference:.3f} "
+                          f"| {' / '.join(f'{u:.2f}' for u in c['mean_units'])} |" for c in r["curve"]]
+                lines.append("")
     lines += ["### Training time per epoch (median over each method's runs of the per-run median epoch_time_s)", "",
               "| dataset | " + " | ".join(dict.fromkeys(r["method"] for r in rows)) + " |",
               "|---|" + "---|" * len(dict.fromkeys(r["method"] for r in rows))]
@@ -406,33 +425,48 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
     for column, dataset in enumerate(datasets):
         subset = [r for r in rows if r["dataset"] == dataset]
         plain = next((100 * r["accuracy"] for r in subset if r["method"] == "plain"), None)
+        reference = max(r["full_flops"] for r in subset)  # the largest network at full depth (ResNet-32)
         for row_index, ax in enumerate(axes[:, column]):
             for method in dict.fromkeys(r["method"] for r in subset):
-                points = sorted((r for r in subset if r["method"] == method), key=lambda r: r["flops_ratio"])
+                points = sorted((r for r in subset if r["method"] == method), key=lambda r: r["mean_flops"])
                 color, marker = STYLES.get(method, (None, "D"))
-                ax.plot([p["flops_ratio"] for p in points], [100 * p["accuracy"] for p in points], marker=marker,
-                        color=color, linestyle="-" if len(points) > 1 else "none", alpha=0.85,
+                curves = [p for p in points if len(p.get("curve") or []) > 1]
+                for p in curves:  # one trained model, every budget: its threshold sweep as a line
+                    curve = sorted(p["curve"], key=lambda c: c["mean_flops"])
+                    ax.plot([c["mean_flops"] / reference for c in curve], [100 * c["accuracy"] for c in curve],
+                            marker=marker, color=color, linestyle="-", alpha=0.85, markersize=5,
+                            label=f"{method} (one model, thresholds)")
+                    if row_index == 0:
+                        for c in curve:
+                            ax.annotate(f"{c['threshold']:g}", (c["mean_flops"] / reference, 100 * c["accuracy"]),
+                                        textcoords="offset points", xytext=(3, -9), fontsize=6, color=color)
+                points = [p for p in points if p not in curves]
+                if not points:
+                    continue
+                ax.plot([p["mean_flops"] / reference for p in points], [100 * p["accuracy"] for p in points],
+                        marker=marker, color=color, linestyle="-" if len(points) > 1 else "none", alpha=0.85,
                         markersize=11 if marker == "*" else 7,
                         label=method if method != "plain" else "plain (full depth)")
                 for p in points:
                     if p["tau"] is not None:
-                        ax.annotate(f"{p['tau']:g}", (p["flops_ratio"], 100 * p["accuracy"]),
+                        ax.annotate(f"{p['tau']:g}", (p["mean_flops"] / reference, 100 * p["accuracy"]),
                                     textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
             if plain is not None:
                 ax.axhline(plain, color="black", linestyle=":", linewidth=0.8, alpha=0.6)
             ax.grid(alpha=0.3)
-            ax.set_xlabel("FLOPs ratio (measured; own rule: threshold 0.5, ACT's N + R rule)", fontsize=8)
+            ax.set_xlabel("measured FLOPs / full-depth ResNet-32 (own rule: threshold 0.5, ACT's N + R rule)",
+                          fontsize=8)
             ax.set_ylabel("test accuracy (%)")
             if row_index == 0:
                 first = subset[0]
-                ax.set_title(f"{dataset}: ResNet-32, {first['epochs']} epochs, {first['num_eval_samples']} test "
-                             f"images", fontsize=9)
+                ax.set_title(f"{dataset}: {first['epochs']} epochs, {first['num_eval_samples']} test images",
+                             fontsize=9)
                 ax.legend(fontsize=8, loc="lower right")
             elif plain is not None:
                 top = max(100 * r["accuracy"] for r in subset)
                 ax.set_ylim(plain - ZOOM_POINTS, top + 0.15 * ZOOM_POINTS)
                 ax.set_title(f"zoom: within {ZOOM_POINTS:g} points of the plain network", fontsize=8)
-    fig.suptitle("PACT vs ACT vs policy gradient (labels: tau; one seed)", fontsize=10)
+    fig.suptitle("accuracy vs measured FLOPs (labels: tau; one seed)", fontsize=10)
     fig.tight_layout()
     try:
         with atomic_path(path, suffix=".png") as tmp:
