@@ -345,6 +345,20 @@ def set_decision(model: nn.Module, decision: str) -> None:
 
 
 @contextmanager
+def _stage_setting(model: nn.Module, name: str, values: Sequence[Any]) -> Iterator[nn.Module]:
+    """Set attribute ``name`` of every stage (in :func:`adaptive_stages` order) to ``values[s]`` inside the block."""
+    stages = [stage for _, stage in adaptive_stages(model)]
+    previous = [getattr(stage, name) for stage in stages]
+    for stage, value in zip(stages, values):
+        setattr(stage, name, value)
+    try:
+        yield model
+    finally:
+        for stage, value in zip(stages, previous):
+            setattr(stage, name, value)
+
+
+@contextmanager
 def truncated_depth(model: nn.Module, depths: Sequence[int]) -> Iterator[nn.Module]:
     """Run exactly ``depths[s]`` units of stage ``s`` (in :func:`adaptive_stages` order) and no halting head inside
     the block: a static network made of each stage's first units (anytime training, static baselines)."""
@@ -353,14 +367,8 @@ def truncated_depth(model: nn.Module, depths: Sequence[int]) -> Iterator[nn.Modu
                                              for d, s in zip(depths, stages)):
         raise ValueError(f"depths must give 1..L units for each of the {len(stages)} stages "
                          f"(L = {[s.num_units for s in stages]}), got {list(depths)}")
-    previous = [stage.truncate for stage in stages]
-    for stage, depth in zip(stages, depths):
-        stage.truncate = depth
-    try:
+    with _stage_setting(model, "truncate", list(depths)):
         yield model
-    finally:
-        for stage, value in zip(stages, previous):
-            stage.truncate = value
 
 
 @contextmanager
@@ -368,15 +376,8 @@ def anytime_depth(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block, training forwards run ``d ~ Uniform{1..L}`` units per sample and stage (drawn up front, the
     rows leave the batch at their depth) and no halting head: the anytime batches of ``anytime: true`` training,
     which train every prefix of every stage so that any threshold gives a working network."""
-    stages = [stage for _, stage in adaptive_stages(model)]
-    previous = [stage.anytime for stage in stages]
-    for stage in stages:
-        stage.anytime = True
-    try:
+    with _stage_setting(model, "anytime", [True] * len(adaptive_stages(model))):
         yield model
-    finally:
-        for stage, value in zip(stages, previous):
-            stage.anytime = value
 
 
 @contextmanager
@@ -385,12 +386,5 @@ def full_depth(model: nn.Module) -> Iterator[nn.Module]:
 
     This is the one definition of full depth used by the report (``full_flops``), evaluation and the benchmark.
     """
-    stages = [stage for _, stage in adaptive_stages(model)]
-    previous = [stage.full_depth for stage in stages]
-    for stage in stages:
-        stage.full_depth = True
-    try:
+    with _stage_setting(model, "full_depth", [True] * len(adaptive_stages(model))):
         yield model
-    finally:
-        for stage, value in zip(stages, previous):
-            stage.full_depth = value
