@@ -121,12 +121,12 @@ def _stages(model: nn.Module) -> list:
 def _twin_kwargs(kwargs: dict, method: str, extra: dict) -> dict:
     """``kwargs`` for ``method`` instead of the model's own: knobs the target method does not have are dropped
     (e.g. PACT's ``temperature`` for a policy-gradient twin), ``extra`` knobs are added."""
-    from .halting import HALTING_METHODS, get_halting_method
+    from .halting import HaltingConfig, get_halting_method
 
-    every_knob = {knob for name in HALTING_METHODS for knob in get_halting_method(name).knobs}
+    rest = dict(kwargs)
+    knobs = HaltingConfig.pop_knob_kwargs(rest)
     target = get_halting_method(method).knobs
-    kept = {k: v for k, v in kwargs.items() if k not in every_knob or k in target}
-    return dict(kept, method=method, **extra)
+    return dict(rest, **{k: v for k, v in knobs.items() if k in target}, method=method, **extra)
 
 
 def _copy_weights(source: nn.Module, target: nn.Module) -> list[str]:

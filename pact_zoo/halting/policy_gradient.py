@@ -115,7 +115,7 @@ class PolicyGradientMethod(HaltingMethod):
         return StopDecision(stop=stop)
 
     def finish(self, units: int, carry: dict, rows: torch.Tensor) -> dict:
-        values = {"cost": torch.full((rows.shape[0],), float(units), device=rows.device)}
+        values = super().finish(units, carry, rows)  # cost: the units run
         if "log_prob" in carry:
             values["log_prob"] = carry["log_prob"][rows]
         if "go_sum" in carry:

@@ -213,8 +213,7 @@ def training_loss(model: nn.Module, forward: Callable[[], Any], per_sample_loss:
     output = forward()
     per_sample = per_sample_loss(output)
     task_loss = per_sample.mean()
-    cost = halting_loss(model, task_loss=per_sample if needs_task_loss(model) else None, baseline_loss=baseline,
-                        cost_scale=cost_scale)
+    cost = halting_loss(model, task_loss=per_sample, baseline_loss=baseline, cost_scale=cost_scale)
     return TrainingLoss(loss=task_loss + cost, task_loss=task_loss, halting_loss=cost, output=output)
 
 

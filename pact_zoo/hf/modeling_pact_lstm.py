@@ -41,7 +41,9 @@ try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
     from pact_zoo.halting.method import HaltingRecord
-    from pact_zoo.halting.report import halting_loss, needs_rollout, self_critical_baseline, set_threshold
+    from pact_zoo.halting.report import (
+        halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold,
+    )
     from pact_zoo.halting.stage import AdaptiveStage, zero_touch
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
@@ -50,7 +52,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .flops import current_profiler
     from .heads import VectorHaltingHead
     from .method import HaltingRecord
-    from .report import halting_loss, needs_rollout, self_critical_baseline, set_threshold
+    from .report import halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_lstm import PactLSTMConfig
 
@@ -344,8 +346,7 @@ class PactLSTMPreTrainedModel(PreTrainedModel):
     def _halting_loss(self, per_sample_loss, baseline: Optional[torch.Tensor]) -> torch.Tensor:
         """``pact_zoo.halting_loss`` of the forward that just ran; methods that need it (REINFORCE) get the
         per-sample task loss ``per_sample_loss()`` in training. An eval forward of such a method adds nothing."""
-        sampled = any(isinstance(m, AdaptiveStage) and m.halting and m.method.needs_task_loss for m in self.modules())
-        if not sampled:
+        if not needs_task_loss(self):
             return halting_loss(self)
         if not (self.training and torch.is_grad_enabled()):
             return torch.zeros((), device=next(self.parameters()).device)
