@@ -78,18 +78,6 @@ MEMORY_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_":
 
 # --------------------------------------------------------------------------------------------------------
 # model set-up
-def _parse_kwargs(text: Optional[str]) -> dict:
-    if not text:
-        return {}
-    try:
-        kwargs = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}: {exc}") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}")
-    return kwargs
-
-
 def create_model(name: str, kwargs: dict, seed: int = 0, device: str = "cpu") -> nn.Module:
     """``timm.create_model(name, **kwargs)`` in eval mode on ``device``, weights drawn after
     ``torch.manual_seed(seed)``."""
@@ -665,56 +653,69 @@ def _names(text: str, allowed: Sequence[str], option: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pact-zoo benchmark", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .cli import ArgumentParser
+    from .training.config import parse_yaml_mapping
+
+    parser = ArgumentParser(prog="pact-zoo benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="pact_resnet110",
-                        help="registered timm model name (pact_* / act_* / pg_*, CIFAR or ImageNet ResNets)")
-    parser.add_argument("--model-kwargs", default=None,
-                        help='JSON object of timm.create_model kwargs (e.g. \'{"zero_init_last": false}\')')
+                        help="registered timm model name (pact_* / act_* / pg_*, CIFAR or ImageNet ResNets; "
+                             "default: pact_resnet110)")
+    parser.add_argument("--model-kwargs", type=parse_yaml_mapping, default=None,
+                        help="timm.create_model kwargs as YAML (or JSON), as in pact-zoo train: '{tau: 0.02}'")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--threshold", type=_unit_interval, default=None,
                         help="halting threshold (default: the model's)")
     budget.add_argument("--target-flops-ratio", type=_unit_interval, default=None,
                         help="calibrate the threshold to this FLOPs budget on generated data")
-    parser.add_argument("--calibration-samples", type=_positive_int, default=256)
+    parser.add_argument("--calibration-samples", type=_positive_int, default=256,
+                        help="generated inputs for --target-flops-ratio (default: 256)")
     parser.add_argument("--synthetic-halting", type=int, default=None, metavar="SEED",
                         help="set reproducible synthetic halting heads (depth uniform over each stage's units, "
                              "about half of the units on average); without it the model's heads are used")
     parser.add_argument("--synthetic-samples", type=_positive_int, default=128,
-                        help="generated inputs the synthetic heads are set on")
-    parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 64, 256])
+                        help="generated inputs the synthetic heads are set on (default: 128)")
+    parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 64, 256],
+                        help="comma-separated eval batch sizes (default: 1,8,64,256)")
     parser.add_argument("--min-samples", type=_positive_int, default=64,
-                        help="every timed repeat runs at least this many samples (several batches when small)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=_positive_int, default=5)
+                        help="every timed repeat runs at least this many samples (several batches when small; "
+                             "default: 64)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repeats before timing (default: 2)")
+    parser.add_argument("--repeats", type=_positive_int, default=5,
+                        help="timed repeats per mode, interleaved; the median is reported (default: 5)")
     parser.add_argument("--modes", default=",".join(DEFAULT_EVAL_MODES),
-                        help=f"eval modes to time, a subset of {','.join(EVAL_MODES)} (plain: the plain network)")
+                        help=f"eval modes to time, a subset of {','.join(EVAL_MODES)} (plain: the plain network; "
+                             f"default: {','.join(DEFAULT_EVAL_MODES)})")
     parser.add_argument("--input-size", type=_int_list, default=None,
                         help="C,H,W (default: the model's pretrained_cfg, e.g. 3,224,224 for pact_resnet50)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (timings synchronise the device)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the generated inputs")
-    parser.add_argument("--memory-batch-size", type=_positive_int, default=64)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda[:N] (timings synchronise the device; default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the generated inputs (default: 0)")
+    parser.add_argument("--memory-batch-size", type=_positive_int, default=64,
+                        help="batch size of the peak-memory probes (default: 64)")
     parser.add_argument("--memory-networks", default="pact,act,plain",
-                        help="networks whose eval peak memory is probed, each in a fresh process")
+                        help="networks whose eval peak memory is probed, each in a fresh process (default: "
+                             "pact,act,plain)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    parser.add_argument("--train-batch-size", type=_positive_int, default=32)
-    parser.add_argument("--train-repeats", type=_positive_int, default=5)
-    parser.add_argument("--train-warmup", type=int, default=1)
+    parser.add_argument("--train-batch-size", type=_positive_int, default=32,
+                        help="batch size of the training-step timing (default: 32)")
+    parser.add_argument("--train-repeats", type=_positive_int, default=5,
+                        help="timed training steps per network (default: 5)")
+    parser.add_argument("--train-warmup", type=int, default=1, help="untimed training steps first (default: 1)")
     parser.add_argument("--train-networks", default=",".join(DEFAULT_TRAIN_NETWORKS),
                         help=f"networks whose training step is timed, a subset of {','.join(TRAIN_NETWORKS)}: "
                              "model = --model as configured, plain = no halting, pact / pg / pg_batch_mean = "
                              "--model under PACT / policy gradient with the self-critical (greedy) or batch-mean "
-                             "baseline, same weights")
+                             f"baseline, same weights (default: {','.join(DEFAULT_TRAIN_NETWORKS)})")
     parser.add_argument("--plain-model", default=None,
                         help="plain network for the plain eval mode, training and memory (default: --model with "
                              "method='none', e.g. resnet110_cifar's network for pact_resnet110; timm's resnet50 "
                              "for pact_resnet50)")
     parser.add_argument("--no-training", action="store_true", help="skip the training-step timing")
     parser.add_argument("--no-eval", action="store_true", help="skip the eval timing")
-    parser.add_argument("--output", default="benchmark.json", help="JSON result file")
+    parser.add_argument("--output", default="out/benchmark.json",
+                        help="JSON result file (default: out/benchmark.json)")
     return parser
 
 
@@ -727,7 +728,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(None if argv is None else list(argv))
     try:
-        kwargs = _parse_kwargs(args.model_kwargs)
+        kwargs = dict(args.model_kwargs or {})
         modes = _names(args.modes, EVAL_MODES, "--modes")
         memory_networks = _names(args.memory_networks, MEMORY_NETWORKS, "--memory-networks")
         train_networks = _names(args.train_networks, TRAIN_NETWORKS, "--train-networks")
@@ -737,7 +738,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: CUDA is not available")
     except (ValueError, RuntimeError) as exc:
-        print(f"pact-zoo benchmark: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -745,12 +746,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = create_model(args.model, kwargs, args.seed, args.device)
     stages = _stages(model)
     if not stages:
-        print(f"pact-zoo benchmark: {args.model} has no halting stage (method 'none'?)", file=sys.stderr)
+        print(f"error: --model {args.model} has no halting stage (method 'none'?)", file=sys.stderr)
         return 2
     method = stages[0].method
     has_threshold = all(stage.method.has_threshold for stage in stages)
     if (args.target_flops_ratio is not None or args.threshold is not None) and not has_threshold:
-        print(f"pact-zoo benchmark: --target-flops-ratio / --threshold need a halting method with a threshold; "
+        print(f"error: --target-flops-ratio / --threshold need a halting method with a threshold; "
               f"{args.model} uses {method.name!r}", file=sys.stderr)
         return 2
     shape = input_shape_of(model, args.input_size)

@@ -1,13 +1,64 @@
 """``pact-zoo`` console entry point: one sub-command per job, each implemented in its own module.
 
-Every command module exposes ``main(argv: list[str] | None) -> int`` with its own argparse parser, so
+Every command module exposes ``main(argv: list[str] | None) -> int`` with its own :class:`ArgumentParser`, so
 ``pact-zoo <command> ...`` and ``python scripts/<command>.py ...`` take the same arguments.
+
+One error style (:func:`run_command`): a user error (bad flag, config, file or data; ``ValueError``,
+``FileNotFoundError`` and the like) prints one line ``error: ...`` and exits with status 2; ``--debug`` (or
+``PACT_ZOO_DEBUG=1``) shows the traceback instead. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
+
+#: exceptions that describe a bad input, not a bug: shown as one line
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError,
+               ConnectionError)
+USAGE_ERROR_STATUS = 2
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "PACT_ZOO_DEBUG"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the one-line error style and a ``--debug`` flag (handled by :func:`run_command`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(USAGE_ERROR_STATUS)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def run_command(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a command's ``main(argv)`` in the one error style; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    try:
+        return int(main(argv) or 0)
+    except SystemExit as exc:  # argparse: --help, or a bad flag (already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else USAGE_ERROR_STATUS)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return USAGE_ERROR_STATUS
 
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
@@ -23,21 +74,24 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: pact-zoo <command> [options]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    lines += ["", "Run 'pact-zoo <command> --help' for the options of a command."]
+    lines += ["", "Run 'pact-zoo <command> --help' for the options of a command; add --debug to see the traceback "
+              "of an error."]
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == DEBUG_FLAG:  # pact-zoo --debug <command> ...
+        argv = argv[1:] + [DEBUG_FLAG]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"pact-zoo: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        print(f"error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return USAGE_ERROR_STATUS
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    return run_command(module.main, rest)
 
 
 if __name__ == "__main__":

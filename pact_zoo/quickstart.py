@@ -5,12 +5,15 @@ Runs offline on a CPU in a few minutes and prints accuracy, mean FLOPs against f
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .cli import ArgumentParser
 from .hub import export_folder
-from .training import load_config, load_model_folder, train
+from .training import TrainConfig, load_config, load_model_folder, train
+from .training.run_dir import CONFIG_FILE
 from .training.evaluate import format_table, run_evaluation
 
 HUB_CONFIGS = Path(__file__).resolve().parent.parent / "hub_configs"
@@ -18,17 +21,31 @@ QUICKSTART_VARIANT = "pact_resnet32.digits"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pact-zoo quickstart", description=__doc__)
+    parser = ArgumentParser(prog="pact-zoo quickstart", description=__doc__)
     parser.add_argument("--recipe-dir", default=str(HUB_CONFIGS / QUICKSTART_VARIANT),
                         help="folder with train.yaml and card.yaml")
     parser.add_argument("--output-dir", default=None, help="run folder (default: the recipe's output_dir)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever run the output folder holds (a previous quickstart run with the same "
+                             "settings is replaced without it)")
     return parser
+
+
+def _is_same_run(config: TrainConfig) -> bool:
+    """Whether ``output_dir`` holds an earlier run of exactly this recipe (the quickstart may replace it)."""
+    saved = Path(config.output_dir) / CONFIG_FILE
+    try:
+        return load_config(None, json.loads(saved.read_text())).to_dict() == config.to_dict()
+    except (OSError, ValueError):
+        return False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     recipe_dir = Path(args.recipe_dir)
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if not (recipe_dir / "train.yaml").is_file():
         raise FileNotFoundError(f"quickstart recipe not found: {recipe_dir / 'train.yaml'} "
                                 f"(run from a source checkout, or pass --recipe-dir)")
@@ -36,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = load_config(str(recipe_dir / "train.yaml"), overrides)
     run_dir = Path(config.output_dir)
     start = time.perf_counter()
-    train(config)
+    train(config, overwrite=args.overwrite or _is_same_run(config))
     train_time = time.perf_counter() - start
     model = load_model_folder(run_dir / "model")
     result = run_evaluation(model, config, run_dir / "eval")

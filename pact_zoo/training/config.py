@@ -7,15 +7,64 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args", "FIELD_HELP",
+           "MERGED_FIELDS"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+#: mapping fields that a recipe and its overrides merge key by key (an override value of null removes the key)
+MERGED_FIELDS = ("model_kwargs", "dataset_kwargs", "data_files")
+#: keys of older run folders' train_config.json that are no longer config fields (ignored on load)
+RETIRED_KEYS = ("debug_kill_at_step",)
+
+#: one line of help per field (``pact-zoo train --help``)
+FIELD_HELP = {
+    "model": "registered timm model name (pact_zoo.list_models()) or pact_lstm",
+    "model_kwargs": "model / halting-method kwargs, merged into the recipe's ({tau: 0.02}; {key: null} removes a key)",
+    "pretrained": "load the model's registered pretrained weights (hub: needs the network or a cache)",
+    "pretrained_file": "backbone checkpoint (.safetensors / .pth) loaded offline; halting heads start fresh",
+    "dataset": "digits, imagefolder:<dir>, parquet:<dir or file>, a hub id (org/name), or a generated task",
+    "data_dir": "folder of the dataset (instead of the part after ':')",
+    "data_files": "parquet files per split, {train: a.parquet, test: b.parquet} (merged into the recipe's)",
+    "train_split": "name of the training split",
+    "eval_split": "name of the evaluation split (default: test, then validation)",
+    "image_column": "image column (default: image / img / pixel_values)",
+    "label_column": "label column (default: label / labels / fine_label)",
+    "augment": "training augmentation: cifar, crop, timm or none",
+    "max_train_samples": "use only the first N training rows",
+    "max_eval_samples": "use only the first N evaluation rows",
+    "dataset_kwargs": "options of a generated sequence task (merged into the recipe's)",
+    "epochs": "training epochs",
+    "batch_size": "training batch size per process",
+    "eval_batch_size": "evaluation batch size",
+    "optimizer": "sgd or adamw",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay (not on norms and biases)",
+    "schedule": "learning-rate schedule: step, cosine or constant",
+    "lr_milestones": "step schedule: fractions of training where the rate is multiplied by lr_gamma",
+    "lr_gamma": "step schedule: factor at each milestone",
+    "warmup_epochs": "linear learning-rate warm-up, in epochs",
+    "head_lr_mult": "learning-rate multiplier of the halting heads",
+    "grad_accum_steps": "micro-batches per optimiser step",
+    "max_grad_norm": "clip the gradient norm to this value",
+    "mixed_precision": "no, bf16 or fp16",
+    "tau_warmup_epochs": "ramp the halting cost weight from 0 over this many epochs",
+    "anytime": "train one model for every budget (random per-sample depths on some batches)",
+    "anytime_prob": "share of anytime batches, in (0, 1)",
+    "seed": "random seed",
+    "eval_thresholds": "thresholds evaluated after training, each in (0, 1]",
+    "output_dir": "run folder: checkpoints, metrics, model/",
+    "keep_checkpoints": "checkpoints kept in output_dir/checkpoints",
+    "num_workers": "data-loader worker processes",
+}
 
 
 class ConfigError(ValueError):
@@ -68,7 +117,6 @@ class TrainConfig:
     output_dir: str = "out/run"
     keep_checkpoints: int = 2
     num_workers: int = 0
-    debug_kill_at_step: Optional[int] = None  # fault injection for the resume test: SIGKILL at this step
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -88,6 +136,26 @@ class TrainConfig:
             raise ConfigError(f"anytime_prob must be in (0, 1), got {self.anytime_prob}")
         if any(not 0 < t <= 1 for t in self.eval_thresholds):
             raise ConfigError(f"eval_thresholds must lie in (0, 1], got {self.eval_thresholds}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (or null for every row), got {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones must be fractions of training in (0, 1), got {self.lr_milestones}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be > 0 (or null), got {self.max_grad_norm}")
+        from ..data.images import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if not self.output_dir:
+            raise ConfigError("output_dir must be a folder path, got an empty string")
 
     def _check_types(self) -> None:
         hints = typing.get_type_hints(TrainConfig)
@@ -157,26 +225,53 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
         values.update(loaded)
-    values.update(overrides or {})
+    for key in RETIRED_KEYS:
+        values.pop(key, None)
+    for key, value in (overrides or {}).items():
+        if key in MERGED_FIELDS and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}  # an override changes some keys of the recipe's mapping
+        if key in MERGED_FIELDS and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        values[key] = value
     unknown = sorted(set(values) - set(_field_names()))
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(_field_names())}")
     return TrainConfig(**values)
 
 
-def _parse_override(text: str) -> Any:
-    """Command-line values are YAML scalars/lists/mappings: ``3``, ``0.1``, ``[0.5, 0.75]``, ``{tau: 0.02}``."""
-    return yaml.safe_load(text)
+def parse_yaml_value(text: str) -> Any:
+    """Command-line values are YAML scalars/lists/mappings: ``3``, ``0.1``, ``[0.5, 0.75]``, ``{tau: 0.02}``.
+
+    Raises ``argparse.ArgumentTypeError`` (argparse names the flag) on malformed YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise argparse.ArgumentTypeError(f"not valid YAML ({problem}): {text!r}; "
+                                         f"examples: 3, 0.1, [0.5, 0.7], '{{tau: 0.02}}'") from None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE`` plus one ``--<field>`` override per config field (values parsed as YAML)."""
+def parse_yaml_mapping(text: str) -> Dict[str, Any]:
+    """A YAML (or JSON) mapping from the command line, ``{tau: 0.02}``; anything else raises
+    ``argparse.ArgumentTypeError``."""
+    value = parse_yaml_value(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{tau: 0.02}}', got {text!r}")
+    return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, fields: Optional[Sequence[str]] = None,
+                         title: str = "recipe overrides") -> None:
+    """``--config FILE`` plus one ``--<field>`` override per config field in ``fields`` (default: all), values
+    parsed as YAML."""
     parser.add_argument("--config", help="YAML training recipe, e.g. hub_configs/pact_resnet32.digits/train.yaml")
-    group = parser.add_argument_group("overrides (values are YAML: 3, 0.1, [0.5, 0.7], {tau: 0.02})")
-    for name in _field_names():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_parse_override, default=argparse.SUPPRESS)
+    group = parser.add_argument_group(f"{title} (values are YAML: 3, 0.1, [0.5, 0.7], '{{tau: 0.02}}')")
+    for name in fields or _field_names():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(), type=parse_yaml_value,
+                           default=argparse.SUPPRESS, help=FIELD_HELP[name])
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, extra: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """The recipe of ``args.config`` with the ``--<field>`` overrides of ``args`` (then ``extra``) applied."""
     overrides = {name: getattr(args, name) for name in _field_names() if hasattr(args, name)}
-    return load_config(args.config, overrides)
+    return load_config(args.config, {**overrides, **(extra or {})})

@@ -15,9 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..halting import adaptive_stages, full_depth, set_decision, set_threshold
-from .config import TrainConfig, add_config_arguments, load_config
+from ..cli import ArgumentParser
+from .config import TrainConfig, add_config_arguments, config_from_args
 from ..fileio import atomic_path, atomic_write_json
-from .io import load_model_folder
+from .io import check_model_folder, folder_model_name, load_model_folder
 from .loop import evaluate_model
 from .tasks import build_task
 
@@ -88,40 +89,91 @@ def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Se
             "default": default}
 
 
-def _plot_tradeoff(result: Dict[str, Any], path: Path, title: str) -> None:
+#: threshold labels closer than this (fraction of the axes) to an already placed label are left out
+LABEL_MIN_DISTANCE = 0.06
+#: y-range padding around the adaptive points (fraction of their spread; at least 0.5 accuracy points)
+Y_PADDING = 0.15
+
+
+def _label_positions(xs: Sequence[float], ys: Sequence[float], xlim: tuple, ylim: tuple) -> list[bool]:
+    """Which points get a text label: greedily keep points at least :data:`LABEL_MIN_DISTANCE` (in axes
+    fractions) away from every labelled point, so labels do not pile up."""
+    kept: list[tuple[float, float]] = []
+    chosen = []
+    for x, y in zip(xs, ys):
+        fx = (x - xlim[0]) / ((xlim[1] - xlim[0]) or 1.0)
+        fy = (y - ylim[0]) / ((ylim[1] - ylim[0]) or 1.0)
+        ok = all(abs(fx - kx) > LABEL_MIN_DISTANCE or abs(fy - ky) > LABEL_MIN_DISTANCE for kx, ky in kept)
+        if ok:
+            kept.append((fx, fy))
+        chosen.append(ok)
+    return chosen
+
+
+def tradeoff_figure(result: Dict[str, Any], title: str):
+    """Accuracy against mean MFLOPs: the threshold points (labelled where they do not overlap), the sampled rule,
+    and full depth. The y-range follows the adaptive points; full depth outside it is drawn as an arrow at the
+    edge with its value, so it cannot squeeze the curve into a corner."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
-    points = result["points"]
-    if points:
-        ax.plot([p["mean_flops"] / 1e6 for p in points], [100 * p["accuracy"] for p in points], "o-",
-                label="adaptive")
-        for p in points:
-            if p["threshold"] is not None:
-                ax.annotate(f"{p['threshold']:g}", (p["mean_flops"] / 1e6, 100 * p["accuracy"]),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     full = result["full_depth"]
-    ax.plot([full["mean_flops"] / 1e6], [100 * full["accuracy"]], "k*", markersize=10, label="full depth")
+    full_xy = (full["mean_flops"] / 1e6, 100 * full["accuracy"])
+    points = [p for p in result["points"] if not p["rule"].endswith(":sampled")]
+    sampled = [p for p in result["points"] if p["rule"].endswith(":sampled")]
+    points = sorted(points, key=lambda p: p["mean_flops"])
+    xs = [p["mean_flops"] / 1e6 for p in points]
+    ys = [100 * p["accuracy"] for p in points]
+    if points:
+        ax.plot(xs, ys, "o-", label=f"adaptive ({points[0]['rule']}), labels: threshold")
+    for p in sampled:
+        ax.plot([p["mean_flops"] / 1e6], [100 * p["accuracy"]], "s", color="tab:orange", label="sampled stops")
+    curve_y = ys + [100 * p["accuracy"] for p in sampled]
+    if curve_y:
+        low, high = min(curve_y), max(curve_y)
+        pad = max(Y_PADDING * (high - low), 0.5)
+        ylim = (low - pad, min(high + pad, 100.0 + pad))
+    else:
+        ylim = (full_xy[1] - 1.0, full_xy[1] + 1.0)
+    all_x = xs + [p["mean_flops"] / 1e6 for p in sampled] + [full_xy[0]]
+    xpad = 0.05 * ((max(all_x) - min(all_x)) or max(all_x) or 1.0)
+    xlim = (min(all_x) - xpad, max(all_x) + xpad)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    for p, x, y, label in zip(points, xs, ys, _label_positions(xs, ys, xlim, ylim)):
+        if label and p["threshold"] is not None:
+            ax.annotate(f"{p['threshold']:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    full_label = f"full depth ({full_xy[1]:.2f}%)"
+    if ylim[0] <= full_xy[1] <= ylim[1]:
+        ax.plot([full_xy[0]], [full_xy[1]], "k*", markersize=10, label=full_label)
+    else:  # outside the curve's range: an arrow at the edge instead of stretching the axis
+        edge = ylim[1] if full_xy[1] > ylim[1] else ylim[0]
+        ax.plot([full_xy[0]], [edge], "k^" if full_xy[1] > ylim[1] else "kv", markersize=8, clip_on=False,
+                label=f"{full_label}, off the scale")
     ax.set_xlabel("mean MFLOPs per sample")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _save_figure(fig, path)
+    return fig
 
 
-def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: Path) -> None:
+def _plot_tradeoff(result: Dict[str, Any], path: Path, title: str) -> None:
+    _save_figure(tradeoff_figure(result, title), path)
+
+
+def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: Path, rule: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stages = units.shape[1]
-    fig, axes = plt.subplots(1, stages, figsize=(3 * stages, 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, stages, figsize=(3 * stages, 3.0), squeeze=False)
     for s in range(stages):
         ax = axes[0, s]
         bins = torch.arange(0.5, max(num_units[s], int(units[:, s].max())) + 1.5)
@@ -129,27 +181,29 @@ def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: P
         ax.set_title(f"stage {s + 1}", fontsize=9)
         ax.set_xlabel("units executed")
     axes[0, 0].set_ylabel("samples")
+    fig.suptitle(f"units executed per test sample at {rule}", fontsize=9)
     fig.tight_layout()
     _save_figure(fig, path)
 
 
-def _plot_image_grid(images: list, fewest: list[int], most: list[int], units: torch.Tensor, path: Path) -> None:
+def _plot_image_grid(images: Dict[int, Any], labels: Dict[int, str], fewest: list[int], most: list[int],
+                     units: torch.Tensor, path: Path, rule: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, GRID_IMAGES_PER_ROW, figsize=(1.3 * GRID_IMAGES_PER_ROW, 3.2), squeeze=False)
+    fig, axes = plt.subplots(2, GRID_IMAGES_PER_ROW, figsize=(1.3 * GRID_IMAGES_PER_ROW, 3.6), squeeze=False)
     for row, (label, indices) in enumerate((("fewest units", fewest), ("most units", most))):
         for col in range(GRID_IMAGES_PER_ROW):
             ax = axes[row, col]
             ax.axis("off")
             if col < len(indices):
                 ax.imshow(images[indices[col]].convert("RGB"))
-                ax.set_title(str(int(units[indices[col]].sum())), fontsize=8)
+                ax.set_title(f"units: {int(units[indices[col]].sum())}\ntrue: {labels[indices[col]]}", fontsize=7)
         axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center",
                           ha="right", fontsize=8)
-    fig.suptitle("test images by total units executed", fontsize=9)
+    fig.suptitle(f"test images by total units executed at {rule} (true label below the units)", fontsize=9)
     fig.tight_layout()
     _save_figure(fig, path)
 
@@ -164,12 +218,29 @@ def _save_figure(fig, path: Path) -> None:
         plt.close(fig)
 
 
+def model_num_classes(model: nn.Module) -> Optional[int]:
+    """Output classes of a timm (``num_classes``) or transformers (``config.num_labels``) classifier."""
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "num_labels", None) is not None:
+        return int(config.num_labels)
+    return getattr(model, "num_classes", None)
+
+
+def check_classes(model: nn.Module, class_names: Sequence[str], dataset: str) -> None:
+    """Raise ValueError when the model's number of classes differs from the dataset's."""
+    classes = model_num_classes(model)
+    if classes is not None and classes != len(class_names):
+        raise ValueError(f"the model has {classes} classes but dataset {dataset!r} has {len(class_names)}: evaluate "
+                         f"on the data the model was trained on (--dataset, or --config <run>/train_config.json)")
+
+
 def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
                    thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
     """Evaluate ``model`` on ``config``'s eval split; write the JSON and plots into ``output_dir``."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     task = build_task(config)
     data = task.load_data(model)
+    check_classes(model, data.class_names, config.dataset)
+    output_dir.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False, collate_fn=data.collate_fn,
                         num_workers=config.num_workers)
     model.eval()
@@ -178,14 +249,17 @@ def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
     units = _per_sample_units(model, loader, task)
     stages = [stage for _, stage in adaptive_stages(model)]
     _plot_tradeoff(result, output_dir / TRADEOFF_PLOT, f"{config.model} on {config.dataset}")
-    _plot_units_histogram(units, [s.num_units for s in stages], output_dir / UNITS_HISTOGRAM)
+    rule = _rule_name(result)
+    _plot_units_histogram(units, [s.num_units for s in stages], output_dir / UNITS_HISTOGRAM, rule)
     plots = [TRADEOFF_PLOT, UNITS_HISTOGRAM]
     if task.kind == "image" and data.raw_eval is not None:
-        raw, image_column = data.raw_eval
+        raw, image_column, label_column = data.raw_eval
         order = torch.argsort(units.sum(1), stable=True).tolist()
         count = min(GRID_IMAGES_PER_ROW, len(order))
-        images = {i: raw[i][image_column] for i in order[:count] + order[-count:]}
-        _plot_image_grid(images, order[:count], order[::-1][:count], units, output_dir / IMAGE_GRID)
+        rows = {i: raw[i] for i in order[:count] + order[-count:]}
+        images = {i: row[image_column] for i, row in rows.items()}
+        labels = {i: data.class_names[int(row[label_column])] for i, row in rows.items()}
+        _plot_image_grid(images, labels, order[:count], order[::-1][:count], units, output_dir / IMAGE_GRID, rule)
         plots.append(IMAGE_GRID)
     result["plots"] = plots
     result["units_histogram"] = [torch.bincount(units[:, s], minlength=stages[s].num_units + 1)[1:].tolist()
@@ -193,6 +267,12 @@ def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
     result["depth_spread"] = depth_spread(units)
     atomic_write_json(output_dir / TRADEOFF_JSON, result)
     return result
+
+
+def _rule_name(result: Dict[str, Any]) -> str:
+    """The model's own rule, e.g. ``threshold 0.5 (pact)``."""
+    methods = ",".join(result["methods"]) or "full depth"
+    return f"threshold {result['threshold']:g} ({methods})" if result["threshold"] is not None else methods
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -212,21 +292,35 @@ def format_table(result: Dict[str, Any]) -> str:
     return table
 
 
+#: config fields ``pact-zoo evaluate`` takes (the data and the evaluation; the model comes from --model-dir)
+EVALUATE_FIELDS = ("dataset", "data_dir", "data_files", "eval_split", "image_column", "label_column",
+                   "dataset_kwargs", "max_eval_samples", "eval_batch_size", "eval_thresholds", "num_workers")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pact-zoo evaluate", description=__doc__)
+    parser = ArgumentParser(prog="pact-zoo evaluate", description=__doc__)
     parser.add_argument("--model-dir", required=True, help="model folder (e.g. <output_dir>/model of a run)")
     parser.add_argument("--eval-dir", help="where to write tradeoff.json and plots (default: <model-dir>/../eval)")
-    add_config_arguments(parser)
+    add_config_arguments(parser, EVALUATE_FIELDS, title="data and evaluation (default: the run's config)")
+    parser.set_defaults(config=None)
+    for action in parser._actions:
+        if action.dest == "config":
+            action.help = ("the run's train_config.json or a recipe, for the data (default: "
+                           "<model-dir>/../train_config.json when the folder is inside its run)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    model_dir = Path(args.model_dir)
-    if args.config is None and (model_dir.parent / "train_config.json").is_file():
-        args.config = str(model_dir.parent / "train_config.json")
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    config = load_config(args.config, overrides)
+    model_dir = check_model_folder(args.model_dir, "--model-dir")
+    run_config = model_dir.parent / "train_config.json"
+    if args.config is None and run_config.is_file():
+        args.config = str(run_config)
+    if args.config is None and not hasattr(args, "dataset"):
+        raise ValueError(f"--dataset is required: {model_dir} is not inside its run folder (no "
+                         f"{run_config.name} beside it), so the evaluation data is unknown; pass --dataset "
+                         f"(e.g. digits, parquet:<dir>) or --config <run>/train_config.json")
+    config = config_from_args(args, {"model": folder_model_name(model_dir)})
     model = load_model_folder(model_dir)
     result = run_evaluation(model, config, Path(args.eval_dir) if args.eval_dir else model_dir.parent / "eval")
     print(format_table(result))

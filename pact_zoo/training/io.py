@@ -11,22 +11,65 @@ from torch import nn
 
 from ..fileio import atomic_directory
 
-__all__ = ["save_model_folder", "load_model_folder", "is_timm_folder"]
+__all__ = ["save_model_folder", "load_model_folder", "is_timm_folder", "check_model_folder", "folder_model_name"]
+
+WEIGHTS_FILE = "model.safetensors"
 
 PathLike = Union[str, os.PathLike]
 
 
-def is_timm_folder(path: PathLike) -> bool:
+def _folder_config(path: PathLike) -> dict:
     config = Path(path) / "config.json"
-    return config.is_file() and "pretrained_cfg" in json.loads(config.read_text())
+    try:
+        return json.loads(config.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config} is not valid JSON ({exc}): re-export the model folder") from None
+
+
+def is_timm_folder(path: PathLike) -> bool:
+    return (Path(path) / "config.json").is_file() and "pretrained_cfg" in _folder_config(path)
+
+
+def check_model_folder(path: PathLike, what: str = "model folder") -> Path:
+    """Raise a one-line error unless ``path`` is a model folder with a readable ``config.json`` and
+    ``model.safetensors`` (header checked, so a truncated or corrupt file is named before loading)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path} (a folder with config.json and model.safetensors, "
+                                f"e.g. <output_dir>/model of a training run)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model folder: config.json is missing (expected <output_dir>/model "
+                                f"of a training run, or an exported folder)")
+    _folder_config(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} is not a model folder: {WEIGHTS_FILE} is missing")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights} is truncated or corrupt ({' '.join(str(exc).split())}): "
+                         f"re-export or re-download it") from None
+    return path
+
+
+def folder_model_name(path: PathLike) -> str:
+    """The model a folder holds: timm's ``architecture`` or the transformers ``model_type``."""
+    config = _folder_config(path)
+    name = config.get("architecture") or config.get("model_type")
+    if not name:
+        raise ValueError(f"{Path(path) / 'config.json'} names no model (neither 'architecture' nor 'model_type')")
+    return name
 
 
 def save_model_folder(model: nn.Module, path: PathLike) -> None:
     """Write ``model.safetensors`` + ``config.json`` atomically.
 
     timm models are saved with ``timm.models.save_for_hf``; ``model_args.num_classes`` is dropped so that
-    transformers' ``TimmWrapper`` also loads the folder (ecosystem.md §1.6; timm reads the top-level
-    ``num_classes``). Hugging Face models use ``save_pretrained``.
+    transformers' ``TimmWrapper`` also loads the folder (it passes ``num_classes`` itself; timm reads the
+    top-level ``num_classes``). Hugging Face models use ``save_pretrained``.
     """
     with atomic_directory(path) as tmp:
         if hasattr(model, "save_pretrained"):
@@ -43,9 +86,7 @@ def save_model_folder(model: nn.Module, path: PathLike) -> None:
 
 def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") -> nn.Module:
     """Load a folder written by :func:`save_model_folder` (timm ``local-dir:`` or transformers ``from_pretrained``)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no model folder at {path} (config.json missing)")
+    path = check_model_folder(path)
     if is_timm_folder(path):
         import timm
 

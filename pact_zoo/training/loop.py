@@ -17,9 +17,9 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -30,18 +30,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..halting import anytime_depth, training_loss
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from ..fileio import atomic_write_json, atomic_write_text
 from .io import save_model_folder
+from .run_dir import (
+    CHECKPOINT_DIR, CHECKPOINT_PATTERN, CONFIG_FILE, FINAL_METRICS_FILE, METRICS_FILE, MODEL_DIR, STATE_FILE,
+    clear_run, latest_checkpoint, plan_run,
+)
 from .tasks import build_task, halting_head_parameters
 
 __all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor"]
 
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d+)$")
-STATE_FILE = "trainer_state.json"
-METRICS_FILE = "metrics.jsonl"
-MODEL_DIR = "model"
+#: fault injection for the resume test (not a config field): SIGKILL the process at this optimiser step
+KILL_AT_STEP_ENV = "PACT_ZOO_TEST_KILL_AT_STEP"
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -72,14 +73,6 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: TrainCo
     if config.schedule == "step":  # SACT: x0.1 at fixed fractions of training
         return config.lr_gamma ** sum(progress >= m for m in config.lr_milestones)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-
-def latest_checkpoint(output_dir: str) -> Optional[Path]:
-    root = Path(output_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    return max(found)[1] if found else None
 
 
 def _tensorboard_available() -> bool:
@@ -116,13 +109,28 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None)
     }
 
 
-def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
-    """Run one training job; returns the last epoch's metrics. Works with 1 or N processes."""
+def _progress_enabled() -> bool:
+    """Progress bars only on a terminal: redirected output gets the per-epoch lines, not carriage returns."""
+    return sys.stderr.isatty()
+
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Run one training job; returns the last epoch's metrics. Works with 1 or N processes.
+
+    ``output_dir`` is checked first (:func:`~pact_zoo.training.run_dir.plan_run`): a new run refuses a folder that
+    holds a run unless ``overwrite``; ``resume`` continues the latest checkpoint of the same run only.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     output_dir = Path(config.output_dir)
+    plan = plan_run(config, resume=resume, overwrite=overwrite)
+    task = build_task(config)  # validates the model and data options before anything is written
+    kill_at_step = int(os.environ.get(KILL_AT_STEP_ENV, "0")) or None
+    if plan.finished:
+        print(plan.message)
+        return json.loads((output_dir / FINAL_METRICS_FILE).read_text())
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum_steps,
@@ -130,8 +138,12 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tb")),
         log_with="tensorboard" if _tensorboard_available() else None,
     )
+    if plan.message:
+        accelerator.print(plan.message)
+    if accelerator.is_main_process and plan.clear:
+        clear_run(output_dir, plan.clear)
+    accelerator.wait_for_everyone()
     set_seed(config.seed)
-    task = build_task(config)
     with accelerator.main_process_first():
         num_classes = task.num_classes()
     model = task.build_model(num_classes)
@@ -141,6 +153,9 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
                               num_workers=config.num_workers, drop_last=True)  # a 1-row batch breaks BatchNorm in training
     eval_loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False,
                              collate_fn=data.collate_fn, num_workers=config.num_workers)
+    if len(train_loader) == 0:
+        raise ConfigError(f"batch_size={config.batch_size} is larger than the training split ({len(data.train)} rows): "
+                          f"no full batch to train on (the last partial batch is dropped); lower batch_size")
     # Scheduler steps are counted on the un-sharded loader: accelerate steps it once per process.
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
     total_steps = steps_per_epoch * config.epochs
@@ -151,16 +166,22 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         model, optimizer, train_loader, eval_loader, scheduler)
 
     start_epoch, global_step = 0, 0
-    if resume:
-        checkpoint = latest_checkpoint(config.output_dir)
-        if checkpoint is not None:
+    if plan.checkpoint is not None:
+        checkpoint = plan.checkpoint
+        try:
             accelerator.load_state(str(checkpoint))
-            state = json.loads((checkpoint / STATE_FILE).read_text())
-            start_epoch, global_step = state["epoch"], state["global_step"]
-            accelerator.print(f"resumed from {checkpoint} (epoch {start_epoch}, step {global_step})")
+        except (RuntimeError, KeyError, OSError, ValueError) as exc:
+            raise ConfigError(f"--resume: cannot load the checkpoint {checkpoint} into {config.model}: "
+                              f"{' '.join(str(exc).split())[:300]}") from exc
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        start_epoch, global_step = state["epoch"], state["global_step"]
+        accelerator.print(f"resumed from {checkpoint} (epoch {start_epoch}, step {global_step})")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output_dir / "train_config.json", config.to_dict())
+        config_text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+        config_path = output_dir / CONFIG_FILE
+        if not config_path.is_file() or config_path.read_text() != config_text:
+            atomic_write_text(config_path, config_text)
     if accelerator.log_with:
         accelerator.init_trackers("pact_zoo", config={k: v for k, v in config.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
@@ -176,7 +197,7 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         start = time.perf_counter()
         running_loss, running_cost, seen = 0.0, 0.0, 0
         progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}",
-                        disable=not accelerator.is_local_main_process, leave=False)
+                        disable=not (accelerator.is_local_main_process and _progress_enabled()), leave=False)
         for micro_step, batch in enumerate(progress):
             epochs_done = epoch + micro_step / max(1, micro_batches_per_epoch)
             tau_scale = min(1.0, epochs_done / config.tau_warmup_epochs) if config.tau_warmup_epochs > 0 else 1.0
@@ -195,7 +216,7 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 global_step += 1
-                if config.debug_kill_at_step is not None and global_step == config.debug_kill_at_step:
+                if kill_at_step is not None and global_step == kill_at_step:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die mid-run, no clean-up
             running_loss += float(task_loss.detach()) * batch["labels"].shape[0]
             running_cost += float(cost.detach()) * batch["labels"].shape[0]
@@ -220,7 +241,7 @@ def train(config: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model_folder(accelerator.unwrap_model(model), output_dir / MODEL_DIR)
-        atomic_write_json(output_dir / "final_metrics.json", metrics)
+        atomic_write_json(output_dir / FINAL_METRICS_FILE, metrics)
     accelerator.end_training()
     return metrics
 

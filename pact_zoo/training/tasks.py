@@ -29,7 +29,7 @@ class TaskData:
     eval: Any
     collate_fn: Callable
     class_names: list[str]
-    raw_eval: Any = None  # untransformed eval split, for image grids
+    raw_eval: Any = None  # (untransformed eval split, image column, label column), for image grids
 
 
 def _limit(split, max_samples: Optional[int]):
@@ -75,10 +75,19 @@ class ImageClassificationTask:
 
         kwargs = dict(self.config.model_kwargs)
         kwargs.setdefault("num_classes", num_classes)
-        if self.config.pretrained_file:
-            return timm.create_model(self.config.model, pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=self.config.pretrained_file), **kwargs)
-        return timm.create_model(self.config.model, pretrained=self.config.pretrained, **kwargs)
+        try:
+            if self.config.pretrained_file:
+                return timm.create_model(self.config.model, pretrained=True,
+                                         pretrained_cfg_overlay=dict(file=self.config.pretrained_file), **kwargs)
+            return timm.create_model(self.config.model, pretrained=self.config.pretrained, **kwargs)
+        except TypeError as exc:  # a keyword the model's builder does not take
+            if "keyword argument" not in str(exc):
+                raise
+            raise ConfigError(f"model_kwargs {self.config.model_kwargs}: {self.config.model} rejects them "
+                              f"({exc})") from None
+        except KeyError as exc:  # a checkpoint whose keys do not match the model (add_halting_heads_filter)
+            raise ConfigError(f"pretrained_file {self.config.pretrained_file}: {exc.args[0] if exc.args else exc}") \
+                from None
 
     def load_data(self, model: nn.Module) -> TaskData:
         from timm.data import resolve_data_config
@@ -96,7 +105,7 @@ class ImageClassificationTask:
                                       image_transforms(data_config, c.augment, is_training=False), in_chans),
             collate_fn=collate_images,
             class_names=splits.class_names,
-            raw_eval=(evaluation, splits.image_column),
+            raw_eval=(evaluation, splits.image_column, splits.label_column),
         )
 
     @staticmethod
