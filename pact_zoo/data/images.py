@@ -126,7 +126,50 @@ def _local_source(dataset: str, data_dir: Optional[str], data_files: Optional[Di
         for path in [paths] if isinstance(paths, str) else paths:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"parquet file for split {split!r} not found: {path}")
-    return load_dataset("parquet", data_files=files)
+    try:
+        return load_dataset("parquet", data_files=files)
+    except Exception as exc:  # pyarrow / datasets errors of an unreadable file
+        raise ValueError(f"cannot read the parquet files {files} ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]})") from exc
+
+
+def _load_hub_dataset(dataset: str):
+    """A hub dataset by id; a failure (offline, no cache, typo) is one error that names the local alternatives."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(dataset)
+    except Exception as exc:  # network, cache and not-found errors of datasets / huggingface_hub
+        raise ValueError(f"dataset {dataset!r}: cannot load it from the Hugging Face hub ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]}); offline or misspelt? A local copy loads with "
+                         f"dataset='imagefolder:<dir>' or 'parquet:<dir or file>'") from exc
+
+
+def _decode_images(split, column: str):
+    """``split`` with ``column`` decoded to PIL images: parquet written by pandas / pyarrow keeps datasets' image
+    structs ``{bytes, path}`` but not the feature metadata that marks them as images."""
+    from datasets import Image as ImageFeature
+
+    feature = split.features[column]
+    if isinstance(feature, ImageFeature):
+        return split
+    if isinstance(feature, dict) and {"bytes", "path"} <= set(feature):
+        return split.cast_column(column, ImageFeature())
+    raise ValueError(f"image_column {column!r} holds {feature}, not images: expected an image feature or "
+                     f"{{bytes, path}} structs (as written by datasets or pandas)")
+
+
+def _check_labels(split, column: str) -> None:
+    from datasets import ClassLabel, Value
+
+    feature = split.features[column]
+    if isinstance(feature, ClassLabel):
+        return
+    if not (isinstance(feature, Value) and feature.dtype.startswith(("int", "uint"))):
+        raise ValueError(f"label_column {column!r} must hold integer class ids 0..C-1 (or be a ClassLabel), "
+                         f"got {feature}")
+    if len(split) and min(split[column]) < 0:
+        raise ValueError(f"label_column {column!r} must hold class ids >= 0, got {min(split[column])}")
 
 
 def load_image_dataset(
@@ -146,14 +189,14 @@ def load_image_dataset(
         train_split, eval_split: split names (eval defaults to test, then validation).
         image_column, label_column: column names (auto-detected when ``None``).
     """
-    from datasets import ClassLabel, load_dataset
+    from datasets import ClassLabel
 
     if dataset == "digits":
         dataset_dict = load_digits_dataset()
     elif dataset.split(":", 1)[0] in ("imagefolder", "parquet"):
         dataset_dict = _local_source(dataset, data_dir, data_files)
     elif "/" in dataset:
-        dataset_dict = load_dataset(dataset)  # hub dataset: needs the network or a warm cache
+        dataset_dict = _load_hub_dataset(dataset)  # needs the network or a warm cache
     else:
         raise ValueError(f"unknown dataset {dataset!r}; valid choices: 'digits' (bundled, offline), "
                          f"'imagefolder:<dir>', 'parquet:<dir or file>', or a hub id such as 'uoft-cs/cifar10'")
@@ -161,6 +204,9 @@ def load_image_dataset(
     train, evaluation = dataset_dict[train_name], dataset_dict[eval_name]
     image_col = _pick_column(train.column_names, image_column, IMAGE_COLUMNS, "image")
     label_col = _pick_column(train.column_names, label_column, LABEL_COLUMNS, "label")
+    for split in (train, evaluation):
+        _check_labels(split, label_col)
+    train, evaluation = _decode_images(train, image_col), _decode_images(evaluation, image_col)
     feature = train.features[label_col]
     if isinstance(feature, ClassLabel):
         class_names = list(feature.names)

@@ -8,6 +8,7 @@ and sets the threshold it found on the model.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Optional
 
@@ -79,7 +80,8 @@ def calibrate_threshold(
     with the threshold. The search returns the largest threshold found whose ratio does not exceed the
     target, stopping once it is within ``tolerance`` below it. If even the smallest threshold (every sample
     stops after the first unit of every stage) exceeds the budget, that threshold is returned with its
-    ratio; if the largest (1.0) is within budget, 1.0 is returned. The model is left in its previous
+    ratio and a ``UserWarning`` says that the budget is out of reach; if the largest (1.0) is within budget, 1.0
+    is returned. The model is left in its previous
     train/eval mode with the threshold set (:func:`~pact_zoo.set_threshold`).
 
     Args:
@@ -148,6 +150,10 @@ def calibrate_threshold(
                             best = candidate
                     else:
                         high = middle
+        if best[1] > target_flops_ratio + tolerance:
+            warnings.warn(f"target_flops_ratio={target_flops_ratio:g} is out of reach: the smallest FLOPs ratio of this "
+                          f"model on the calibration data is {best[1]:.3f} (every sample stops after the first unit "
+                          f"of every stage, threshold {best[0]:.3g}); that threshold is set", UserWarning, stacklevel=2)
         set_threshold(model, best[0])
     finally:
         for stage, execution in zip(stages, executions):

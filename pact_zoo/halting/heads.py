@@ -12,6 +12,16 @@ from .config import DEFAULT_HALTING_BIAS_INIT
 __all__ = ["HaltingHead", "VectorHaltingHead"]
 
 
+def _check_finite(logits: torch.Tensor, training: bool) -> torch.Tensor:
+    """In eval, NaN / inf halting logits (from non-finite weights) raise: the threshold rule would silently run
+    every unit (NaN never reaches a threshold)."""
+    if not training and logits.device.type != "meta" and not torch.jit.is_scripting() \
+            and not bool(torch.isfinite(logits).all()):
+        raise ValueError("halting head produced NaN or inf halting logits in eval: the model's weights (or the "
+                         "features from its units) are not finite; check the checkpoint")
+    return logits
+
+
 class HaltingHead(nn.Module):
     """Halting head for NCHW features (SACT ``get_halting_proba``): global pool -> BN -> act -> Linear(C -> 1).
 
@@ -52,7 +62,7 @@ class HaltingHead(nn.Module):
                                   self.norm.bias, training=False, eps=self.norm.eps)
         else:
             normed = self.norm(pooled)
-        return self.fc(self.act(normed)).squeeze(-1)
+        return _check_finite(self.fc(self.act(normed)).squeeze(-1), self.training)
 
 
 class VectorHaltingHead(nn.Module):
@@ -78,4 +88,4 @@ class VectorHaltingHead(nn.Module):
         nn.init.constant_(self.fc.bias, self.bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x).squeeze(-1)
+        return _check_finite(self.fc(x).squeeze(-1), self.training)

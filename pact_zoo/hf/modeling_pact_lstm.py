@@ -426,6 +426,9 @@ class PactLSTMModel(PactLSTMPreTrainedModel):
                              f"got {tuple(inputs_embeds.shape)}")
         if not inputs_embeds.dtype.is_floating_point:
             raise ValueError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}")
+        if not self.training and inputs_embeds.device.type != "meta" and not bool(torch.isfinite(inputs_embeds).all()):
+            raise ValueError("inputs_embeds contains NaN or inf: an eval forward needs finite input for the halting "
+                             "rule")  # as the image models' input check
         return inputs_embeds
 
     @staticmethod

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -14,8 +14,10 @@ _logger = logging.getLogger(__name__)
 __all__ = ["check_image_input", "halting_parameter_names", "add_halting_heads_filter"]
 
 
-def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: bool) -> None:
-    """Raise ValueError unless ``x`` is ``[B, in_chans, H, W]`` with H, W >= min_size (and finite in eval).
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: bool,
+                      dtype: Optional[torch.dtype] = None) -> None:
+    """Raise ValueError unless ``x`` is ``[B, in_chans, H, W]`` with H, W >= min_size, floating point (of the
+    weights' ``dtype`` when given) and finite in eval.
 
     Non-finite input in eval would make the halting rule silently wrong (NaN never reaches a threshold).
     """
@@ -27,6 +29,12 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: b
     if x.shape[1] != in_chans:
         raise ValueError(f"x must have shape [B, {in_chans}, H, W], got {x.shape[1]} channels "
                          f"(shape {tuple(x.shape)})")
+    if not x.dtype.is_floating_point:  # uint8 pixels: torch would fail inside the first conv with a dtype message
+        raise ValueError(f"x must be a floating-point tensor of normalised pixels, got dtype {x.dtype}: convert with "
+                         f"x.float() / 255 and normalise with the model's pretrained_cfg mean / std")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled():
+        raise ValueError(f"x has dtype {x.dtype} but the model's weights are {dtype}: pass x.to({dtype}) "
+                         f"(or convert the model with model.to({x.dtype}))")
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError(f"x must have spatial size H, W >= {min_size}, got {tuple(x.shape[2:])}")
     if not training and x.device.type != "meta" and not torch.jit.is_scripting() and not torch.isfinite(x).all():

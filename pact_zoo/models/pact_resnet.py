@@ -143,7 +143,7 @@ class AdaptiveResNet(ResNet):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, C, H / 2, W / 2]`` (before the max-pool); records the input shape."""
-        check_image_input(x, self.in_chans, self.min_input_size, self.training)
+        check_image_input(x, self.in_chans, self.min_input_size, self.training, self.conv1.weight.dtype)
         setattr(self, INPUT_SHAPE_ATTR, tuple(x.shape[1:]))
         return self.act1(self.bn1(self.conv1(x)))
 

@@ -185,7 +185,7 @@ class CifarResNet(nn.Module):
         self.fc.train(self.training)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, self.min_input_size, self.training)
+        check_image_input(x, self.in_chans, self.min_input_size, self.training, self.stem.weight.dtype)
         setattr(self, INPUT_SHAPE_ATTR, tuple(x.shape[1:]))
         return self.stem(x)
 
