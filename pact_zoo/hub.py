@@ -14,9 +14,10 @@ from typing import Any, Dict, Optional, Sequence
 
 import yaml
 
+from .cli import ArgumentParser, one_line
 from .training.evaluate import format_table
 from .fileio import atomic_directory
-from .training.io import is_timm_folder, load_model_folder, save_model_folder
+from .training.io import check_model_folder, is_timm_folder, load_model_folder, save_model_folder
 
 __all__ = ["export_folder", "build_model_card", "main", "CARD_TAGS"]
 
@@ -34,9 +35,32 @@ def _load_card(path: Optional[str]) -> Dict[str, Any]:
     return card
 
 
+def is_hub_dataset(name: str) -> bool:
+    """Whether ``name`` is a hub dataset id (``org/name``), not a local source or a bundled / generated set."""
+    return "/" in name and ":" not in name and not name.startswith((".", "/"))
+
+
+def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold: Optional[float]) -> str:
+    knob = f"\npact_zoo.set_threshold(model, {threshold})  # speed/accuracy knob" if threshold is not None else ""
+    if timm_model:
+        hub = (f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)  # from the hub' if repo_id else
+               f'# after uploading (pact-zoo export ... --push-to-hub <user>/{folder_name}):\n'
+               f'# model = timm.create_model("hf-hub:<user>/{folder_name}", pretrained=True)')
+        return (f'import pact_zoo, timm\nmodel = timm.create_model("local-dir:{folder_name}", pretrained=True)  '
+                f'# this folder\n{hub}{knob}')
+    source = repo_id or folder_name
+    return ('import pact_zoo\nfrom transformers import AutoModelForSequenceClassification\n'
+            f'model = AutoModelForSequenceClassification.from_pretrained("{source}")  '
+            f'# {"the hub repo" if repo_id else "this folder, or its hub repo once uploaded"}{knob}')
+
+
 def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_model: bool, model_name: str,
-                     training_config: Optional[Dict[str, Any]] = None):
-    """A ``huggingface_hub.ModelCard`` with metadata (library, tags, datasets, metrics) and the trade-off table."""
+                     training_config: Optional[Dict[str, Any]] = None, repo_id: Optional[str] = None,
+                     folder_name: Optional[str] = None):
+    """A ``huggingface_hub.ModelCard`` with metadata (library, tags, datasets, metrics) and the trade-off table.
+
+    ``datasets`` metadata is only set for hub dataset ids; the usage names ``repo_id`` when given, and the folder
+    (``folder_name``) for ``local-dir:`` loading."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     default = evaluation["default"]
@@ -51,7 +75,7 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         library_name="timm" if timm_model else "transformers",
         license=card.get("license", "apache-2.0"),
         tags=tags,
-        datasets=[dataset],
+        datasets=[dataset] if is_hub_dataset(dataset) else None,
         metrics=["accuracy"],
         pipeline_tag=task_type,
         eval_results=[EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset,
@@ -60,12 +84,7 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         halting_methods=evaluation.get("methods"),
         full_depth_flops=float(full["mean_flops"]),
     )
-    knob = (f'\npact_zoo.set_threshold(model, {evaluation.get("threshold")})  # speed/accuracy knob'
-            if evaluation.get("threshold") is not None else "")
-    usage = (f'import pact_zoo, timm\nmodel = timm.create_model("hf-hub:<repo>", pretrained=True){knob}'
-             if timm_model else
-             'import pact_zoo\nfrom transformers import AutoModelForSequenceClassification\n'
-             'model = AutoModelForSequenceClassification.from_pretrained("<repo>")')
+    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"))
     plots = "\n".join(f"![{p}]({p})" for p in evaluation.get("plots", []))
     body = "\n".join([
         "---", data.to_yaml(), "---", "", f"# {model_name}", "",
@@ -74,6 +93,10 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         f"Mean FLOPs per sample at the default rule: {default['mean_flops'] / 1e6:.2f} M "
         f"({default['mean_flops'] / full['mean_flops']:.3f} of full depth, {full['mean_flops'] / 1e6:.2f} M); "
         f"accuracy {100 * default['accuracy']:.2f} % (full depth {100 * full['accuracy']:.2f} %).", "",
+        "Full depth is the same trained weights with every unit run and no halting head (`pact_zoo.full_depth`): "
+        "the top of the budget range, not a separately trained network. "
+        + (f"Evaluated on the {dataset!r} test split." if is_hub_dataset(dataset) else
+           f"Evaluated on the test split of `{dataset}` (a pact_zoo dataset source, not a hub dataset)."), "",
         "```", format_table(evaluation), "```", "", plots, "",
         "## Training recipe", "", "```yaml",
         yaml.safe_dump(training_config or card.get("recipe", {}), sort_keys=False).strip(), "```",
@@ -88,12 +111,15 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
 
 
 def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = None, card_path: Optional[str] = None,
-                  model_name: Optional[str] = None) -> Path:
-    """Write the hub-ready folder atomically and return its path."""
-    model_dir_path = Path(model_dir)
+                  model_name: Optional[str] = None, repo_id: Optional[str] = None) -> Path:
+    """Write the hub-ready folder atomically (folders 0755, files 0644 under the usual umask) and return its path.
+
+    ``repo_id`` (the upload target, if any) fills the card's usage."""
+    model_dir_path = check_model_folder(model_dir, "--model-dir")
     eval_path = Path(eval_dir) if eval_dir else model_dir_path.parent / "eval"
     if not (eval_path / "tradeoff.json").is_file():
-        raise FileNotFoundError(f"no evaluation at {eval_path / 'tradeoff.json'}: run 'pact-zoo evaluate' first")
+        raise FileNotFoundError(f"no evaluation at {eval_path / 'tradeoff.json'}: run 'pact-zoo evaluate "
+                                f"--model-dir {model_dir_path}' first, or pass --eval-dir")
     evaluation = json.loads((eval_path / "tradeoff.json").read_text())
     card = _load_card(card_path)
     model = load_model_folder(model_dir_path)
@@ -112,21 +138,48 @@ def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = Non
         shutil.copy2(eval_path / "tradeoff.json", tmp / "tradeoff.json")
         train_config_path = model_dir_path.parent / "train_config.json"
         training_config = json.loads(train_config_path.read_text()) if train_config_path.is_file() else None
-        build_model_card(card, evaluation, timm_model, name, training_config).save(tmp / "README.md")
+        build_model_card(card, evaluation, timm_model, name, training_config, repo_id=repo_id,
+                         folder_name=output.name).save(tmp / "README.md")
     return output
 
 
-def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Upload the folder with huggingface_hub (needs the network and a token)."""
-    from huggingface_hub import HfApi
+def check_repo_id(repo_id: str) -> str:
+    """Raise ValueError unless ``repo_id`` is a hub repo id ``<user or org>/<name>``."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(f"--push-to-hub must be a hub repo id '<user or org>/<name>', got {repo_id!r} ({exc})") \
+            from None
+    if "/" not in repo_id:
+        raise ValueError(f"--push-to-hub must be a hub repo id '<user or org>/<name>', got {repo_id!r}")
+    return repo_id
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload the folder with huggingface_hub (needs the network and a token); a failed upload raises a one-line
+    ``ConnectionError`` that names the hub, the repo and the folder left on disk."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    hint = f"the exported folder {folder} is complete; upload it later with --push-to-hub {repo_id}"
+    if HF_HUB_OFFLINE:
+        raise ConnectionError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set, so nothing can be uploaded to the "
+                              f"Hugging Face hub; {hint}")
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True, private=private)
-    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload pact_zoo model").commit_url
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=private)
+        return api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+                                 commit_message="Upload pact_zoo model").commit_url
+    except Exception as exc:  # network, authentication and permission errors of huggingface_hub / requests
+        raise ConnectionError(f"--push-to-hub {repo_id}: upload to the Hugging Face hub failed "
+                              f"({type(exc).__name__}: {one_line(exc)[:300]}); check the network and your token "
+                              f"(huggingface-cli login); {hint}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pact-zoo export", description=__doc__)
+    parser = ArgumentParser(prog="pact-zoo export", description=__doc__)
     parser.add_argument("--model-dir", required=True, help="trained model folder (<output_dir>/model)")
     parser.add_argument("--eval-dir", help="folder with tradeoff.json and plots (default: <model-dir>/../eval)")
     parser.add_argument("--card", help="card metadata YAML, e.g. hub_configs/pact_resnet32.digits/card.yaml")
@@ -139,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    folder = export_folder(args.model_dir, args.output_dir, args.eval_dir, args.card, args.model_name)
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub)
+    folder = export_folder(args.model_dir, args.output_dir, args.eval_dir, args.card, args.model_name,
+                           repo_id=args.push_to_hub)
     print(f"exported {folder}")
     if args.push_to_hub:
         print(f"pushed: {push_to_hub(folder, args.push_to_hub, args.private)}")
