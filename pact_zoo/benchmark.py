@@ -729,6 +729,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
     try:
         kwargs = dict(args.model_kwargs or {})
+        import timm
+
+        if not timm.is_model(args.model):
+            raise ValueError(f"--model {args.model!r} is not a registered timm model (pact_zoo.list_models() lists "
+                             f"the adaptive ones)")
+        if args.input_size is not None and len(args.input_size) != 3:
+            raise ValueError(f"--input-size must be C,H,W (three integers), got {args.input_size}")
         modes = _names(args.modes, EVAL_MODES, "--modes")
         memory_networks = _names(args.memory_networks, MEMORY_NETWORKS, "--memory-networks")
         train_networks = _names(args.train_networks, TRAIN_NETWORKS, "--train-networks")

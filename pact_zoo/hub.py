@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 import yaml
 
 from .cli import ArgumentParser, one_line
+from .training.config import RETIRED_KEYS
 from .training.evaluate import format_table
 from .fileio import atomic_directory
 from .training.io import check_model_folder, is_timm_folder, load_model_folder, save_model_folder
@@ -138,6 +139,8 @@ def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = Non
         shutil.copy2(eval_path / "tradeoff.json", tmp / "tradeoff.json")
         train_config_path = model_dir_path.parent / "train_config.json"
         training_config = json.loads(train_config_path.read_text()) if train_config_path.is_file() else None
+        if training_config is not None:  # older runs recorded test-only fields
+            training_config = {k: v for k, v in training_config.items() if k not in RETIRED_KEYS}
         build_model_card(card, evaluation, timm_model, name, training_config, repo_id=repo_id,
                          folder_name=output.name).save(tmp / "README.md")
     return output

@@ -121,9 +121,14 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(capsys):
 
 def test_model_kwargs_override_merges_into_the_recipe():
     recipe = str(REPO / "hub_configs" / "pact_resnet32.digits" / "train.yaml")
-    config = load_config(recipe, {"model_kwargs": {"tau": 0.02}})
+    from pact_zoo.training.train_cli import build_parser
+    from pact_zoo.training.config import config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--config", recipe, "--model-kwargs", "{tau: 0.02}"]))
     assert config.model_kwargs == {"tau": 0.02, "temperature": 0.5, "threshold": 0.5}
-    assert load_config(recipe, {"model_kwargs": {"threshold": None}}).model_kwargs == {"tau": 0.1, "temperature": 0.5}
+    config = config_from_args(build_parser().parse_args(["--config", recipe, "--model-kwargs", "{threshold: null}"]))
+    assert config.model_kwargs == {"tau": 0.1, "temperature": 0.5}
+    assert load_config(recipe, {"model_kwargs": {"tau": 0.02}}).model_kwargs == {"tau": 0.02}  # API: replaces
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "export", "quickstart", "benchmark"])

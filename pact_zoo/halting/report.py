@@ -129,6 +129,9 @@ def halting_loss(model: nn.Module, task_loss: Optional[torch.Tensor] = None,
             raise ValueError("task_loss must be the per-sample task loss, a [B] tensor (reduction='none'), got "
                              f"{type(task_loss).__name__} {tuple(getattr(task_loss, 'shape', ()))}")
         if any(stage.method.needs_task_loss for _, stage in stages):
+            if task_loss.shape[0] != stages[0][1].record.batch_size:
+                raise ValueError(f"task_loss must be [B] for the forward's batch of B={stages[0][1].record.batch_size}, "
+                                 f"got shape {tuple(task_loss.shape)}")
             path_loss = task_loss.detach().float() + halting_cost(model, cost_scale).detach()
     total: Optional[torch.Tensor] = None
     for _, stage in stages:

@@ -214,23 +214,31 @@ def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """Read a YAML recipe and apply ``overrides``; unknown keys and wrong types raise :class:`ConfigError`."""
+def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
+                merge: bool = False) -> TrainConfig:
+    """Read a YAML recipe and apply ``overrides``; unknown keys and wrong types raise :class:`ConfigError`.
+
+    With ``merge`` (the command line), a mapping override of :data:`MERGED_FIELDS` changes only the keys it names
+    (a null value removes a key); without it an override replaces the recipe's value.
+    """
     values: Dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
         with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
+            try:
+                loaded = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
         values.update(loaded)
     for key in RETIRED_KEYS:
         values.pop(key, None)
     for key, value in (overrides or {}).items():
-        if key in MERGED_FIELDS and isinstance(value, dict) and isinstance(values.get(key), dict):
+        if merge and key in MERGED_FIELDS and isinstance(value, dict) and isinstance(values.get(key), dict):
             value = {**values[key], **value}  # an override changes some keys of the recipe's mapping
-        if key in MERGED_FIELDS and isinstance(value, dict):
+        if merge and key in MERGED_FIELDS and isinstance(value, dict):
             value = {k: v for k, v in value.items() if v is not None}
         values[key] = value
     unknown = sorted(set(values) - set(_field_names()))
@@ -266,12 +274,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, fields: Optional[Seque
     parsed as YAML."""
     parser.add_argument("--config", help="YAML training recipe, e.g. hub_configs/pact_resnet32.digits/train.yaml")
     group = parser.add_argument_group(f"{title} (values are YAML: 3, 0.1, [0.5, 0.7], '{{tau: 0.02}}')")
+    hints = typing.get_type_hints(TrainConfig)
     for name in fields or _field_names():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(), type=parse_yaml_value,
-                           default=argparse.SUPPRESS, help=FIELD_HELP[name])
+        text = hints[name] in (str, Optional[str])  # paths and names stay text: 'parquet:' or '2024' are not YAML
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(),
+                           type=str if text else parse_yaml_value, default=argparse.SUPPRESS, help=FIELD_HELP[name])
 
 
 def config_from_args(args: argparse.Namespace, extra: Optional[Dict[str, Any]] = None) -> TrainConfig:
     """The recipe of ``args.config`` with the ``--<field>`` overrides of ``args`` (then ``extra``) applied."""
     overrides = {name: getattr(args, name) for name in _field_names() if hasattr(args, name)}
-    return load_config(args.config, {**overrides, **(extra or {})})
+    return load_config(args.config, {**overrides, **(extra or {})}, merge=True)

@@ -11,7 +11,8 @@ from torch import nn
 
 from ..fileio import atomic_directory
 
-__all__ = ["save_model_folder", "load_model_folder", "is_timm_folder", "check_model_folder", "folder_model_name"]
+__all__ = ["save_model_folder", "load_model_folder", "is_timm_folder", "check_model_folder", "folder_model_name",
+           "check_safetensors"]
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -44,15 +45,20 @@ def check_model_folder(path: PathLike, what: str = "model folder") -> Path:
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{path} is not a model folder: {WEIGHTS_FILE} is missing")
+    check_safetensors(weights)
+    return path
+
+
+def check_safetensors(path: PathLike, what: str = "") -> None:
+    """Raise ValueError naming ``path`` when its safetensors header cannot be read (truncated or corrupt)."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(weights), framework="pt") as handle:
+        with safe_open(str(path), framework="pt") as handle:
             handle.keys()
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights} is truncated or corrupt ({' '.join(str(exc).split())}): "
-                         f"re-export or re-download it") from None
-    return path
+        raise ValueError(f"{what}{path} is truncated or corrupt, or not a safetensors file "
+                         f"({' '.join(str(exc).split())}): re-export or re-download it") from None
 
 
 def folder_model_name(path: PathLike) -> str:

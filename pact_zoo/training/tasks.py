@@ -57,6 +57,10 @@ class ImageClassificationTask:
 
             if not os.path.isfile(config.pretrained_file):
                 raise FileNotFoundError(f"pretrained_file not found: {config.pretrained_file}")
+            if config.pretrained_file.endswith(".safetensors"):
+                from .io import check_safetensors
+
+                check_safetensors(config.pretrained_file, "pretrained_file ")
         self._splits = None
 
     def _load_splits(self):
@@ -135,8 +139,14 @@ class SequenceClassificationTask:
 
     def _load_splits(self):
         if self._splits is None:
-            self._splits = load_sequence_splits(self.config.dataset, seed=self.config.seed,
-                                                **self.config.dataset_kwargs)
+            try:
+                self._splits = load_sequence_splits(self.config.dataset, seed=self.config.seed,
+                                                    **self.config.dataset_kwargs)
+            except TypeError as exc:  # an option the generator does not take
+                if "keyword argument" not in str(exc):
+                    raise
+                raise ConfigError(f"dataset_kwargs {self.config.dataset_kwargs} do not fit {self.config.dataset!r} "
+                                  f"({exc})") from None
         return self._splits
 
     def num_classes(self) -> int:
