@@ -109,6 +109,19 @@ def test_sequence_classification_checkpoint_gives_its_classifier():
     assert not any(key.startswith("classifier") for key in model.new_weights)
 
 
+def test_plain_method_equals_the_transformers_model():
+    """halting_method="none" is the backbone's own computation: same logits as BertForSequenceClassification."""
+    torch.manual_seed(0)
+    plain = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                                     num_attention_heads=2, intermediate_size=64,
+                                                     num_labels=LABELS)).eval()
+    model = PactEncoderForSequenceClassification.from_backbone(plain, num_labels=LABELS, halting_method="none").eval()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits,
+                                   plain(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
+
+
 def test_unsupported_backbone_lists_the_supported_ones():
     gpt2 = GPT2Model(GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=2))
     with pytest.raises(ValueError, match="unsupported backbone architecture 'gpt2'.*bert, roberta, electra, distilbert"):
