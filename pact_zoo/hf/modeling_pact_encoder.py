@@ -38,7 +38,6 @@ try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HaltingConfig
     from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
-    from pact_zoo.halting.report import halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold
     from pact_zoo.halting.stage import AdaptiveStage, zero_touch
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
@@ -46,11 +45,10 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .config import HaltingConfig
     from .flops import current_profiler
     from .heads import VectorHaltingHead
-    from .report import halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
 from .modeling_pact_lstm import (
-    IGNORE_INDEX, _atomic_copy, _check_labels, _classification_loss, _problem_type,
+    IGNORE_INDEX, PactLSTMPreTrainedModel, _atomic_copy, _check_labels, _classification_loss, _problem_type,
     remote_code_files as _lstm_remote_code_files,
 )
 
@@ -319,15 +317,12 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
             model.tokenizer = AutoTokenizer.from_pretrained(folder)
         return model
 
-    # -- halting knobs ------------------------------------------------------------------------------------------------
-    @property
-    def halting_cfg(self) -> PactEncoderConfig:
-        """The object holding the halting knobs (``pact_zoo.set_threshold`` keeps them in step, so they are saved)."""
-        return self.config
-
-    def set_threshold(self, threshold: float) -> None:
-        """``pact_zoo.set_threshold(self, threshold)``: the eval rule h >= threshold, saved with the config."""
-        set_threshold(self, threshold)
+    # -- halting knobs and losses: the PACT-LSTM's (same config fields, same halting core) -----------------------------
+    halting_cfg = PactLSTMPreTrainedModel.halting_cfg
+    set_threshold = PactLSTMPreTrainedModel.set_threshold
+    _rollout_baseline = PactLSTMPreTrainedModel._rollout_baseline
+    _halting_loss = PactLSTMPreTrainedModel._halting_loss
+    register_for_auto_class = classmethod(PactLSTMPreTrainedModel.register_for_auto_class.__func__)
 
     def halting_profile_inputs(self, length: int = 1) -> tuple[tuple, dict]:
         """A one-sample forward of ``length`` real tokens, for ``pact_zoo.halting_report`` to profile the FLOPs of
@@ -341,26 +336,7 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
         at its own length, padding excluded)."""
         return self.base_model.__dict__.get("_sample_lengths")
 
-    def _rollout_baseline(self, labels: Optional[torch.Tensor], greedy_loss) -> Optional[torch.Tensor]:
-        """Self-critical baseline of policy-gradient halting (``[B]``), run before the training forward; else None."""
-        if labels is None or not (self.training and torch.is_grad_enabled()) or not needs_rollout(self):
-            return None
-        return self_critical_baseline(self, greedy_loss)
-
-    def _halting_loss(self, per_sample_loss, baseline: Optional[torch.Tensor]) -> torch.Tensor:
-        """``pact_zoo.halting_loss`` of the forward that just ran (REINFORCE methods get the per-sample loss)."""
-        if not needs_task_loss(self):
-            return halting_loss(self)
-        if not (self.training and torch.is_grad_enabled()):
-            return torch.zeros((), device=next(self.parameters()).device)
-        return halting_loss(self, task_loss=per_sample_loss(), baseline_loss=baseline)
-
     # -- remote code --------------------------------------------------------------------------------------------------
-    @classmethod
-    def register_for_auto_class(cls, auto_class: Union[str, type] = "AutoModel") -> None:
-        """No-op: every :meth:`save_pretrained` already ships the code and an ``auto_map`` for every Auto class."""
-        logger.info(f"{cls.__name__}: checkpoints always carry their remote code; register_for_auto_class is not needed")
-
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained`` plus remote code (``auto_map`` for ``AutoConfig``, ``AutoModel``,
         ``AutoModelForSequenceClassification``, ``AutoModelForTokenClassification``) and the tokenizer, if set."""
