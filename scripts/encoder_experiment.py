@@ -159,6 +159,7 @@ def main() -> None:
             for name, values in times.items()}
         print(batch_size, {n: round(v["ms_per_sample"], 2) for n, v in results["timing"][str(batch_size)].items()})
     results["load_average_end"] = os.getloadavg()
+    results["timing_samples"] = args.timing_samples  # a batch size above it runs them as one batch
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", format_markdown(results))
