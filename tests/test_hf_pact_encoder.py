@@ -124,7 +124,8 @@ def test_plain_method_equals_the_transformers_model():
 
 def test_unsupported_backbone_lists_the_supported_ones():
     gpt2 = GPT2Model(GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=2))
-    with pytest.raises(ValueError, match="unsupported backbone architecture 'gpt2'.*bert, roberta, electra, distilbert"):
+    supported = "unsupported backbone architecture 'gpt2'.*bert, roberta, electra, distilbert"
+    with pytest.raises(ValueError, match=supported):
         PactEncoderForSequenceClassification.from_backbone(gpt2, num_labels=2)
 
 

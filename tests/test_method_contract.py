@@ -1,7 +1,7 @@
 """The halting-method contract: every registered method x every adaptive model family, with no per-method code.
 
 A toy method registered here from outside the package joins the registry before collection, so it runs through
-every family too (timm CIFAR and ImageNet ResNets and the Hugging Face PACT-LSTM).
+every family too (timm CIFAR and ImageNet ResNets, the Hugging Face PACT-LSTM and PACT-Encoder).
 """
 from typing import Callable
 

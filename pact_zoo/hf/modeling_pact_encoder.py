@@ -255,7 +255,8 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
     # -- building from a plain pretrained encoder ---------------------------------------------------------------------
     @classmethod
     def from_backbone(cls, backbone: Union[str, os.PathLike, PreTrainedModel], num_labels: int = 2,
-                      halting_method: str = "pact", tokenizer: Any = None, **kwargs: Any) -> "PactEncoderPreTrainedModel":
+                      halting_method: str = "pact", tokenizer: Any = None,
+                      **kwargs: Any) -> "PactEncoderPreTrainedModel":
         """An adaptive model from a plain pretrained encoder (a folder / hub id, or a loaded model).
 
         The backbone's weights are copied unchanged (bit-identical); the halting heads, and the pooler and
@@ -341,7 +342,8 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
         """``PreTrainedModel.save_pretrained`` plus remote code (``auto_map`` for ``AutoConfig``, ``AutoModel``,
         ``AutoModelForSequenceClassification``, ``AutoModelForTokenClassification``) and the tokenizer, if set."""
         if kwargs.get("push_to_hub"):
-            raise ValueError("push_to_hub is not supported by PactEncoder save_pretrained: save, then upload the folder")
+            raise ValueError("push_to_hub is not supported by PactEncoder save_pretrained: save, then upload the "
+                             "folder")
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory must be a directory, got the file {save_directory}")
         config_module = Path(sys.modules[PactEncoderConfig.__module__].__file__).stem

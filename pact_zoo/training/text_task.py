@@ -2,7 +2,8 @@
 encoder folder (``pretrained_file``) on a text dataset, tokenised with that folder's tokenizer."""
 from __future__ import annotations
 
-import os
+import json
+from pathlib import Path
 from typing import Dict
 
 import torch
@@ -56,8 +57,8 @@ class TextClassificationTask:
         from ..hf import PactEncoderForSequenceClassification
 
         path = self.config.pretrained_file
-        config_file = os.path.join(path, "config.json")
-        if os.path.isfile(config_file) and '"pact_encoder"' in open(config_file).read():
+        config_file = Path(path) / "config.json"
+        if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "pact_encoder":
             return PactEncoderForSequenceClassification.from_pretrained(path)
         names = self._load_splits().class_names
         return PactEncoderForSequenceClassification.from_backbone(
