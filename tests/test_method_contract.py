@@ -1,7 +1,7 @@
 """The halting-method contract: every registered method x every adaptive model family, with no per-method code.
 
 A toy method registered here from outside the package joins the registry before collection, so it runs through
-every family too (timm CIFAR and ImageNet ResNets and the Hugging Face PACT-LSTM).
+every family too (timm CIFAR and ImageNet ResNets, the Hugging Face PACT-LSTM and PACT-Encoder).
 """
 from typing import Callable
 
@@ -17,7 +17,7 @@ from pact_zoo.halting import (
     synthesize_halting,
 )
 from pact_zoo.halting.method import check_number
-from pact_zoo.hf import PactLSTMConfig, PactLSTMForSequenceClassification
+from pact_zoo.hf import PactEncoderForSequenceClassification, PactLSTMConfig, PactLSTMForSequenceClassification
 
 
 @register_halting_method
@@ -66,14 +66,31 @@ def _lstm(method: str):
     return model, torch.randn(BATCH, LSTM_SEQ, LSTM_INPUT), None
 
 
+def _encoder(method: str):
+    from transformers import BertConfig, BertModel
+
+    backbone = BertModel(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                                    intermediate_size=32, max_position_embeddings=8, hidden_dropout_prob=0.0,
+                                    attention_probs_dropout_prob=0.0))
+    model = PactEncoderForSequenceClassification.from_backbone(backbone, num_labels=3, halting_method=method,
+                                                               halting_bias_init=0.0)
+    with torch.no_grad():
+        for head in model.pact_encoder.stage.heads or []:
+            head.fc.weight.normal_(0, 3.0)
+    return model, torch.randint(1, 20, (BATCH, LSTM_SEQ + 2)), None
+
+
 FAMILIES = {
     "cifar_resnet": _image_family("pact_resnet32", (3, 16, 16), layers=(3, 3, 3), channels=(4, 8, 8)),
     "imagenet_resnet": _image_family("pact_resnet18", (3, 32, 32)),
     "pact_lstm": _lstm,
+    "pact_encoder": _encoder,
 }
 
 
 def _forward(model, x):
+    if isinstance(model, PactEncoderForSequenceClassification):
+        return model(input_ids=x).logits
     return model(inputs_embeds=x).logits if isinstance(model, PactLSTMForSequenceClassification) else model(x)
 
 

@@ -75,6 +75,10 @@ class FlopsProfiler:
         finally:
             self._slots.pop()
 
+    def add(self, flops: int) -> None:
+        """Count ``flops`` per sample of an operation that is no module (e.g. attention matmuls) in the current slot."""
+        self.flops[self._slots[-1]] += int(flops)
+
     def get(self, stage: nn.Module, kind: str, index: int) -> int:
         return self.flops.get((id(stage), kind, index), 0)
 

@@ -17,7 +17,7 @@ __all__ = [
     "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "full_depth", "halting_cost", "halting_loss",
     "halting_report",
     "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
-    "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD",
+    "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD", "SAMPLE_LENGTHS_METHOD",
 ]
 
 #: Image models set this attribute (the ``[C, H, W]`` per-sample input shape of the last forward) so that
@@ -26,6 +26,10 @@ INPUT_SHAPE_ATTR = "halting_input_shape"
 #: Other models define this method: ``model.halting_profile_inputs() -> (args, kwargs)`` of a one-sample forward
 #: that applies every stage once (e.g. a one-step sequence for a recurrent model).
 PROFILE_INPUTS_METHOD = "halting_profile_inputs"
+#: Models whose per-sample FLOPs depend on each sample's length (transformer encoders: linear layers ~ T, attention
+#: ~ T^2) also define ``model.halting_sample_lengths() -> [B]`` (real tokens per sample of the last forward, or
+#: None); :func:`halting_report` then profiles ``halting_profile_inputs(length)`` once per distinct length.
+SAMPLE_LENGTHS_METHOD = "halting_sample_lengths"
 
 
 @dataclass
@@ -36,7 +40,8 @@ class HaltingReport:
         units_executed: ``[B, S]`` long, units run per adaptive stage (summed over time steps for recurrent models).
         flops: ``[B]`` long, FLOPs per sample (2 per multiply-add of every convolution, linear and recurrent-cell
             layer that ran: stem, executed units, executed halting heads, classifier).
-        full_flops: FLOPs of one sample at full depth (every unit, no halting head: the plain network).
+        full_flops: FLOPs of one sample at full depth (every unit, no halting head: the plain network); for models
+            whose FLOPs depend on the sample length, those of the longest sample of the batch.
         sample_full_flops: ``[B]`` long, full-depth FLOPs of each sample (differs from ``full_flops`` only for
             sequences with padding).
         num_units: ``S`` stage depths L.
@@ -233,13 +238,15 @@ def _profiled_root(model: nn.Module) -> nn.Module:
                        "first")
 
 
-def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]]) -> tuple[int, list[list[int]],
-                                                                                 list[list[int]]]:
+def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]], length: Optional[int] = None
+             ) -> tuple[int, list[list[int]], list[list[int]]]:
     """Per-sample FLOPs of the non-adaptive part, of every unit and of every head, profiled once per input shape on
-    one sample (every stage runs its dense path once under the profiler and leaves its record alone)."""
+    one sample (every stage runs its dense path once under the profiler and leaves its record alone); ``length``:
+    the sample's length, for models with :data:`SAMPLE_LENGTHS_METHOD`."""
     param = next(root.parameters())
     if callable(getattr(root, PROFILE_INPUTS_METHOD, None)):
-        args, kwargs = getattr(root, PROFILE_INPUTS_METHOD)()
+        method = getattr(root, PROFILE_INPUTS_METHOD)
+        args, kwargs = method() if length is None else method(length)
         shape = tuple((k, tuple(v.shape)) for k, v in kwargs.items() if isinstance(v, torch.Tensor))
         shape += tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
     else:
@@ -277,21 +284,37 @@ def halting_report(model: nn.Module) -> HaltingReport:
     units = [stage.record.units_executed.cpu() for _, stage in stages]
     if len({u.shape[0] for u in units}) != 1:
         raise RuntimeError("stages recorded different batch sizes: they did not all run in the last forward")
-    base, unit_flops, head_flops = _profile(_profiled_root(model), stages)
+    root = _profiled_root(model)
     batch_size = units[0].shape[0]
-    flops = torch.full((batch_size,), base, dtype=torch.long)
-    sample_full = torch.full((batch_size,), base, dtype=torch.long)
-    full = base
-    for s, (_, stage) in enumerate(stages):
-        per_step = units[s] if units[s].dim() == 2 else units[s].unsqueeze(1)  # [B, T] applications
-        cum_units = torch.tensor([0] + unit_flops[s], dtype=torch.long).cumsum(0)
-        flops += cum_units[per_step].sum(1)
-        stage_full = int(cum_units[-1])
-        sample_full += (per_step > 0).sum(1) * stage_full
-        full += per_step.shape[1] * stage_full
-        if stage.adaptive and stage.record.cost is not None:  # heads ran: one after every executed unit but the last
-            cum_heads = torch.tensor([0] + head_flops[s], dtype=torch.long).cumsum(0)
-            flops += cum_heads[per_step.clamp(max=stage.num_units - 1)].sum(1)
+    lengths = getattr(root, SAMPLE_LENGTHS_METHOD, None)
+    lengths = lengths() if callable(lengths) else None
+    if lengths is None:  # every sample costs the same per unit
+        groups = [(None, torch.ones(batch_size, dtype=torch.bool))]
+    else:  # one profile per distinct sample length
+        lengths = lengths.detach().cpu().long()
+        if tuple(lengths.shape) != (batch_size,):
+            raise RuntimeError(f"{SAMPLE_LENGTHS_METHOD}() gave shape {tuple(lengths.shape)}, expected ({batch_size},)")
+        groups = [(int(n), lengths == n) for n in torch.unique(lengths)]
+    flops = torch.zeros(batch_size, dtype=torch.long)
+    sample_full = torch.zeros(batch_size, dtype=torch.long)
+    full = 0
+    for length, rows in groups:
+        base, unit_flops, head_flops = _profile(root, stages, length)
+        flops[rows] += base
+        sample_full[rows] += base
+        group_full = base
+        for s, (_, stage) in enumerate(stages):
+            per_step = units[s] if units[s].dim() == 2 else units[s].unsqueeze(1)  # [B, T] applications
+            per_step = per_step[rows]
+            cum_units = torch.tensor([0] + unit_flops[s], dtype=torch.long).cumsum(0)
+            flops[rows] += cum_units[per_step].sum(1)
+            stage_full = int(cum_units[-1])
+            sample_full[rows] += (per_step > 0).sum(1) * stage_full
+            group_full += per_step.shape[1] * stage_full
+            if stage.adaptive and stage.record.cost is not None:  # heads ran: after every executed unit but the last
+                cum_heads = torch.tensor([0] + head_flops[s], dtype=torch.long).cumsum(0)
+                flops[rows] += cum_heads[per_step.clamp(max=stage.num_units - 1)].sum(1)
+        full = max(full, group_full)  # length-dependent models: the longest sample's
     units_executed = torch.stack([u.sum(1) if u.dim() == 2 else u for u in units], dim=1)
     return HaltingReport(units_executed=units_executed, flops=flops, full_flops=full, sample_full_flops=sample_full,
                          num_units=tuple(s.num_units for _, s in stages),

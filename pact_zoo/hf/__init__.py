@@ -7,7 +7,13 @@ from transformers import (
     AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification,
 )
 
+from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig
 from .configuration_pact_lstm import PactLSTMConfig
+from .modeling_pact_encoder import (
+    PactEncoderForSequenceClassification, PactEncoderForTokenClassification, PactEncoderModel,
+    PactEncoderModelOutput, PactEncoderPreTrainedModel, PactEncoderSequenceClassifierOutput,
+    PactEncoderTokenClassifierOutput,
+)
 from .modeling_pact_lstm import (
     PactLSTMForSequenceClassification, PactLSTMForTokenClassification, PactLSTMModel, PactLSTMModelOutput,
     PactLSTMPreTrainedModel, PactLSTMSequenceClassifierOutput, PactLSTMTokenClassifierOutput, remote_code_files,
@@ -17,9 +23,16 @@ AutoConfig.register(PactLSTMConfig.model_type, PactLSTMConfig, exist_ok=True)
 AutoModel.register(PactLSTMConfig, PactLSTMModel, exist_ok=True)
 AutoModelForSequenceClassification.register(PactLSTMConfig, PactLSTMForSequenceClassification, exist_ok=True)
 AutoModelForTokenClassification.register(PactLSTMConfig, PactLSTMForTokenClassification, exist_ok=True)
+AutoConfig.register(PactEncoderConfig.model_type, PactEncoderConfig, exist_ok=True)
+AutoModel.register(PactEncoderConfig, PactEncoderModel, exist_ok=True)
+AutoModelForSequenceClassification.register(PactEncoderConfig, PactEncoderForSequenceClassification, exist_ok=True)
+AutoModelForTokenClassification.register(PactEncoderConfig, PactEncoderForTokenClassification, exist_ok=True)
 
 __all__ = [
     "PactLSTMConfig", "PactLSTMForSequenceClassification", "PactLSTMForTokenClassification", "PactLSTMModel",
     "PactLSTMModelOutput", "PactLSTMPreTrainedModel", "PactLSTMSequenceClassifierOutput",
     "PactLSTMTokenClassifierOutput", "remote_code_files",
+    "PactEncoderConfig", "PactEncoderForSequenceClassification", "PactEncoderForTokenClassification",
+    "PactEncoderModel", "PactEncoderModelOutput", "PactEncoderPreTrainedModel", "PactEncoderSequenceClassifierOutput",
+    "PactEncoderTokenClassifierOutput", "SUPPORTED_ENCODERS",
 ]

@@ -182,6 +182,9 @@ def build_task(config: TrainConfig):
     """The task for ``config.model``: PACT-LSTM sequence models, else timm image models."""
     if config.model in SEQUENCE_MODELS:
         return SequenceClassificationTask(config)
+    if config.model == "pact_encoder":  # text: pact_zoo/training/text_task.py
+        from .text_task import TextClassificationTask
+        return TextClassificationTask(config)
     return ImageClassificationTask(config)
 
 

@@ -1,0 +1,599 @@
+# Copyright 2026 The pact_zoo authors. Licensed under the Apache License, Version 2.0.
+"""PACT-Encoder: a pretrained transformer encoder (BERT, RoBERTa, ELECTRA, DistilBERT) whose depth each sample
+chooses, with per-sample early exit inside a batch.
+
+The backbone's encoder layers are the units of one :class:`~pact_zoo.halting.AdaptiveStage`; a halting head after
+every layer but the last reads the [CLS] state (position 0) and gives a halting logit per sample. In training the
+classifier reads the method's mixture of the layer outputs (PACT: the Concrete relaxation of the stopping
+distribution, Figurnov, Sobolev, Vetrov 2018, arXiv:1712.00386; ACT: Graves 2016's mean-field weights,
+arXiv:1603.08983); in evaluation each sample stops at its own layer and halted samples leave the batch: their hidden
+states **and** their attention-mask rows (the stage's per-row ``context``), so the layers that follow run on the
+samples still going only. The halting math is the core's (``pact_zoo.halting``): this file wires the backbone's
+embeddings and layers into it.
+
+Why [CLS]: the halting head sees the state only (the stage hands the mask to the units, not to the heads), and the
+classifier reads [CLS] too, so the head judges the very vector the prediction comes from.
+
+Remote code: :meth:`PactEncoderPreTrainedModel.save_pretrained` writes this file, ``configuration_pact_encoder.py``
+and the modules they import (the halting core, copied flat) next to the weights, with an ``auto_map``; such a folder
+loads with ``trust_remote_code=True`` where pact_zoo is not installed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_imports
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import ModelOutput, logging
+
+try:  # the one halting core (pact_zoo/halting)
+    from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.flops import current_profiler
+    from pact_zoo.halting.heads import VectorHaltingHead
+    from pact_zoo.halting.stage import AdaptiveStage, zero_touch
+except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
+    if error.name is None or not error.name.startswith("pact_zoo"):
+        raise
+    from .config import HaltingConfig
+    from .flops import current_profiler
+    from .heads import VectorHaltingHead
+    from .stage import AdaptiveStage, zero_touch
+from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
+from .modeling_pact_lstm import (
+    IGNORE_INDEX, PactLSTMPreTrainedModel, _atomic_copy, _check_labels, _classification_loss, _problem_type,
+    remote_code_files as _lstm_remote_code_files,
+)
+
+logger = logging.get_logger(__name__)
+
+#: Auto classes written to ``config.json`` (``auto_map``) by :meth:`PactEncoderPreTrainedModel.save_pretrained`.
+AUTO_MAP_CLASSES = {
+    "AutoModel": "PactEncoderModel",
+    "AutoModelForSequenceClassification": "PactEncoderForSequenceClassification",
+    "AutoModelForTokenClassification": "PactEncoderForTokenClassification",
+}
+#: Multiply-adds of self-attention per query, key and channel: Q K^T and softmax(.) V (2 FLOPs each).
+ATTENTION_FLOPS_PER_QK_CHANNEL = 4
+#: Files :meth:`PactEncoderPreTrainedModel.from_pretrained` looks for to reload a saved tokenizer.
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
+
+
+def _register_cpu_sdpa_flops() -> None:
+    """``torch.utils.flop_counter`` counts the CUDA SDPA kernels but not the CPU one
+    (``aten._scaled_dot_product_flash_attention_for_cpu``): register torch's own SDPA formulas for it."""
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    pairs = ((getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None), flop_counter.sdpa_flop),
+             (getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None),
+              flop_counter.sdpa_backward_flop))
+    for op, formula in pairs:
+        if op is not None and op not in flop_counter.flop_registry:
+            flop_counter.flop_registry[op] = formula
+
+
+_register_cpu_sdpa_flops()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class PactEncoderModelOutput(ModelOutput):
+    """Output of :class:`PactEncoderModel`.
+
+    Args:
+        last_hidden_state: ``[B, T, H]`` state where each sample stopped (training: the method's mixture over layers).
+        ponder_cost: ``[B]`` per-sample halting cost (PACT: relaxed sum_n n w_n or E_q[z] in training, N in eval;
+            ACT: N + R; ``"none"``: layers run, not part of the loss).
+        layers_executed: ``[B]`` long, encoder layers run per sample.
+    """
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    layers_executed: Optional[torch.LongTensor] = None
+
+
+@dataclass
+class PactEncoderSequenceClassifierOutput(ModelOutput):
+    """Output of :class:`PactEncoderForSequenceClassification`.
+
+    Args:
+        loss: scalar, task loss + the halting loss (adaptive methods), when ``labels`` are given.
+        logits: ``[B, num_labels]`` from the [CLS] state where each sample stopped.
+        ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    layers_executed: Optional[torch.LongTensor] = None
+
+
+@dataclass
+class PactEncoderTokenClassifierOutput(ModelOutput):
+    """Output of :class:`PactEncoderForTokenClassification`.
+
+    Args:
+        loss: scalar, task loss over the real tokens + the halting loss, when ``labels`` are given.
+        logits: ``[B, T, num_labels]``.
+        ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    layers_executed: Optional[torch.LongTensor] = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------------
+def _submodule(module: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
+class PactEncoderLayerUnit(nn.Module):
+    """One backbone encoder layer as a unit of the :class:`AdaptiveStage`: ``(hidden, mask) -> hidden``.
+
+    The layer is looked up in the backbone's layer list at every call, not registered here, so the state dict keeps
+    the backbone's own key layout and wrappers that replace the list's entries (FSDP) are called.
+
+    Args:
+        layers: the backbone's ``nn.ModuleList`` of encoder layers (referenced, not registered).
+        index: this unit's layer.
+        encoder_config: the backbone's config (attention implementation for the mask).
+
+    Shapes: ``hidden`` ``[B, T, H]``, ``mask`` ``[B, T]`` (1 = real token, 0 = padding) -> ``[B, T, H]``.
+    """
+
+    def __init__(self, layers: nn.ModuleList, index: int, encoder_config) -> None:
+        super().__init__()
+        self.__dict__["layers"] = layers
+        self.__dict__["encoder_config"] = encoder_config
+        self.index = index
+        self.attention_width = encoder_config.hidden_size
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        profiler = current_profiler()
+        if profiler is not None:  # attention matmuls are not modules: count them for the one profiled sample
+            seq_len = hidden.shape[1]
+            profiler.add(ATTENTION_FLOPS_PER_QK_CHANNEL * seq_len * seq_len * self.attention_width)
+        attention_mask = create_bidirectional_mask(config=self.encoder_config, inputs_embeds=hidden,
+                                                   attention_mask=mask)
+        return self.layers[self.index](hidden, attention_mask)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.index}"
+
+
+class PactEncoderHaltingHead(VectorHaltingHead):
+    """Halting head on the [CLS] state: h = sigmoid(W s_cls + b) (Graves 2016 eq. 6 on position 0).
+
+    Shape: ``[B, T, H]`` -> ``[B]`` halting logits.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x[:, 0]).squeeze(-1)
+
+
+class PactEncoderPooler(nn.Module):
+    """[CLS] pooler for backbones without one (RoBERTa-style ``dense -> tanh``). ``[B, T, H]`` -> ``[B, H]``."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden[:, 0]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pretrained base
+# --------------------------------------------------------------------------------------------------------------------
+def remote_code_files() -> list[Path]:
+    """Source files a checkpoint needs to load with ``trust_remote_code=True`` without pact_zoo: this file, its
+    configuration, the PACT-LSTM files whose loss helpers it reuses and the halting core (copied flat)."""
+    files = {path.name: path for path in _lstm_remote_code_files()}
+    for path in (Path(sys.modules[PactEncoderConfig.__module__].__file__), Path(__file__)):
+        files[path.name] = path
+    missing = {f"{name}.py" for path in files.values() for name in get_relative_imports(str(path))} - files.keys()
+    if missing:
+        raise RuntimeError(f"remote code misses {sorted(missing)}")
+    return [files[name] for name in sorted(files)]
+
+
+class PactEncoderPreTrainedModel(PreTrainedModel):
+    """Weight init, ``from_backbone``, remote-code saving and halting knobs shared by the PACT-Encoder models."""
+
+    config: PactEncoderConfig
+    config_class = PactEncoderConfig
+    base_model_prefix = "pact_encoder"
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+    _no_split_modules = ["BertLayer", "RobertaLayer", "ElectraLayer", "TransformerBlock"]
+    _supports_sdpa = True
+    supports_gradient_checkpointing = False
+    #: class-name suffix of a plain model whose ``classifier`` this head can take over in :meth:`from_backbone`
+    _head_suffix: Optional[str] = None
+
+    def __init__(self, config: PactEncoderConfig, *inputs, **kwargs) -> None:
+        super().__init__(config, *inputs, **kwargs)
+        self.tokenizer = None  # saved with the weights when set (from_backbone, from_pretrained of a folder with one)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' default, with the backbone's ``initializer_range``; halting heads: bias =
+        ``halting_bias_init`` (set on the head's ``nn.Linear``: transformers skips custom modules without
+        parameters of their own)."""
+        std = getattr(self.config.encoder, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            if any(module is head.fc for head in self.modules() if isinstance(head, VectorHaltingHead)):
+                init.constant_(module.bias, self.config.halting_bias_init)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    # -- building from a plain pretrained encoder ---------------------------------------------------------------------
+    @classmethod
+    def from_backbone(cls, backbone: Union[str, os.PathLike, PreTrainedModel], num_labels: int = 2,
+                      halting_method: str = "pact", tokenizer: Any = None,
+                      **kwargs: Any) -> "PactEncoderPreTrainedModel":
+        """An adaptive model from a plain pretrained encoder (a folder / hub id, or a loaded model).
+
+        The backbone's weights are copied unchanged (bit-identical); the halting heads, and the pooler and
+        classifier where the backbone has none, are new: their names are in ``model.new_weights`` (and logged). A
+        BERT-style ``*ForSequenceClassification`` model with ``num_labels`` labels gives its classifier too. The
+        tokenizer (loaded from a folder, or passed) is saved with the model.
+
+        Args:
+            backbone: path, hub id, or a ``PreTrainedModel`` of a supported architecture (``SUPPORTED_ENCODERS``).
+            num_labels: classes of the new classifier.
+            halting_method: a registered halting method (``"none"``: the plain encoder).
+            tokenizer: a tokenizer to save with the model (default: the backbone folder's).
+            **kwargs: halting knobs (``tau=...``, ``threshold=...``, ``halting_bias_init=...``) and other
+                :class:`PactEncoderConfig` fields (``classifier_dropout``, ``id2label``, ...).
+        """
+        if isinstance(backbone, (str, os.PathLike)):
+            source = str(backbone)
+            backbone = AutoModel.from_pretrained(source)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+        if not isinstance(backbone, PreTrainedModel):
+            raise ValueError(f"backbone must be a path, a hub id or a transformers PreTrainedModel, "
+                             f"got {type(backbone).__name__}")
+        base = backbone.base_model
+        check_encoder_type(base.config.model_type)
+        config = PactEncoderConfig(encoder=base.config.to_dict(), num_labels=num_labels,
+                                   halting_method=halting_method, **kwargs)
+        model = cls(config)
+        target = model.base_model.backbone
+        source = base.state_dict()
+        if getattr(target, "pooler", None) is None:  # heads that do not read the pooler (token classification)
+            source = {key: value for key, value in source.items() if not key.startswith("pooler.")}
+        result = target.load_state_dict(source, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"backbone weights do not fit a {base.config.model_type} encoder: unexpected "
+                             f"{result.unexpected_keys[:5]}")
+        prefix = f"{cls.base_model_prefix}.backbone." if model.base_model is not model else "backbone."
+        loaded = {prefix + key for key in source}
+        classifier, own = getattr(backbone, "classifier", None), getattr(model, "classifier", None)
+        same_head = type(backbone).__name__.endswith(cls._head_suffix) if cls._head_suffix else False
+        if cls._head_suffix == "ForSequenceClassification":  # BERT-style: pooler -> dropout -> classifier
+            same_head = same_head and getattr(base, "pooler", None) is not None and model.pooler is None
+        if (same_head and isinstance(classifier, nn.Linear) and isinstance(own, nn.Linear)
+                and classifier.weight.shape == own.weight.shape):
+            own.load_state_dict(classifier.state_dict())
+            loaded |= {f"classifier.{key}" for key in classifier.state_dict()}
+        model.new_weights = sorted(key for key in model.state_dict() if key not in loaded)
+        logger.warning(f"{cls.__name__}.from_backbone: new weights (train them): {model.new_weights}")
+        model.tokenizer = tokenizer
+        return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; a local folder's saved tokenizer is attached (saved again with the
+        model)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        folder = Path(str(pretrained_model_name_or_path))
+        if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
+            model.tokenizer = AutoTokenizer.from_pretrained(folder)
+        return model
+
+    # -- halting knobs and losses: the PACT-LSTM's (same config fields, same halting core) -----------------------------
+    halting_cfg = PactLSTMPreTrainedModel.halting_cfg
+    set_threshold = PactLSTMPreTrainedModel.set_threshold
+    _rollout_baseline = PactLSTMPreTrainedModel._rollout_baseline
+    _halting_loss = PactLSTMPreTrainedModel._halting_loss
+    register_for_auto_class = classmethod(PactLSTMPreTrainedModel.register_for_auto_class.__func__)
+
+    def halting_profile_inputs(self, length: int = 1) -> tuple[tuple, dict]:
+        """A one-sample forward of ``length`` real tokens, for ``pact_zoo.halting_report`` to profile the FLOPs of
+        every layer and head at that length."""
+        device = next(self.parameters()).device
+        return (), {"input_ids": torch.zeros(1, length, dtype=torch.long, device=device),
+                    "attention_mask": torch.ones(1, length, dtype=torch.long, device=device)}
+
+    def halting_sample_lengths(self) -> Optional[torch.Tensor]:
+        """``[B]`` real tokens per sample of the last forward (``pact_zoo.halting_report`` counts each sample's FLOPs
+        at its own length, padding excluded)."""
+        return self.base_model.__dict__.get("_sample_lengths")
+
+    # -- remote code --------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained`` plus remote code (``auto_map`` for ``AutoConfig``, ``AutoModel``,
+        ``AutoModelForSequenceClassification``, ``AutoModelForTokenClassification``) and the tokenizer, if set."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub is not supported by PactEncoder save_pretrained: save, then upload the "
+                             "folder")
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory must be a directory, got the file {save_directory}")
+        config_module = Path(sys.modules[PactEncoderConfig.__module__].__file__).stem
+        modeling_module = Path(__file__).stem
+        self.config.auto_map = {"AutoConfig": f"{config_module}.{PactEncoderConfig.__name__}",
+                                **{auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_CLASSES.items()}}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for source in remote_code_files():
+                _atomic_copy(source, Path(save_directory) / source.name)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(save_directory)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+class PactEncoderModel(PactEncoderPreTrainedModel):
+    """The backbone's embeddings, then its encoder layers as one adaptive stage.
+
+    Inputs: ``input_ids`` ``[B, T]`` or ``inputs_embeds`` ``[B, T, E]``; ``attention_mask`` ``[B, T]`` (1 = real
+    token, 0 = padding; right padding: the first token, [CLS], is real in every row); ``token_type_ids`` and
+    ``position_ids`` ``[B, T]`` where the backbone takes them.
+    """
+
+    def __init__(self, config: PactEncoderConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__(config)
+        check_encoder_type(config.encoder.model_type)
+        layer_path, self._token_types, projection, pooled = SUPPORTED_ENCODERS[config.encoder.model_type]
+        self.backbone = AutoModel.from_config(config.encoder, **({"add_pooling_layer": add_pooling_layer}
+                                                                  if pooled else {}))
+        self._projection = projection
+        layers = _submodule(self.backbone, layer_path)
+        halting: HaltingConfig = config.halting_config
+        units = [PactEncoderLayerUnit(layers, n, self.backbone.config) for n in range(len(layers))]
+        heads = None
+        if halting.adaptive and len(units) > 1:
+            heads = [PactEncoderHaltingHead(config.hidden_size, bias_init=halting.halting_bias_init)
+                     for _ in range(len(units) - 1)]
+        self.stage = AdaptiveStage(units, heads, method=halting if heads is not None else "none")
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids) -> tuple[int, int]:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+                raise ValueError(f"input_ids must be an integer tensor [batch, seq_len], got {input_ids.dtype} "
+                                 f"{tuple(input_ids.shape)}")
+            vocab = self.config.encoder.vocab_size
+            if input_ids.device.type != "meta" and input_ids.numel() and (
+                    int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+                raise ValueError(f"input_ids must lie in [0, vocab_size={vocab})")
+            shape = tuple(input_ids.shape)
+        else:
+            if inputs_embeds.dim() != 3 or not inputs_embeds.dtype.is_floating_point:
+                raise ValueError(f"inputs_embeds must be a float tensor [batch, seq_len, embedding], got "
+                                 f"{inputs_embeds.dtype} {tuple(inputs_embeds.shape)}")
+            shape = tuple(inputs_embeds.shape[:2])
+        if shape[0] < 1 or shape[1] < 1:
+            raise ValueError(f"input sequences must hold at least one token (batch, seq_len) = {shape}")
+        if token_type_ids is not None and not self._token_types:
+            raise ValueError(f"token_type_ids: a {self.config.encoder.model_type} backbone has no token types")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != shape:
+                raise ValueError(f"attention_mask must be [batch, seq_len] = {shape}, got "
+                                 f"{tuple(attention_mask.shape)}")
+            if attention_mask.device.type != "meta":
+                if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                    raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only")
+                if not bool(attention_mask[:, 0].bool().all()):
+                    raise ValueError("attention_mask must mark the first token ([CLS]) of every sequence as real "
+                                     "(empty sequences and left padding are not supported)")
+        return shape
+
+    def forward(
+            self,
+            input_ids: Optional[torch.LongTensor] = None,
+            attention_mask: Optional[torch.Tensor] = None,
+            token_type_ids: Optional[torch.LongTensor] = None,
+            position_ids: Optional[torch.LongTensor] = None,
+            inputs_embeds: Optional[torch.FloatTensor] = None,
+            return_dict: Optional[bool] = None,
+            **kwargs: Any,
+    ) -> Union[PactEncoderModelOutput, tuple]:
+        """Returns :class:`PactEncoderModelOutput` (``last_hidden_state`` ``[B, T, H]``, ``ponder_cost`` ``[B]``,
+        ``layers_executed`` ``[B]``), or its tuple with ``return_dict=False``."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch_size, seq_len = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
+        embed_kwargs = dict(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
+        if self._token_types:
+            embed_kwargs["token_type_ids"] = token_type_ids
+        hidden = self.backbone.embeddings(**embed_kwargs)
+        if self._projection is not None and hasattr(self.backbone, self._projection):
+            hidden = getattr(self.backbone, self._projection)(hidden)
+        profiling = current_profiler() is not None
+        if not profiling:  # a profiling forward leaves the last forward's lengths alone
+            self.__dict__["_sample_lengths"] = attention_mask.sum(1)
+        hidden = self.stage(hidden, attention_mask)
+        ponder_cost, layers = None, None
+        if not profiling:
+            record = self.stage.record
+            layers = record.units_executed
+            ponder_cost = record.cost if record.cost is not None else layers.float()
+            if record.touch is not None:  # layers no sampled row reached still join the graph (DDP)
+                record.touch = zero_touch(self)
+        output = PactEncoderModelOutput(last_hidden_state=hidden, ponder_cost=ponder_cost, layers_executed=layers)
+        return output if return_dict else output.to_tuple()
+
+
+def _classifier_dropout(config: PactEncoderConfig) -> float:
+    """``config.classifier_dropout``, else the backbone's hidden dropout (BERT ``hidden_dropout_prob``,
+    DistilBERT ``dropout``)."""
+    if config.classifier_dropout is not None:
+        return config.classifier_dropout
+    return getattr(config.encoder, "hidden_dropout_prob", getattr(config.encoder, "dropout", 0.0))
+
+
+class PactEncoderForSequenceClassification(PactEncoderPreTrainedModel):
+    """PACT-Encoder with a classifier on the [CLS] state where each sample stopped: the backbone's pooler where it
+    has one (BERT), else a new ``dense -> tanh`` pooler; then dropout and a linear layer."""
+
+    _head_suffix = "ForSequenceClassification"
+
+    def __init__(self, config: PactEncoderConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pact_encoder = PactEncoderModel(config)
+        has_pooler = getattr(self.pact_encoder.backbone, "pooler", None) is not None
+        self.pooler = None if has_pooler else PactEncoderPooler(config.hidden_size)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        pooler = self.pooler if self.pooler is not None else self.pact_encoder.backbone.pooler
+        return pooler(hidden)
+
+    def forward(
+            self,
+            input_ids: Optional[torch.LongTensor] = None,
+            attention_mask: Optional[torch.Tensor] = None,
+            token_type_ids: Optional[torch.LongTensor] = None,
+            position_ids: Optional[torch.LongTensor] = None,
+            inputs_embeds: Optional[torch.FloatTensor] = None,
+            labels: Optional[torch.Tensor] = None,
+            return_dict: Optional[bool] = None,
+            **kwargs: Any,
+    ) -> Union[PactEncoderSequenceClassifierOutput, tuple]:
+        r"""
+        labels: ``[B]`` class ids (single-label), ``[B, num_labels]`` (multi-label / regression) or ``[B]``
+            (regression with ``num_labels == 1``).
+
+        Returns :class:`PactEncoderSequenceClassifierOutput` (``logits`` ``[B, num_labels]``).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      position_ids=position_ids, inputs_embeds=inputs_embeds)
+        if labels is not None:  # bad labels fail before any forward
+            _check_labels(labels, _problem_type(self.config, labels), self.num_labels,
+                          (input_ids if input_ids is not None else inputs_embeds).shape[:1])
+        baseline = self._rollout_baseline(labels, lambda: self._task_loss(self(**inputs).logits, labels, rows=True))
+        outputs = self.pact_encoder(**inputs, return_dict=True)
+        logits = self.classifier(self.dropout(self._pool(outputs.last_hidden_state)))
+        loss = None
+        if labels is not None:
+            loss = self._task_loss(logits, labels)
+            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, rows=True), baseline)
+        output = PactEncoderSequenceClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
+                                                     layers_executed=outputs.layers_executed)
+        return output if return_dict else output.to_tuple()
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: bool = False) -> torch.Tensor:
+        """Mean task loss of ``[B, num_labels]`` logits, or the ``[B]`` per-sample losses with ``rows``."""
+        problem_type = _problem_type(self.config, labels)
+        _check_labels(labels, problem_type, self.num_labels, (logits.shape[0],))
+        return _classification_loss(logits, labels.to(logits.device), problem_type, self.num_labels,
+                                    rows=logits.shape[0] if rows else None)
+
+
+class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
+    """PACT-Encoder with a linear classifier on every token of the state where its sample stopped."""
+
+    _head_suffix = "ForTokenClassification"
+
+    def __init__(self, config: PactEncoderConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pact_encoder = PactEncoderModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.pooler = None
+        self.post_init()
+
+    def forward(
+            self,
+            input_ids: Optional[torch.LongTensor] = None,
+            attention_mask: Optional[torch.Tensor] = None,
+            token_type_ids: Optional[torch.LongTensor] = None,
+            position_ids: Optional[torch.LongTensor] = None,
+            inputs_embeds: Optional[torch.FloatTensor] = None,
+            labels: Optional[torch.Tensor] = None,
+            return_dict: Optional[bool] = None,
+            **kwargs: Any,
+    ) -> Union[PactEncoderTokenClassifierOutput, tuple]:
+        r"""
+        labels: ``[B, T]`` class ids (``-100`` ignored) or ``[B, T, num_labels]``; padding never counts.
+
+        Returns :class:`PactEncoderTokenClassifierOutput` (``logits`` ``[B, T, num_labels]``).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      position_ids=position_ids, inputs_embeds=inputs_embeds)
+        baseline = self._rollout_baseline(labels, lambda: self._task_loss(self(**inputs).logits, labels,
+                                                                          attention_mask, rows=True))
+        outputs = self.pact_encoder(**inputs, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = self._task_loss(logits, labels, attention_mask)
+            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, attention_mask, rows=True),
+                                             baseline)
+        output = PactEncoderTokenClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
+                                                  layers_executed=outputs.layers_executed)
+        return output if return_dict else output.to_tuple()
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                   rows: bool = False) -> torch.Tensor:
+        """Mean task loss of ``[B, T, num_labels]`` logits over the real tokens, or ``[B]`` per sequence."""
+        batch_size, seq_len = logits.shape[:2]
+        problem_type = _problem_type(self.config, labels)
+        _check_labels(labels, problem_type, self.num_labels, (batch_size, seq_len))
+        valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
+        labels = labels.to(logits.device)
+        return _classification_loss(logits.reshape(batch_size * seq_len, -1),
+                                    labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
+                                    problem_type, self.num_labels, valid, rows=batch_size if rows else None)
+
+
+__all__ = [
+    "IGNORE_INDEX", "PactEncoderForSequenceClassification", "PactEncoderForTokenClassification", "PactEncoderModel",
+    "PactEncoderModelOutput", "PactEncoderPreTrainedModel", "PactEncoderSequenceClassifierOutput",
+    "PactEncoderTokenClassifierOutput", "remote_code_files",
+]
