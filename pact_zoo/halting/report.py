@@ -17,7 +17,7 @@ __all__ = [
     "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "full_depth", "halting_cost", "halting_loss",
     "halting_report",
     "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
-    "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD",
+    "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD", "STAGE_PROTOCOL_ATTR",
 ]
 
 #: Image models set this attribute (the ``[C, H, W]`` per-sample input shape of the last forward) so that
@@ -26,6 +26,12 @@ INPUT_SHAPE_ATTR = "halting_input_shape"
 #: Other models define this method: ``model.halting_profile_inputs() -> (args, kwargs)`` of a one-sample forward
 #: that applies every stage once (e.g. a one-step sequence for a recurrent model).
 PROFILE_INPUTS_METHOD = "halting_profile_inputs"
+#: A module that adapts its computation per row without being an AdaptiveStage (per-token width: pact_zoo.acm) joins
+#: this API by setting this class attribute to True. It provides what the API reads from a stage (``record``,
+#: ``method``, ``adaptive``, ``halting``, ``execution``, ``decision``, ``num_units`` and the ``full_depth`` /
+#: ``truncate`` / ``anytime`` / ``rollout`` switches) and its own FLOPs account ``report_flops() -> (flops [B],
+#: sample_full_flops [B], full_flops, token_flops [B, T] or None)`` of the last forward.
+STAGE_PROTOCOL_ATTR = "adaptive_stage_protocol"
 
 
 @dataclass
@@ -41,6 +47,8 @@ class HaltingReport:
             sequences with padding).
         num_units: ``S`` stage depths L.
         stage_names: ``S`` module names of the stages.
+        token_flops: ``[B, T]`` long FLOPs per token of the per-token modules (:data:`STAGE_PROTOCOL_ATTR`),
+            summed over them, or None when the model has none.
     """
 
     units_executed: torch.Tensor
@@ -49,6 +57,7 @@ class HaltingReport:
     sample_full_flops: torch.Tensor
     num_units: tuple[int, ...]
     stage_names: tuple[str, ...]
+    token_flops: Optional[torch.Tensor] = None
 
     @property
     def mean_flops(self) -> float:
@@ -69,7 +78,8 @@ def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveStage]]:
     """All :class:`AdaptiveStage` modules of ``model`` (including non-halting ones), in module order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, AdaptiveStage)]
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, AdaptiveStage) or getattr(type(m), STAGE_PROTOCOL_ATTR, False)]
 
 
 def _records(model: nn.Module, what: str) -> list[tuple[str, AdaptiveStage]]:
@@ -279,7 +289,16 @@ def halting_report(model: nn.Module) -> HaltingReport:
     flops = torch.full((batch_size,), base, dtype=torch.long)
     sample_full = torch.full((batch_size,), base, dtype=torch.long)
     full = base
+    token_flops = None
     for s, (_, stage) in enumerate(stages):
+        if getattr(type(stage), STAGE_PROTOCOL_ATTR, False):  # its own account (e.g. per-token width)
+            stage_flops, stage_sample_full, stage_full, tokens = stage.report_flops()
+            flops += stage_flops
+            sample_full += stage_sample_full
+            full += stage_full
+            if tokens is not None:
+                token_flops = tokens if token_flops is None else token_flops + tokens
+            continue
         per_step = units[s] if units[s].dim() == 2 else units[s].unsqueeze(1)  # [B, T] applications
         cum_units = torch.tensor([0] + unit_flops[s], dtype=torch.long).cumsum(0)
         flops += cum_units[per_step].sum(1)
@@ -292,7 +311,7 @@ def halting_report(model: nn.Module) -> HaltingReport:
     units_executed = torch.stack([u.sum(1) if u.dim() == 2 else u for u in units], dim=1)
     return HaltingReport(units_executed=units_executed, flops=flops, full_flops=full, sample_full_flops=sample_full,
                          num_units=tuple(s.num_units for _, s in stages),
-                         stage_names=tuple(name for name, _ in stages))
+                         stage_names=tuple(name for name, _ in stages), token_flops=token_flops)
 
 
 # --------------------------------------------------------------------------------------------------------------------
