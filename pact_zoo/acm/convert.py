@@ -221,11 +221,6 @@ def acmize(model: nn.Module, num_learners: int = 4, gating: str = "acm", attenti
     return model
 
 
-def acm_config(module: AdaptiveWidth) -> dict:
-    """The constructor settings of a module (for configs that rebuild the structure)."""
-    return dict(num_learners=module.num_learners, gating=module.gating, **module.method.knob_values())
-
-
 def learner_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Learner weights of every ACM module (phase 1 trains these only)."""
     return [p for _, m in acm_modules(model) for p in (m.w1, m.b1, m.w2, m.b2) if p is not None]
@@ -235,6 +230,3 @@ def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Gate weights of every ACM module (phase 2 trains these only)."""
     return [p for _, m in acm_modules(model) for p in m.gate.parameters()]
 
-
-def source_of(module: AdaptiveWidth) -> Optional[tuple[str, str]]:
-    return getattr(module, "source", None)

@@ -38,7 +38,7 @@ from ..halting.method import HaltingMethod, HaltingRecord, Knob, check_choice, c
     logit_threshold
 from ..halting.pact import sampled_stop
 from ..halting.policy_gradient import BASELINES, PolicyGradientMethod
-from ..halting.stage import DECISION_MODES, EXECUTION_MODES, zero_touch
+from ..halting.stage import zero_touch
 
 __all__ = ["AdaptiveWidth", "ACMGating", "CondnetGating", "GATINGS", "EVAL_RULES", "build_gating"]
 
@@ -120,7 +120,8 @@ class AdaptiveWidth(nn.Module):
         bias: learners have a hidden bias; the output bias ``b2`` is always present.
         gate_hidden, gate_depth: size of the gate MLP (``gate_depth=0``: linear, as in Bengio et al.).
         **knobs: the gating's knobs (``threshold``, ``temperature``, ``rule`` for ACM; the policy-gradient knobs
-            ``baseline``, ``target_rate``, ``lambda_b``, ``lambda_e``, ``lambda_v``, ``tau``, ``threshold`` for condnet).
+            ``baseline``, ``target_rate``, ``lambda_b``, ``lambda_e``, ``lambda_v``, ``tau``, ``threshold`` for
+            condnet).
 
     Shapes: ``forward(x)`` with ``x`` ``[..., D_in]`` returns ``[..., D_out]``; the record holds ``[B, T]`` learner
     counts for ``[B, T, D]`` inputs (``[N, 1]`` for 2-d inputs).
