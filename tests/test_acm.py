@@ -278,3 +278,12 @@ def test_two_process_ddp(tmp_path):
         assert ranks[0][gating]["grad_sum"] == pytest.approx(ranks[1][gating]["grad_sum"], rel=1e-6)
         assert ranks[0][gating]["param_sum"] == pytest.approx(ranks[1][gating]["param_sum"], rel=1e-6)
     assert ranks[0]["condnet"]["unused_module_steps"] > 0  # some learner ran on no token, and DDP was fine
+
+
+def test_gate_labels_stop_where_a_learner_stops_helping():
+    target = torch.zeros(2, 1)
+    errors = torch.tensor([[4.0, 2.0, 1.9, 1.8, 0.5],   # 2 -> 1.9 helps by < 1.2: one learner
+                           [4.0, 2.0, 1.0, 0.5, 0.25]])  # every learner helps: K
+    prefixes = errors.unsqueeze(-1)  # |prefix - 0| = the error
+    assert acm.gate_labels(prefixes, target).tolist() == [1, 4]
+    assert acm.gate_labels(prefixes, target, min_learners=2).tolist() == [2, 4]  # 1.9 -> 1.8: two
