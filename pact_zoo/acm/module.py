@@ -300,7 +300,7 @@ class AdaptiveWidth(nn.Module):
             prefixes = self.all_prefixes(flat)
             out = prefixes.gather(1, k.view(-1, 1, 1).expand(-1, 1, prefixes.shape[-1])).squeeze(1)
             return out, k, None, {}
-        width = self.num_learners if self.full_depth else self.truncate
+        width = self.truncate if self.truncate is not None and not self.full_depth else self.num_learners
         out = self._prefix(flat, width)
         return out, torch.full((n,), width, dtype=torch.long, device=flat.device), None, {}
 
