@@ -69,7 +69,7 @@ def test_full_width_equals_the_original(family, gating):
     report = pact_zoo.halting_report(model)
     assert torch.equal(report.flops, report.sample_full_flops)  # no gate ran
     modules = acm.acm_modules(model)
-    with torch.no_grad(), pact_zoo.truncated_depth(model, [2] * len(modules)):
+    with torch.no_grad(), pact_zoo.halting.truncated_depth(model, [2] * len(modules)):
         run(model, x)
     assert all(bool((m.record.units_executed == 2).all()) for _, m in modules)
 
