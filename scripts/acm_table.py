@@ -11,7 +11,7 @@ import sys
 def table(results: dict) -> str:
     original = results["original"]
     times = results["wall_time_s"]
-    batch_sizes = list(times["original"])
+    batch_sizes = sorted(times["original"], key=int)
     head = ("| model | β | accuracy | FLOPs / sample | FLOPs ratio | learners run | "
             + " | ".join(f"time b{b} (ms, ×orig)" for b in batch_sizes) + " |")
     rows = [head, "|" + "---|" * (6 + len(batch_sizes))]
@@ -29,9 +29,26 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def sweep_table(sweep: dict) -> str:
+    """Table of scripts/acm_budget_sweep.py: one model (phases 1-2), threshold calibrated per budget."""
+    rows = ["| β target | threshold | accuracy | FLOPs / sample | FLOPs ratio (target) | learners run |",
+            "|---|---|---|---|---|---|"]
+    full = sweep["original_flops"]
+    for r in sweep["rows"]:
+        beta = r.get("beta")
+        target = f" ({r['target_flops_ratio']:.3f})" if beta is not None else ""
+        rows.append(f"| {beta if beta is not None else '- (default 0.5)'} | {r['threshold']:.3g} | "
+                    f"{r['accuracy']:.4f} | {r['flops'] / 1e6:.1f} M | {r['flops'] / full:.3f}{target} | "
+                    f"{r['learner_fraction']:.3f} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     for path in sys.argv[1:]:
         data = json.load(open(path))
+        if "rows" in data:
+            print(f"### {data['task']} budget sweep ({path})\n\n{sweep_table(data)}\n")
+            continue
         print(f"### {data['task']} ({path})\n")
         print(table(data))
         print(f"\nsizes {data['sizes']}, threads {data['threads']}, load average {data['load_average']}, "
