@@ -11,6 +11,7 @@ from .halting import (
 from .halting.calibrate import ThresholdCalibration, calibrate_threshold
 from . import models  # noqa: F401  (registers the timm models)
 from . import hf  # noqa: F401  (registers the transformers models)
+from . import acm  # noqa: F401  (per-token adaptive width: pact_zoo.acm)
 from .models import list_models
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ __all__ = [
     "halting_report",
     "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
     "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD", "SAMPLE_LENGTHS_METHOD",
+    "STAGE_PROTOCOL_ATTR",
 ]
 
 #: Image models set this attribute (the ``[C, H, W]`` per-sample input shape of the last forward) so that
@@ -30,6 +31,12 @@ PROFILE_INPUTS_METHOD = "halting_profile_inputs"
 #: ~ T^2) also define ``model.halting_sample_lengths() -> [B]`` (real tokens per sample of the last forward, or
 #: None); :func:`halting_report` then profiles ``halting_profile_inputs(length)`` once per distinct length.
 SAMPLE_LENGTHS_METHOD = "halting_sample_lengths"
+#: A module that adapts its computation per row without being an AdaptiveStage (per-token width: pact_zoo.acm) joins
+#: this API by setting this class attribute to True. It provides what the API reads from a stage (``record``,
+#: ``method``, ``adaptive``, ``halting``, ``execution``, ``decision``, ``num_units`` and the ``full_depth`` /
+#: ``truncate`` / ``anytime`` / ``rollout`` switches) and its own FLOPs account ``report_flops() -> (flops [B],
+#: sample_full_flops [B], full_flops, token_flops [B, T] or None)`` of the last forward.
+STAGE_PROTOCOL_ATTR = "adaptive_stage_protocol"
 
 
 @dataclass
@@ -46,6 +53,8 @@ class HaltingReport:
             sequences with padding).
         num_units: ``S`` stage depths L.
         stage_names: ``S`` module names of the stages.
+        token_flops: ``[B, T]`` long FLOPs per token of the per-token modules (:data:`STAGE_PROTOCOL_ATTR`),
+            summed over them, or None when the model has none.
     """
 
     units_executed: torch.Tensor
@@ -54,6 +63,7 @@ class HaltingReport:
     sample_full_flops: torch.Tensor
     num_units: tuple[int, ...]
     stage_names: tuple[str, ...]
+    token_flops: Optional[torch.Tensor] = None
 
     @property
     def mean_flops(self) -> float:
@@ -74,7 +84,8 @@ def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveStage]]:
     """All :class:`AdaptiveStage` modules of ``model`` (including non-halting ones), in module order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, AdaptiveStage)]
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, AdaptiveStage) or getattr(type(m), STAGE_PROTOCOL_ATTR, False)]
 
 
 def _records(model: nn.Module, what: str) -> list[tuple[str, AdaptiveStage]]:
@@ -298,12 +309,24 @@ def halting_report(model: nn.Module) -> HaltingReport:
     flops = torch.zeros(batch_size, dtype=torch.long)
     sample_full = torch.zeros(batch_size, dtype=torch.long)
     full = 0
+    token_flops = None
+    for s, (_, stage) in enumerate(stages):
+        if getattr(type(stage), STAGE_PROTOCOL_ATTR, False):  # its own account (e.g. per-token width)
+            stage_flops, stage_sample_full, stage_full, tokens = stage.report_flops()
+            flops += stage_flops
+            sample_full += stage_sample_full
+            full += stage_full
+            if tokens is not None:
+                token_flops = tokens if token_flops is None else token_flops + tokens
+    protocol_full = full
     for length, rows in groups:
         base, unit_flops, head_flops = _profile(root, stages, length)
         flops[rows] += base
         sample_full[rows] += base
         group_full = base
         for s, (_, stage) in enumerate(stages):
+            if getattr(type(stage), STAGE_PROTOCOL_ATTR, False):
+                continue
             per_step = units[s] if units[s].dim() == 2 else units[s].unsqueeze(1)  # [B, T] applications
             per_step = per_step[rows]
             cum_units = torch.tensor([0] + unit_flops[s], dtype=torch.long).cumsum(0)
@@ -314,11 +337,11 @@ def halting_report(model: nn.Module) -> HaltingReport:
             if stage.adaptive and stage.record.cost is not None:  # heads ran: after every executed unit but the last
                 cum_heads = torch.tensor([0] + head_flops[s], dtype=torch.long).cumsum(0)
                 flops[rows] += cum_heads[per_step.clamp(max=stage.num_units - 1)].sum(1)
-        full = max(full, group_full)  # length-dependent models: the longest sample's
+        full = max(full, protocol_full + group_full)  # length-dependent models: the longest sample's
     units_executed = torch.stack([u.sum(1) if u.dim() == 2 else u for u in units], dim=1)
     return HaltingReport(units_executed=units_executed, flops=flops, full_flops=full, sample_full_flops=sample_full,
                          num_units=tuple(s.num_units for _, s in stages),
-                         stage_names=tuple(name for name, _ in stages))
+                         stage_names=tuple(name for name, _ in stages), token_flops=token_flops)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ from transformers import (
     AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification,
 )
 
+from .configuration_acm_bert import AcmBertConfig
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig
 from .configuration_pact_lstm import PactLSTMConfig
+from .modeling_acm_bert import AcmBertForSequenceClassification, AcmBertModel
 from .modeling_pact_encoder import (
     PactEncoderForSequenceClassification, PactEncoderForTokenClassification, PactEncoderModel,
     PactEncoderModelOutput, PactEncoderPreTrainedModel, PactEncoderSequenceClassifierOutput,
@@ -19,6 +21,9 @@ from .modeling_pact_lstm import (
     PactLSTMPreTrainedModel, PactLSTMSequenceClassifierOutput, PactLSTMTokenClassifierOutput, remote_code_files,
 )
 
+AutoConfig.register(AcmBertConfig.model_type, AcmBertConfig, exist_ok=True)
+AutoModel.register(AcmBertConfig, AcmBertModel, exist_ok=True)
+AutoModelForSequenceClassification.register(AcmBertConfig, AcmBertForSequenceClassification, exist_ok=True)
 AutoConfig.register(PactLSTMConfig.model_type, PactLSTMConfig, exist_ok=True)
 AutoModel.register(PactLSTMConfig, PactLSTMModel, exist_ok=True)
 AutoModelForSequenceClassification.register(PactLSTMConfig, PactLSTMForSequenceClassification, exist_ok=True)
@@ -29,6 +34,7 @@ AutoModelForSequenceClassification.register(PactEncoderConfig, PactEncoderForSeq
 AutoModelForTokenClassification.register(PactEncoderConfig, PactEncoderForTokenClassification, exist_ok=True)
 
 __all__ = [
+    "AcmBertConfig", "AcmBertForSequenceClassification", "AcmBertModel",
     "PactLSTMConfig", "PactLSTMForSequenceClassification", "PactLSTMForTokenClassification", "PactLSTMModel",
     "PactLSTMModelOutput", "PactLSTMPreTrainedModel", "PactLSTMSequenceClassifierOutput",
     "PactLSTMTokenClassifierOutput", "remote_code_files",

@@ -3,13 +3,15 @@ from typing import Iterable, List, Union
 
 import timm
 
+from .acm_vit import AcmVisionTransformer
 from .pact_resnet import AdaptiveResNet, AdaptiveResNetStage
 from .pact_resnet_cifar import CifarResNet, PreActBasicUnit
 
 #: One timm module name per family file (registry key = the file's last dotted name).
-FAMILY_MODULES = ("pact_resnet_cifar", "pact_resnet")
+FAMILY_MODULES = ("pact_resnet_cifar", "pact_resnet", "acm_vit")
 
 __all__ = [
+    "AcmVisionTransformer",
     "AdaptiveResNet", "AdaptiveResNetStage", "CifarResNet", "FAMILY_MODULES", "PreActBasicUnit", "list_models",
 ]
 

@@ -1,0 +1,396 @@
+"""Per-token adaptive width: a layer made of K learners whose outputs add up, and a gate that decides per token
+which learners run.
+
+Two gatings (``gating=``):
+
+* ``"acm"`` - Adaptive Computation Modules (Wójcik et al. 2023, arXiv:2312.10193): the gate is a small per-token MLP
+  over the choices k in ``min_learners..K``; the output is ``b2 + sum_{i<k} learner_i(x)``, a nested refinement.
+  Training draws k with the straight-through Gumbel-softmax (so the task loss reaches the gate); evaluation takes
+  the smallest k whose cumulative gate probability reaches ``threshold`` (``rule="cdf"``, the budget knob; at 0.5 it
+  is the gate's median choice) or the gate's argmax (``rule="argmax"``, the paper's rule).
+* ``"condnet"`` - Bengio et al. 2016 (arXiv:1511.06297): an independent Bernoulli per learner ("block"), with
+  probabilities ``sigmoid(gate(x))`` clipped to [0.01, 0.99]. Training samples the blocks and learns the gate with
+  the core's REINFORCE machinery (:class:`~pact_zoo.halting.PolicyGradientMethod`: loss, baselines and the L_b / L_e
+  / L_v regularisers are reused); evaluation runs block i when ``p_i >= 1 - threshold``.
+
+Evaluation runs each learner only on the tokens that use it, on the flattened ``[N, D]`` tokens with the core's
+compaction primitives (``"compact"``), or computes every learner and masks (``"masked"``, the reference). A token's
+output and its learner count depend on that token alone. The module speaks the stage protocol of
+:mod:`pact_zoo.halting.report`, so ``halting_report``, ``set_threshold``, ``calibrate_threshold``, ``halting_loss``,
+``full_depth``, ``truncated_depth`` and ``set_execution`` work on ACMized models unchanged.
+
+Weight layout (packed): learner i owns rows ``i*h:(i+1)*h`` of ``w1`` ``[K*h, D_in]``, ``b1`` ``[K*h]`` and
+``w2`` ``[K*h, D_out]``; ``b2`` ``[D_out]`` is shared (it is the output of k = 0, as in the paper's code). The first k
+learners are a contiguous slice, so k learners run as one pair of GEMMs of width ``k*h``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..halting.compaction import RowCollector, count_true, split_rows, take_rows
+from ..halting.flops import current_profiler
+from ..halting.method import HaltingMethod, HaltingRecord, Knob, check_choice, check_number, check_threshold, \
+    logit_threshold
+from ..halting.pact import sampled_stop
+from ..halting.policy_gradient import BASELINES, PolicyGradientMethod
+from ..halting.stage import zero_touch
+
+__all__ = ["AdaptiveWidth", "ACMGating", "CondnetGating", "GATINGS", "EVAL_RULES", "build_gating"]
+
+GATINGS = ("acm", "condnet")
+#: ACM eval rules: smallest k with cumulative gate probability >= threshold, or the gate's argmax.
+EVAL_RULES = ("cdf", "argmax")
+#: Gumbel-softmax temperature of the released ACM config (``acm_deep_gumbel``).
+DEFAULT_TEMPERATURE = 0.8
+#: Bengio et al. 2016 clip the block probabilities to [0.01, 0.99].
+CONDNET_PROB_CLIP = 0.01
+DEFAULT_GATE_HIDDEN, DEFAULT_GATE_DEPTH = 16, 2
+
+
+class ACMGating(HaltingMethod):
+    """The ACM gate's knobs and loss (not a registered stage method: it drives :class:`AdaptiveWidth` only). The
+    budget term is model-level (:func:`pact_zoo.acm.budget_loss`); this loss adds the record's terms only."""
+
+    name = "acm"
+    knobs = {
+        "threshold": Knob(0.5, check_threshold, "eval rule: smallest k with cumulative gate probability >= threshold"),
+        "temperature": Knob(DEFAULT_TEMPERATURE, check_number(0.0, min_open=True),
+                            "Gumbel-softmax temperature in training, > 0"),
+        "rule": Knob("cdf", check_choice(*EVAL_RULES), f"eval rule, one of {EVAL_RULES}"),
+    }
+    dense_training = True
+
+
+class CondnetGating(PolicyGradientMethod):
+    """Bengio et al. 2016 block gating: REINFORCE with the core's baselines and L_b / L_e / L_v regularisers
+    (:class:`~pact_zoo.halting.PolicyGradientMethod`, reused as is); ``target_rate`` is the target fraction of
+    blocks on (the budget)."""
+
+    name = "condnet"
+    knobs = dict(PolicyGradientMethod.knobs,
+                 baseline=Knob("batch_mean", check_choice(*BASELINES), f"REINFORCE baseline, one of {BASELINES}"),
+                 tau=Knob(0.0, check_number(0.0), "path-loss weight of the executed learner fraction, >= 0"),
+                 lambda_b=Knob(1.0, check_number(0.0), "weight of L_b (per-block batch activation rate), >= 0"),
+                 lambda_e=Knob(0.1, check_number(0.0), "weight of L_e (per-token activation rate), >= 0"),
+                 lambda_v=Knob(0.1, check_number(0.0), "weight of L_v (variance bonus), >= 0"))
+
+
+def build_gating(gating: str, **knobs) -> HaltingMethod:
+    if gating == "acm":
+        return ACMGating(**knobs)
+    if gating == "condnet":
+        return CondnetGating(**knobs)
+    raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+
+
+def _gate_mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequential:
+    """Per-token gate: ``depth`` hidden layers of ``hidden`` units (GELU), or one linear layer when depth = 0."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.GELU()]
+        width = hidden
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class AdaptiveWidth(nn.Module):
+    """K learners ``D_in -> h -> D_out`` whose outputs add up, with a per-token gate.
+
+    Args:
+        in_features: D_in.
+        hidden_features: h, the width of one learner.
+        num_learners: K >= 1.
+        out_features: D_out (default D_in).
+        act_layer: activation module between the two linear maps of a learner (``None``: identity, a low-rank
+            learner as the paper uses for attention projections).
+        gating: ``"acm"`` or ``"condnet"``.
+        min_learners: learners every token runs (the paper uses 1 for attention projections), in [0, K].
+        bias: learners have a hidden bias; the output bias ``b2`` is always present.
+        gate_hidden, gate_depth: size of the gate MLP (``gate_depth=0``: linear, as in Bengio et al.).
+        **knobs: the gating's knobs (``threshold``, ``temperature``, ``rule`` for ACM; the policy-gradient knobs
+            ``baseline``, ``target_rate``, ``lambda_b``, ``lambda_e``, ``lambda_v``, ``tau``, ``threshold`` for
+            condnet).
+
+    Shapes: ``forward(x)`` with ``x`` ``[..., D_in]`` returns ``[..., D_out]``; the record holds ``[B, T]`` learner
+    counts for ``[B, T, D]`` inputs (``[N, 1]`` for 2-d inputs).
+    """
+
+    adaptive_stage_protocol = True
+
+    def __init__(self, in_features: int, hidden_features: int, num_learners: int = 4,
+                 out_features: Optional[int] = None, act_layer: Optional[nn.Module] = None, gating: str = "acm",
+                 min_learners: int = 0, bias: bool = True, gate_hidden: int = DEFAULT_GATE_HIDDEN,
+                 gate_depth: int = DEFAULT_GATE_DEPTH, **knobs) -> None:
+        super().__init__()
+        _check_int("num_learners", num_learners, 1)
+        _check_int("in_features", in_features, 1)
+        _check_int("hidden_features", hidden_features, 1)
+        out_features = _check_int("out_features", out_features if out_features is not None else in_features, 1)
+        _check_int("min_learners", min_learners, 0)
+        if min_learners > num_learners:
+            raise ValueError(f"min_learners must be in [0, num_learners={num_learners}], got {min_learners}")
+        _check_int("gate_hidden", gate_hidden, 1)
+        _check_int("gate_depth", gate_depth, 0)
+        self.method = build_gating(gating, **knobs)
+        self.gating = gating
+        self.in_features, self.hidden_features, self.out_features = in_features, hidden_features, out_features
+        self.num_learners, self.min_learners = num_learners, min_learners
+        width = num_learners * hidden_features
+        self.w1 = nn.Parameter(torch.empty(width, in_features))
+        self.b1 = nn.Parameter(torch.zeros(width)) if bias else None
+        self.w2 = nn.Parameter(torch.empty(width, out_features))
+        self.b2 = nn.Parameter(torch.zeros(out_features))
+        self.act = act_layer if act_layer is not None else nn.Identity()
+        choices = num_learners + 1 - min_learners if gating == "acm" else num_learners
+        self.gate = _gate_mlp(in_features, choices, gate_hidden, gate_depth)
+        self.reset_parameters()
+        # stage protocol (pact_zoo.halting.report)
+        self.record: Optional[HaltingRecord] = None
+        self.execution = "compact"
+        self.decision = "greedy"
+        self.full_depth = False
+        self.truncate: Optional[int] = None
+        self.anytime = False
+        self.rollout = False
+        self.keep_prefixes = False  # phase 1/2: keep every prefix output of the last forward in ``self.prefixes``
+        self.prefixes: Optional[torch.Tensor] = None
+
+    def reset_parameters(self) -> None:
+        """Fresh learners (Kaiming-uniform, as the paper's code); the gate keeps PyTorch's default init."""
+        for weight, fan_in in ((self.w1, self.in_features), (self.w2, self.hidden_features)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(weight, -bound, bound)
+        if self.b1 is not None:
+            nn.init.zeros_(self.b1)
+        nn.init.zeros_(self.b2)
+
+    # -- stage protocol ----------------------------------------------------------------------------------------------
+    @property
+    def num_units(self) -> int:
+        return self.num_learners
+
+    @property
+    def adaptive(self) -> bool:
+        return True
+
+    @property
+    def halting(self) -> bool:
+        """The gate runs in this forward (not under full_depth / truncated_depth / anytime)."""
+        return not (self.full_depth or self.truncate is not None or self.anytime)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features} -> {self.num_learners} x {self.hidden_features} -> {self.out_features}, "
+                f"gating={self.gating!r}, min_learners={self.min_learners}, {self.method!r}")
+
+    @property
+    def learner_flops(self) -> int:
+        """FLOPs of one learner on one token (2 per multiply-add)."""
+        return 2 * self.hidden_features * (self.in_features + self.out_features)
+
+    @property
+    def gate_flops(self) -> int:
+        """FLOPs of the gate on one token."""
+        return sum(2 * m.in_features * m.out_features for m in self.gate.modules() if isinstance(m, nn.Linear))
+
+    def report_flops(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """FLOPs of the last forward: per sample ``[B]``, per-sample at full width ``[B]``, one sample at full width,
+        and per token ``[B, T]`` (gate where it ran + executed learners)."""
+        record = self.record
+        units = record.units_executed.cpu()
+        gate = self.gate_flops if record.cost is not None else 0
+        tokens = units * self.learner_flops + gate
+        full = units.shape[1] * self.num_learners * self.learner_flops
+        return tokens.sum(1), torch.full((units.shape[0],), full, dtype=torch.long), full, tokens
+
+    # -- learners ------------------------------------------------------------------------------------------------------
+    def _learner_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, K, D_out]`` output of every learner (no ``b2``)."""
+        k, h = self.num_learners, self.hidden_features
+        hidden = self.act(F.linear(x, self.w1, self.b1)).view(x.shape[0], k, h)
+        return torch.einsum("nkh,kho->nko", hidden, self.w2.view(k, h, self.out_features))
+
+    def _prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Output of the first ``k`` learners on ``[n, D_in]`` rows: one pair of GEMMs of width ``k*h``."""
+        if k == 0:
+            return self.b2.expand(x.shape[0], -1)
+        width = k * self.hidden_features
+        hidden = self.act(F.linear(x, self.w1[:width], None if self.b1 is None else self.b1[:width]))
+        return torch.addmm(self.b2, hidden, self.w2[:width])
+
+    def all_prefixes(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """``[N, K+1, D_out]`` outputs of the first k learners, k = 0..K. ``detach``: each learner's gradient flows
+        only through its own term (the paper's default phase-1 mode, a boosting-like greedy fit)."""
+        outputs = self._learner_outputs(x)
+        if detach:
+            cumulative = outputs.detach().cumsum(1) - outputs.detach() + outputs
+        else:
+            cumulative = outputs.cumsum(1)
+        zero = torch.zeros_like(outputs[:, :1])
+        return torch.cat([zero, cumulative], 1) + self.b2
+
+    # -- gate ----------------------------------------------------------------------------------------------------------
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C]``: ACM: logits over k = min_learners..K; condnet: on-logits of the K blocks."""
+        return self.gate(x).float()
+
+    def _eval_choice(self, logits: torch.Tensor) -> torch.Tensor:
+        """ACM ``[N]`` learner counts by the deterministic rule (each token on its own)."""
+        if self.method.rule == "argmax":
+            choice = logits.argmax(-1)
+        elif self.method.threshold >= 1.0:  # every learner (a saturated float cdf reaches 1.0 early)
+            choice = torch.full(logits.shape[:1], logits.shape[-1] - 1, dtype=torch.long, device=logits.device)
+        else:  # smallest k with cumulative probability >= threshold
+            cdf = torch.softmax(logits, -1).cumsum(-1)
+            choice = (cdf < self.method.threshold).sum(-1).clamp(max=logits.shape[-1] - 1)
+        return choice + self.min_learners
+
+    def _eval_blocks(self, logits: torch.Tensor) -> torch.Tensor:
+        """condnet ``[N, K]`` bool: block i runs when p_i >= 1 - threshold, i.e. off-logit <= logit(threshold)."""
+        run = -logits <= logit_threshold(self.method.threshold)
+        return self._force_min(run)
+
+    def _force_min(self, run: torch.Tensor) -> torch.Tensor:
+        if self.min_learners:
+            run = run.clone()
+            run[:, :self.min_learners] = True
+        return run
+
+    # -- forward -------------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows_shape = (shape[0], shape[1]) if x.dim() >= 3 else (shape[0], 1)
+        flat = x.reshape(-1, shape[-1])
+        profiler = current_profiler()
+        if profiler is not None:  # FLOPs profiling: analytic (report_flops); keep the gate out of the base slot
+            with profiler.slot(self, "unit", 0):
+                self.gate(flat)
+                out = self._prefix(flat, self.num_learners)
+            return out.reshape(shape[:-1] + (self.out_features,))
+        if not self.halting:
+            out, units, cost, extra = self._forward_static(flat)
+        elif self.training and not self.rollout:
+            out, units, cost, extra = (self._train_acm(flat) if self.gating == "acm" else self._train_condnet(flat))
+        else:
+            out, units, cost, extra = self._forward_eval(flat)
+        if "log_prob" in extra:  # per token -> per sample (the decisions of all its tokens)
+            extra["log_prob"] = extra["log_prob"].view(rows_shape).sum(1)
+        record = HaltingRecord(units_executed=units.view(rows_shape), cost=None if cost is None else
+                               cost.view(rows_shape).mean(1), num_units=self.num_learners, method=self.method, **extra)
+        self.record = record
+        return out.reshape(shape[:-1] + (self.out_features,))
+
+    def _forward_static(self, flat: torch.Tensor):
+        """Full width, a truncated width, or (anytime) a uniform k per token; no gate."""
+        n = flat.shape[0]
+        if self.anytime and self.training:
+            low = max(self.min_learners, 1)
+            k = torch.randint(low, self.num_learners + 1, (n,), device=flat.device)
+            prefixes = self.all_prefixes(flat)
+            out = prefixes.gather(1, k.view(-1, 1, 1).expand(-1, 1, prefixes.shape[-1])).squeeze(1)
+            return out, k, None, {}
+        width = self.truncate if self.truncate is not None and not self.full_depth else self.num_learners
+        out = self._prefix(flat, width)
+        return out, torch.full((n,), width, dtype=torch.long, device=flat.device), None, {}
+
+    def _train_acm(self, flat: torch.Tensor):
+        """Straight-through Gumbel-softmax over k (Jang et al. 2017), every prefix computed (dense)."""
+        logits = self.gate_logits(flat)
+        sample = F.gumbel_softmax(logits, tau=self.method.temperature, hard=True)  # [N, C] one-hot, ST gradient
+        prefixes = self.all_prefixes(flat)[:, self.min_learners:]
+        out = torch.einsum("nc,nco->no", sample.to(prefixes.dtype), prefixes)
+        counts = torch.arange(self.min_learners, self.num_learners + 1, device=flat.device, dtype=sample.dtype)
+        cost = (sample * counts).sum(-1) / self.num_learners  # differentiable executed fraction (paper's budget)
+        units = sample.detach().argmax(-1) + self.min_learners
+        if self.keep_prefixes:
+            self.prefixes = prefixes
+        return out, units, cost, {}
+
+    def _train_condnet(self, flat: torch.Tensor):
+        """Bernoulli blocks sampled per token; only the sampled (token, learner) pairs run (compact), the gate learns
+        by REINFORCE through the core's policy-gradient loss."""
+        logits = self.gate_logits(flat)
+        bound = logit_threshold(1.0 - CONDNET_PROB_CLIP)  # Bengio et al.: p in [0.01, 0.99]
+        logits = logits.clamp(-bound, bound)
+        run, log_prob = sampled_stop(logits)
+        run = self._force_min(run)
+        if self.min_learners:
+            log_prob = log_prob.clone()
+            log_prob[:, :self.min_learners] = 0.0
+        out = self._run_blocks(flat, run)
+        go = torch.sigmoid(logits)
+        # the core's regularisers, one "head" per block: L_b per block over tokens, L_e per token over blocks
+        terms = self.method.terms({"go": list(go.unbind(1))}, {"go_mean": go.mean(1)})
+        units = run.sum(1)
+        extra = {"terms": terms, "touch": zero_touch(self), "log_prob": log_prob.sum(1)}
+        return out, units, units.float() / self.num_learners, extra
+
+    def _forward_eval(self, flat: torch.Tensor):
+        logits = self.gate_logits(flat)
+        if self.gating == "acm":
+            k = self._eval_choice(logits)
+            if self.execution == "masked":
+                prefixes = self.all_prefixes(flat)
+                out = prefixes.gather(1, k.view(-1, 1, 1).expand(-1, 1, prefixes.shape[-1])).squeeze(1)
+            else:
+                out = self._run_prefixes(flat, k)
+            return out, k, k.float() / self.num_learners, {}
+        if self.decision == "sample":  # Bengio's test-time sampling
+            run = self._force_min(sampled_stop(logits.clamp(-logit_threshold(0.99), logit_threshold(0.99)))[0])
+        else:
+            run = self._eval_blocks(logits)
+        if self.execution == "masked":
+            out = torch.einsum("nk,nko->no", run.to(flat.dtype), self._learner_outputs(flat)) + self.b2
+        else:
+            out = self._run_blocks(flat, run)
+        units = run.sum(1)
+        return out, units, units.float() / self.num_learners, {}
+
+    def _run_prefixes(self, flat: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Compact ACM: tokens grouped by k (one host synchronisation); group k runs the first k learners as one
+        pair of GEMMs of width k*h on its gathered rows; results are scattered back once."""
+        counts = torch.bincount(k, minlength=self.num_learners + 1).tolist()
+        order = torch.argsort(k, stable=True)
+        collector = RowCollector(flat.shape[0])
+        start = 0
+        for width, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = order[start:start + count]
+            start += count
+            collector.add(rows, self._prefix(take_rows(flat, rows), width))
+        return collector.assemble()
+
+    def _run_blocks(self, flat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
+        """Compact condnet: learner i runs on the gathered tokens that switched it on; its output is scattered (added)
+        into ``b2``. Differentiable (sampled training) and in place otherwise."""
+        h = self.hidden_features
+        grad = torch.is_grad_enabled()
+        out = self.b2.expand(flat.shape[0], -1)
+        out = out if grad else out.clone(memory_format=torch.contiguous_format)  # never b2 itself
+        for i in range(self.num_learners):
+            mask = run[:, i]
+            num = count_true(mask)
+            if num == 0:
+                continue
+            index = None if num == flat.shape[0] else split_rows(mask, num)[1]  # the rows that run learner i
+            rows = flat if index is None else take_rows(flat, index)
+            part = slice(i * h, (i + 1) * h)
+            hidden = self.act(F.linear(rows, self.w1[part], None if self.b1 is None else self.b1[part]))
+            y = hidden @ self.w2[part]
+            if index is None:
+                out = out + y if grad else out.add_(y)
+            else:
+                out = out.index_add(0, index, y) if grad else out.index_add_(0, index, y)
+        return out

@@ -1,0 +1,56 @@
+# Copyright 2026 The pact_zoo authors. Licensed under the Apache License, Version 2.0.
+"""ACM-BERT configuration: a BERT encoder whose FFN blocks (and optionally attention projections) are Adaptive
+Computation Modules (Wójcik et al. 2023, arXiv:2312.10193) or Bengio et al. 2016 block-gated layers."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from transformers import BertConfig
+
+__all__ = ["AcmBertConfig"]
+
+
+class AcmBertConfig(BertConfig):
+    r"""Configuration of :class:`~pact_zoo.hf.AcmBertModel` and its heads: a :class:`~transformers.BertConfig` plus
+
+    Args:
+        acm_num_learners (`int`, defaults to 4): K learners per ACM module.
+        acm_gating (`str`, defaults to ``"acm"``): ``"acm"`` or ``"condnet"``.
+        acm_attention (`bool`, defaults to False): the attention projections are ACM modules too.
+        acm_width_factor (`float`, defaults to 1.0): total learner width relative to the original block.
+        acm_attention_min_learners (`int`, defaults to 1): learners every token runs in a projection.
+        acm_gate_hidden (`int`, defaults to 16), acm_gate_depth (`int`, defaults to 2): gate MLP size.
+        acm_knobs (`dict`, *optional*): the gating's knobs (``threshold``, ...); kept in step by
+            ``pact_zoo.set_threshold``.
+    """
+
+    model_type = "acm_bert"
+
+    def __init__(self, acm_num_learners: int = 4, acm_gating: str = "acm", acm_attention: bool = False,
+                 acm_width_factor: float = 1.0, acm_attention_min_learners: int = 1, acm_gate_hidden: int = 16,
+                 acm_gate_depth: int = 2, acm_knobs: Optional[dict[str, Any]] = None, **kwargs) -> None:
+        from pact_zoo.acm.module import GATINGS
+        if not (isinstance(acm_num_learners, int) and not isinstance(acm_num_learners, bool)
+                and acm_num_learners >= 1):
+            raise ValueError(f"acm_num_learners must be an int >= 1, got {acm_num_learners!r}")
+        if acm_gating not in GATINGS:
+            raise ValueError(f"acm_gating must be one of {GATINGS}, got {acm_gating!r}")
+        self.acm_num_learners = acm_num_learners
+        self.acm_gating = acm_gating
+        self.acm_attention = bool(acm_attention)
+        self.acm_width_factor = float(acm_width_factor)
+        self.acm_attention_min_learners = acm_attention_min_learners
+        self.acm_gate_hidden = acm_gate_hidden
+        self.acm_gate_depth = acm_gate_depth
+        self.acm_knobs = dict(acm_knobs or {})
+        super().__init__(**kwargs)
+
+    def acmize_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`pact_zoo.acm.acmize_structure` that rebuild the structure."""
+        return dict(num_learners=self.acm_num_learners, gating=self.acm_gating, attention=self.acm_attention,
+                    width_factor=self.acm_width_factor, attention_min_learners=self.acm_attention_min_learners,
+                    gate_hidden=self.acm_gate_hidden, gate_depth=self.acm_gate_depth, **self.acm_knobs)
+
+    def set_halting_knob(self, key: str, value: Any) -> None:
+        """Keep a knob changed on the modules (``pact_zoo.set_threshold``) in the saved config."""
+        self.acm_knobs[key] = value
