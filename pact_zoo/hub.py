@@ -41,12 +41,13 @@ def is_hub_dataset(name: str) -> bool:
     return "/" in name and ":" not in name and not name.startswith((".", "/"))
 
 
-def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold: Optional[float]) -> str:
+def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold: Optional[float],
+           model_name: str) -> str:
     knob = f"\npact_zoo.set_threshold(model, {threshold})  # speed/accuracy knob" if threshold is not None else ""
     if timm_model:
         hub = (f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)  # from the hub' if repo_id else
-               f'# after uploading (pact-zoo export ... --push-to-hub <user>/{folder_name}):\n'
-               f'# model = timm.create_model("hf-hub:<user>/{folder_name}", pretrained=True)')
+               f'# after uploading (pact-zoo export ... --push-to-hub <user>/{model_name}):\n'
+               f'# model = timm.create_model("hf-hub:<user>/{model_name}", pretrained=True)')
         return (f'import pact_zoo, timm\nmodel = timm.create_model("local-dir:{folder_name}", pretrained=True)  '
                 f'# this folder\n{hub}{knob}')
     source = repo_id or folder_name
@@ -85,7 +86,7 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         halting_methods=evaluation.get("methods"),
         full_depth_flops=float(full["mean_flops"]),
     )
-    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"))
+    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"), model_name)
     plots = "\n".join(f"![{p}]({p})" for p in evaluation.get("plots", []))
     body = "\n".join([
         "---", data.to_yaml(), "---", "", f"# {model_name}", "",
