@@ -5,12 +5,17 @@ import timm
 
 from .pact_resnet import AdaptiveResNet, AdaptiveResNetStage
 from .pact_resnet_cifar import CifarResNet, PreActBasicUnit
+from .pact_mobilenet import AdaptiveEfficientNet
+from .pact_vit import AdaptiveVisionTransformer, TokenHaltingHead
+from .adaptive import SequentialAdaptiveStage, make_adaptive, register_adaptive_family, supported_families
 
 #: One timm module name per family file (registry key = the file's last dotted name).
-FAMILY_MODULES = ("pact_resnet_cifar", "pact_resnet")
+FAMILY_MODULES = ("pact_resnet_cifar", "pact_resnet", "pact_mobilenet", "pact_vit")
 
 __all__ = [
     "AdaptiveResNet", "AdaptiveResNetStage", "CifarResNet", "FAMILY_MODULES", "PreActBasicUnit", "list_models",
+    "AdaptiveEfficientNet", "AdaptiveVisionTransformer", "SequentialAdaptiveStage", "TokenHaltingHead",
+    "make_adaptive", "register_adaptive_family", "supported_families",
 ]
 
 
