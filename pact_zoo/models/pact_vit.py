@@ -35,7 +35,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import nn
 
 from ..halting import HaltingConfig, HaltingHead
-from ._helpers import add_halting_heads_filter, begin_forward
+from ._helpers import add_halting_heads_filter, begin_forward, is_tracing
 from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
 )
@@ -125,6 +125,8 @@ class AdaptiveVisionTransformer(VisionTransformer):
 
     @staticmethod
     def _no_mask(attn_mask: Optional[torch.Tensor], is_causal: bool) -> None:
+        if is_tracing(attn_mask) or is_tracing(is_causal):  # FX placeholders of the unused arguments
+            return
         if attn_mask is not None or is_causal:
             raise ValueError("attn_mask / is_causal are not supported by the adaptive blocks (per-sample depth); "
                              "got a mask")
