@@ -38,7 +38,7 @@ from ..halting.method import HaltingMethod, HaltingRecord, Knob, check_choice, c
     logit_threshold
 from ..halting.pact import sampled_stop
 from ..halting.policy_gradient import BASELINES, PolicyGradientMethod
-from ..halting.stage import zero_touch
+from ..halting.stage import register_notrace_module, zero_touch
 
 __all__ = ["AdaptiveWidth", "ACMGating", "CondnetGating", "GATINGS", "EVAL_RULES", "build_gating"]
 
@@ -105,6 +105,7 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+@register_notrace_module  # timm's FX tracing keeps the module whole: its per-token gating runs at run time
 class AdaptiveWidth(nn.Module):
     """K learners ``D_in -> h -> D_out`` whose outputs add up, with a per-token gate.
 
@@ -269,6 +270,8 @@ class AdaptiveWidth(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):  # FX tracing with any tracer: one leaf node, gated at run time
+            return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
         shape = x.shape
         rows_shape = (shape[0], shape[1]) if x.dim() >= 3 else (shape[0], 1)
         flat = x.reshape(-1, shape[-1])

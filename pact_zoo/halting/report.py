@@ -272,8 +272,10 @@ def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]], length: O
         return cache[signature]
     modes = [(m, m.training) for m in root.modules()]  # e.g. frozen BN layers stay in eval
     root.eval()
-    try:
-        with torch.no_grad(), FlopsProfiler(root) as profiler:
+    count = len(adaptive_stages(root))
+    try:  # every unit and head once, also when called inside full_depth / truncated_depth (the cache outlives them)
+        with torch.no_grad(), _stage_setting(root, "truncate", [None] * count), \
+                _stage_setting(root, "full_depth", [False] * count), FlopsProfiler(root) as profiler:
             root(*args, **kwargs)
     finally:
         for module, training in modes:

@@ -189,6 +189,9 @@ class AdaptiveStage(nn.Module):
         Returns:
             ``[B, ...]`` stage output (the shape the units produce).
         """
+        if isinstance(x, torch.fx.Proxy):  # FX tracing with any tracer: the stage is one leaf node, it halts at run time
+            args = (x,) if context is None else (x, context)
+            return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), args, {})
         if self.truncate is not None:
             return self._forward_all(x, context, self.truncate)
         if self.anytime and self.training:

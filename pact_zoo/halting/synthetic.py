@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .report import adaptive_stages, full_depth, set_execution
+from .stage import AdaptiveStage
 
 __all__ = ["calibrate_batchnorm", "synthesize_halting"]
 
@@ -78,7 +79,7 @@ def synthesize_halting(model: nn.Module, seed: int, input_shape: Sequence[int],
     """
     from .report import set_threshold
 
-    stages = [stage for _, stage in adaptive_stages(model) if stage.halting]
+    stages = [stage for _, stage in adaptive_stages(model) if isinstance(stage, AdaptiveStage) and stage.halting]
     if not stages:
         raise ValueError("synthesize_halting needs a model with halting stages (a method with heads)")
     if calibrate_norms:

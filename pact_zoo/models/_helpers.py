@@ -7,11 +7,12 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..halting import adaptive_stages
+from ..halting import INPUT_SHAPE_ATTR, adaptive_stages
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["check_image_input", "halting_parameter_names", "add_halting_heads_filter"]
+__all__ = ["add_halting_heads_filter", "begin_forward", "check_image_input", "check_not_compact_export",
+           "halting_parameter_names", "is_tracing", "record_input_shape"]
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: bool,
@@ -20,7 +21,11 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: b
     weights' ``dtype`` when given) and finite in eval.
 
     Non-finite input in eval would make the halting rule silently wrong (NaN never reaches a threshold).
+    A tracing proxy (``torch.fx`` symbolic tracing: FX feature extraction) has no values to check and passes;
+    under ``torch.compile`` / ``torch.export`` the shape checks run and the value check is skipped.
     """
+    if is_tracing(x):
+        return
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor [B, {in_chans}, H, W], got {type(x).__name__}")
     if x.dim() != 4:
@@ -37,8 +42,41 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: b
                          f"(or convert the model with model.to({x.dtype}))")
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError(f"x must have spatial size H, W >= {min_size}, got {tuple(x.shape[2:])}")
-    if not training and x.device.type != "meta" and not torch.jit.is_scripting() and not torch.isfinite(x).all():
+    if (not training and x.device.type != "meta" and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
+            and not torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf: an eval forward needs finite input for the halting rule")
+
+
+def is_tracing(x: object) -> bool:
+    """True when ``x`` is a ``torch.fx`` tracing proxy (symbolic tracing: shapes and values are unknown)."""
+    return isinstance(x, torch.fx.Proxy)
+
+
+def record_input_shape(model: nn.Module, x: torch.Tensor) -> None:
+    """Keep the per-sample input shape ``[C, H, W]`` of the last forward for :func:`pact_zoo.halting_report`
+    (not while FX-tracing: a proxy has no shape)."""
+    if not is_tracing(x):
+        setattr(model, INPUT_SHAPE_ATTR, tuple(x.shape[1:]))
+
+
+def check_not_compact_export(model: nn.Module) -> None:
+    """Raise RuntimeError while ``torch.export`` traces an eval forward whose halting stages run compacted: halted
+    samples leave the batch, a data-dependent shape that one exported graph cannot hold."""
+    stages = [stage for _, stage in adaptive_stages(model)]
+    if not model.training and any(stage.halting and stage.execution == "compact" for stage in stages):
+        raise RuntimeError("torch.export cannot capture the compact path (halted samples leave the batch: "
+                           "data-dependent shapes); call pact_zoo.set_execution(model, 'masked') first (the same "
+                           "outputs, every unit runs), or export inside pact_zoo.full_depth(model)")
+
+
+def begin_forward(model: nn.Module, x: torch.Tensor) -> None:
+    """What every image family does with its input: :func:`check_image_input` against the model's ``in_chans``,
+    ``min_input_size`` and weight dtype, the export check, and the per-sample input shape for
+    :func:`pact_zoo.halting_report`."""
+    check_image_input(x, model.in_chans, model.min_input_size, model.training, next(model.parameters()).dtype)
+    if torch.compiler.is_exporting():
+        check_not_compact_export(model)
+    record_input_shape(model, x)
 
 
 def halting_parameter_names(model: nn.Module) -> set[str]:

@@ -15,7 +15,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ..acm.convert import acm_modules, acmize_structure, split_ffn, split_linear
-from ..halting import INPUT_SHAPE_ATTR
+from ._helpers import record_input_shape
 
 __all__ = ["AcmVisionTransformer"]
 
@@ -40,7 +40,7 @@ class AcmVisionTransformer(VisionTransformer):
         acmize_structure(self, num_learners=num_learners, gating=gating, attention=attention, init="random", **acm)
 
     def forward_features(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        setattr(self, INPUT_SHAPE_ATTR, tuple(x.shape[1:]))  # pact_zoo.halting_report profiles one such sample
+        record_input_shape(self, x)  # pact_zoo.halting_report profiles one such sample
         return super().forward_features(x, *args, **kwargs)
 
 
@@ -60,8 +60,9 @@ def _convert_checkpoint(state_dict: dict[str, torch.Tensor], model: AcmVisionTra
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AcmVisionTransformer:
+    out_indices = kwargs.pop("out_indices", 3)  # as timm's ViT: the last 3 blocks (every block keeps its depth)
     return build_model_with_cfg(AcmVisionTransformer, variant, pretrained, pretrained_filter_fn=_convert_checkpoint,
-                                **kwargs)
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 def _timm_cfg(name: str) -> dict[str, Any]:

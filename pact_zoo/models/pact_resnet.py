@@ -20,18 +20,18 @@ Papers:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import timm
 import torch
-from timm.layers import get_act_layer, register_notrace_module
+from timm.layers import get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-from torch import nn
 
-from ..halting import INPUT_SHAPE_ATTR, AdaptiveStage, HaltingConfig, HaltingHead
-from ._helpers import add_halting_heads_filter, check_image_input
+from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
+from .adaptive import SequentialAdaptiveStage, head_device_dtype, register_adaptive_family
+from ._helpers import add_halting_heads_filter, begin_forward
 
 __all__ = ["AdaptiveResNet", "AdaptiveResNetStage", "MIN_INPUT_SIZE"]
 
@@ -40,39 +40,8 @@ MIN_INPUT_SIZE = 32
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
 
-@register_notrace_module
-class AdaptiveResNetStage(AdaptiveStage):
-    """An :class:`AdaptiveStage` that keeps the key layout of the ``nn.Sequential`` stage it replaces.
-
-    The units are registered as children ``"0"``, ``"1"``, ... (so ``layer1.0.conv1.weight`` stays
-    ``layer1.0.conv1.weight``) and the halting heads as ``heads``. ``stage[i]``, ``len(stage)`` and iteration
-    give the units, as on the timm stage (e.g. ``model.layer4[-1]`` as a Grad-CAM target).
-
-    Args: as :class:`~pact_zoo.halting.AdaptiveStage`.
-
-    Shape: ``[B, C_in, H, W]`` -> ``[B, C_out, H / stride, W / stride]``.
-    """
-
-    def __init__(self, units: Sequence[nn.Module], heads: Optional[Sequence[nn.Module]] = None,
-                 **halting_kwargs: Any) -> None:
-        super().__init__(units, heads, **halting_kwargs)
-        unit_list = self._modules.pop("units")
-        head_list = self._modules.pop("heads", None)
-        for idx, unit in enumerate(unit_list):
-            self.add_module(str(idx), unit)
-        if head_list is not None:
-            self.add_module("heads", head_list)
-        # A plain (unregistered) view: the same module objects, indexed by AdaptiveStage as ``self.units[n]``.
-        self.units = tuple(unit_list)
-
-    def __getitem__(self, idx: Union[int, slice]) -> Union[nn.Module, Tuple[nn.Module, ...]]:
-        return self.units[idx]
-
-    def __len__(self) -> int:
-        return len(self.units)
-
-    def __iter__(self) -> Iterator[nn.Module]:
-        return iter(self.units)
+#: The stage of an adaptive ResNet (kept under its former name): the units keep the ``layer<N>.<i>`` keys.
+AdaptiveResNetStage = SequentialAdaptiveStage
 
 
 class AdaptiveResNet(ResNet):
@@ -105,9 +74,16 @@ class AdaptiveResNet(ResNet):
     ) -> None:
         # Validate the halting knobs before building the (large) backbone.
         halting_cfg = HaltingConfig.from_kwargs(method, kwargs)
-        head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
+        if halting_act_layer:
+            get_act_layer(halting_act_layer)
         super().__init__(block=block, layers=layers, device=device, dtype=dtype, **kwargs)
-        dd = {"device": device, "dtype": dtype}
+        self.add_halting(halting_cfg, halting_act_layer)
+
+    def add_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str] = None) -> None:
+        """Replace ``layer1`` .. ``layer4`` by adaptive stages with fresh halting heads (the one conversion path,
+        shared by the builders and :func:`pact_zoo.make_adaptive`)."""
+        head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
+        dd = head_device_dtype(self)
         self.halting_cfg = halting_cfg
         self.min_input_size = MIN_INPUT_SIZE
         for stage_idx, name in enumerate(STAGE_NAMES):
@@ -117,7 +93,7 @@ class AdaptiveResNet(ResNet):
             if halting_cfg.adaptive:
                 heads = [HaltingHead(num_chs, act_layer=head_act, bias_init=halting_cfg.halting_bias_init, **dd)
                          for _ in range(len(units) - 1)]
-            setattr(self, name, AdaptiveResNetStage(units, heads, method=halting_cfg))
+            setattr(self, name, SequentialAdaptiveStage(units, heads, method=halting_cfg))
 
     def _stages(self) -> List[AdaptiveResNetStage]:
         """The stages still present (``prune_intermediate_layers`` replaces pruned ones by empty Sequentials)."""
@@ -143,8 +119,7 @@ class AdaptiveResNet(ResNet):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, C, H / 2, W / 2]`` (before the max-pool); records the input shape."""
-        check_image_input(x, self.in_chans, self.min_input_size, self.training, self.conv1.weight.dtype)
-        setattr(self, INPUT_SHAPE_ATTR, tuple(x.shape[1:]))
+        begin_forward(self, x)
         return self.act1(self.bn1(self.conv1(x)))
 
     def forward_intermediates(
@@ -186,6 +161,9 @@ class AdaptiveResNet(ResNet):
         """``[B, in_chans, H, W]`` -> ``[B, num_classes]`` logits. The halting cost is in
         :func:`pact_zoo.halting_loss`, the per-sample account in :func:`pact_zoo.halting_report`."""
         return self.forward_head(self.forward_features(x))
+
+
+register_adaptive_family(ResNet, AdaptiveResNet)
 
 
 def _create_pact_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AdaptiveResNet:

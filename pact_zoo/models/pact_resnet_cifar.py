@@ -19,8 +19,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ..halting import INPUT_SHAPE_ATTR, AdaptiveStage, HaltingConfig, HaltingHead
-from ._helpers import add_halting_heads_filter, check_image_input
+from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
+from ._helpers import add_halting_heads_filter, begin_forward
 
 __all__ = ["CifarResNet", "PreActBasicUnit"]
 
@@ -185,8 +185,7 @@ class CifarResNet(nn.Module):
         self.fc.train(self.training)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, self.min_input_size, self.training, self.stem.weight.dtype)
-        setattr(self, INPUT_SHAPE_ATTR, tuple(x.shape[1:]))
+        begin_forward(self, x)
         return self.stem(x)
 
     def forward_intermediates(

@@ -1,0 +1,163 @@
+"""Adaptive mobile CNNs: PACT / ACT halting over the inverted-residual blocks of timm's MobileNetV2 and
+EfficientNet-Lite (real ImageNet backbones).
+
+The backbone is timm's :class:`timm.models.efficientnet.EfficientNet` (the class of ``mobilenetv2_100``,
+``tf_efficientnet_lite0``, ``efficientnet_b0`` ...): same stem, same blocks, same module names. Every stage
+``blocks.<s>`` of more than one block becomes a :class:`~pact_zoo.models.adaptive.SequentialAdaptiveStage`: its
+first block (the one that changes stride and width) always runs, and the following blocks - shape-preserving
+inverted residuals with an identity shortcut - run while the sample has not halted, with a halting head after every
+block but the last. Stages of one block stay plain.
+
+State-dict layout: every backbone key is the timm key (``blocks.3.2.conv_pwl.weight``); the halting heads are new
+keys ``blocks.<s>.heads.<n>.{norm,fc}.*``. A timm checkpoint loads with fresh heads
+(``pretrained_cfg_overlay=dict(file="model.safetensors")``), and :func:`pact_zoo.make_adaptive` converts a timm
+model instance in place; both run :meth:`AdaptiveEfficientNet.add_halting`.
+
+Halting head: global average pool -> BN -> Linear(C -> 1), bias -3 (SACT ImageNet, as the ResNets).
+
+Papers:
+* PACT: Figurnov, Sobolev, Vetrov, "Probabilistic Adaptive Computation Time", arXiv:1712.00386.
+* MobileNetV2: Sandler et al., arXiv:1801.04381. EfficientNet: Tan, Le, arXiv:1905.11946.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import torch
+from timm.layers import get_act_layer
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.efficientnet import EfficientNet
+from torch import nn
+
+from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
+from ._helpers import add_halting_heads_filter, begin_forward
+from .adaptive import (
+    SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
+)
+
+__all__ = ["AdaptiveEfficientNet", "MIN_INPUT_SIZE"]
+
+#: Smallest accepted input side: the backbone's total stride (the last stage sees at least one pixel).
+MIN_INPUT_SIZE = 32
+
+
+def _out_channels(block: nn.Module) -> int:
+    """Output channels of a block: those of its last convolution (``conv_pwl`` of an inverted residual)."""
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+class AdaptiveEfficientNet(EfficientNet):
+    """timm's EfficientNet / MobileNetV2 whose multi-block stages are adaptive stages with halting heads.
+
+    Build it with a registered name (``pact_mobilenetv2_100``, ``pact_efficientnet_lite0``) or convert a timm
+    instance with :func:`pact_zoo.make_adaptive`; the constructor takes ``method``, ``halting_act_layer``, the
+    halting knobs and the arguments of :class:`timm.models.efficientnet.EfficientNet`.
+
+    Shape: ``[B, in_chans, H, W]`` -> ``[B, num_classes]``; H, W >= 32.
+    """
+
+    def __init__(self, method: str = "pact", halting_act_layer: Optional[str] = None, **kwargs: Any) -> None:
+        halting_cfg = HaltingConfig.from_kwargs(method, kwargs)
+        super().__init__(**kwargs)
+        self.add_halting(halting_cfg, halting_act_layer)
+
+    def add_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str] = None) -> None:
+        """Replace every stage of more than one block by an adaptive stage with fresh halting heads (shared by the
+        builders and :func:`pact_zoo.make_adaptive`). Raises ValueError if a later block of a stage changes the
+        shape (no identity shortcut)."""
+        head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
+        dd = head_device_dtype(self)
+        for stage_idx, stage in enumerate(self.blocks):
+            units = list(stage)
+            if len(units) < 2:
+                continue
+            for block_idx, block in enumerate(units[1:], start=1):
+                if not getattr(block, "has_skip", False):
+                    raise ValueError(f"blocks.{stage_idx}.{block_idx} ({type(block).__name__}) has no identity "
+                                     "shortcut: only shape-preserving residual blocks can be skipped")
+            heads = None
+            if halting_cfg.adaptive:
+                num_chs = _out_channels(units[-1])
+                heads = [HaltingHead(num_chs, act_layer=head_act, bias_init=halting_cfg.halting_bias_init, **dd)
+                         for _ in range(len(units) - 1)]
+            self.blocks[stage_idx] = SequentialAdaptiveStage(units, heads, method=halting_cfg)
+        self.halting_cfg = halting_cfg
+        self.min_input_size = MIN_INPUT_SIZE
+        self.grad_checkpointing = False
+
+    def _stages(self) -> List[AdaptiveStage]:
+        return [m for m in self.blocks if isinstance(m, AdaptiveStage)]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay; a halting head joins its stage."""
+        matcher = super().group_matcher(coarse)
+        if not coarse:
+            matcher["blocks"] = [(r"^blocks\.(\d+)\.heads\.(\d+)", None)] + list(matcher["blocks"])
+        return matcher
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint every block of the adaptive stages in training (the stages run blocks one by one)."""
+        for stage in self._stages():
+            stage.grad_checkpointing = enable
+
+    def _check(self, x: torch.Tensor) -> None:
+        begin_forward(self, x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """timm's ``forward_intermediates``: the stem and every stage's output (each stage under its halting rule)."""
+        self._check(x)
+        return super().forward_intermediates(x, *args, **kwargs)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> ``[B, num_features, H / 32, W / 32]``."""
+        self._check(x)
+        x = self.bn1(self.conv_stem(x))
+        x = self.blocks(x)
+        return self.bn2(self.conv_head(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> ``[B, num_classes]`` logits. The halting cost is in
+        :func:`pact_zoo.halting_loss`, the per-sample account in :func:`pact_zoo.halting_report`."""
+        return self.forward_head(self.forward_features(x))
+
+
+register_adaptive_family(EfficientNet, AdaptiveEfficientNet)
+
+#: registered name -> (timm backbone, backbone weights tag)
+_BACKBONES = {
+    "pact_mobilenetv2_100": ("mobilenetv2_100", "ra_in1k"),
+    "pact_efficientnet_lite0": ("tf_efficientnet_lite0", "in1k"),
+}
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AdaptiveEfficientNet:
+    backbone, _ = _BACKBONES[variant]
+
+    def model_cls(**model_kwargs: Any) -> AdaptiveEfficientNet:
+        return adaptive_from_timm(backbone, **model_kwargs)
+
+    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=add_halting_heads_filter,
+                                feature_cfg=dict(flatten_sequential=True), **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    f"{name}.{tag}": backbone_pretrained_cfg(f"{backbone}.{tag}", "pact", MIN_INPUT_SIZE)
+    for name, (backbone, tag) in _BACKBONES.items()
+})
+
+
+@register_model
+def pact_mobilenetv2_100(pretrained: bool = False, **kwargs: Any) -> AdaptiveEfficientNet:
+    """MobileNetV2 1.0 (timm ``mobilenetv2_100``) with halting over the blocks of every stage (PACT by default,
+    ``method=`` for another)."""
+    return _create("pact_mobilenetv2_100", pretrained, **kwargs)
+
+
+@register_model
+def pact_efficientnet_lite0(pretrained: bool = False, **kwargs: Any) -> AdaptiveEfficientNet:
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with halting over the blocks of every stage (PACT by
+    default, ``method=`` for another)."""
+    return _create("pact_efficientnet_lite0", pretrained, **kwargs)
