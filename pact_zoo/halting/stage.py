@@ -26,17 +26,19 @@ except ImportError:  # pragma: no cover - exercised only where timm is absent
     def register_notrace_module(module: type) -> type:
         return module
 
-from .compaction import ActiveRows, RowCollector, count_true, split_rows, take_rows
+from .compaction import ActiveRows, RowCollector, bucket_size, count_true, pad_rows, split_rows, take_rows
 from .config import HaltingConfig
 from .flops import current_profiler
 from .method import HaltingMethod, HaltingRecord, StopDecision, get_halting_method
 
-__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "zero_touch"]
+__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "DEFAULT_BUCKETS", "set_bucketing", "zero_touch"]
 
 #: ``"compact"``: halted rows leave the batch in eval; ``"masked"``: every unit runs, results are masked.
 EXECUTION_MODES = ("compact", "masked")
 #: Eval stop decisions: ``"greedy"`` (the method's deterministic rule) or ``"sample"`` (sampled stops).
 DECISION_MODES = ("greedy", "sample")
+#: Sub-batch sizes of bucketed eval (:func:`set_bucketing`): powers of two up to 64, then multiples of 64.
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64) + tuple(range(128, 4097, 64))
 
 
 def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -105,6 +107,9 @@ class AdaptiveStage(nn.Module):
         anytime: training forwards run a uniformly sampled number of units per row and no head
             (:func:`~pact_zoo.halting.anytime_depth`).
         decision: eval stop decisions, ``"greedy"`` or ``"sample"`` (methods with ``stochastic = True``).
+        buckets: ascending sub-batch sizes, or None (default). Gradient-free compact forwards then run every unit on
+            the running rows padded up to the next bucket (:func:`set_bucketing`): a GPU sees a few shapes only.
+        cuda_graphs: with ``buckets``, replay one captured CUDA graph per (unit, bucket) on a CUDA state.
         rollout: training-mode forward under the deterministic rule, no record of log-probabilities
             (:func:`~pact_zoo.halting.self_critical_baseline`).
     """
@@ -139,7 +144,10 @@ class AdaptiveStage(nn.Module):
         self.anytime = False
         self.rollout = False
         self.grad_checkpointing = False
+        self.buckets: Optional[tuple[int, ...]] = None
+        self.cuda_graphs = False
         self.record: Optional[HaltingRecord] = None
+        self._graphs: dict[tuple, tuple] = {}
 
     @property
     def num_units(self) -> int:
@@ -171,6 +179,49 @@ class AdaptiveStage(nn.Module):
                     return torch.utils.checkpoint.checkpoint(unit, x, use_reentrant=False)
                 return torch.utils.checkpoint.checkpoint(unit, x, context, use_reentrant=False)
             return unit(x) if context is None else unit(x, context)
+
+    def _run_unit_compact(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`_run_unit` of the compact loop: padded to a bucket (and replayed as a CUDA graph) when asked."""
+        if self.buckets is None or self.training or torch.is_grad_enabled() or current_profiler() is not None:
+            return self._run_unit(n, x, context)
+        rows = x.shape[0]
+        size = bucket_size(rows, self.buckets)
+        if self.cuda_graphs and x.is_cuda:
+            return self._replay_graph(n, size, x, context)
+        if size == rows:
+            return self._run_unit(n, x, context)
+        out = self._run_unit(n, pad_rows(x, size), None if context is None else pad_rows(context, size))
+        return out[:rows]
+
+    def _replay_graph(self, n: int, size: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """Unit ``n`` on ``x`` (``[A, ...]``, A <= size) through the CUDA graph captured for (n, size)."""
+        key = (n, size, tuple(x.shape[1:]), x.dtype, None if context is None else tuple(context.shape[1:]))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture_graph(n, size, x, context)
+            self._graphs[key] = entry
+        graph, static_x, static_context, static_out = entry
+        rows = x.shape[0]
+        static_x[:rows].copy_(x)  # rows past A keep earlier valid inputs: their outputs are never read
+        if context is not None:
+            static_context[:rows].copy_(context)
+        graph.replay()
+        return static_out[:rows].clone()  # the next replay overwrites the static output
+
+    def _capture_graph(self, n: int, size: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> tuple:
+        static_x = pad_rows(x, size).clone()
+        static_context = None if context is None else pad_rows(context, size).clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture (cuDNN autotuning, lazy initialisation)
+                self._run_unit(n, static_x, static_context)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        pool = self.__dict__.setdefault("_graph_pool", torch.cuda.graph_pool_handle())
+        with torch.cuda.graph(graph, pool=pool):
+            static_out = self._run_unit(n, static_x, static_context)
+        return graph, static_x, static_context, static_out
 
     def _halting_logit(self, n: int, x: torch.Tensor) -> torch.Tensor:
         profiler = current_profiler()
@@ -229,8 +280,8 @@ class AdaptiveStage(nn.Module):
                           else x.new_zeros(x.shape[0], 0, dtype=torch.float32))
         mix = self.method.mixture(halting_logits, training)
         out = states[0] * _rows(mix.weights[:, 0], states[0])
-        for n in range(1, self.num_units):
-            out = out + states[n] * _rows(mix.weights[:, n], states[n])
+        for n in range(1, self.num_units):  # addcmul: one operator and one temporary per unit, not two
+            out = torch.addcmul(out, states[n], _rows(mix.weights[:, n], states[n]))
         self._keep(HaltingRecord(units_executed=mix.units_executed, cost=mix.cost, num_units=self.num_units,
                                  method=self.method, log_prob=mix.log_prob, terms=mix.terms))
         return out
@@ -244,7 +295,7 @@ class AdaptiveStage(nn.Module):
         accumulator (PACT's memory claim). Accumulating methods (ACT) add w_n x_n of the running rows to the output.
         """
         method = self.method if method is None else method
-        state = self._run_unit(0, x, context)
+        state = self._run_unit_compact(0, x, context)
         batch_size, device = state.shape[0], state.device
         active = ActiveRows(batch_size, device)
         steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=device)
@@ -266,7 +317,7 @@ class AdaptiveStage(nn.Module):
                 contribution = state * _rows(weight, state)
                 out = contribution if out is None else active.add_into(out, contribution)
             if num_stop == 0:
-                state = self._run_unit(n + 1, state, context)
+                state = self._run_unit_compact(n + 1, state, context)
                 continue
             if num_stop == num_rows:
                 keep, halted = None, torch.arange(num_rows, device=device)
@@ -288,7 +339,7 @@ class AdaptiveStage(nn.Module):
             if context is not None:
                 context = take_rows(context, keep)
             active.keep(keep)
-            state = self._run_unit(n + 1, state, context)
+            state = self._run_unit_compact(n + 1, state, context)
         if not method.accumulates:
             if pieces:
                 pieces.add(active.all(), state)
@@ -305,3 +356,23 @@ class AdaptiveStage(nn.Module):
             record.touch = zero_touch(self)
         self._keep(record)
         return out
+
+
+def set_bucketing(model: nn.Module, buckets: Optional[Sequence[int]] = DEFAULT_BUCKETS,
+                  cuda_graphs: bool = False) -> None:
+    """Bucketed compact eval for every :class:`AdaptiveStage` of ``model``: each unit runs on the running rows padded
+    up to the next of ``buckets`` (ascending sizes; None switches bucketing off), so that a GPU sees a few shapes
+    (cuDNN autotuning, compiled graphs); with ``cuda_graphs`` one CUDA graph per (unit, bucket) is captured on first
+    use and replayed. Outputs and depths are those of unbucketed compaction (a padded row is never read; eval
+    normalisation is per row). Only gradient-free eval forwards are bucketed."""
+    if buckets is not None:
+        buckets = tuple(int(b) for b in buckets)
+        if not buckets or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"buckets must be ascending distinct integers >= 1, got {buckets!r}")
+    if cuda_graphs and buckets is None:
+        raise ValueError("cuda_graphs needs buckets (one graph per (unit, bucket))")
+    for module in model.modules():
+        if isinstance(module, AdaptiveStage) or (hasattr(module, "buckets") and hasattr(module, "_graphs")):
+            module.buckets = buckets
+            module.cuda_graphs = cuda_graphs
+            module._graphs = {}
