@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from pact_zoo.halting import AdaptiveStage, HaltingHead, set_execution
-from pact_zoo.halting.compaction import bucket_size, pad_rows, split_rows
-from pact_zoo.halting.stage import DEFAULT_BUCKETS, set_bucketing
+from pact_zoo.halting.compaction import CompactionCost, bucket_size, pad_rows, split_rows
+from pact_zoo.halting.stage import DEFAULT_BUCKETS, measure_compaction_cost, set_bucketing
 
 CHS = 4
 
@@ -145,6 +145,35 @@ def test_bucketed_compaction_equals_unbucketed(method):
     stage.train()  # training forwards are never padded (batch statistics would see the padding)
     set_bucketing(stage, (16,))
     assert stage._run_unit_compact(0, x, context).shape[0] == 11
+
+
+@pytest.mark.parametrize("row_seconds", [0.0, 1e-3, 1.0], ids=["never_pays", "sometimes", "always_pays"])
+@pytest.mark.parametrize("method", ["pact", "policy_gradient"])
+def test_deferred_compaction_equals_immediate(method, row_seconds):
+    stage = context_stage(method, num_units=7)
+    x, context = torch.randn(13, CHS, 5, 5), torch.randn(13, CHS)
+    with torch.inference_mode():
+        expected = stage(x, context)
+        units = stage.record.units_executed.clone()
+        assert len(units.unique()) > 2
+        # "sometimes": a gather pays once 2+ halted rows sit in the batch (1e-3 * dead >= 1e-3 + live * 1e-5)
+        stage.compaction_cost = CompactionCost([row_seconds] * 7, gather_seconds=1e-3, gather_row_seconds=1e-5)
+        deferred = stage(x, context)
+        assert torch.equal(stage.record.units_executed, units)
+        torch.testing.assert_close(deferred, expected, atol=1e-5, rtol=1e-5)
+        set_bucketing(stage, (4, 8, 16))  # with dead rows and padded rows together
+        torch.testing.assert_close(stage(x, context), expected, atol=1e-5, rtol=1e-5)
+        assert torch.equal(stage.record.units_executed, units)
+
+
+def test_measure_compaction_cost_of_a_stage():
+    stage = context_stage("pact", num_units=3)
+    cost = measure_compaction_cost(stage, torch.randn(6, CHS, 5, 5), torch.randn(6, CHS), repeats=1)
+    assert len(cost.row_seconds) == 3 and all(t >= 0 for t in cost.row_seconds)
+    assert cost.gather_seconds >= 0 and cost.gather_row_seconds >= 0
+    assert cost.pays(0, dead=1, live=0) == (cost.row_seconds[0] >= cost.gather_seconds)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        measure_compaction_cost(stage, torch.randn(1, CHS, 5, 5), torch.randn(1, CHS))
 
 
 def test_set_bucketing_rejects_bad_buckets():

@@ -14,12 +14,13 @@ A *row* is whatever the first dimension of a state indexes: a sample of a ``[B, 
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["ActiveRows", "RowCollector", "bucket_size", "count_true", "empty_rows", "pad_rows", "split_rows",
-           "take_rows"]
+__all__ = ["ActiveRows", "CompactionCost", "RowCollector", "bucket_size", "count_true", "empty_rows", "pad_rows",
+           "split_rows", "take_rows"]
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -156,3 +157,23 @@ class RowCollector:
             out.index_copy_(0, rows, values)
             del values
         return out
+
+
+@dataclass(frozen=True)
+class CompactionCost:
+    """Measured costs (seconds) that decide when dropping halted rows from a batch pays.
+
+    Attributes:
+        row_seconds: per unit of the stage, the marginal time of one more row in that unit.
+        gather_seconds: fixed time of one gather of the running rows (state, index and carry).
+        gather_row_seconds: time per gathered row.
+    """
+
+    row_seconds: Sequence[float]
+    gather_seconds: float
+    gather_row_seconds: float
+
+    def pays(self, unit: int, dead: int, live: int) -> bool:
+        """Whether to gather the ``live`` rows before unit ``unit`` now instead of running ``dead`` halted rows
+        through it: the dead rows' share of the unit against the gather (greedy: dead rows pile up until it pays)."""
+        return dead * self.row_seconds[unit] >= self.gather_seconds + live * self.gather_row_seconds

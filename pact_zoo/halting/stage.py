@@ -26,12 +26,15 @@ except ImportError:  # pragma: no cover - exercised only where timm is absent
     def register_notrace_module(module: type) -> type:
         return module
 
-from .compaction import ActiveRows, RowCollector, bucket_size, count_true, pad_rows, split_rows, take_rows
+from .compaction import (
+    ActiveRows, CompactionCost, RowCollector, bucket_size, count_true, pad_rows, split_rows, take_rows,
+)
 from .config import HaltingConfig
 from .flops import current_profiler
 from .method import HaltingMethod, HaltingRecord, StopDecision, get_halting_method
 
-__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "DEFAULT_BUCKETS", "set_bucketing", "zero_touch"]
+__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "DEFAULT_BUCKETS", "measure_compaction_cost",
+           "set_bucketing", "zero_touch"]
 
 #: ``"compact"``: halted rows leave the batch in eval; ``"masked"``: every unit runs, results are masked.
 EXECUTION_MODES = ("compact", "masked")
@@ -39,6 +42,15 @@ EXECUTION_MODES = ("compact", "masked")
 DECISION_MODES = ("greedy", "sample")
 #: Sub-batch sizes of bucketed eval (:func:`set_bucketing`): powers of two up to 64, then multiples of 64.
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64) + tuple(range(128, 4097, 64))
+
+
+def _split_live(stop: torch.Tensor, live: torch.Tensor, num_keep: int, num_stop: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local positions of the live rows that go on and of those that stop (``stop`` is within ``live``), in order;
+    one stable sort, no host synchronisation."""
+    key = stop.to(torch.int8) + 2 * (~live).to(torch.int8)  # going on 0, stopping 1, dead 2
+    order = torch.argsort(key, stable=True)
+    return order[:num_keep], order[num_keep:num_keep + num_stop]
 
 
 def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -110,6 +122,10 @@ class AdaptiveStage(nn.Module):
         buckets: ascending sub-batch sizes, or None (default). Gradient-free compact forwards then run every unit on
             the running rows padded up to the next bucket (:func:`set_bucketing`): a GPU sees a few shapes only.
         cuda_graphs: with ``buckets``, replay one captured CUDA graph per (unit, bucket) on a CUDA state.
+        compaction_cost: a :class:`~pact_zoo.halting.compaction.CompactionCost`, or None (default: compact at every
+            unit where a row halts). With it, greedy eval of a method that takes the state at the stop keeps halted
+            rows in the batch (dead, their outputs already taken) until dropping them pays
+            (:func:`measure_compaction_cost`); outputs and depths are those of immediate compaction.
         rollout: training-mode forward under the deterministic rule, no record of log-probabilities
             (:func:`~pact_zoo.halting.self_critical_baseline`).
     """
@@ -146,6 +162,7 @@ class AdaptiveStage(nn.Module):
         self.grad_checkpointing = False
         self.buckets: Optional[tuple[int, ...]] = None
         self.cuda_graphs = False
+        self.compaction_cost: Optional[CompactionCost] = None
         self.record: Optional[HaltingRecord] = None
         self._graphs: dict[tuple, tuple] = {}
 
@@ -304,27 +321,40 @@ class AdaptiveStage(nn.Module):
         pieces = RowCollector(batch_size)
         values: dict[str, RowCollector] = {}
         out: Optional[torch.Tensor] = None
+        # deferred compaction (compaction_cost set): halted rows may stay in the state as dead rows (their output is
+        # taken when they halt, their decisions are ignored) until a gather pays; greedy, non-accumulating only
+        cost_model = self.compaction_cost
+        defer = (cost_model is not None and not method.accumulates and mode == "greedy"
+                 and not torch.is_grad_enabled())
+        live: Optional[torch.Tensor] = None  # [A] bool: rows of the state still running; None: every row
+        num_live = batch_size
         for n in range(self.num_units):
             num_rows = state.shape[0]
             if n < self.num_units - 1:
                 logits = self._halting_logit(n, state) if method.uses_heads else None
                 decision = method.decide(n, logits, carry, mode, log)
                 stop, weight = decision.stop, decision.weight
+                if live is not None:
+                    stop = stop & live
                 num_stop = count_true(stop)
             else:
-                stop, weight, num_stop = None, method.last_weight(carry), num_rows
+                stop, weight, num_stop = None, method.last_weight(carry), num_live
             if method.accumulates:
                 contribution = state * _rows(weight, state)
                 out = contribution if out is None else active.add_into(out, contribution)
             if num_stop == 0:
                 state = self._run_unit_compact(n + 1, state, context)
                 continue
-            if num_stop == num_rows:
-                keep, halted = None, torch.arange(num_rows, device=device)
-            else:
+            if num_stop == num_live:
+                keep = None
+                halted = (torch.arange(num_rows, device=device) if live is None
+                          else torch.nonzero(live if stop is None else stop).view(-1))
+            elif live is None:
                 keep, halted = split_rows(stop, num_stop)
+            else:
+                keep, halted = _split_live(stop, live, num_live - num_stop, num_stop)
             halted_rows = active.original(halted)
-            if keep is None and active.index is None:
+            if keep is None and active.index is None and live is None:
                 steps.fill_(n + 1)
             else:
                 steps.index_fill_(0, halted_rows, n + 1)
@@ -334,15 +364,24 @@ class AdaptiveStage(nn.Module):
                 break
             if not method.accumulates:
                 pieces.add(halted_rows, take_rows(state, halted))
-            state = take_rows(state, keep)
-            carry = {key: value.index_select(0, keep) for key, value in carry.items()}
-            if context is not None:
-                context = take_rows(context, keep)
-            active.keep(keep)
+            num_live -= num_stop
+            if defer and not cost_model.pays(n + 1, num_rows - num_live, num_live):
+                live = ~stop if live is None else live & ~stop  # the halted rows stay, dead
+            else:
+                state = take_rows(state, keep)
+                carry = {key: value.index_select(0, keep) for key, value in carry.items()}
+                if context is not None:
+                    context = take_rows(context, keep)
+                active.keep(keep)
+                live = None
             state = self._run_unit_compact(n + 1, state, context)
         if not method.accumulates:
             if pieces:
-                pieces.add(active.all(), state)
+                if live is None:
+                    pieces.add(active.all(), state)
+                else:
+                    rows = torch.nonzero(live).view(-1)
+                    pieces.add(active.original(rows), take_rows(state, rows))
                 out = pieces.assemble()
             else:  # no row left early: the state is the output, in order
                 out = state
@@ -356,6 +395,59 @@ class AdaptiveStage(nn.Module):
             record.touch = zero_touch(self)
         self._keep(record)
         return out
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    import statistics
+    import time
+
+    times = []
+    for _ in range(repeats + 1):  # the first call warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+@torch.inference_mode()
+def measure_compaction_cost(stage: AdaptiveStage, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                            repeats: int = 5) -> CompactionCost:
+    """Measure on ``x``'s device what compaction costs and saves in ``stage`` (eval mode, full depth).
+
+    Args:
+        stage: the stage.
+        x: ``[B, ...]`` stage input, B >= 2 (the batch size the cost model is for).
+        context: optional ``[B, ...]`` per-row context of the units.
+        repeats: timed calls per measurement (median).
+
+    Returns:
+        per unit, the marginal time of a row, ``(t(B rows) - t(1 row)) / (B - 1)``; the fixed and per-row time of
+        gathering the running rows (state and index), from gathers of 1 and B - 1 rows of every unit's input.
+    """
+    batch = x.shape[0]
+    if batch < 2:
+        raise ValueError(f"x must hold at least 2 rows to measure a per-row cost, got {batch}")
+    device = x.device
+    row_seconds, gather_one, gather_many = [], [], []
+    one, many = torch.zeros(1, dtype=torch.long, device=device), torch.arange(batch - 1, device=device)
+    state = x
+    for n in range(stage.num_units):
+        ctx_one = None if context is None else context[:1]
+        full = _median_seconds(lambda: stage._run_unit(n, state, context), device, repeats)
+        single = _median_seconds(lambda: stage._run_unit(n, state[:1], ctx_one), device, repeats)
+        row_seconds.append(max(full - single, 0.0) / (batch - 1))
+        gather_one.append(_median_seconds(lambda: (take_rows(state, one), many.index_select(0, one)), device, repeats))
+        gather_many.append(_median_seconds(lambda: (take_rows(state, many), many.index_select(0, many)), device,
+                                           repeats))
+        state = stage._run_unit(n, state, context)
+    one_s, many_s = sum(gather_one) / len(gather_one), sum(gather_many) / len(gather_many)
+    per_row = max(many_s - one_s, 0.0) / max(batch - 2, 1)
+    return CompactionCost(row_seconds=tuple(row_seconds), gather_seconds=max(one_s - per_row, 0.0),
+                          gather_row_seconds=per_row)
 
 
 def set_bucketing(model: nn.Module, buckets: Optional[Sequence[int]] = DEFAULT_BUCKETS,
