@@ -295,6 +295,34 @@ def execution(model: nn.Module, mode: str) -> Iterator[None]:
         set_execution(model, "compact")
 
 
+@torch.inference_mode()
+def set_compaction_costs(model: nn.Module, inputs: Union[InputSpec, Sequence[int]], batch_size: int, seed: int,
+                         device: str = "cpu") -> list[dict]:
+    """Measure every halting stage's :class:`~pact_zoo.halting.compaction.CompactionCost` on its own input of a
+    ``batch_size`` batch (captured in one full-depth forward) and set it (``stage.compaction_cost``); returns them."""
+    from .halting import full_depth
+    from .halting.stage import measure_compaction_cost
+
+    stages = _stages(model)
+    captured: dict[int, tuple] = {}
+    hooks = [stage.register_forward_pre_hook(lambda module, args, i=i: captured.setdefault(i, args))
+             for i, stage in enumerate(stages)]
+    try:
+        with full_depth(model):
+            _call(model, _batches(inputs, batch_size, batch_size, seed, False, device)[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    costs = []
+    for i, stage in enumerate(stages):
+        args = captured[i]
+        stage.compaction_cost = measure_compaction_cost(stage, args[0], args[1] if len(args) > 1 else None)
+        costs.append({"row_seconds": list(stage.compaction_cost.row_seconds),
+                      "gather_seconds": stage.compaction_cost.gather_seconds,
+                      "gather_row_seconds": stage.compaction_cost.gather_row_seconds})
+    return costs
+
+
 # --------------------------------------------------------------------------------------------------------
 # the one timer
 def _synchronize(device: torch.device) -> None:
@@ -930,6 +958,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clock", default="wall", choices=CLOCKS,
                         help="wall time, or this process's CPU time (CPU only; robust to a loaded machine with "
                              "--threads 1)")
+    parser.add_argument("--compaction-cost", default=None, type=_positive_int, metavar="BATCH",
+                        help="measure each stage's compaction cost model at this batch size (units on 1 and BATCH "
+                             "rows, gathers) and compact only when it pays; default: compact at every halt")
     parser.add_argument("--profile-batch-size", type=_positive_int, default=None,
                         help="also record a torch.profiler per-operator breakdown of the adaptive and full-depth "
                              "eval at this batch size")
@@ -1056,6 +1087,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .halting.stage import set_bucketing
 
         set_bucketing(model, buckets, cuda_graphs=args.cuda_graphs)
+    compaction_costs = None
+    if args.compaction_cost is not None:
+        compaction_costs = set_compaction_costs(model, inputs, args.compaction_cost, args.seed, args.device)
     calibration = None
     if args.target_flops_ratio is not None:
         generator = torch.Generator().manual_seed(args.seed + 1)
@@ -1073,6 +1107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "input_shape": list(shape), "inputs": inputs.kind, "channels_last": args.channels_last,
         "device": str(device), "threads": threads, "clock": args.clock,
         "buckets": None if buckets is None else list(buckets), "cuda_graphs": args.cuda_graphs,
+        "compaction_costs": compaction_costs,
         "warmup": args.warmup, "repeats": args.repeats, "plain_model": args.plain_model,
         "platform": dict(machine_info(device), load_average=load_start),
     }

@@ -215,13 +215,15 @@ def test_cli_bucketed_process_clock_profile_default_output(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the default output goes under out/benchmarks/, not into the working directory
     rc = benchmark.main(TINY_ARGS + ["--threshold", "0.5", "--synthetic-halting", "0", "--batch-sizes", "5",
                                      "--modes", "adaptive,full,masked", "--buckets", "default", "--clock", "process",
-                                     "--profile-batch-size", "3", "--no-memory", "--no-training"])
+                                     "--compaction-cost", "4", "--profile-batch-size", "3", "--no-memory",
+                                     "--no-training"])
     assert rc == 0
     assert os.listdir(tmp_path) == ["out"]
     (written,) = (tmp_path / "out" / "benchmarks").iterdir()
     assert written.name.startswith("pact_resnet32-") and written.suffix == ".json"
     result = json.loads(written.read_text())
     assert result["buckets"][:4] == [1, 2, 4, 8] and result["clock"] == "process" and result["inputs"] == "image"
+    assert [len(cost["row_seconds"]) for cost in result["compaction_costs"]] == [3, 3, 3]  # layers (3, 3, 3)
     record = result["eval"][0]
     assert record["max_abs_diff_adaptive_vs_masked"] <= 1e-5 and record["same_units_adaptive_vs_masked"] is True
     platform = result["platform"]
