@@ -526,6 +526,9 @@ def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]
         if "plain" in medians:  # the original backbone as the baseline (e.g. timm resnet50)
             record["time_vs_plain"] = {mode: medians[mode] / medians["plain"] for mode in medians}
             record["flops_vs_plain"] = {"adaptive": adaptive["mean"] / plain_flops, "full": flops_full / plain_flops}
+            if "adaptive" in medians:  # the issue 14 reading: against the plain network with the same weights
+                record["efficiency_vs_plain"] = (record["time_vs_plain"]["adaptive"]
+                                                 / record["flops_vs_plain"]["adaptive"])
         records.append(record)
         log(_format_eval_row(record))
     return records
@@ -792,7 +795,8 @@ def _format_eval_row(record: dict) -> str:
             f"{record.get('efficiency_masked', float('nan')):>7.3f} "
             f"{record.get('efficiency_adaptive_min', float('nan')):>7.3f} "
             f"{'' if target is None else f'<= {target:.2f}':>8} {verdict:<6}"
-            + ("" if plain is None else f" plain {plain:.3f} ms/smp"))
+            + ("" if plain is None else f" plain {plain:.3f} ms/smp, eff vs plain "
+                                        f"{record.get('efficiency_vs_plain', float('nan')):.3f}"))
 
 
 EVAL_HEADER = (f"{'batch':>6} {'adaptive':>11} {'full':>9} {'masked':>10} {'FLOPs':>7} {'time':>7} "
@@ -819,6 +823,10 @@ def _format_training(tr: dict) -> list[str]:
     return lines
 
 
+def _clock_name(clock: str) -> str:
+    return "wall time" if clock == "wall" else "process CPU time"
+
+
 def format_report(result: dict) -> str:
     threshold = result.get("threshold")
     lines = [f"model {result['model']} {result['model_kwargs'] or ''} method {result['method']} threshold "
@@ -834,7 +842,8 @@ def format_report(result: dict) -> str:
         lines += ["", f"FLOPs/sample: full depth (plain computation) {flops['full'] / 1e9:.4g} G, every unit and head "
                       f"{flops['masked_executed'] / 1e9:.4g} G"
                   + ("" if flops.get("plain") is None else f", plain network {flops['plain'] / 1e9:.4g} G")]
-        lines += ["", "eval wall time (median of repeats; efficiency = time ratio / FLOPs ratio)", EVAL_HEADER]
+        lines += ["", f"eval {_clock_name(result.get('clock', 'wall'))} (median of repeats; efficiency = time ratio / "
+                      "FLOPs ratio)", EVAL_HEADER]
         lines += [_format_eval_row(r) for r in result["eval"]]
         lines += [f"batch {r['batch_size']}: units run {r['units_fraction']:.3f}, "
                   f"{r['distinct_depth_patterns']} distinct depth patterns"
@@ -1121,7 +1130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return plain.to(memory_format=torch.channels_last) if args.channels_last else plain
 
     if not args.no_eval:
-        print("\neval wall time (median of repeats; efficiency = time ratio / FLOPs ratio)\n" + EVAL_HEADER)
+        print(f"\neval {_clock_name(args.clock)} (median of repeats; efficiency = time ratio / FLOPs ratio)\n"
+              + EVAL_HEADER)
         plain = plain_network() if "plain" in modes else None
         result["eval"] = benchmark_eval(model, inputs, args.batch_sizes, args.warmup, args.repeats,
                                         args.min_samples, args.seed, args.channels_last, modes, plain=plain,

@@ -95,6 +95,8 @@ def test_cli_imagenet_resnet_against_timm_backbone(tmp_path, capsys):
     assert flops["plain"] == flops["full"]  # full depth of the adaptive model = timm's resnet18
     assert record["flops_vs_plain"]["adaptive"] == pytest.approx(record["flops_ratio"])
     assert set(record["time_vs_plain"]) == {"adaptive", "full", "plain"}
+    assert record["efficiency_vs_plain"] == pytest.approx(record["time_vs_plain"]["adaptive"]
+                                                          / record["flops_vs_plain"]["adaptive"])
     assert "plain network" in capsys.readouterr().out
 
 
