@@ -130,6 +130,11 @@ class AdaptiveStage(nn.Module):
             (:func:`~pact_zoo.halting.self_critical_baseline`).
     """
 
+    # class-level defaults: a stage unpickled from before these options existed still runs
+    buckets: Optional[tuple[int, ...]] = None
+    cuda_graphs: bool = False
+    compaction_cost: Optional[CompactionCost] = None
+
     def __init__(
             self,
             units: Sequence[nn.Module],
@@ -160,9 +165,9 @@ class AdaptiveStage(nn.Module):
         self.anytime = False
         self.rollout = False
         self.grad_checkpointing = False
-        self.buckets: Optional[tuple[int, ...]] = None
+        self.buckets = None
         self.cuda_graphs = False
-        self.compaction_cost: Optional[CompactionCost] = None
+        self.compaction_cost = None
         self.record: Optional[HaltingRecord] = None
         self._graphs: dict[tuple, tuple] = {}
 
@@ -213,10 +218,11 @@ class AdaptiveStage(nn.Module):
     def _replay_graph(self, n: int, size: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         """Unit ``n`` on ``x`` (``[A, ...]``, A <= size) through the CUDA graph captured for (n, size)."""
         key = (n, size, tuple(x.shape[1:]), x.dtype, None if context is None else tuple(context.shape[1:]))
-        entry = self._graphs.get(key)
+        graphs = self.__dict__.setdefault("_graphs", {})
+        entry = graphs.get(key)
         if entry is None:
             entry = self._capture_graph(n, size, x, context)
-            self._graphs[key] = entry
+            graphs[key] = entry
         graph, static_x, static_context, static_out = entry
         rows = x.shape[0]
         static_x[:rows].copy_(x)  # rows past A keep earlier valid inputs: their outputs are never read
@@ -235,7 +241,9 @@ class AdaptiveStage(nn.Module):
                 self._run_unit(n, static_x, static_context)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        pool = self.__dict__.setdefault("_graph_pool", torch.cuda.graph_pool_handle())
+        pool = self.__dict__.get("_graph_pool")
+        if pool is None:
+            pool = self.__dict__["_graph_pool"] = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=pool):
             static_out = self._run_unit(n, static_x, static_context)
         return graph, static_x, static_context, static_out
