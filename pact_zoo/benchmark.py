@@ -26,8 +26,19 @@ Untrained halting heads (bias -3) never stop, so the benchmark can set reproduci
 spread evenly over the units of every stage (about half of the units on average), and/or calibrate the threshold
 to a FLOPs budget (``--target-flops-ratio``, :func:`~pact_zoo.calibrate_threshold`) on generated data.
 
-Output: a table on stdout and a JSON file (written to a temporary file, then renamed). See
-``docs/benchmarks.md`` for the method and the measured numbers.
+Inputs: images (``--input-size``, default the model's ``pretrained_cfg``) or token sequences (``--inputs tokens
+--seq-len 64``: random ``input_ids`` below the config's ``vocab_size`` and an all-ones ``attention_mask``; the
+default ``--inputs auto`` picks tokens for models whose ``halting_profile_inputs()`` takes ``input_ids``).
+``--model hf:<ClassName>`` builds a pact_zoo Hugging Face class from its config class (``--model-kwargs`` are the
+config's kwargs; the plain / PACT / ACT twins set ``halting_method``).
+
+GPU (``--device cuda``): every timing is taken with CUDA events around the run (after a synchronisation);
+``--buckets`` pads the compacted sub-batches to a few sizes and ``--cuda-graphs`` replays one CUDA graph per
+(unit, bucket) (:func:`~pact_zoo.halting.set_bucketing`).
+
+Output: a table on stdout and a JSON file (written to a temporary file, then renamed; by default under
+``out/benchmarks/``, which git ignores) that records the torch / timm versions, the threads, the load average
+before and after, and the machine. See ``docs/benchmarks.md`` for the method and the measured numbers.
 """
 from __future__ import annotations
 
@@ -41,20 +52,27 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .fileio import atomic_write_json
 
-__all__ = ["main", "build_parser", "time_round_robin", "set_synthetic_heads",
-           "EFFICIENCY_TARGETS", "TRAIN_NETWORKS"]
+__all__ = ["main", "build_parser", "time_round_robin", "set_synthetic_heads", "InputSpec", "resolve_inputs",
+           "machine_info", "EFFICIENCY_TARGETS", "TRAIN_NETWORKS", "DEFAULT_OUTPUT_DIR"]
 
-#: Issue 6 targets for ``efficiency`` (batch size -> upper bound), pact_resnet110 on 2 CPU cores.
-EFFICIENCY_TARGETS = {1: 1.25, 8: 1.25, 64: 1.10, 256: 1.10}
-#: Issue 6 target for a PACT training step relative to a plain network step.
-TRAIN_STEP_TARGET = 1.15
+#: Issue 14 targets for ``efficiency`` (batch size -> upper bound), pact_resnet110 / pact_resnet50 on 2 CPU cores.
+EFFICIENCY_TARGETS = {1: 1.15, 8: 1.25, 64: 1.08, 256: 1.08}
+#: Issue 14 target for a PACT training step relative to a plain network step.
+TRAIN_STEP_TARGET = 1.10
+#: Where the JSON goes without ``--output`` (git ignores ``out/``): ``<dir>/<model>-<UTC time>.json``.
+DEFAULT_OUTPUT_DIR = os.path.join("out", "benchmarks")
+INPUT_KINDS = ("auto", "image", "tokens")
+#: Sequence length of token inputs (the issue's encoder setting).
+DEFAULT_SEQ_LEN = 64
+CLOCKS = ("wall", "process")
 EVAL_MODES = ("adaptive", "full", "masked", "plain")
 DEFAULT_EVAL_MODES = ("adaptive", "full", "masked")
 MEMORY_NETWORKS = ("pact", "act", "plain")
@@ -78,15 +96,111 @@ MEMORY_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_":
 
 # --------------------------------------------------------------------------------------------------------
 # model set-up
-def create_model(name: str, kwargs: dict, seed: int = 0, device: str = "cpu") -> nn.Module:
-    """``timm.create_model(name, **kwargs)`` in eval mode on ``device``, weights drawn after
-    ``torch.manual_seed(seed)``."""
-    import timm
+HF_PREFIX = "hf:"
 
+
+def _hf_class(name: str) -> type:
+    """The pact_zoo Hugging Face model class ``name`` (``pact_zoo.hf`` or one of its ``modeling_*`` modules)."""
+    import importlib
+    import pkgutil
+
+    import pact_zoo.hf as hf
+
+    if hasattr(hf, name):
+        return getattr(hf, name)
+    for info in pkgutil.iter_modules(hf.__path__):
+        if info.name.startswith("modeling_"):
+            module = importlib.import_module(f"pact_zoo.hf.{info.name}")
+            if hasattr(module, name):
+                return getattr(module, name)
+    raise ValueError(f"--model {HF_PREFIX}{name}: no such class in pact_zoo.hf")
+
+
+def create_model(name: str, kwargs: dict, seed: int = 0, device: str = "cpu") -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` (or, for ``hf:<ClassName>``, that pact_zoo Hugging Face class built
+    from ``config_class(**kwargs)``) in eval mode on ``device``, weights drawn after ``torch.manual_seed(seed)``."""
     import pact_zoo  # noqa: F401  (registers the models)
 
     torch.manual_seed(seed)
+    if name.startswith(HF_PREFIX):
+        cls = _hf_class(name[len(HF_PREFIX):])
+        return cls(cls.config_class(**kwargs)).to(device).eval()
+    import timm
+
     return timm.create_model(name, **kwargs).to(device).eval()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one benchmark sample is: an image ``[C, H, W]`` (``kind="image"``, ``shape=(C, H, W)``) or a token
+    sequence (``kind="tokens"``, ``shape=(T,)``, ids below ``vocab_size``, all-ones attention mask)."""
+
+    kind: str
+    shape: tuple[int, ...]
+    vocab_size: Optional[int] = None
+    channels_last: bool = False
+
+    def batch(self, batch_size: int, generator: torch.Generator, device: Union[str, torch.device] = "cpu"
+              ) -> Union[torch.Tensor, dict[str, torch.Tensor]]:
+        """A random batch: ``[B, C, H, W]`` N(0, 1) images, or ``{"input_ids": [B, T], "attention_mask": [B, T]}``."""
+        if self.kind == "tokens":
+            ids = torch.randint(0, self.vocab_size, (batch_size,) + self.shape, generator=generator)
+            return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        batch = torch.randn((batch_size,) + self.shape, generator=generator).to(device)
+        if self.channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def zeros(self, device: Union[str, torch.device], dtype: torch.dtype) -> Union[torch.Tensor, dict]:
+        """One all-zero sample (FLOPs profiling)."""
+        if self.kind == "tokens":
+            ids = torch.zeros((1,) + self.shape, dtype=torch.long, device=device)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return torch.zeros((1,) + self.shape, dtype=dtype, device=device)
+
+
+def _takes_tokens(model: nn.Module) -> bool:
+    """True when the model's ``halting_profile_inputs()`` protocol feeds ``input_ids`` (a token model)."""
+    from .halting.report import PROFILE_INPUTS_METHOD
+
+    profile = getattr(model, PROFILE_INPUTS_METHOD, None)
+    if not callable(profile):
+        return False
+    _, kwargs = profile()
+    return "input_ids" in kwargs
+
+
+def resolve_inputs(model: nn.Module, kind: str = "auto", input_size: Optional[Sequence[int]] = None,
+                   seq_len: int = DEFAULT_SEQ_LEN, channels_last: bool = False) -> InputSpec:
+    """The :class:`InputSpec` of ``model``: ``kind`` ``"image"`` (``input_size`` or the model's pretrained_cfg),
+    ``"tokens"`` (``seq_len`` tokens, the config's ``vocab_size``) or ``"auto"`` (tokens for models whose
+    ``halting_profile_inputs()`` takes ``input_ids``, images otherwise)."""
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"--inputs must be one of {INPUT_KINDS}, got {kind!r}")
+    if kind == "auto":
+        kind = "tokens" if _takes_tokens(model) else "image"
+    if kind == "tokens":
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if not vocab:
+            raise ValueError("--inputs tokens needs a model whose config has a vocab_size")
+        if seq_len < 1:
+            raise ValueError(f"--seq-len must be >= 1, got {seq_len}")
+        return InputSpec("tokens", (int(seq_len),), vocab_size=int(vocab))
+    return InputSpec("image", input_shape_of(model, input_size), channels_last=channels_last)
+
+
+def _call(model: nn.Module, batch: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> Any:
+    return model(**batch) if isinstance(batch, Mapping) else model(batch)
+
+
+def _main_output(output: Any) -> torch.Tensor:
+    """The tensor to compare of a model output: itself, ``.logits`` (Hugging Face ModelOutput) or the first item."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    return output[0]
 
 
 def input_shape_of(model: nn.Module, override: Optional[Sequence[int]] = None) -> tuple[int, ...]:
@@ -106,7 +220,7 @@ def _stages(model: nn.Module) -> list:
     return [stage for _, stage in adaptive_stages(model) if stage.adaptive]
 
 
-def _twin_kwargs(kwargs: dict, method: str, extra: dict) -> dict:
+def _twin_kwargs(kwargs: dict, method: str, extra: dict, hf: bool = False) -> dict:
     """``kwargs`` for ``method`` instead of the model's own: knobs the target method does not have are dropped
     (e.g. PACT's ``temperature`` for a policy-gradient twin), ``extra`` knobs are added."""
     from .halting import HaltingConfig, get_halting_method
@@ -114,7 +228,13 @@ def _twin_kwargs(kwargs: dict, method: str, extra: dict) -> dict:
     rest = dict(kwargs)
     knobs = HaltingConfig.pop_knob_kwargs(rest)
     target = get_halting_method(method).knobs
-    return dict(rest, **{k: v for k, v in knobs.items() if k in target}, method=method, **extra)
+    kept = {k: v for k, v in knobs.items() if k in target}
+    if hf:  # a Hugging Face config: halting_method / halting_knobs
+        rest.pop("method", None)
+        old = rest.pop("halting_knobs", None) or {}
+        return dict(rest, halting_method=method,
+                    halting_knobs=dict({k: v for k, v in old.items() if k in target}, **kept, **extra))
+    return dict(rest, **kept, method=method, **extra)
 
 
 def _copy_weights(source: nn.Module, target: nn.Module) -> list[str]:
@@ -163,6 +283,34 @@ def execution(model: nn.Module, mode: str) -> Iterator[None]:
         set_execution(model, "compact")
 
 
+@torch.inference_mode()
+def set_compaction_costs(model: nn.Module, inputs: Union[InputSpec, Sequence[int]], batch_size: int, seed: int,
+                         device: str = "cpu") -> list[dict]:
+    """Measure every halting stage's :class:`~pact_zoo.halting.compaction.CompactionCost` on its own input of a
+    ``batch_size`` batch (captured in one full-depth forward) and set it (``stage.compaction_cost``); returns them."""
+    from .halting import full_depth
+    from .halting.stage import measure_compaction_cost
+
+    stages = _stages(model)
+    captured: dict[int, tuple] = {}
+    hooks = [stage.register_forward_pre_hook(lambda module, args, i=i: captured.setdefault(i, args))
+             for i, stage in enumerate(stages)]
+    try:
+        with full_depth(model):
+            _call(model, _batches(inputs, batch_size, batch_size, seed, False, device)[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    costs = []
+    for i, stage in enumerate(stages):
+        args = captured[i]
+        stage.compaction_cost = measure_compaction_cost(stage, args[0], args[1] if len(args) > 1 else None)
+        costs.append({"row_seconds": list(stage.compaction_cost.row_seconds),
+                      "gather_seconds": stage.compaction_cost.gather_seconds,
+                      "gather_row_seconds": stage.compaction_cost.gather_row_seconds})
+    return costs
+
+
 # --------------------------------------------------------------------------------------------------------
 # the one timer
 def _synchronize(device: torch.device) -> None:
@@ -170,9 +318,41 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Stopwatch:
+    """Times one run: CUDA events on a CUDA device (recorded on the current stream, read after a synchronisation),
+    else ``time.perf_counter`` (``clock="wall"``) or the process's CPU time (``clock="process"``: on an
+    oversubscribed machine a one-thread run is then not charged for the time it was descheduled)."""
+
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        if device.type == "cuda" and clock != "wall":
+            raise ValueError("a CUDA device is timed with CUDA events: clock must be 'wall'")
+        self.device, self.clock = device, clock
+        self._events = None
+        self._start = 0.0
+
+    def start(self) -> None:
+        _synchronize(self.device)
+        if self.device.type == "cuda":
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
+        else:
+            self._start = time.process_time() if self.clock == "process" else time.perf_counter()
+
+    def stop(self) -> float:
+        """Seconds since :meth:`start`."""
+        if self.device.type == "cuda":
+            self._events[1].record()
+            self._events[1].synchronize()
+            return self._events[0].elapsed_time(self._events[1]) / 1e3
+        now = time.process_time() if self.clock == "process" else time.perf_counter()
+        return now - self._start
+
+
 def time_round_robin(runs: Mapping[str, Callable[[], Any]], warmup: int, repeats: int,
                      contexts: Optional[Mapping[str, Callable[[], ContextManager]]] = None,
-                     device: Optional[torch.device] = None) -> dict[str, list[float]]:
+                     device: Optional[torch.device] = None, clock: str = "wall") -> dict[str, list[float]]:
     """Wall time of every run, interleaved: each of ``warmup + repeats`` rounds runs every entry once, starting
     one entry later than the round before, so that load from other processes hits all of them alike.
 
@@ -182,24 +362,23 @@ def time_round_robin(runs: Mapping[str, Callable[[], Any]], warmup: int, repeats
         repeats: timed rounds.
         contexts: name -> context-manager factory entered around the run, outside the timed region (e.g. an eval
             mode of the model).
-        device: synchronised before the clock starts and before it stops (CUDA).
+        device: synchronised before the clock starts; a CUDA device is timed with CUDA events.
+        clock: ``"wall"`` (default) or ``"process"`` (CPU time of this process, CPU only).
 
     Returns:
         name -> ``repeats`` times in seconds (take the median).
     """
     names = list(runs)
-    device = device or torch.device("cpu")
+    watch = _Stopwatch(device or torch.device("cpu"), clock)
     times: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(warmup + repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
             with contexts[name]() if contexts and name in contexts else contextlib.nullcontext():
                 gc.collect()
-                _synchronize(device)
-                start = time.perf_counter()
+                watch.start()
                 runs[name]()
-                _synchronize(device)
-                elapsed = time.perf_counter() - start
+                elapsed = watch.stop()
             if repeat >= warmup:
                 times[name].append(elapsed)
     return times
@@ -212,32 +391,34 @@ def _medians(times: Mapping[str, list[float]]) -> tuple[dict[str, float], dict[s
 
 # --------------------------------------------------------------------------------------------------------
 # eval timing
-def _batches(input_shape: Sequence[int], batch_size: int, min_samples: int, seed: int,
-             channels_last: bool, device: str = "cpu") -> list[torch.Tensor]:
+def _spec(inputs: Union[InputSpec, Sequence[int]], channels_last: bool = False) -> InputSpec:
+    """An :class:`InputSpec` (a bare ``C, H, W`` shape is an image)."""
+    if isinstance(inputs, InputSpec):
+        return inputs
+    return InputSpec("image", tuple(int(v) for v in inputs), channels_last=channels_last)
+
+
+def _batches(inputs: Union[InputSpec, Sequence[int]], batch_size: int, min_samples: int, seed: int,
+             channels_last: bool, device: str = "cpu") -> list:
+    spec = _spec(inputs, channels_last)
     generator = torch.Generator().manual_seed(seed + batch_size)
     num_batches = max(1, -(-min_samples // batch_size))
-    batches = []
-    for _ in range(num_batches):
-        batch = torch.randn((batch_size,) + tuple(input_shape), generator=generator).to(device)
-        if channels_last and batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        batches.append(batch)
-    return batches
+    return [spec.batch(batch_size, generator, device) for _ in range(num_batches)]
 
 
-def _run_all(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def _run_all(model: nn.Module, batches: list) -> None:
     for batch in batches:
-        model(batch)
+        _call(model, batch)
 
 
-def _flops(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Any]:
+def _flops(model: nn.Module, batches: list) -> dict[str, Any]:
     """Per-sample FLOPs and depths of the current eval mode over the batches (``halting_report``)."""
     from .halting import halting_report
 
     flops, units = [], []
     full = num_units = None
     for batch in batches:
-        model(batch)
+        _call(model, batch)
         report = halting_report(model)
         flops.append(report.flops.double())
         units.append(report.units_executed)
@@ -250,7 +431,7 @@ def _flops(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def executed_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+def executed_flops(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]]) -> int:
     """FLOPs per sample of everything the model runs when no stage halts: every unit *and* every halting head (the
     masked mode's cost) for an adaptive model, the network's FLOPs for a plain one (any timm model)."""
     from .halting import FlopsProfiler
@@ -260,7 +441,7 @@ def executed_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     model.eval()
     try:
         with FlopsProfiler(model) as profiler:
-            model(torch.zeros((1,) + tuple(input_shape), dtype=param.dtype, device=param.device))
+            _call(model, _spec(input_shape).zeros(param.device, param.dtype))
     finally:
         model.train(was_training)
     return int(sum(profiler.flops.values()))
@@ -273,10 +454,10 @@ def _units(model: nn.Module) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def benchmark_eval(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int], warmup: int,
-                   repeats: int, min_samples: int, seed: int, channels_last: bool,
+def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]], batch_sizes: Sequence[int],
+                   warmup: int, repeats: int, min_samples: int, seed: int, channels_last: bool,
                    modes: Sequence[str] = DEFAULT_EVAL_MODES, plain: Optional[nn.Module] = None,
-                   device: str = "cpu", log: Callable[[str], None] = print) -> list[dict]:
+                   device: str = "cpu", log: Callable[[str], None] = print, clock: str = "wall") -> list[dict]:
     """One record per batch size: median times, FLOPs, efficiency and the output check vs masked."""
     if "plain" in modes and plain is None:
         raise ValueError("mode 'plain' needs the plain network")
@@ -288,18 +469,18 @@ def benchmark_eval(model: nn.Module, input_shape: Sequence[int], batch_sizes: Se
         num_samples = batch_size * len(batches)
         with execution(model, "adaptive"):
             adaptive = _flops(model, batches)
-            adaptive_out = [(model(b), _units(model)) for b in batches[:2]]
+            adaptive_out = [(_main_output(_call(model, b)), _units(model)) for b in batches[:2]]
         with execution(model, "full"):
             flops_full = _flops(model, batches)["mean"]
         with execution(model, "masked"):
-            masked_out = [(model(b), _units(model)) for b in batches[:2]]
+            masked_out = [(_main_output(_call(model, b)), _units(model)) for b in batches[:2]]
         max_diff = max(float((a - m).abs().max()) for (a, _), (m, _) in zip(adaptive_out, masked_out))
         scale = max(float(m.abs().max()) for m, _ in masked_out) or 1.0
         same_units = all(torch.equal(ua, um) for (_, ua), (_, um) in zip(adaptive_out, masked_out))
         runs = {mode: (lambda: _run_all(plain, batches)) if mode == "plain" else (lambda: _run_all(model, batches))
                 for mode in modes}
         contexts = {mode: (lambda mode=mode: execution(model, mode)) for mode in modes if mode != "plain"}
-        times = time_round_robin(runs, warmup, repeats, contexts=contexts, device=torch.device(device))
+        times = time_round_robin(runs, warmup, repeats, contexts=contexts, device=torch.device(device), clock=clock)
         medians, minima = _medians(times)
         flops_ratio = adaptive["mean"] / flops_full
         record: dict[str, Any] = {
@@ -333,9 +514,53 @@ def benchmark_eval(model: nn.Module, input_shape: Sequence[int], batch_sizes: Se
         if "plain" in medians:  # the original backbone as the baseline (e.g. timm resnet50)
             record["time_vs_plain"] = {mode: medians[mode] / medians["plain"] for mode in medians}
             record["flops_vs_plain"] = {"adaptive": adaptive["mean"] / plain_flops, "full": flops_full / plain_flops}
+            if "adaptive" in medians:  # the issue 14 reading: against the plain network with the same weights
+                record["efficiency_vs_plain"] = (record["time_vs_plain"]["adaptive"]
+                                                 / record["flops_vs_plain"]["adaptive"])
         records.append(record)
         log(_format_eval_row(record))
     return records
+
+
+#: Operators listed per mode in the profile breakdown.
+PROFILE_TOP_OPS = 15
+
+
+@torch.inference_mode()
+def profile_eval(model: nn.Module, inputs: Union[InputSpec, Sequence[int]], batch_size: int, seed: int,
+                 device: str = "cpu", modes: Sequence[str] = ("adaptive", "full"), top: int = PROFILE_TOP_OPS
+                 ) -> dict:
+    """Per-operator breakdown (``torch.profiler``, self time) of one eval forward of ``batch_size`` samples in each
+    of ``modes``, after one warm-up forward: where the adaptive model spends the time that the full-depth model
+    does not (halting heads, the decision, gathers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = _batches(inputs, batch_size, batch_size, seed, False, device)[0]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    result: dict[str, Any] = {"batch_size": batch_size, "modes": {}}
+    for mode in modes:
+        with execution(model, mode):
+            _call(model, batch)
+            _synchronize(torch.device(device))
+            with profile(activities=activities) as prof:
+                _call(model, batch)
+                _synchronize(torch.device(device))
+        averages = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in averages)
+        ops = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        result["modes"][mode] = {
+            "self_cpu_ms_total": total / 1e3,
+            "ops": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                     "self_device_ms": getattr(e, "self_device_time_total", 0.0) / 1e3} for e in ops]}
+    return result
+
+
+def format_profile(profile: dict) -> str:
+    lines = [f"per-operator self CPU time of one eval forward, batch {profile['batch_size']} (torch.profiler)"]
+    for mode, entry in profile["modes"].items():
+        lines.append(f"{mode}: {entry['self_cpu_ms_total']:.2f} ms in all")
+        lines += [f"  {op['name']:<36} {op['calls']:>6} calls {op['self_cpu_ms']:>9.3f} ms" for op in entry["ops"]]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -357,21 +582,22 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _allocator_peak_bytes(model: nn.Module, batch: torch.Tensor) -> int:
+def _allocator_peak_bytes(model: nn.Module, batch: Union[torch.Tensor, Mapping[str, torch.Tensor]]) -> int:
     """Peak of live bytes allocated by one forward: through PyTorch's CPU allocator (profiler events), or through
     the CUDA caching allocator (its peak statistics) for a CUDA batch."""
-    if batch.device.type == "cuda":
-        torch.cuda.synchronize(batch.device)
-        torch.cuda.reset_peak_memory_stats(batch.device)
-        before = torch.cuda.memory_allocated(batch.device)
-        model(batch)
-        torch.cuda.synchronize(batch.device)
-        return torch.cuda.max_memory_allocated(batch.device) - before
+    device = next(iter(batch.values())).device if isinstance(batch, Mapping) else batch.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        _call(model, batch)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
 
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model(batch)
+        _call(model, batch)
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")]
     live = peak = 0
@@ -390,25 +616,26 @@ def _memory_probe(spec: dict) -> dict:
     device = spec.get("device", "cpu")
     model = create_model(spec["model"], spec["kwargs"], spec["seed"], device)
     shape = tuple(spec["input_shape"])
+    inputs = InputSpec(spec.get("input_kind", "image"), shape, spec.get("vocab_size"), spec["channels_last"])
     if spec.get("synthetic_halting") is not None and _stages(model):
         set_synthetic_heads(model, spec["synthetic_halting"], shape, spec.get("synthetic_samples", 128))
     if spec.get("threshold") is not None and any(s.method.has_threshold for s in _stages(model)):
         set_threshold(model, spec["threshold"])
-    batch = _batches(shape, spec["batch_size"], spec["batch_size"], spec["seed"], spec["channels_last"], device)[0]
+    batch = _batches(inputs, spec["batch_size"], spec["batch_size"], spec["seed"], spec["channels_last"], device)[0]
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    model(batch)  # warm-up: one-time allocations (primitive caches, FLOPs tables) are not the forward's
+    _call(model, batch)  # warm-up: one-time allocations (primitive caches, FLOPs tables) are not the forward's
     flops_ratio = None
     if _stages(model):
         flops_ratio = halting_report(model).flops_ratio
     gc.collect()
     allocator_peak = _allocator_peak_bytes(model, batch)
     rss_delta = None
-    if batch.device.type == "cpu":
+    if device == "cpu" or str(device).startswith("cpu"):
         gc.collect()
         rss_before_kib = _read_status_kib("VmRSS")
         reset = _reset_peak_rss()
-        model(batch)
+        _call(model, batch)
         rss_peak_kib = _read_status_kib("VmHWM")
         rss_delta = 1024 * (rss_peak_kib - rss_before_kib) if reset else None
     return {"allocator_peak_bytes": allocator_peak, "rss_peak_delta_bytes": rss_delta, "flops_ratio": flops_ratio}
@@ -435,6 +662,10 @@ def measure_memory(spec: dict, timeout_s: float = 600.0) -> dict:
 
 # --------------------------------------------------------------------------------------------------------
 # training step
+def _is_hf(name: str) -> bool:
+    return name.startswith(HF_PREFIX)
+
+
 def _describe(model: nn.Module) -> str:
     """``method`` (and ``baseline`` where the method has one) of the model's halting stages, or ``plain``."""
     stages = _stages(model)
@@ -462,11 +693,11 @@ def build_training_networks(model: nn.Module, names: Sequence[str], model_name: 
             continue
         if name == "plain":
             net = (create_model(plain_model, {}, seed, device) if plain_model
-                   else create_model(model_name, _twin_kwargs(kwargs, "none", {}), seed, device))
+                   else create_model(model_name, _twin_kwargs(kwargs, "none", {}, _is_hf(model_name)), seed, device))
             _copy_weights(model, net)
         else:
             method, extra = TRAIN_TWINS[name]
-            net = create_model(model_name, _twin_kwargs(kwargs, method, extra), seed, device)
+            net = create_model(model_name, _twin_kwargs(kwargs, method, extra, _is_hf(model_name)), seed, device)
             missing = _copy_weights(model, net)
             if missing and any(".method_state." not in key for key in missing):
                 raise ValueError(f"training twin {name!r} of {model_name} does not take the model's weights: "
@@ -479,9 +710,9 @@ def build_training_networks(model: nn.Module, names: Sequence[str], model_name: 
     return networks
 
 
-def benchmark_training(networks: Mapping[str, nn.Module], input_shape: Sequence[int], batch_size: int,
-                       warmup: int, repeats: int, seed: int, channels_last: bool,
-                       device: str = "cpu") -> dict:
+def benchmark_training(networks: Mapping[str, nn.Module], input_shape: Union[InputSpec, Sequence[int]],
+                       batch_size: int, warmup: int, repeats: int, seed: int, channels_last: bool,
+                       device: str = "cpu", clock: str = "wall") -> dict:
     """Median time of one SGD step per network, round-robin.
 
     A step is what the training loop does per batch (:func:`~pact_zoo.halting.training_loss`): the self-critical
@@ -492,7 +723,9 @@ def benchmark_training(networks: Mapping[str, nn.Module], input_shape: Sequence[
 
     generator = torch.Generator().manual_seed(seed)
     batch = _batches(input_shape, batch_size, batch_size, seed, channels_last, device)[0]
-    num_classes = next(iter(networks.values())).num_classes or 10
+    first = next(iter(networks.values()))
+    num_classes = (getattr(first, "num_classes", None) or getattr(getattr(first, "config", None), "num_labels", None)
+                   or 10)
     labels = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
     optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for name, m in networks.items()}
     units: dict[str, list[list[torch.Tensor]]] = {name: [] for name in networks}
@@ -500,7 +733,7 @@ def benchmark_training(networks: Mapping[str, nn.Module], input_shape: Sequence[
     def step(name: str) -> None:
         model, optimizer = networks[name], optimizers[name]
         optimizer.zero_grad(set_to_none=True)
-        loss = training_loss(model, lambda: model(batch),
+        loss = training_loss(model, lambda: _main_output(_call(model, batch)),
                              lambda logits: nn.functional.cross_entropy(logits, labels, reduction="none")).loss
         loss.backward()
         optimizer.step()
@@ -510,7 +743,7 @@ def benchmark_training(networks: Mapping[str, nn.Module], input_shape: Sequence[
         model.train()
     try:
         times = time_round_robin({name: (lambda name=name: step(name)) for name in networks}, warmup, repeats,
-                                 device=torch.device(device))
+                                 device=torch.device(device), clock=clock)
     finally:
         for model in networks.values():
             model.eval()
@@ -550,7 +783,8 @@ def _format_eval_row(record: dict) -> str:
             f"{record.get('efficiency_masked', float('nan')):>7.3f} "
             f"{record.get('efficiency_adaptive_min', float('nan')):>7.3f} "
             f"{'' if target is None else f'<= {target:.2f}':>8} {verdict:<6}"
-            + ("" if plain is None else f" plain {plain:.3f} ms/smp"))
+            + ("" if plain is None else f" plain {plain:.3f} ms/smp, eff vs plain "
+                                        f"{record.get('efficiency_vs_plain', float('nan')):.3f}"))
 
 
 EVAL_HEADER = (f"{'batch':>6} {'adaptive':>11} {'full':>9} {'masked':>10} {'FLOPs':>7} {'time':>7} "
@@ -577,6 +811,10 @@ def _format_training(tr: dict) -> list[str]:
     return lines
 
 
+def _clock_name(clock: str) -> str:
+    return "wall time" if clock == "wall" else "process CPU time"
+
+
 def format_report(result: dict) -> str:
     threshold = result.get("threshold")
     lines = [f"model {result['model']} {result['model_kwargs'] or ''} method {result['method']} threshold "
@@ -592,7 +830,8 @@ def format_report(result: dict) -> str:
         lines += ["", f"FLOPs/sample: full depth (plain computation) {flops['full'] / 1e9:.4g} G, every unit and head "
                       f"{flops['masked_executed'] / 1e9:.4g} G"
                   + ("" if flops.get("plain") is None else f", plain network {flops['plain'] / 1e9:.4g} G")]
-        lines += ["", "eval wall time (median of repeats; efficiency = time ratio / FLOPs ratio)", EVAL_HEADER]
+        lines += ["", f"eval {_clock_name(result.get('clock', 'wall'))} (median of repeats; efficiency = time ratio / "
+                      "FLOPs ratio)", EVAL_HEADER]
         lines += [_format_eval_row(r) for r in result["eval"]]
         lines += [f"batch {r['batch_size']}: units run {r['units_fraction']:.3f}, "
                   f"{r['distinct_depth_patterns']} distinct depth patterns"
@@ -714,13 +953,93 @@ def build_parser() -> argparse.ArgumentParser:
                              "for pact_resnet50)")
     parser.add_argument("--no-training", action="store_true", help="skip the training-step timing")
     parser.add_argument("--no-eval", action="store_true", help="skip the eval timing")
-    parser.add_argument("--output", default="out/benchmark.json",
-                        help="JSON result file (default: out/benchmark.json)")
+    parser.add_argument("--output", default=None,
+                        help=f"JSON result file (default: {DEFAULT_OUTPUT_DIR}/<model>-<UTC time>.json)")
+    parser.add_argument("--inputs", default="auto", choices=INPUT_KINDS,
+                        help="image (--input-size), tokens (--seq-len random input_ids, all-ones attention mask), "
+                             "or auto: tokens for models whose halting_profile_inputs() takes input_ids")
+    parser.add_argument("--seq-len", type=_positive_int, default=DEFAULT_SEQ_LEN, help="tokens per sequence")
+    parser.add_argument("--buckets", default=None,
+                        help="pad compacted sub-batches up to these sizes (comma-separated, ascending; 'default' "
+                             "for powers of two to 64, then multiples of 64); none by default")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="with --buckets on a CUDA device: replay one CUDA graph per (unit, bucket)")
+    parser.add_argument("--clock", default="wall", choices=CLOCKS,
+                        help="wall time, or this process's CPU time (CPU only; robust to a loaded machine with "
+                             "--threads 1)")
+    parser.add_argument("--compaction-cost", default=None, type=_positive_int, metavar="BATCH",
+                        help="measure each stage's compaction cost model at this batch size (units on 1 and BATCH "
+                             "rows, gathers) and compact only when it pays; default: compact at every halt")
+    parser.add_argument("--profile-batch-size", type=_positive_int, default=None,
+                        help="also record a torch.profiler per-operator breakdown of the adaptive and full-depth "
+                             "eval at this batch size")
     return parser
 
 
 def _load_average() -> Optional[list[float]]:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def _version(package: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_info(device: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """What a timing depends on: package versions, threads, the machine and its load right now."""
+    device = torch.device(device)
+    return {
+        "torch": torch.__version__, "timm": _version("timm"), "transformers": _version("transformers"),
+        "pact_zoo": _version("pact_zoo"), "python": platform.python_version(),
+        "machine": platform.machine(), "processor": platform.processor(), "cpu_model": _cpu_model(),
+        "hostname": platform.node(), "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "load_average": _load_average(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+
+
+def default_output_path(model: str) -> str:
+    """``out/benchmarks/<model>-<UTC time>.json`` (``out/`` is git-ignored: no stray file in the repo root)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    return os.path.join(DEFAULT_OUTPUT_DIR, f"{safe}-{stamp}.json")
+
+
+def parse_buckets(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """``--buckets``: None, ``"default"`` (:data:`~pact_zoo.halting.stage.DEFAULT_BUCKETS`) or ascending integers."""
+    from .halting.stage import DEFAULT_BUCKETS
+
+    if text is None:
+        return None
+    if text == "default":
+        return DEFAULT_BUCKETS
+    try:
+        values = tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values) or list(values) != sorted(set(values)):
+        raise ValueError(f"--buckets must be 'default' or ascending comma-separated integers >= 1, got {text!r}")
+    return values
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -731,7 +1050,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         kwargs = dict(args.model_kwargs or {})
         import timm
 
-        if not timm.is_model(args.model):
+        if not args.model.startswith(HF_PREFIX) and not timm.is_model(args.model):
             raise ValueError(f"--model {args.model!r} is not a registered timm model (pact_zoo.list_models() lists "
                              f"the adaptive ones)")
         if args.input_size is not None and len(args.input_size) != 3:
@@ -744,12 +1063,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: CUDA is not available")
+        if device.type == "cuda" and args.clock != "wall":
+            raise ValueError("--clock process is for CPU runs (a CUDA device is timed with CUDA events)")
+        buckets = parse_buckets(args.buckets)
+        if args.cuda_graphs and (buckets is None or device.type != "cuda"):
+            raise ValueError("--cuda-graphs needs --buckets and --device cuda")
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    load_start = _load_average()
     model = create_model(args.model, kwargs, args.seed, args.device)
     stages = _stages(model)
     if not stages:
@@ -761,18 +1086,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --target-flops-ratio / --threshold need a halting method with a threshold; "
               f"{args.model} uses {method.name!r}", file=sys.stderr)
         return 2
-    shape = input_shape_of(model, args.input_size)
+    try:
+        inputs = resolve_inputs(model, args.inputs, args.input_size, args.seq_len, args.channels_last)
+        if args.synthetic_halting is not None and inputs.kind != "image":
+            raise ValueError("--synthetic-halting generates images (synthesize_halting): use a trained model's "
+                             "heads or --threshold for token inputs")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shape = inputs.shape
     if args.synthetic_halting is not None:
         set_synthetic_heads(model, args.synthetic_halting, shape, args.synthetic_samples)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if buckets is not None:
+        from .halting.stage import set_bucketing
+
+        set_bucketing(model, buckets, cuda_graphs=args.cuda_graphs)
+    compaction_costs = None
+    if args.compaction_cost is not None:
+        compaction_costs = set_compaction_costs(model, inputs, args.compaction_cost, args.seed, args.device)
     calibration = None
     if args.target_flops_ratio is not None:
         generator = torch.Generator().manual_seed(args.seed + 1)
-        data = torch.randn((args.calibration_samples,) + shape, generator=generator).to(args.device)
-        if args.channels_last and data.dim() == 4:
-            data = data.contiguous(memory_format=torch.channels_last)
-        found = calibrate_threshold(model, list(data.split(64)), args.target_flops_ratio)
+        data = [inputs.batch(min(64, args.calibration_samples - start), generator, args.device)
+                for start in range(0, args.calibration_samples, 64)]
+        found = calibrate_threshold(model, data, args.target_flops_ratio)
         calibration = {"target_flops_ratio": args.target_flops_ratio, "threshold": found.threshold,
                        "flops_ratio": found.flops_ratio, "num_samples": args.calibration_samples}
     elif args.threshold is not None:
@@ -781,37 +1120,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result: dict[str, Any] = {
         "model": args.model, "model_kwargs": kwargs, "method": method.name, "knobs": method.knob_values(),
         "threshold": threshold, "synthetic_halting": args.synthetic_halting, "calibration": calibration,
-        "input_shape": list(shape), "channels_last": args.channels_last, "device": str(device), "threads": threads,
+        "input_shape": list(shape), "inputs": inputs.kind, "channels_last": args.channels_last,
+        "device": str(device), "threads": threads, "clock": args.clock,
+        "buckets": None if buckets is None else list(buckets), "cuda_graphs": args.cuda_graphs,
+        "compaction_costs": compaction_costs,
         "warmup": args.warmup, "repeats": args.repeats, "plain_model": args.plain_model,
-        "platform": {"torch": torch.__version__, "python": platform.python_version(),
-                     "machine": platform.machine(), "processor": platform.processor(),
-                     "cpu_count": os.cpu_count(), "load_average": _load_average(),
-                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "platform": dict(machine_info(device), load_average=load_start),
     }
     print(format_report(result))
 
     def plain_network() -> nn.Module:
         plain = (create_model(args.plain_model, {}, args.seed, args.device) if args.plain_model
-                 else create_model(args.model, _twin_kwargs(kwargs, "none", {}), args.seed, args.device))
+                 else create_model(args.model, _twin_kwargs(kwargs, "none", {}, _is_hf(args.model)), args.seed,
+                                   args.device))
         _copy_weights(model, plain)
         return plain.to(memory_format=torch.channels_last) if args.channels_last else plain
 
     if not args.no_eval:
-        print("\neval wall time (median of repeats; efficiency = time ratio / FLOPs ratio)\n" + EVAL_HEADER)
+        print(f"\neval {_clock_name(args.clock)} (median of repeats; efficiency = time ratio / FLOPs ratio)\n"
+              + EVAL_HEADER)
         plain = plain_network() if "plain" in modes else None
-        result["eval"] = benchmark_eval(model, shape, args.batch_sizes, args.warmup, args.repeats,
+        result["eval"] = benchmark_eval(model, inputs, args.batch_sizes, args.warmup, args.repeats,
                                         args.min_samples, args.seed, args.channels_last, modes, plain=plain,
-                                        device=args.device)
+                                        device=args.device, clock=args.clock)
         del plain
+    if args.profile_batch_size is not None:
+        result["profile"] = profile_eval(model, inputs, args.profile_batch_size, args.seed, args.device)
+        print("\n" + format_profile(result["profile"]))
     if not args.no_memory:
         base = {"model": args.model, "seed": args.seed, "input_shape": list(shape), "threads": threads,
+                "input_kind": inputs.kind, "vocab_size": inputs.vocab_size,
                 "batch_size": args.memory_batch_size, "channels_last": args.channels_last, "device": args.device,
                 "synthetic_halting": args.synthetic_halting, "synthetic_samples": args.synthetic_samples,
                 "threshold": threshold}
-        specs = {"pact": dict(base, kwargs=_twin_kwargs(kwargs, "pact", {})),
-                 "act": dict(base, kwargs=_twin_kwargs(kwargs, "act", {})),
+        hf = _is_hf(args.model)
+        specs = {"pact": dict(base, kwargs=_twin_kwargs(kwargs, "pact", {}, hf)),
+                 "act": dict(base, kwargs=_twin_kwargs(kwargs, "act", {}, hf)),
                  "plain": (dict(base, model=args.plain_model, kwargs={}) if args.plain_model
-                           else dict(base, kwargs=_twin_kwargs(kwargs, "none", {})))}
+                           else dict(base, kwargs=_twin_kwargs(kwargs, "none", {}, hf)))}
         result["memory_batch_size"] = args.memory_batch_size
         result["memory"] = {name: measure_memory(specs[name]) for name in memory_networks}
         if "pact" in result["memory"] and "act" in result["memory"]:
@@ -822,13 +1168,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         networks = build_training_networks(model, train_networks, args.model, kwargs, args.plain_model, args.seed,
                                            shape, args.synthetic_halting, args.synthetic_samples, args.device,
                                            args.channels_last)
-        result["training"] = benchmark_training(networks, shape, args.train_batch_size, args.train_warmup,
-                                                args.train_repeats, args.seed, args.channels_last, args.device)
+        result["training"] = benchmark_training(networks, inputs, args.train_batch_size, args.train_warmup,
+                                                args.train_repeats, args.seed, args.channels_last, args.device,
+                                                clock=args.clock)
         del networks
     result["platform"]["load_average_end"] = _load_average()
     print("\n" + format_report(result))
-    write_json_atomic(args.output, result)
-    print(f"\nwrote {args.output}")
+    output = args.output or default_output_path(args.model)
+    write_json_atomic(output, result)
+    print(f"\nwrote {output}")
     return 0
 
 

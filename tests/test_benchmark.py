@@ -95,6 +95,8 @@ def test_cli_imagenet_resnet_against_timm_backbone(tmp_path, capsys):
     assert flops["plain"] == flops["full"]  # full depth of the adaptive model = timm's resnet18
     assert record["flops_vs_plain"]["adaptive"] == pytest.approx(record["flops_ratio"])
     assert set(record["time_vs_plain"]) == {"adaptive", "full", "plain"}
+    assert record["efficiency_vs_plain"] == pytest.approx(record["time_vs_plain"]["adaptive"]
+                                                          / record["flops_vs_plain"]["adaptive"])
     assert "plain network" in capsys.readouterr().out
 
 
@@ -214,3 +216,65 @@ def test_write_json_atomic_replaces(tmp_path):
     benchmark.write_json_atomic(str(path), {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_cli_bucketed_process_clock_profile_default_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output goes under out/benchmarks/, not into the working directory
+    rc = benchmark.main(TINY_ARGS + ["--threshold", "0.5", "--synthetic-halting", "0", "--batch-sizes", "5",
+                                     "--modes", "adaptive,full,masked", "--buckets", "default", "--clock", "process",
+                                     "--compaction-cost", "4", "--profile-batch-size", "3", "--no-memory",
+                                     "--no-training"])
+    assert rc == 0
+    assert os.listdir(tmp_path) == ["out"]
+    (written,) = (tmp_path / "out" / "benchmarks").iterdir()
+    assert written.name.startswith("pact_resnet32-") and written.suffix == ".json"
+    result = json.loads(written.read_text())
+    assert result["buckets"][:4] == [1, 2, 4, 8] and result["clock"] == "process" and result["inputs"] == "image"
+    assert [len(cost["row_seconds"]) for cost in result["compaction_costs"]] == [3, 3, 3]  # layers (3, 3, 3)
+    record = result["eval"][0]
+    assert record["max_abs_diff_adaptive_vs_masked"] <= 1e-5 and record["same_units_adaptive_vs_masked"] is True
+    platform = result["platform"]
+    assert platform["torch"] == torch.__version__ and platform["timm"] == timm.__version__
+    assert platform["threads"] == 1 and len(platform["load_average"]) == 3 and platform["cpu_count"] >= 1
+    assert "load_average_end" in platform and platform["machine"]
+    profile = result["profile"]
+    assert profile["batch_size"] == 3 and set(profile["modes"]) == {"adaptive", "full"}
+    ops = {op["name"] for op in profile["modes"]["adaptive"]["ops"]}
+    assert any("conv" in name for name in ops)
+
+
+def test_cli_token_inputs_of_a_hugging_face_family(tmp_path):
+    out = tmp_path / "bench.json"
+    config = '{"vocab_size": 30, "hidden_size": 8, "input_size": 8, "max_ponder_steps": 3, "num_labels": 2}'
+    rc = benchmark.main(["--model", "hf:PactLSTMForSequenceClassification", "--model-kwargs", config,
+                         "--seq-len", "4", "--threshold", "0.04", "--batch-sizes", "3", "--repeats", "1",
+                         "--warmup", "0", "--min-samples", "3", "--threads", "1", "--modes", "adaptive,full,masked",
+                         "--no-memory", "--no-training", "--output", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["inputs"] == "tokens" and result["input_shape"] == [4]
+    record = result["eval"][0]
+    assert record["same_units_adaptive_vs_masked"] is True and record["max_abs_diff_adaptive_vs_masked"] <= 1e-5
+    assert 0 < record["flops_ratio"] <= 1.0
+    assert benchmark._twin_kwargs({"halting_knobs": {"tau": 0.1, "temperature": 0.5}}, "act", {}, hf=True) == {
+        "halting_method": "act", "halting_knobs": {"tau": 0.1}}
+
+
+def test_clock_and_bucket_options():
+    times = benchmark.time_round_robin({"a": lambda: sum(range(1000))}, warmup=0, repeats=2, clock="process")
+    assert len(times["a"]) == 2 and all(t >= 0 for t in times["a"])
+    with pytest.raises(ValueError, match="clock must be one of"):
+        benchmark.time_round_robin({"a": lambda: None}, 0, 1, clock="cycles")
+    with pytest.raises(ValueError, match="CUDA events"):
+        benchmark._Stopwatch(torch.device("cuda"), "process")
+    assert benchmark.parse_buckets(None) is None and benchmark.parse_buckets("1,4,8") == (1, 4, 8)
+    with pytest.raises(ValueError, match="--buckets"):
+        benchmark.parse_buckets("8,4")
+    assert benchmark.default_output_path("hf:X/y").startswith(os.path.join("out", "benchmarks", "hf_X_y-"))
+
+
+@pytest.mark.parametrize("extra", [["--cuda-graphs"], ["--buckets", "0,2"], ["--inputs", "tokens"]])
+def test_cli_rejects_bad_speed_options(tmp_path, extra, capsys):
+    rc = benchmark.main(TINY_ARGS + ["--no-memory", "--no-training", "--output", str(tmp_path / "b.json")] + extra)
+    assert rc == 2
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "b.json").exists()

@@ -18,6 +18,7 @@ from pact_zoo.hub import export_folder
 from pact_zoo.training import ConfigError, load_config, load_model_folder, train
 from pact_zoo.training.evaluate import run_evaluation
 from pact_zoo.training.tasks import SEQUENCE_MODELS
+from pact_zoo.training.text_task import TEXT_MODELS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(
@@ -204,12 +205,22 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
+def _recipes(folder: Path) -> list:
+    """A hub config's training recipes: ``train.yaml``, or every recipe of a multi-run folder (``pact.yaml``, ...)."""
+    if (folder / "train.yaml").is_file():
+        return [folder / "train.yaml"]
+    return sorted(p for p in folder.glob("*.yaml") if p.name != "card.yaml")
+
+
 @pytest.mark.parametrize("variant", sorted(p.name for p in (REPO / "hub_configs").iterdir()
                                             if (p / "card.yaml").is_file() or (p / "train.yaml").is_file()))
 def test_hub_config_recipes_load(variant):
-    config = load_config(str(REPO / "hub_configs" / variant / "train.yaml"))
-    assert config.model in pact_zoo.list_models() + list(SEQUENCE_MODELS)
-    assert (REPO / "hub_configs" / variant / "card.yaml").is_file()
+    folder = REPO / "hub_configs" / variant
+    recipes = _recipes(folder)
+    assert recipes and (folder / "card.yaml").is_file()
+    for recipe in recipes:
+        config = load_config(str(recipe))
+        assert config.model in pact_zoo.list_models() + list(SEQUENCE_MODELS) + list(TEXT_MODELS), recipe
 
 
 def test_sequence_task_train_evaluate_export_reload(tmp_path, reset_accelerate):

@@ -8,15 +8,19 @@ A *row* is whatever the first dimension of a state indexes: a sample of a ``[B, 
 * :func:`split_rows`: local positions of the rows that go on and of those that stop (no synchronisation);
 * :func:`take_rows`: gather rows of a state of any rank, keeping a channels_last layout;
 * :class:`ActiveRows`: the map from the compacted state back to the original rows, and
-  :class:`RowCollector`: finished rows as they leave, assembled into the ``[B, ...]`` output once.
+  :class:`RowCollector`: finished rows as they leave, assembled into the ``[B, ...]`` output once;
+* :func:`bucket_size` / :func:`pad_rows`: round a sub-batch up to one of a few sizes (GPU: bounded shapes for
+  cuDNN autotuning and one CUDA graph per (unit, bucket)).
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["ActiveRows", "RowCollector", "count_true", "empty_rows", "split_rows", "take_rows"]
+__all__ = ["ActiveRows", "CompactionCost", "RowCollector", "bucket_size", "count_true", "empty_rows", "pad_rows",
+           "split_rows", "take_rows"]
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -42,7 +46,7 @@ def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def count_true(mask: torch.Tensor) -> int:
     """Number of True entries of a ``[A]`` bool mask: the one host synchronisation of a unit."""
-    return int(mask.sum())
+    return int(torch.count_nonzero(mask))  # one operator (sum of a bool mask is a cast and a reduction)
 
 
 def split_rows(stop: torch.Tensor, num_stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +59,30 @@ def split_rows(stop: torch.Tensor, num_stop: int) -> tuple[torch.Tensor, torch.T
     Returns:
         ``keep`` ``[A - num_stop]`` and ``stop_rows`` ``[num_stop]`` long.
     """
+    if stop.device.type == "cpu":  # no device to synchronise with: two nonzero() beat a cast, a sort and slices
+        return torch.nonzero(~stop).view(-1), torch.nonzero(stop).view(-1)
     order = torch.argsort(stop.to(torch.int8), stable=True)  # continuing rows first
     num_keep = stop.shape[0] - num_stop
     return order[:num_keep], order[num_keep:]
+
+
+def bucket_size(num_rows: int, buckets: tuple[int, ...]) -> int:
+    """The smallest of the ascending ``buckets`` that holds ``num_rows`` (``num_rows`` itself past the last one)."""
+    for size in buckets:
+        if size >= num_rows:
+            return size
+    return num_rows
+
+
+def pad_rows(x: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``[A, ...]`` -> ``[num_rows, ...]`` (``num_rows >= A``, same layout): the extra rows repeat row 0, so they
+    hold valid inputs (an all-zero attention mask, say, would not); their outputs are never read."""
+    if num_rows == x.shape[0]:
+        return x
+    out = empty_rows(x, num_rows)
+    out[:x.shape[0]].copy_(x)
+    out[x.shape[0]:].copy_(x[:1].expand((num_rows - x.shape[0],) + tuple(x.shape[1:])))
+    return out
 
 
 class ActiveRows:
@@ -132,3 +157,23 @@ class RowCollector:
             out.index_copy_(0, rows, values)
             del values
         return out
+
+
+@dataclass(frozen=True)
+class CompactionCost:
+    """Measured costs (seconds) that decide when dropping halted rows from a batch pays.
+
+    Attributes:
+        row_seconds: per unit of the stage, the marginal time of one more row in that unit.
+        gather_seconds: fixed time of one gather of the running rows (state, index and carry).
+        gather_row_seconds: time per gathered row.
+    """
+
+    row_seconds: Sequence[float]
+    gather_seconds: float
+    gather_row_seconds: float
+
+    def pays(self, unit: int, dead: int, live: int) -> bool:
+        """Whether to gather the ``live`` rows before unit ``unit`` now instead of running ``dead`` halted rows
+        through it: the dead rows' share of the unit against the gather (greedy: dead rows pile up until it pays)."""
+        return dead * self.row_seconds[unit] >= self.gather_seconds + live * self.gather_row_seconds

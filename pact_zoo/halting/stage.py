@@ -26,17 +26,31 @@ except ImportError:  # pragma: no cover - exercised only where timm is absent
     def register_notrace_module(module: type) -> type:
         return module
 
-from .compaction import ActiveRows, RowCollector, count_true, split_rows, take_rows
+from .compaction import (
+    ActiveRows, CompactionCost, RowCollector, bucket_size, count_true, pad_rows, split_rows, take_rows,
+)
 from .config import HaltingConfig
 from .flops import current_profiler
 from .method import HaltingMethod, HaltingRecord, StopDecision, get_halting_method
 
-__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "zero_touch"]
+__all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "DEFAULT_BUCKETS", "measure_compaction_cost",
+           "set_bucketing", "zero_touch"]
 
 #: ``"compact"``: halted rows leave the batch in eval; ``"masked"``: every unit runs, results are masked.
 EXECUTION_MODES = ("compact", "masked")
 #: Eval stop decisions: ``"greedy"`` (the method's deterministic rule) or ``"sample"`` (sampled stops).
 DECISION_MODES = ("greedy", "sample")
+#: Sub-batch sizes of bucketed eval (:func:`set_bucketing`): powers of two up to 64, then multiples of 64.
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64) + tuple(range(128, 4097, 64))
+
+
+def _split_live(stop: torch.Tensor, live: torch.Tensor, num_keep: int, num_stop: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local positions of the live rows that go on and of those that stop (``stop`` is within ``live``), in order;
+    one stable sort, no host synchronisation."""
+    key = stop.to(torch.int8) + 2 * (~live).to(torch.int8)  # going on 0, stopping 1, dead 2
+    order = torch.argsort(key, stable=True)
+    return order[:num_keep], order[num_keep:num_keep + num_stop]
 
 
 def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -105,9 +119,21 @@ class AdaptiveStage(nn.Module):
         anytime: training forwards run a uniformly sampled number of units per row and no head
             (:func:`~pact_zoo.halting.anytime_depth`).
         decision: eval stop decisions, ``"greedy"`` or ``"sample"`` (methods with ``stochastic = True``).
+        buckets: ascending sub-batch sizes, or None (default). Gradient-free compact forwards then run every unit on
+            the running rows padded up to the next bucket (:func:`set_bucketing`): a GPU sees a few shapes only.
+        cuda_graphs: with ``buckets``, replay one captured CUDA graph per (unit, bucket) on a CUDA state.
+        compaction_cost: a :class:`~pact_zoo.halting.compaction.CompactionCost`, or None (default: compact at every
+            unit where a row halts). With it, greedy eval of a method that takes the state at the stop keeps halted
+            rows in the batch (dead, their outputs already taken) until dropping them pays
+            (:func:`measure_compaction_cost`); outputs and depths are those of immediate compaction.
         rollout: training-mode forward under the deterministic rule, no record of log-probabilities
             (:func:`~pact_zoo.halting.self_critical_baseline`).
     """
+
+    # class-level defaults: a stage unpickled from before these options existed still runs
+    buckets: Optional[tuple[int, ...]] = None
+    cuda_graphs: bool = False
+    compaction_cost: Optional[CompactionCost] = None
 
     def __init__(
             self,
@@ -139,7 +165,11 @@ class AdaptiveStage(nn.Module):
         self.anytime = False
         self.rollout = False
         self.grad_checkpointing = False
+        self.buckets = None
+        self.cuda_graphs = False
+        self.compaction_cost = None
         self.record: Optional[HaltingRecord] = None
+        self._graphs: dict[tuple, tuple] = {}
 
     @property
     def num_units(self) -> int:
@@ -171,6 +201,52 @@ class AdaptiveStage(nn.Module):
                     return torch.utils.checkpoint.checkpoint(unit, x, use_reentrant=False)
                 return torch.utils.checkpoint.checkpoint(unit, x, context, use_reentrant=False)
             return unit(x) if context is None else unit(x, context)
+
+    def _run_unit_compact(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`_run_unit` of the compact loop: padded to a bucket (and replayed as a CUDA graph) when asked."""
+        if self.buckets is None or self.training or torch.is_grad_enabled() or current_profiler() is not None:
+            return self._run_unit(n, x, context)
+        rows = x.shape[0]
+        size = bucket_size(rows, self.buckets)
+        if self.cuda_graphs and x.is_cuda:
+            return self._replay_graph(n, size, x, context)
+        if size == rows:
+            return self._run_unit(n, x, context)
+        out = self._run_unit(n, pad_rows(x, size), None if context is None else pad_rows(context, size))
+        return out[:rows]
+
+    def _replay_graph(self, n: int, size: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """Unit ``n`` on ``x`` (``[A, ...]``, A <= size) through the CUDA graph captured for (n, size)."""
+        key = (n, size, tuple(x.shape[1:]), x.dtype, None if context is None else tuple(context.shape[1:]))
+        graphs = self.__dict__.setdefault("_graphs", {})
+        entry = graphs.get(key)
+        if entry is None:
+            entry = self._capture_graph(n, size, x, context)
+            graphs[key] = entry
+        graph, static_x, static_context, static_out = entry
+        rows = x.shape[0]
+        static_x[:rows].copy_(x)  # rows past A keep earlier valid inputs: their outputs are never read
+        if context is not None:
+            static_context[:rows].copy_(context)
+        graph.replay()
+        return static_out[:rows].clone()  # the next replay overwrites the static output
+
+    def _capture_graph(self, n: int, size: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> tuple:
+        static_x = pad_rows(x, size).clone()
+        static_context = None if context is None else pad_rows(context, size).clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture (cuDNN autotuning, lazy initialisation)
+                self._run_unit(n, static_x, static_context)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        pool = self.__dict__.get("_graph_pool")
+        if pool is None:
+            pool = self.__dict__["_graph_pool"] = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=pool):
+            static_out = self._run_unit(n, static_x, static_context)
+        return graph, static_x, static_context, static_out
 
     def _halting_logit(self, n: int, x: torch.Tensor) -> torch.Tensor:
         profiler = current_profiler()
@@ -232,8 +308,8 @@ class AdaptiveStage(nn.Module):
                           else x.new_zeros(x.shape[0], 0, dtype=torch.float32))
         mix = self.method.mixture(halting_logits, training)
         out = states[0] * _rows(mix.weights[:, 0], states[0])
-        for n in range(1, self.num_units):
-            out = out + states[n] * _rows(mix.weights[:, n], states[n])
+        for n in range(1, self.num_units):  # addcmul: one operator and one temporary per unit, not two
+            out = torch.addcmul(out, states[n], _rows(mix.weights[:, n], states[n]))
         self._keep(HaltingRecord(units_executed=mix.units_executed, cost=mix.cost, num_units=self.num_units,
                                  method=self.method, log_prob=mix.log_prob, terms=mix.terms))
         return out
@@ -247,7 +323,7 @@ class AdaptiveStage(nn.Module):
         accumulator (PACT's memory claim). Accumulating methods (ACT) add w_n x_n of the running rows to the output.
         """
         method = self.method if method is None else method
-        state = self._run_unit(0, x, context)
+        state = self._run_unit_compact(0, x, context)
         batch_size, device = state.shape[0], state.device
         active = ActiveRows(batch_size, device)
         steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=device)
@@ -256,27 +332,40 @@ class AdaptiveStage(nn.Module):
         pieces = RowCollector(batch_size)
         values: dict[str, RowCollector] = {}
         out: Optional[torch.Tensor] = None
+        # deferred compaction (compaction_cost set): halted rows may stay in the state as dead rows (their output is
+        # taken when they halt, their decisions are ignored) until a gather pays; greedy, non-accumulating only
+        cost_model = self.compaction_cost
+        defer = (cost_model is not None and not method.accumulates and mode == "greedy"
+                 and not torch.is_grad_enabled())
+        live: Optional[torch.Tensor] = None  # [A] bool: rows of the state still running; None: every row
+        num_live = batch_size
         for n in range(self.num_units):
             num_rows = state.shape[0]
             if n < self.num_units - 1:
                 logits = self._halting_logit(n, state) if method.uses_heads else None
                 decision = method.decide(n, logits, carry, mode, log)
                 stop, weight = decision.stop, decision.weight
+                if live is not None:
+                    stop = stop & live
                 num_stop = count_true(stop)
             else:
-                stop, weight, num_stop = None, method.last_weight(carry), num_rows
+                stop, weight, num_stop = None, method.last_weight(carry), num_live
             if method.accumulates:
                 contribution = state * _rows(weight, state)
                 out = contribution if out is None else active.add_into(out, contribution)
             if num_stop == 0:
-                state = self._run_unit(n + 1, state, context)
+                state = self._run_unit_compact(n + 1, state, context)
                 continue
-            if num_stop == num_rows:
-                keep, halted = None, torch.arange(num_rows, device=device)
-            else:
+            if num_stop == num_live:
+                keep = None
+                halted = (torch.arange(num_rows, device=device) if live is None
+                          else torch.nonzero(live if stop is None else stop).view(-1))
+            elif live is None:
                 keep, halted = split_rows(stop, num_stop)
+            else:
+                keep, halted = _split_live(stop, live, num_live - num_stop, num_stop)
             halted_rows = active.original(halted)
-            if keep is None and active.index is None:
+            if keep is None and active.index is None and live is None:
                 steps.fill_(n + 1)
             else:
                 steps.index_fill_(0, halted_rows, n + 1)
@@ -286,15 +375,24 @@ class AdaptiveStage(nn.Module):
                 break
             if not method.accumulates:
                 pieces.add(halted_rows, take_rows(state, halted))
-            state = take_rows(state, keep)
-            carry = {key: value.index_select(0, keep) for key, value in carry.items()}
-            if context is not None:
-                context = take_rows(context, keep)
-            active.keep(keep)
-            state = self._run_unit(n + 1, state, context)
+            num_live -= num_stop
+            if defer and not cost_model.pays(n + 1, num_rows - num_live, num_live):
+                live = ~stop if live is None else live & ~stop  # the halted rows stay, dead
+            else:
+                state = take_rows(state, keep)
+                carry = {key: value.index_select(0, keep) for key, value in carry.items()}
+                if context is not None:
+                    context = take_rows(context, keep)
+                active.keep(keep)
+                live = None
+            state = self._run_unit_compact(n + 1, state, context)
         if not method.accumulates:
             if pieces:
-                pieces.add(active.all(), state)
+                if live is None:
+                    pieces.add(active.all(), state)
+                else:
+                    rows = torch.nonzero(live).view(-1)
+                    pieces.add(active.original(rows), take_rows(state, rows))
                 out = pieces.assemble()
             else:  # no row left early: the state is the output, in order
                 out = state
@@ -308,3 +406,76 @@ class AdaptiveStage(nn.Module):
             record.touch = zero_touch(self)
         self._keep(record)
         return out
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    import statistics
+    import time
+
+    times = []
+    for _ in range(repeats + 1):  # the first call warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+@torch.inference_mode()
+def measure_compaction_cost(stage: AdaptiveStage, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                            repeats: int = 5) -> CompactionCost:
+    """Measure on ``x``'s device what compaction costs and saves in ``stage`` (eval mode, full depth).
+
+    Args:
+        stage: the stage.
+        x: ``[B, ...]`` stage input, B >= 2 (the batch size the cost model is for).
+        context: optional ``[B, ...]`` per-row context of the units.
+        repeats: timed calls per measurement (median).
+
+    Returns:
+        per unit, the marginal time of a row, ``(t(B rows) - t(1 row)) / (B - 1)``; the fixed and per-row time of
+        gathering the running rows (state and index), from gathers of 1 and B - 1 rows of every unit's input.
+    """
+    batch = x.shape[0]
+    if batch < 2:
+        raise ValueError(f"x must hold at least 2 rows to measure a per-row cost, got {batch}")
+    device = x.device
+    row_seconds, gather_one, gather_many = [], [], []
+    one, many = torch.zeros(1, dtype=torch.long, device=device), torch.arange(batch - 1, device=device)
+    state = x
+    for n in range(stage.num_units):
+        ctx_one = None if context is None else context[:1]
+        full = _median_seconds(lambda: stage._run_unit(n, state, context), device, repeats)
+        single = _median_seconds(lambda: stage._run_unit(n, state[:1], ctx_one), device, repeats)
+        row_seconds.append(max(full - single, 0.0) / (batch - 1))
+        gather_one.append(_median_seconds(lambda: (take_rows(state, one), many.index_select(0, one)), device, repeats))
+        gather_many.append(_median_seconds(lambda: (take_rows(state, many), many.index_select(0, many)), device,
+                                           repeats))
+        state = stage._run_unit(n, state, context)
+    one_s, many_s = sum(gather_one) / len(gather_one), sum(gather_many) / len(gather_many)
+    per_row = max(many_s - one_s, 0.0) / max(batch - 2, 1)
+    return CompactionCost(row_seconds=tuple(row_seconds), gather_seconds=max(one_s - per_row, 0.0),
+                          gather_row_seconds=per_row)
+
+
+def set_bucketing(model: nn.Module, buckets: Optional[Sequence[int]] = DEFAULT_BUCKETS,
+                  cuda_graphs: bool = False) -> None:
+    """Bucketed compact eval for every :class:`AdaptiveStage` of ``model``: each unit runs on the running rows padded
+    up to the next of ``buckets`` (ascending sizes; None switches bucketing off), so that a GPU sees a few shapes
+    (cuDNN autotuning, compiled graphs); with ``cuda_graphs`` one CUDA graph per (unit, bucket) is captured on first
+    use and replayed. Outputs and depths are those of unbucketed compaction (a padded row is never read; eval
+    normalisation is per row). Only gradient-free eval forwards are bucketed."""
+    if buckets is not None:
+        buckets = tuple(int(b) for b in buckets)
+        if not buckets or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"buckets must be ascending distinct integers >= 1, got {buckets!r}")
+    if cuda_graphs and buckets is None:
+        raise ValueError("cuda_graphs needs buckets (one graph per (unit, bucket))")
+    for module in model.modules():
+        if isinstance(module, AdaptiveStage) or (hasattr(module, "buckets") and hasattr(module, "_graphs")):
+            module.buckets = buckets
+            module.cuda_graphs = cuda_graphs
+            module._graphs = {}
