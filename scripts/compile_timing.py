@@ -39,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    plain = timm.create_model(args.backbone).eval()
+    transformer = any(k in args.backbone for k in ("vit", "deit"))  # a ViT's position embedding fixes its input size
+    plain = timm.create_model(args.backbone, **({"img_size": args.size} if transformer else {})).eval()
     model = pact_zoo.make_adaptive(copy.deepcopy(plain))
     shape = (3, args.size, args.size)
     synthesize_halting(model, seed=0, input_shape=shape, num_samples=32)
