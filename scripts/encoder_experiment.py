@@ -29,11 +29,12 @@ import pact_zoo
 from pact_zoo.benchmark import time_round_robin
 from pact_zoo.data.text import TextCollator, load_text_dataset, tokenize_split
 from pact_zoo.fileio import atomic_write_json, atomic_write_text
+from pact_zoo.halting import truncated_depth
 from pact_zoo.hf import PactEncoderForSequenceClassification
 
 VARIANTS = ("pact", "act", "plain")
 #: PACT thresholds tried on validation rows for the FLOPs budget (PACT's eval rule: stop at the first h >= threshold).
-THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+THRESHOLDS = (0.5, 0.475, 0.45, 0.425, 0.4, 0.3, 0.2, 0.1, 0.05)
 BATCH_SIZES = (1, 8, 64)
 
 
@@ -142,7 +143,7 @@ def main() -> None:
     results["static"] = {}
     for source in ("plain", "pact"):
         for depth in depths:
-            with pact_zoo.truncated_depth(models[source], [depth]):
+            with truncated_depth(models[source], [depth]):
                 results["static"][f"{source}@{depth}"] = evaluate(models[source], eval_batches, full=False)
             print("static", source, depth, json.dumps(results["static"][f"{source}@{depth}"]))
 
