@@ -29,11 +29,12 @@ import pact_zoo
 from pact_zoo.benchmark import time_round_robin
 from pact_zoo.data.text import TextCollator, load_text_dataset, tokenize_split
 from pact_zoo.fileio import atomic_write_json, atomic_write_text
+from pact_zoo.halting import truncated_depth
 from pact_zoo.hf import PactEncoderForSequenceClassification
 
 VARIANTS = ("pact", "act", "plain")
 #: PACT thresholds tried on validation rows for the FLOPs budget (PACT's eval rule: stop at the first h >= threshold).
-THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+THRESHOLDS = (0.5, 0.475, 0.45, 0.425, 0.4, 0.3, 0.2, 0.1, 0.05)
 BATCH_SIZES = (1, 8, 64)
 
 
@@ -66,6 +67,7 @@ def evaluate(model, batches, full: bool = True) -> dict:
             full_correct = sum(int((model(**_inputs(b)).logits.argmax(-1) == b["labels"]).sum()) for b in batches)
     histogram = torch.bincount(layers, minlength=model.config.num_hidden_layers + 1)[1:].tolist()
     return {"accuracy": correct / count, "accuracy_full_depth": full_correct / count if full else None,
+            "away_from_mode": 1.0 - max(histogram) / count,  # share of samples not at the most common depth
             "mean_flops": flops / count, "mean_full_flops": full_sum / count, "flops_ratio": flops / full_sum,
             "mean_layers": float(layers.double().mean()), "std_layers": float(layers.double().std(unbiased=False)),
             "layers_histogram": histogram, "num_samples": count}
@@ -134,6 +136,17 @@ def main() -> None:
         results["models"][name] = evaluate(model, eval_batches, full=name in ("pact", "act"))
         print(name, json.dumps(results["models"][name]))
 
+    # static baselines of (about) equal FLOPs: the first k layers of every review, k = an adaptive model's rounded
+    # mean depth; the plain fine-tune (never trained to exit early) and the anytime-trained PACT model
+    depths = sorted({min(max(round(results["models"][n]["mean_layers"]), 1), models["plain"].config.num_hidden_layers)
+                     for n in ("pact", "pact_calibrated", "act")})
+    results["static"] = {}
+    for source in ("plain", "pact"):
+        for depth in depths:
+            with truncated_depth(models[source], [depth]):
+                results["static"][f"{source}@{depth}"] = evaluate(models[source], eval_batches, full=False)
+            print("static", source, depth, json.dumps(results["static"][f"{source}@{depth}"]))
+
     timing_rows = rows.select(range(args.timing_samples))
     twin = plain_hf_twin(models["plain"])
     results["timing"] = {}
@@ -170,7 +183,7 @@ def format_markdown(results: dict) -> str:
     """The results table (one row per model and depth rule)."""
     timing = results["timing"]
     lines = ["| model | rule | test acc. | FLOPs / sample | FLOPs ratio | layers mean ± std (histogram 1..6) | "
-             "ms/sample b=1 | b=8 | b=64 |", "|---|---|---|---|---|---|---|---|---|"]
+             "away from mode | ms/sample b=1 | b=8 | b=64 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("pact", "pact_calibrated", "act", "plain"):
         m = results["models"][name]
         ms = [timing[str(b)][name]["ms_per_sample"] for b in BATCH_SIZES]
@@ -178,15 +191,21 @@ def format_markdown(results: dict) -> str:
                 f"{results['calibration']['flops_budget']})" if name == "pact_calibrated" else "own rule")
         lines.append(f"| {name} | {rule} | {100 * m['accuracy']:.2f} % | {m['mean_flops'] / 1e6:.1f} M | "
                      f"{m['flops_ratio']:.3f} | {m['mean_layers']:.2f} ± {m['std_layers']:.2f} "
-                     f"({', '.join(map(str, m['layers_histogram']))}) | " + " | ".join(f"{v:.2f}" for v in ms) + " |")
+                     f"({', '.join(map(str, m['layers_histogram']))}) | {100 * m['away_from_mode']:.1f} % | "
+                     + " | ".join(f"{v:.2f}" for v in ms) + " |")
         if name in ("pact", "act"):
             ms = [timing[str(b)]["pact_full_depth"]["ms_per_sample"] for b in BATCH_SIZES]
             lines.append(f"| {name} | full depth | {100 * m['accuracy_full_depth']:.2f} % | "
-                         f"{m['mean_full_flops'] / 1e6:.1f} M | 1.000 | 6 | " + " | ".join(f"{v:.2f}" for v in ms)
-                         + " |")
+                         f"{m['mean_full_flops'] / 1e6:.1f} M | 1.000 | 6 | 0 % | "
+                         + " | ".join(f"{v:.2f}" for v in ms) + " |")
     ms = [timing[str(b)]["plain_hf_bert"]["ms_per_sample"] for b in BATCH_SIZES]
-    lines.append("| plain weights in transformers' BertForSequenceClassification | full depth | (= plain) | | | 6 | "
+    lines.append("| plain weights in transformers' BertForSequenceClassification | full depth | (= plain) | | | 6 "
+                 "| 0 % | "
                  + " | ".join(f"{v:.2f}" for v in ms) + " |")
+    for name, m in results.get("static", {}).items():
+        source, depth = name.split("@")
+        lines.append(f"| static: {source}, first {depth} layers | truncated | {100 * m['accuracy']:.2f} % | "
+                     f"{m['mean_flops'] / 1e6:.1f} M | {m['flops_ratio']:.3f} | {depth} | 0 % | (not timed) | | |")
     return "\n".join(lines) + "\n"
 
 
