@@ -85,3 +85,12 @@ def test_training_step_reaches_heads_and_features():
     assert features(x)[0].shape == (4, 32, 2, 2)
     with pytest.raises(ValueError, match="attn_mask"):
         model(x, attn_mask=torch.ones(5, 5, dtype=torch.bool))
+
+
+def test_heads_pool_as_the_classifier_does():
+    """A ViT with a class token but average pooling (timm's global_pool="avg"): the heads read the mean patch token."""
+    by_token = timm.create_model("pact_vit_tiny_patch16_224", num_classes=3, **TINY)
+    by_mean = timm.create_model("pact_vit_tiny_patch16_224", num_classes=3, **dict(TINY, global_pool="avg"))
+    assert by_token.has_class_token and by_mean.has_class_token
+    assert all(h.use_class_token for h in by_token.blocks.heads)
+    assert not any(h.use_class_token for h in by_mean.blocks.heads)

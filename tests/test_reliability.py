@@ -23,15 +23,6 @@ TINY = dict(model="pact_resnet32", model_kwargs=TINY_KWARGS, dataset="digits", m
             eval_thresholds=[0.3, 0.7])
 
 
-@pytest.fixture
-def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def _reset():
     from accelerate.state import AcceleratorState, GradientState
 

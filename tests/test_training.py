@@ -46,15 +46,6 @@ def _run_train(overrides, *extra, launcher=(), env=None, check=True):
     return proc
 
 
-@pytest.fixture
-def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def test_train_evaluate_export_reload(tmp_path, reset_accelerate):
     config = load_config(None, dict(TINY, output_dir=str(tmp_path / "run")))
     metrics = train(config)

@@ -2,7 +2,8 @@
 
 Every model family in :mod:`pact_zoo.models` and :mod:`pact_zoo.hf` builds on this package; none re-implements
 the halting math. Methods: ``"pact"`` (Figurnov et al. 2018), ``"act"`` (Graves 2016), ``"policy_gradient"``
-(Bengio et al. 2016) and ``"none"``; add one with :func:`register_halting_method`.
+(Bengio et al. 2016), the early-exit rules ``"confidence"``, ``"entropy"`` (DeeBERT) and ``"patience"`` (PABEE)
+on a model's exit classifiers, and ``"none"``; add one with :func:`register_halting_method`.
 
 This package stays flat with single-dot imports: remote-code checkpoints copy its files next to the model code.
 """
@@ -13,6 +14,7 @@ from .method import (
 from .act import ACTHalting, ACTMethod, act_halting
 from .pact import PACTMethod
 from .policy_gradient import PolicyGradientMethod
+from .exits import ConfidenceExit, EntropyExit, ExitRule, PatienceExit, exit_certainty
 from .none import NoHalting
 from .config import COST_ESTIMATORS, HaltingConfig, validate_threshold
 from .compaction import ActiveRows, RowCollector, count_true, empty_rows, split_rows, take_rows
@@ -30,7 +32,7 @@ from .calibrate import ThresholdCalibration, calibrate_threshold
 from .synthetic import calibrate_batchnorm, synthesize_halting
 
 __all__ = [
-    "ACTHalting", "ACTMethod", "anytime_depth", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage",
+    "ACTHalting", "ACTMethod", "ConfidenceExit", "EntropyExit", "ExitRule", "PatienceExit", "exit_certainty", "anytime_depth", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage",
     "COST_ESTIMATORS", "DECISION_MODES",
     "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
     "HaltingRecord", "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "Mixture", "NoHalting", "PACTMethod",

@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from .act import ACTMethod
+from .exits import ConfidenceExit, EntropyExit, PatienceExit
 from .method import HALTING_METHODS, HaltingMethod, check_threshold, get_halting_method
 from .none import NoHalting
 from .pact import COST_ESTIMATORS, PACTMethod
@@ -14,7 +15,7 @@ __all__ = ["HaltingConfig", "HALTING_METHODS", "COST_ESTIMATORS", "BUILTIN_METHO
            "DEFAULT_HALTING_BIAS_INIT"]
 
 #: The methods that ship with pact_zoo (registered on import); users add theirs with ``register_halting_method``.
-BUILTIN_METHODS = (PACTMethod, ACTMethod, PolicyGradientMethod, NoHalting)
+BUILTIN_METHODS = (PACTMethod, ACTMethod, PolicyGradientMethod, ConfidenceExit, EntropyExit, PatienceExit, NoHalting)
 #: Initial bias of every halting head (SACT: -3, so that every unit runs at the start of training).
 DEFAULT_HALTING_BIAS_INIT = -3.0
 
@@ -89,3 +90,8 @@ class HaltingConfig:
     def adaptive(self) -> bool:
         """True when the method halts (the model builds halting heads)."""
         return self.method_cls.uses_heads
+
+    @property
+    def reads_exits(self) -> bool:
+        """True when the method decides from the model's exit classifiers (the model builds exits, not heads)."""
+        return getattr(self.method_cls, "reads_exits", False)

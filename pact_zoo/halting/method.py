@@ -120,6 +120,11 @@ class HaltingRecord:
         touch: a zero-valued scalar that depends on every parameter of the stage, or None. Sampled-path training
             skips units no sample reached; adding it to the loss gives every parameter a (zero) gradient, which
             DistributedDataParallel needs.
+        heads_ran: True when the stage's heads ran after every executed unit but the last (the report counts their
+            FLOPs); False for full, truncated and anytime forwards.
+        weights: ``[B, L]`` the method's weights over the unit outputs (dense path), or None.
+        unit_outputs: the L unit outputs ``[B, ...]`` of a dense forward, kept only where the stage is asked to
+            (``AdaptiveStage.keep_unit_outputs``), else None.
     """
 
     units_executed: torch.Tensor
@@ -129,6 +134,9 @@ class HaltingRecord:
     log_prob: Optional[torch.Tensor] = None
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     touch: Optional[torch.Tensor] = None
+    heads_ran: bool = False
+    weights: Optional[torch.Tensor] = None
+    unit_outputs: Optional[list[torch.Tensor]] = None
 
     @property
     def batch_size(self) -> int:
@@ -170,7 +178,8 @@ class HaltingRecord:
                 terms[key] = terms.get(key, 0.0) + term
         touch = next((record.touch for _, record in steps if record.touch is not None), None)
         return cls(units_executed=units, cost=sums["cost"], num_units=first.num_units, method=first.method,
-                   log_prob=sums["log_prob"], terms=terms, touch=touch)
+                   log_prob=sums["log_prob"], terms=terms, touch=touch,
+                   heads_ran=any(record.heads_ran for _, record in steps))
 
     @property
     def total_units(self) -> torch.Tensor:
@@ -237,6 +246,9 @@ class HaltingMethod:
         name: registry name.
         knobs: ``{knob: Knob}``; instances get one attribute per knob.
         uses_heads: False for methods that never halt (no halting heads, every unit runs).
+        reads_exits: the stage's heads are the model's *exit classifiers* (``[A, C]`` class logits per row, e.g. the
+            early-exit rules of :mod:`pact_zoo.halting.exits`) instead of learned halting heads; the method learns no
+            head of its own, and a family without exit classifiers refuses it.
         accumulates: the output is sum_n p_n x_n over the units run (ACT) instead of the state where a row stops.
         dense_training: training runs every unit for every row and mixes them (:meth:`mixture`); False: training
             runs the compact loop with sampled stops (:meth:`decide` in ``"sample"`` mode), so it saves compute.
@@ -250,6 +262,7 @@ class HaltingMethod:
     name: ClassVar[str] = ""
     knobs: ClassVar[dict[str, Knob]] = {}
     uses_heads: ClassVar[bool] = True
+    reads_exits: ClassVar[bool] = False
     accumulates: ClassVar[bool] = False
     dense_training: ClassVar[bool] = True
     needs_task_loss: ClassVar[bool] = False
@@ -288,6 +301,11 @@ class HaltingMethod:
         knobs = ", ".join(f"{k}={v!r}" for k, v in self.knob_values().items())
         return f"{type(self).__name__}({knobs})"
 
+    def for_stage(self, num_units: int) -> "HaltingMethod":
+        """The method a stage of ``num_units`` units uses (called once by the stage). Default: ``self``; a method whose
+        rule depends on the stage's depth returns a bound copy."""
+        return self
+
     # -- learnable state -----------------------------------------------------------------------------------------------
     def make_state(self) -> Optional[nn.Module]:
         """Parameters the method learns besides the heads (e.g. a learned baseline), owned by the stage; or None."""
@@ -297,6 +315,27 @@ class HaltingMethod:
     def mixture(self, halting_logits: torch.Tensor, training: bool) -> Mixture:
         """Weights over the L unit outputs from the ``[B, L-1]`` halting logits of every head."""
         raise NotImplementedError
+
+    def rule_mixture(self, halting_logits: torch.Tensor) -> Mixture:
+        """The deterministic eval rule (:meth:`decide` in ``"greedy"`` mode) applied to every row at once: one-hot
+        weights on the unit where each row stops. ``halting_logits``: ``[B, L-1]`` (or ``[B, L-1, C]`` exit logits).
+        A method whose rule is :meth:`decide` alone can return this from :meth:`mixture` in eval."""
+        batch_size, num_heads = halting_logits.shape[0], halting_logits.shape[1]
+        device = halting_logits.device
+        carry = self.start(batch_size, device, "greedy")
+        steps = torch.full((batch_size,), num_heads + 1, dtype=torch.long, device=device)
+        running = torch.ones(batch_size, dtype=torch.bool, device=device)
+        log: dict[str, list] = {}
+        for n in range(num_heads):
+            stop = self.decide(n, halting_logits[:, n], carry, "greedy", log).stop & running
+            steps = torch.where(stop, torch.full_like(steps, n + 1), steps)
+            running = running & ~stop
+        weights = torch.nn.functional.one_hot(steps - 1, num_heads + 1).to(torch.float32)
+        return Mixture(weights=weights, units_executed=steps, cost=steps.to(torch.float32))
+
+    def needs_heads(self, mode: str) -> bool:
+        """Whether the compact loop runs the heads in ``mode`` (``"greedy"`` or ``"sample"``); default: always."""
+        return True
 
     # -- compact path --------------------------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device, mode: str) -> dict[str, torch.Tensor]:

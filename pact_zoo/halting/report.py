@@ -336,7 +336,7 @@ def halting_report(model: nn.Module) -> HaltingReport:
             stage_full = int(cum_units[-1])
             sample_full[rows] += (per_step > 0).sum(1) * stage_full
             group_full += per_step.shape[1] * stage_full
-            if stage.adaptive and stage.record.cost is not None:  # heads ran: after every executed unit but the last
+            if stage.adaptive and stage.record.heads_ran:  # after every executed unit but the last
                 cum_heads = torch.tensor([0] + head_flops[s], dtype=torch.long).cumsum(0)
                 flops[rows] += cum_heads[per_step.clamp(max=stage.num_units - 1)].sum(1)
         full = max(full, protocol_full + group_full)  # length-dependent models: the longest sample's

@@ -128,10 +128,14 @@ class AdaptiveStage(nn.Module):
             (:func:`measure_compaction_cost`); outputs and depths are those of immediate compaction.
         rollout: training-mode forward under the deterministic rule, no record of log-probabilities
             (:func:`~pact_zoo.halting.self_critical_baseline`).
+        keep_unit_outputs: the dense path also keeps every unit's output and the method's weights in the record
+            (``record.unit_outputs``, ``record.weights``), for models that mix per-unit *outputs* (per-layer exit
+            classifiers) instead of states.
     """
 
     # class-level defaults: a stage unpickled from before these options existed still runs
     buckets: Optional[tuple[int, ...]] = None
+    keep_unit_outputs: bool = False
     cuda_graphs: bool = False
     compaction_cost: Optional[CompactionCost] = None
 
@@ -148,12 +152,19 @@ class AdaptiveStage(nn.Module):
             raise ValueError("units must hold at least one module")
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
-        self.method = _build_method(method, knobs)
+        self.method = _build_method(method, knobs).for_stage(len(units))
         self.units = nn.ModuleList(units)
         heads = list(heads) if heads is not None else []
         if self.method.uses_heads and len(heads) != len(units) - 1:
             raise ValueError(f"heads must hold len(units) - 1 = {len(units) - 1} modules for method "
                              f"{self.method.name!r}, got {len(heads)}")
+        if self.method.uses_heads and getattr(self.method, "reads_exits", False) != all(
+                getattr(head, "is_exit", False) for head in heads):
+            if getattr(self.method, "reads_exits", False):
+                raise ValueError(f"method {self.method.name!r} decides from exit classifiers: this model family "
+                                 f"builds halting heads, not exits (exit rules work on families with exit "
+                                 f"classifiers, such as pact_encoder)")
+            raise ValueError(f"method {self.method.name!r} needs halting heads, got exit classifiers")
         if not self.method.uses_heads and heads:
             raise ValueError(f"method {self.method.name!r} uses no halting heads, got {len(heads)}")
         self.heads = nn.ModuleList(heads) if heads else None
@@ -248,10 +259,15 @@ class AdaptiveStage(nn.Module):
             static_out = self._run_unit(n, static_x, static_context)
         return graph, static_x, static_context, static_out
 
-    def _halting_logit(self, n: int, x: torch.Tensor) -> torch.Tensor:
+    def _halting_logit(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Head ``n`` on the state ``x``: ``[B]`` halting logits (or ``[B, C]`` exit logits). Heads with
+        ``uses_context = True`` are called ``head(x, context)`` (e.g. pooling under an attention mask)."""
+        head = self.heads[n]
         profiler = current_profiler()
         with profiler.slot(self, "head", n) if profiler is not None else nullcontext():
-            return self.heads[n](x).float()
+            if context is not None and getattr(head, "uses_context", False):
+                return head(x, context).float()
+            return head(x).float()
 
     def _keep(self, record: HaltingRecord) -> None:
         if current_profiler() is None:  # a profiling run leaves the user's record alone
@@ -303,7 +319,7 @@ class AdaptiveStage(nn.Module):
             x = self._run_unit(n, x, context)
             states.append(x)
             if n < self.num_units - 1:
-                logits.append(self._halting_logit(n, x))
+                logits.append(self._halting_logit(n, x, context))
         halting_logits = (torch.stack(logits, dim=1) if logits
                           else x.new_zeros(x.shape[0], 0, dtype=torch.float32))
         mix = self.method.mixture(halting_logits, training)
@@ -311,7 +327,8 @@ class AdaptiveStage(nn.Module):
         for n in range(1, self.num_units):  # addcmul: one operator and one temporary per unit, not two
             out = torch.addcmul(out, states[n], _rows(mix.weights[:, n], states[n]))
         self._keep(HaltingRecord(units_executed=mix.units_executed, cost=mix.cost, num_units=self.num_units,
-                                 method=self.method, log_prob=mix.log_prob, terms=mix.terms))
+                                 method=self.method, log_prob=mix.log_prob, terms=mix.terms, heads_ran=True,
+                                 weights=mix.weights, unit_outputs=states if self.keep_unit_outputs else None))
         return out
 
     def _forward_compact(self, x: torch.Tensor, context: Optional[torch.Tensor], mode: str,
@@ -328,6 +345,7 @@ class AdaptiveStage(nn.Module):
         active = ActiveRows(batch_size, device)
         steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=device)
         carry = method.start(batch_size, device, mode)
+        run_heads = method.uses_heads and method.needs_heads(mode)
         log: dict[str, list] = defaultdict(list)
         pieces = RowCollector(batch_size)
         values: dict[str, RowCollector] = {}
@@ -342,7 +360,7 @@ class AdaptiveStage(nn.Module):
         for n in range(self.num_units):
             num_rows = state.shape[0]
             if n < self.num_units - 1:
-                logits = self._halting_logit(n, state) if method.uses_heads else None
+                logits = self._halting_logit(n, state, context) if run_heads else None
                 decision = method.decide(n, logits, carry, mode, log)
                 stop, weight = decision.stop, decision.weight
                 if live is not None:
@@ -399,7 +417,8 @@ class AdaptiveStage(nn.Module):
         del state
         row_values = {key: collector.assemble() for key, collector in values.items()}
         record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=self.num_units,
-                               method=method, log_prob=row_values.pop("log_prob", None))
+                               method=method, log_prob=row_values.pop("log_prob", None),
+                               heads_ran=run_heads)
         if mode in ("sample", "uniform") and self.training and torch.is_grad_enabled():
             record.terms = method.terms(log, row_values)
             # units no row reached get no gradient; a zero-valued touch keeps every parameter in the graph (DDP)

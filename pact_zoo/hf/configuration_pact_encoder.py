@@ -34,6 +34,17 @@ SUPPORTED_ENCODERS: dict[str, tuple[str, bool, str | None, bool]] = {
 }
 
 
+#: How heads and classifier read a layer's ``[B, T, H]`` state: the [CLS] token (through the backbone's pooler where it
+#: has one), or the masked mean / max over the real tokens. ``"auto"`` resolves when the model is built from a backbone
+#: folder (a sentence-transformers ``1_Pooling/config.json`` decides; otherwise [CLS]).
+POOLING_MODES = ("auto", "cls", "mean", "max")
+#: ``"shared"``: one classifier reads every exit; ``"per_layer"``: each layer has its own (DeeBERT, PABEE).
+EXIT_CLASSIFIERS = ("shared", "per_layer")
+#: What a learned halting head reads: the pooled state, or the pooled state and its exit's certainty (largest
+#: softmax probability and 1 - normalised entropy, detached).
+HALTING_FEATURES = ("state", "state_and_exit")
+
+
 def check_encoder_type(model_type: str) -> None:
     """Raise ValueError unless ``model_type`` is a supported backbone architecture."""
     if model_type not in SUPPORTED_ENCODERS:
@@ -60,6 +71,19 @@ class PactEncoderConfig(PreTrainedConfig):
             gives the same term with rho = E_q[z]).
         classifier_dropout (`float`, *optional*):
             Dropout before the classifier; defaults to the backbone's hidden dropout.
+        pooling (`str`, defaults to ``"auto"``):
+            ``"cls"``, ``"mean"``, ``"max"`` (masked by the attention mask) or ``"auto"``: the backbone folder's
+            sentence-transformers pooling when :meth:`PactEncoderPreTrainedModel.from_backbone` finds one, else
+            ``"cls"``. Heads, exits and classifier read the pooled state.
+        exit_classifiers (`str`, defaults to ``"shared"``):
+            ``"shared"`` (one classifier for every exit) or ``"per_layer"`` (a classifier per layer; the last is
+            ``classifier``).
+        halting_features (`str`, defaults to ``"state"``):
+            What learned halting heads read: ``"state"`` (the pooled state) or ``"state_and_exit"`` (plus the
+            certainty of the layer's exit).
+        new_weights (`list[str]`, *optional*):
+            State-dict keys added on top of the source model (halting heads, exit classifiers, a new classifier):
+            what ``freeze_backbone`` training updates. Set by ``from_backbone`` and ``convert_from``.
     """
 
     model_type = "pact_encoder"
@@ -70,8 +94,16 @@ class PactEncoderConfig(PreTrainedConfig):
     halting_bias_init: float = _HALTING_DEFAULTS.halting_bias_init
     halting_knobs: dict | None = None
     classifier_dropout: float | None = None
+    pooling: str = "auto"
+    exit_classifiers: str = "shared"
+    halting_features: str = "state"
+    new_weights: list | None = None
 
     def __post_init__(self, **kwargs) -> None:
+        for name, choices in (("pooling", POOLING_MODES), ("exit_classifiers", EXIT_CLASSIFIERS),
+                              ("halting_features", HALTING_FEATURES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.halting_method not in HALTING_METHODS:
             raise ValueError(f"halting_method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
                              f"got {self.halting_method!r}")
@@ -99,6 +131,11 @@ class PactEncoderConfig(PreTrainedConfig):
         return self.encoder.num_hidden_layers
 
     @property
+    def resolved_pooling(self) -> str:
+        """The pooling in use: ``pooling``, with ``"auto"`` read as ``"cls"``."""
+        return "cls" if self.pooling == "auto" else self.pooling
+
+    @property
     def halting_config(self) -> HaltingConfig:
         """The halting method and knobs as the halting core's validated :class:`HaltingConfig`."""
         return HaltingConfig(self.halting_method, self.halting_bias_init, **(self.halting_knobs or {}))
@@ -109,4 +146,5 @@ class PactEncoderConfig(PreTrainedConfig):
                                            **dict(self.halting_knobs or {}, **{key: value})).knobs
 
 
-__all__ = ["PactEncoderConfig", "SUPPORTED_ENCODERS", "check_encoder_type"]
+__all__ = ["EXIT_CLASSIFIERS", "HALTING_FEATURES", "POOLING_MODES", "PactEncoderConfig", "SUPPORTED_ENCODERS",
+           "check_encoder_type"]

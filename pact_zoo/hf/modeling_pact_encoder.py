@@ -36,6 +36,7 @@ from transformers.utils import ModelOutput, logging
 
 try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.exits import exit_certainty
     from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
     from pact_zoo.halting.stage import AdaptiveStage, zero_touch
@@ -43,6 +44,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
     from .config import HaltingConfig
+    from .exits import exit_certainty
     from .flops import current_profiler
     from .heads import VectorHaltingHead
     from .stage import AdaptiveStage, zero_touch
@@ -177,14 +179,108 @@ class PactEncoderLayerUnit(nn.Module):
         return f"layer={self.index}"
 
 
-class PactEncoderHaltingHead(VectorHaltingHead):
-    """Halting head on the [CLS] state: h = sigmoid(W s_cls + b) (Graves 2016 eq. 6 on position 0).
+#: Files a sentence-transformers folder describes its pooling with (``modules.json`` names the pooling module's folder).
+SENTENCE_TRANSFORMERS_MODULES, SENTENCE_TRANSFORMERS_POOLING = "modules.json", "sentence_transformers.models.Pooling"
+#: sentence-transformers pooling flags -> pooling mode of this family
+_SENTENCE_POOLING_FLAGS = (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                           ("pooling_mode_max_tokens", "max"))
 
-    Shape: ``[B, T, H]`` -> ``[B]`` halting logits.
+
+def pool_tokens(hidden: torch.Tensor, mask: Optional[torch.Tensor], mode: str) -> torch.Tensor:
+    """``[B, T, H]`` states -> ``[B, H]``: the first token (``"cls"``), or the mean / max over the real tokens of
+    ``mask`` ``[B, T]`` (1 = real; any padding side)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        return hidden.mean(1) if mode == "mean" else hidden.amax(1)
+    real = mask.to(hidden.dtype).unsqueeze(-1)
+    if mode == "mean":
+        return (hidden * real).sum(1) / real.sum(1).clamp(min=1.0)
+    return hidden.masked_fill(real == 0, torch.finfo(hidden.dtype).min).amax(1)
+
+
+def sentence_transformers_pooling(folder: Union[str, os.PathLike]) -> Optional[str]:
+    """The pooling a sentence-transformers folder was trained with (``"mean"``, ``"cls"``, ``"max"``), from its
+    ``modules.json`` and pooling ``config.json``; None when the folder has no pooling module."""
+    import json
+
+    folder = Path(folder)
+    modules_file = folder / SENTENCE_TRANSFORMERS_MODULES
+    if not modules_file.is_file():
+        return None
+    for module in json.loads(modules_file.read_text()):
+        if module.get("type") != SENTENCE_TRANSFORMERS_POOLING:
+            continue
+        config_file = folder / module.get("path", "") / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{modules_file} names a pooling module without its config {config_file}")
+        flags = json.loads(config_file.read_text())
+        for flag, mode in _SENTENCE_POOLING_FLAGS:
+            if flags.get(flag):
+                return mode
+        raise ValueError(f"{config_file}: unsupported sentence-transformers pooling {flags}; pact_encoder pools by "
+                         "cls, mean or max")
+    return None
+
+
+class _ExitReader:
+    """Mixin of the heads that read the model's exit classifiers: the classification model binds its
+    ``exit_logits(layer, hidden, mask)`` after building them (kept out of the module tree: no state-dict keys)."""
+
+    def bind_exit(self, exit_logits) -> None:
+        self.__dict__["_exit_logits"] = exit_logits
+
+    def _exit(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        exit_logits = self.__dict__.get("_exit_logits")
+        if exit_logits is None:
+            raise ValueError("this head reads an exit classifier: use PactEncoderForSequenceClassification (the "
+                             "base PactEncoderModel has none)")
+        return exit_logits(self.layer, x, mask)
+
+
+class PactEncoderHaltingHead(_ExitReader, VectorHaltingHead):
+    """Halting head on the pooled state: h = sigmoid(W pool(s) + b) (Graves 2016 eq. 6), pooled as the classifier
+    pools (``pooling``); with ``exit_features`` it also reads the certainty of the layer's exit (largest softmax
+    probability and 1 - normalised entropy, detached).
+
+    Shape: ``[B, T, H]`` state and ``[B, T]`` attention mask -> ``[B]`` halting logits.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x[:, 0]).squeeze(-1)
+    uses_context = True
+    #: certainty features of the exit read with ``exit_features``
+    NUM_EXIT_FEATURES = 2
+
+    def __init__(self, hidden_size: int, pooling: str = "cls", layer: int = 1, exit_features: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(hidden_size + (self.NUM_EXIT_FEATURES if exit_features else 0), **kwargs)
+        self.pooling, self.layer, self.exit_features = pooling, layer, exit_features
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        features = pool_tokens(x, mask, self.pooling)
+        if self.exit_features:
+            exit_logits = self._exit(x, mask).detach().float()
+            certainty = torch.stack([torch.softmax(exit_logits, -1).amax(-1), exit_certainty(exit_logits)], dim=-1)
+            features = torch.cat([features, certainty.to(features.dtype)], dim=-1)
+        return super().forward(features)
+
+
+class PactEncoderExit(_ExitReader, nn.Module):
+    """The exit classifier of one layer as a head of the adaptive stage, for the early-exit rules (``confidence``,
+    ``entropy``, ``patience``): ``[B, T, H]`` state and ``[B, T]`` mask -> ``[B, num_labels]`` class logits. It owns
+    no weights: the classification model's exit classifiers are bound to it."""
+
+    is_exit = True
+    uses_context = True
+
+    def __init__(self, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._exit(x, mask)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}"
 
 
 class PactEncoderPooler(nn.Module):
@@ -266,12 +362,18 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
 
         Args:
             backbone: path, hub id, or a ``PreTrainedModel`` of a supported architecture (``SUPPORTED_ENCODERS``).
+                With ``pooling="auto"`` (default) a sentence-transformers folder's pooling is used (all-MiniLM-L6-v2:
+                masked mean), else [CLS].
             num_labels: classes of the new classifier.
             halting_method: a registered halting method (``"none"``: the plain encoder).
             tokenizer: a tokenizer to save with the model (default: the backbone folder's).
             **kwargs: halting knobs (``tau=...``, ``threshold=...``, ``halting_bias_init=...``) and other
                 :class:`PactEncoderConfig` fields (``classifier_dropout``, ``id2label``, ...).
         """
+        if kwargs.get("pooling", "auto") == "auto":
+            found = (sentence_transformers_pooling(backbone) if isinstance(backbone, (str, os.PathLike))
+                     and Path(backbone).is_dir() else None)
+            kwargs["pooling"] = found or "cls"
         if isinstance(backbone, (str, os.PathLike)):
             source = str(backbone)
             backbone = AutoModel.from_pretrained(source)
@@ -298,14 +400,62 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
         classifier, own = getattr(backbone, "classifier", None), getattr(model, "classifier", None)
         same_head = type(backbone).__name__.endswith(cls._head_suffix) if cls._head_suffix else False
         if cls._head_suffix == "ForSequenceClassification":  # BERT-style: pooler -> dropout -> classifier
-            same_head = same_head and getattr(base, "pooler", None) is not None and model.pooler is None
+            same_head = (same_head and getattr(base, "pooler", None) is not None and model.pooler is None
+                         and config.resolved_pooling == "cls")
         if (same_head and isinstance(classifier, nn.Linear) and isinstance(own, nn.Linear)
                 and classifier.weight.shape == own.weight.shape):
             own.load_state_dict(classifier.state_dict())
             loaded |= {f"classifier.{key}" for key in classifier.state_dict()}
         model.new_weights = sorted(key for key in model.state_dict() if key not in loaded)
+        model.config.new_weights = model.new_weights
         logger.warning(f"{cls.__name__}.from_backbone: new weights (train them): {model.new_weights}")
         model.tokenizer = tokenizer
+        return model
+
+    @classmethod
+    def convert_from(cls, source: Union[str, os.PathLike], **overrides: Any) -> "PactEncoderPreTrainedModel":
+        """An adaptive model from a saved PACT-Encoder folder (e.g. a plain fine-tune, ``halting_method="none"``)
+        with other halting settings: every weight of the source is kept unchanged, the weights the new settings add
+        (halting heads, exit classifiers) start fresh and are listed in ``model.new_weights`` (with the source's
+        own new weights, if it records them). Source weights the new model has no place for (e.g. the heads of
+        another method) are dropped.
+
+        Args:
+            source: a folder written by ``save_pretrained``.
+            **overrides: :class:`PactEncoderConfig` fields (``halting_method``, ``exit_classifiers``,
+                ``halting_features``, ...) and halting knobs (``tau=...``, ``threshold=...``). Changing
+                ``halting_method`` starts from that method's default knobs.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(source)
+        weights_file = folder / "model.safetensors"
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"source must be a saved PACT-Encoder folder with model.safetensors: {folder}")
+        config = PactEncoderConfig.from_pretrained(folder)
+        fields = config.to_dict()
+        knobs = dict(config.halting_knobs or {})
+        if overrides.get("halting_method", config.halting_method) != config.halting_method:
+            knobs = {}
+        knobs.update(HaltingConfig.pop_knob_kwargs(overrides))
+        for key in ("halting_knobs", "auto_map", "architectures", "transformers_version", "model_type",
+                    "new_weights"):
+            fields.pop(key, None)
+        fields.update(overrides)
+        new_config = PactEncoderConfig(**fields, halting_knobs=knobs)
+        model = cls(new_config)
+        state = load_file(str(weights_file))
+        own = model.state_dict()
+        fitting = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+        model.load_state_dict(fitting, strict=False)
+        previous = set(config.new_weights or [])
+        model.new_weights = sorted(key for key in own if key not in fitting or key in previous)
+        model.config.new_weights = model.new_weights
+        dropped = sorted(set(state) - set(fitting))
+        if dropped:
+            logger.warning(f"{cls.__name__}.convert_from: source weights without a place in the new model: {dropped}")
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            model.tokenizer = AutoTokenizer.from_pretrained(folder)
         return model
 
     @classmethod
@@ -313,6 +463,8 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
         """``PreTrainedModel.from_pretrained``; a local folder's saved tokenizer is attached (saved again with the
         model)."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if isinstance(model, PactEncoderPreTrainedModel) and model.config.new_weights is not None:
+            model.new_weights = list(model.config.new_weights)
         folder = Path(str(pretrained_model_name_or_path))
         if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
             model.tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -380,9 +532,13 @@ class PactEncoderModel(PactEncoderPreTrainedModel):
         halting: HaltingConfig = config.halting_config
         units = [PactEncoderLayerUnit(layers, n, self.backbone.config) for n in range(len(layers))]
         heads = None
-        if halting.adaptive and len(units) > 1:
-            heads = [PactEncoderHaltingHead(config.hidden_size, bias_init=halting.halting_bias_init)
-                     for _ in range(len(units) - 1)]
+        if halting.reads_exits and len(units) > 1:
+            heads = [PactEncoderExit(layer) for layer in range(1, len(units))]
+        elif halting.adaptive and len(units) > 1:
+            exit_features = config.halting_features == "state_and_exit"
+            heads = [PactEncoderHaltingHead(config.hidden_size, pooling=config.resolved_pooling, layer=layer,
+                                            exit_features=exit_features, bias_init=halting.halting_bias_init)
+                     for layer in range(1, len(units))]
         self.stage = AdaptiveStage(units, heads, method=halting if heads is not None else "none")
         self.post_init()
 
@@ -420,9 +576,11 @@ class PactEncoderModel(PactEncoderPreTrainedModel):
             if attention_mask.device.type != "meta":
                 if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
                     raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only")
-                if not bool(attention_mask[:, 0].bool().all()):
+                if self.config.resolved_pooling == "cls" and not bool(attention_mask[:, 0].bool().all()):
                     raise ValueError("attention_mask must mark the first token ([CLS]) of every sequence as real "
-                                     "(empty sequences and left padding are not supported)")
+                                     "(empty sequences and left padding are not supported with pooling='cls')")
+                if not bool(attention_mask.bool().any(1).all()):
+                    raise ValueError("attention_mask must mark at least one real token in every sequence")
         return shape
 
     def forward(
@@ -472,24 +630,76 @@ def _classifier_dropout(config: PactEncoderConfig) -> float:
 
 
 class PactEncoderForSequenceClassification(PactEncoderPreTrainedModel):
-    """PACT-Encoder with a classifier on the [CLS] state where each sample stopped: the backbone's pooler where it
-    has one (BERT), else a new ``dense -> tanh`` pooler; then dropout and a linear layer."""
+    """PACT-Encoder with a classifier on the pooled state where each sample stopped. ``pooling="cls"``: the [CLS]
+    state through the backbone's pooler where it has one (BERT), else a new ``dense -> tanh`` pooler; ``"mean"`` /
+    ``"max"``: the masked mean / max of the token states. Then dropout and a linear layer: one shared by every exit,
+    or with ``exit_classifiers="per_layer"`` one per layer (``exit_classifiers.<n>``, layers 1..L-1, and
+    ``classifier`` for layer L), each sample read by the classifier of the layer where it stopped."""
 
     _head_suffix = "ForSequenceClassification"
 
     def __init__(self, config: PactEncoderConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.pact_encoder = PactEncoderModel(config)
+        self.pooling = config.resolved_pooling
+        self.pact_encoder = PactEncoderModel(config, add_pooling_layer=self.pooling == "cls")
         has_pooler = getattr(self.pact_encoder.backbone, "pooler", None) is not None
-        self.pooler = None if has_pooler else PactEncoderPooler(config.hidden_size)
+        self.pooler = PactEncoderPooler(config.hidden_size) if self.pooling == "cls" and not has_pooler else None
         self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        stage = self.pact_encoder.stage
+        self.exit_classifiers = None
+        if config.exit_classifiers == "per_layer":  # layers 1..L-1; layer L reads ``classifier``
+            self.exit_classifiers = nn.ModuleList(nn.Linear(config.hidden_size, config.num_labels)
+                                                  for _ in range(stage.num_units - 1))
+            if stage.adaptive and stage.method.accumulates:
+                raise ValueError(f"exit_classifiers='per_layer' needs a method that takes the state where a sample "
+                                 f"stops; {stage.method.name!r} accumulates states (use exit_classifiers='shared')")
+            stage.keep_unit_outputs = True  # dense training mixes the exits' logits
+        for head in stage.heads or []:
+            if isinstance(head, _ExitReader):
+                head.bind_exit(self.exit_logits)
         self.post_init()
 
-    def _pool(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _pool(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[B, T, H]`` -> ``[B, H]``: [CLS] through the pooler, or the masked mean / max (``pooling``)."""
+        if self.pooling != "cls":
+            return pool_tokens(hidden, mask, self.pooling)
         pooler = self.pooler if self.pooler is not None else self.pact_encoder.backbone.pooler
         return pooler(hidden)
+
+    def exit_logits(self, layer: int, hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``[B, num_labels]`` logits of the exit after encoder layer ``layer`` (1-based) on its ``[B, T, H]`` state:
+        pooled, dropout, then the layer's classifier (``classifier`` for the last layer or a shared exit)."""
+        classifier = self.classifier
+        if self.exit_classifiers is not None and layer < len(self.exit_classifiers) + 1:
+            classifier = self.exit_classifiers[layer - 1]
+        return classifier(self.dropout(self._pool(hidden, mask)))
+
+    def _classify(self, hidden: torch.Tensor, mask: torch.Tensor, layers: Optional[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, num_labels]`` of each sample's exit: the shared classifier, or with per-layer exits the
+        classifier of the layer where each sample stopped (dense training: the method's mixture of every exit's
+        logits, the Concrete relaxation applied to the output)."""
+        num_layers = self.pact_encoder.stage.num_units
+        if self.exit_classifiers is None or layers is None:
+            return self.exit_logits(num_layers, hidden, mask)
+        record = self.pact_encoder.stage.record
+        if record.unit_outputs is not None and record.weights is not None:
+            weights = record.weights
+            logits = None
+            for n, state in enumerate(record.unit_outputs):
+                term = self.exit_logits(n + 1, state, mask) * weights[:, n:n + 1].to(state.dtype)
+                logits = term if logits is None else logits + term
+            return logits
+        depths = layers.unique().tolist()
+        if len(depths) == 1:
+            return self.exit_logits(int(depths[0]), hidden, mask)
+        logits = hidden.new_zeros(hidden.shape[0], self.num_labels)
+        for depth in depths:
+            rows = torch.nonzero(layers == depth).view(-1)
+            part = self.exit_logits(int(depth), hidden.index_select(0, rows), mask.index_select(0, rows))
+            logits = logits.index_copy(0, rows, part.to(logits.dtype))
+        return logits
 
     def forward(
             self,
@@ -516,7 +726,12 @@ class PactEncoderForSequenceClassification(PactEncoderPreTrainedModel):
                           (input_ids if input_ids is not None else inputs_embeds).shape[:1])
         baseline = self._rollout_baseline(labels, lambda: self._task_loss(self(**inputs).logits, labels, rows=True))
         outputs = self.pact_encoder(**inputs, return_dict=True)
-        logits = self.classifier(self.dropout(self._pool(outputs.last_hidden_state)))
+        mask = attention_mask
+        if mask is None:
+            shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+            mask = torch.ones(shape, dtype=torch.long, device=outputs.last_hidden_state.device)
+        logits = self._classify(outputs.last_hidden_state, mask.to(outputs.last_hidden_state.device),
+                                outputs.layers_executed)
         loss = None
         if labels is not None:
             loss = self._task_loss(logits, labels)
@@ -541,6 +756,10 @@ class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
     def __init__(self, config: PactEncoderConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
+        if config.halting_config.reads_exits or config.exit_classifiers != "shared":
+            raise ValueError(f"halting_method={config.halting_method!r} / exit_classifiers="
+                             f"{config.exit_classifiers!r}: exit classifiers are built for sequence "
+                             "classification; token classification halts with learned heads only")
         self.pact_encoder = PactEncoderModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
@@ -593,7 +812,7 @@ class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
 
 
 __all__ = [
-    "IGNORE_INDEX", "PactEncoderForSequenceClassification", "PactEncoderForTokenClassification", "PactEncoderModel",
+    "IGNORE_INDEX", "PactEncoderExit", "PactEncoderHaltingHead", "pool_tokens", "sentence_transformers_pooling", "PactEncoderForSequenceClassification", "PactEncoderForTokenClassification", "PactEncoderModel",
     "PactEncoderModelOutput", "PactEncoderPreTrainedModel", "PactEncoderSequenceClassifierOutput",
     "PactEncoderTokenClassifierOutput", "remote_code_files",
 ]

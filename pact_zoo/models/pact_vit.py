@@ -91,7 +91,10 @@ class AdaptiveVisionTransformer(VisionTransformer):
         units = list(self.blocks)
         heads = None
         if halting_cfg.adaptive:
-            heads = [TokenHaltingHead(self.embed_dim, self.num_prefix_tokens, self.has_class_token, act_layer=head_act,
+            # the heads pool as the classifier does (timm's global_pool): the class token for "token", else the
+            # mean of the patch tokens
+            use_class_token = self.has_class_token and getattr(self, "global_pool", "token") in ("token", "")
+            heads = [TokenHaltingHead(self.embed_dim, self.num_prefix_tokens, use_class_token, act_layer=head_act,
                                       bias_init=halting_cfg.halting_bias_init, **dd)
                      for _ in range(len(units) - 1)]
         self.blocks = SequentialAdaptiveStage(units, heads, method=halting_cfg)

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "add_config_arguments", "config_from_args", "FIELD_HELP",
+__all__ = ["TrainConfig", "ConfigError", "load_config", "read_yaml_mapping", "add_config_arguments", "config_from_args", "FIELD_HELP",
            "MERGED_FIELDS"]
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -58,7 +58,15 @@ FIELD_HELP = {
     "mixed_precision": "no, bf16 or fp16",
     "tau_warmup_epochs": "ramp the halting cost weight from 0 over this many epochs",
     "anytime": "train one model for every budget (random per-sample depths on some batches)",
-    "anytime_prob": "share of anytime batches, in (0, 1)",
+    "anytime_prob": "share of anytime batches, in (0, 1] (1: every batch)",
+    "freeze_backbone": "train only the weights new to this model (halting heads, exits, a new classifier); the "
+                       "source's weights stay unchanged",
+    "freeze_exits": "with freeze_backbone: also keep the classifier and exit classifiers fixed (train the halting "
+                    "heads only)",
+    "distill_weight": "weight of the distillation term: KL from the teacher's output to every halted or truncated "
+                      "output, times distill_temperature^2 (0: off)",
+    "distill_temperature": "softmax temperature of the distillation term, > 0",
+    "teacher": "teacher model folder for distillation (default: this model at full depth, without gradient)",
     "seed": "random seed",
     "eval_thresholds": "thresholds evaluated after training, each in (0, 1]",
     "output_dir": "run folder: checkpoints, metrics, model/",
@@ -111,6 +119,11 @@ class TrainConfig:
     tau_warmup_epochs: float = 0.0  # linear warm-up of the halting cost weight from 0
     anytime: bool = False  # one model for every budget: some batches train random per-sample depths
     anytime_prob: float = 0.5  # share of anytime batches (with anytime: true)
+    freeze_backbone: bool = False  # train only the new weights (frozen-backbone conversion)
+    freeze_exits: bool = False  # with freeze_backbone: the halting heads only
+    distill_weight: float = 0.0  # KL(teacher || student) weight, times T^2
+    distill_temperature: float = 1.0
+    teacher: Optional[str] = None  # teacher folder; default: the model itself at full depth
     seed: int = 0
     # evaluation and output
     eval_thresholds: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -132,8 +145,14 @@ class TrainConfig:
         for name in ("lr", "head_lr_mult"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 < self.anytime_prob < 1.0:
-            raise ConfigError(f"anytime_prob must be in (0, 1), got {self.anytime_prob}")
+        if not 0.0 < self.anytime_prob <= 1.0:
+            raise ConfigError(f"anytime_prob must be in (0, 1], got {self.anytime_prob}")
+        if self.distill_weight < 0:
+            raise ConfigError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.freeze_exits and not self.freeze_backbone:
+            raise ConfigError("freeze_exits needs freeze_backbone: true (it narrows what a frozen-backbone run trains)")
         if any(not 0 < t <= 1 for t in self.eval_thresholds):
             raise ConfigError(f"eval_thresholds must lie in (0, 1], got {self.eval_thresholds}")
         for name in ("max_train_samples", "max_eval_samples"):
@@ -214,6 +233,20 @@ def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def read_yaml_mapping(path: str) -> Dict[str, Any]:
+    """The mapping a YAML recipe file holds (empty file: ``{}``); a missing file, bad YAML or another type raises."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as handle:
+        try:
+            loaded = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
                 merge: bool = False) -> TrainConfig:
     """Read a YAML recipe and apply ``overrides``; unknown keys and wrong types raise :class:`ConfigError`.
@@ -221,18 +254,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
     With ``merge`` (the command line), a mapping override of :data:`MERGED_FIELDS` changes only the keys it names
     (a null value removes a key); without it an override replaces the recipe's value.
     """
-    values: Dict[str, Any] = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as handle:
-            try:
-                loaded = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
-        values.update(loaded)
+    values: Dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     for key in RETIRED_KEYS:
         values.pop(key, None)
     for key, value in (overrides or {}).items():

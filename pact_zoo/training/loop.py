@@ -5,7 +5,10 @@ halting cost weights from 0 to 1 over ``tau_warmup_epochs`` (optional). Methods 
 per-sample task loss, and the self-critical baseline (a gradient-free forward under the deterministic rule)
 where they use it. With ``anytime: true`` a share ``anytime_prob`` of the batches trains the task loss of a network
 truncated at d ~ U{1..L} units per sample and stage instead (:func:`~pact_zoo.halting.anytime_depth`), so that
-every threshold gives a trained network: one model for every budget. One process or many (``accelerate launch``);
+every threshold gives a trained network: one model for every budget. With ``distill_weight`` every sample's loss also
+has the KL divergence from a teacher's output (the model itself at full depth, or ``teacher``), and
+``freeze_backbone`` trains only the weights new to the model (:mod:`pact_zoo.training.distill`). One process or
+many (``accelerate launch``);
 checkpoints with ``accelerator.save_state`` at the end of every epoch, written atomically, and ``resume`` from the
 latest.
 """
@@ -37,6 +40,8 @@ from .run_dir import (
     CHECKPOINT_DIR, CHECKPOINT_PATTERN, CONFIG_FILE, FINAL_METRICS_FILE, METRICS_FILE, MODEL_DIR, STATE_FILE,
     clear_run, latest_checkpoint, plan_run,
 )
+from .distill import distillation_loss, freeze_source_weights, teacher_logits
+from .io import load_model_folder
 from .tasks import build_task, halting_head_parameters
 
 __all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor"]
@@ -147,6 +152,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     with accelerator.main_process_first():
         num_classes = task.num_classes()
     model = task.build_model(num_classes)
+    if config.freeze_backbone:
+        trainable = freeze_source_weights(model, config.freeze_exits)
+        accelerator.print(f"freeze_backbone: training {len(trainable)} of {len(list(model.parameters()))} tensors "
+                          f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
+    teacher = load_model_folder(config.teacher).to(accelerator.device) if config.teacher else None
     with accelerator.main_process_first():
         data = task.load_data(model)
     train_loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate_fn,
@@ -203,10 +213,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
             tau_scale = min(1.0, epochs_done / config.tau_warmup_epochs) if config.tau_warmup_epochs > 0 else 1.0
             with accelerator.accumulate(model):
                 anytime = config.anytime and _anytime_batch(config, epoch, micro_step)
+                target = None
+                if config.distill_weight > 0:
+                    target = teacher_logits(lambda module: task.forward(module, batch), unwrapped, teacher)
                 with anytime_depth(unwrapped) if anytime else nullcontext():
-                    step = training_loss(
-                        unwrapped, lambda: task.forward(model, batch),
-                        lambda logits: F.cross_entropy(logits.float(), batch["labels"], reduction="none"), tau_scale)
+                    step = training_loss(unwrapped, lambda: task.forward(model, batch),
+                                         lambda logits: _sample_loss(logits, batch["labels"], target, config),
+                                         tau_scale)
                 loss, task_loss, cost = step.loss, step.task_loss, step.halting_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
@@ -240,10 +253,31 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if not config.freeze_backbone:
+            _mark_trained_as_source(unwrapped)
         save_model_folder(accelerator.unwrap_model(model), output_dir / MODEL_DIR)
         atomic_write_json(output_dir / FINAL_METRICS_FILE, metrics)
     accelerator.end_training()
     return metrics
+
+
+def _mark_trained_as_source(model: nn.Module) -> None:
+    """After a run that trained every weight, none is new any more: a later ``freeze_backbone`` conversion of the
+    saved model keeps all of them (models that record ``new_weights``)."""
+    if getattr(model, "new_weights", None) is not None:
+        model.new_weights = []
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "new_weights"):
+            config.new_weights = []
+
+
+def _sample_loss(logits: torch.Tensor, labels: torch.Tensor, target: Optional[torch.Tensor],
+                 config: TrainConfig) -> torch.Tensor:
+    """``[B]`` cross-entropy, plus ``distill_weight`` times the distillation term when a teacher's logits are given."""
+    loss = F.cross_entropy(logits.float(), labels, reduction="none")
+    if target is not None:
+        loss = loss + config.distill_weight * distillation_loss(logits, target, config.distill_temperature)
+    return loss
 
 
 def _anytime_batch(config: TrainConfig, epoch: int, micro_step: int) -> bool:

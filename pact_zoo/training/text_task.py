@@ -25,7 +25,8 @@ class TextClassificationTask:
     """``pact_encoder`` on a text dataset (``parquet:<dir>`` or a hub id with ``text`` and ``label`` columns).
 
     ``pretrained_file`` is a plain encoder folder (BERT, RoBERTa, ELECTRA, DistilBERT, with its tokenizer), built
-    with ``PactEncoderForSequenceClassification.from_backbone(..., **model_kwargs)``, or a saved PACT-Encoder folder.
+    with ``PactEncoderForSequenceClassification.from_backbone(..., **model_kwargs)``, or a saved PACT-Encoder folder
+    (loaded as it is, or converted to the settings in ``model_kwargs`` with ``convert_from``).
     ``dataset_kwargs``: ``max_length`` (tokens per sample, default 128) and ``text_column``.
     """
 
@@ -59,6 +60,8 @@ class TextClassificationTask:
         path = self.config.pretrained_file
         config_file = Path(path) / "config.json"
         if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "pact_encoder":
+            if self.config.model_kwargs:  # conversion: the source's weights, the new settings' fresh weights
+                return PactEncoderForSequenceClassification.convert_from(path, **self.config.model_kwargs)
             return PactEncoderForSequenceClassification.from_pretrained(path)
         names = self._load_splits().class_names
         return PactEncoderForSequenceClassification.from_backbone(

@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Accuracy against measured FLOPs of converted PACT-Encoder models on one test split: every method's threshold
+sweep, static truncation, the source model, and ms per sample at several batch sizes.
+
+    python scripts/exit_experiment.py --source out/.../source/model --exits out/.../exits/exits/model \
+        --adaptive pact=out/.../pact/halting/model act=... --dataset parquet:data/rotten_tomatoes --split test \
+        --out hub_configs/pact_minilm.rotten_tomatoes/exits_results
+
+The exit rules (confidence, entropy, patience) are evaluated on the ``--exits`` model (its exits are shared by the
+rules: the rule is switched with ``convert_from``); every ``--adaptive`` model is evaluated under its own method.
+FLOPs come from ``pact_zoo.halting_report`` (embeddings, the layers and heads that ran, the classifier; each review at
+its own length) relative to the same reviews at full depth. Writes ``results.json`` and ``tradeoff.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from pact_zoo.cli import run_command
+from pact_zoo.fileio import atomic_write_json
+from pact_zoo.halting import adaptive_stages, full_depth, set_threshold, truncated_depth
+from pact_zoo.hf import PactEncoderForSequenceClassification
+from pact_zoo.training.config import load_config
+from pact_zoo.training.evaluate import _per_sample_units, depth_spread
+from pact_zoo.training.loop import evaluate_model
+from pact_zoo.training.text_task import TextClassificationTask
+
+EXIT_RULES = ("confidence", "entropy", "patience")
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+PATIENCE_THRESHOLDS = (0.2, 0.4, 0.6, 0.8, 1.0)  # L = 6: patience 1, 2, 3, 4, 5
+TIMING_BATCHES = (1, 8, 64)
+
+
+def _loader(model, dataset: str, split: str, max_samples, batch_size: int, max_length: int):
+    config = load_config(None, dict(model="pact_encoder", pretrained_file="unused", dataset=dataset, eval_split=split,
+                                    max_eval_samples=max_samples, eval_batch_size=batch_size,
+                                    dataset_kwargs={"max_length": max_length}))
+    task = TextClassificationTask(config)
+    data = task.load_data(model)
+    return task, DataLoader(data.eval, batch_size=batch_size, shuffle=False, collate_fn=data.collate_fn), data
+
+
+def _point(model, task, loader, **extra) -> dict:
+    metrics = evaluate_model(model, loader, task)
+    point = dict(accuracy=metrics["accuracy"], flops_ratio=metrics["flops_ratio"], mean_flops=metrics["mean_flops"],
+                 mean_layers=metrics["mean_units"][0], **extra)
+    if any(stage.halting for _, stage in adaptive_stages(model)):
+        spread = depth_spread(_per_sample_units(model, loader, task))
+        point.update(layers_std=spread["std"][0], away_from_mode=spread["away_from_mode"][0])
+    n = metrics["num_samples"]
+    point["std_error"] = math.sqrt(point["accuracy"] * (1 - point["accuracy"]) / n)
+    return point
+
+
+@torch.no_grad()
+def _ms_per_sample(models: dict, data, batch_size: int, samples: int, repeats: int) -> dict:
+    """Median over interleaved repeats of the wall time per sample of each model over the first ``samples`` reviews
+    in batches of ``batch_size``."""
+    loader = DataLoader(torch.utils.data.Subset(data.eval, range(samples)), batch_size=batch_size, shuffle=False,
+                        collate_fn=data.collate_fn)
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in loader]
+    times = {name: [] for name in models}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, model in models.items():
+            start = time.perf_counter()
+            for batch in batches:
+                model(**batch)
+            times[name].append((time.perf_counter() - start) / samples * 1e3)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
+
+
+def _plot(result: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in result["curves"].items():
+        points = sorted(points, key=lambda p: p["flops_ratio"])
+        ax.plot([p["flops_ratio"] for p in points], [100 * p["accuracy"] for p in points], marker="o", ms=3,
+                label=name)
+    for name, points in result["static"].items():
+        ax.plot([p["flops_ratio"] for p in points], [100 * p["accuracy"] for p in points], ls="--", marker="s", ms=3,
+                label=f"static truncation ({name})")
+    source = result["source"]
+    ax.errorbar([1.0], [100 * source["accuracy"]], yerr=[100 * source["std_error"]], fmt="k*", ms=9,
+                label="source (plain fine-tune)")
+    ax.set_xlabel("FLOPs / source model's FLOPs (measured)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    low = min(100 * p["accuracy"] for c in result["curves"].values() for p in c)
+    ax.set_ylim(max(low - 1, 100 * source["accuracy"] - 12), 100 * source["accuracy"] + 3)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="the plain source model folder")
+    parser.add_argument("--exits", required=True, help="the converted model with trained exits (any exit rule)")
+    parser.add_argument("--adaptive", nargs="*", default=[], help="name=folder of models with learned halting")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--timing-samples", type=int, default=128)
+    parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--timing-thresholds", default="confidence=0.9",
+                        help="comma-separated name=threshold operating points to time against the source")
+    parser.add_argument("--out", required=True, help="folder for results.json and tradeoff.png")
+    parser.add_argument("--title", default="all-MiniLM-L6-v2 on Rotten Tomatoes")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    source = PactEncoderForSequenceClassification.from_pretrained(args.source).eval()
+    task, loader, data = _loader(source, args.dataset, args.split, args.max_samples, args.batch_size, args.max_length)
+    result = {"split": args.split, "num_samples": len(data.eval), "threads": torch.get_num_threads(),
+              "source": _point(source, task, loader, model=args.source), "curves": {}, "static": {}}
+    print(f"source: {result['source']['accuracy']:.4f}", flush=True)
+    num_layers = source.config.num_hidden_layers
+    with_rules = {}
+    for rule in EXIT_RULES:
+        model = PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=rule).eval()
+        with_rules[rule] = model
+        points = []
+        for threshold in (PATIENCE_THRESHOLDS if rule == "patience" else THRESHOLDS):
+            set_threshold(model, threshold)
+            points.append(_point(model, task, loader, threshold=threshold))
+            print(rule, threshold, f"{points[-1]['accuracy']:.4f} {points[-1]['flops_ratio']:.3f}", flush=True)
+        result["curves"][rule] = points
+    for name, model in (("per-layer exits", with_rules["confidence"]), ("source classifier", source)):
+        points = []
+        for depth in range(1, num_layers + 1):
+            with truncated_depth(model, [depth]):
+                points.append(_point(model, task, loader, layers=depth))
+        result["static"][name] = points
+        print(name, [f"{p['accuracy']:.4f}@{p['flops_ratio']:.3f}" for p in points], flush=True)
+    adaptive = {}
+    for spec in args.adaptive:
+        name, folder = spec.split("=", 1)
+        model = PactEncoderForSequenceClassification.from_pretrained(folder).eval()
+        adaptive[name] = model
+        stages = [s for _, s in adaptive_stages(model) if s.adaptive]
+        own = stages[0].method.threshold if stages[0].method.has_threshold else None
+        points = []
+        for threshold in (THRESHOLDS if own is not None else (None,)):
+            if threshold is not None:
+                set_threshold(model, threshold)
+            points.append(_point(model, task, loader, threshold=threshold))
+            print(name, threshold, f"{points[-1]['accuracy']:.4f} {points[-1]['flops_ratio']:.3f}", flush=True)
+        if own is not None:
+            set_threshold(model, own)
+        with full_depth(model):
+            result.setdefault("full_depth", {})[name] = _point(model, task, loader)
+        result["curves"][name] = points
+    timed = {"source": source}
+    folders = dict(spec.split("=", 1) for spec in args.adaptive)
+    for spec in filter(None, args.timing_thresholds.split(",")):  # fresh instances: thresholds do not interfere
+        name, threshold = spec.split("=")
+        model = (PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=name) if name in EXIT_RULES
+                 else PactEncoderForSequenceClassification.from_pretrained(folders[name])).eval()
+        set_threshold(model, float(threshold))
+        timed[f"{name}@{threshold}"] = model
+    result["ms_per_sample"] = {str(b): _ms_per_sample(timed, data, b, args.timing_samples, args.timing_repeats)
+                               for b in TIMING_BATCHES}
+    print(json.dumps(result["ms_per_sample"], indent=1), flush=True)
+    atomic_write_json(out / "results.json", result)
+    _plot(result, out / "tradeoff.png", args.title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
