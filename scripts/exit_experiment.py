@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -26,16 +27,21 @@ from torch.utils.data import DataLoader
 
 from pact_zoo.cli import run_command
 from pact_zoo.fileio import atomic_write_json
-from pact_zoo.halting import adaptive_stages, full_depth, set_threshold, truncated_depth
+from pact_zoo.halting import adaptive_stages, full_depth, halting_report, set_threshold, truncated_depth
 from pact_zoo.hf import PactEncoderForSequenceClassification
 from pact_zoo.training.config import load_config
-from pact_zoo.training.evaluate import _per_sample_units, depth_spread
-from pact_zoo.training.loop import evaluate_model
+from pact_zoo.training.evaluate import depth_spread
 from pact_zoo.training.text_task import TextClassificationTask
 
 EXIT_RULES = ("confidence", "entropy", "patience")
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
-PATIENCE_THRESHOLDS = (0.2, 0.4, 0.6, 0.8, 1.0)  # L = 6: patience 1, 2, 3, 4, 5
+#: threshold sweeps: each rule's range of budgets (entropy's certainty threshold reaches low budgets only below 0.5)
+RULE_THRESHOLDS = {
+    "confidence": (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 0.95, 1.0),
+    "entropy": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0),
+    "patience": (0.2, 0.4, 0.6, 0.8, 1.0),  # L = 6: patience 1, 2, 3, 4, 5
+}
+LEARNED_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+PARTS = ("rules", "static", "adaptive", "timing")
 TIMING_BATCHES = (1, 8, 64)
 
 
@@ -48,16 +54,27 @@ def _loader(model, dataset: str, split: str, max_samples, batch_size: int, max_l
     return task, DataLoader(data.eval, batch_size=batch_size, shuffle=False, collate_fn=data.collate_fn), data
 
 
+@torch.no_grad()
 def _point(model, task, loader, **extra) -> dict:
-    metrics = evaluate_model(model, loader, task)
-    point = dict(accuracy=metrics["accuracy"], flops_ratio=metrics["flops_ratio"], mean_flops=metrics["mean_flops"],
-                 mean_layers=metrics["mean_units"][0], **extra)
-    if any(stage.halting for _, stage in adaptive_stages(model)):
-        spread = depth_spread(_per_sample_units(model, loader, task))
-        point.update(layers_std=spread["std"][0], away_from_mode=spread["away_from_mode"][0])
-    n = metrics["num_samples"]
-    point["std_error"] = math.sqrt(point["accuracy"] * (1 - point["accuracy"]) / n)
-    return point
+    """Accuracy, measured FLOPs ratio, mean layers and their spread over the split, in one pass."""
+    model.eval()
+    correct, flops, full, units = 0, 0.0, 0.0, []
+    for batch in loader:
+        logits = task.forward(model, batch)
+        report = halting_report(model)
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        flops += float(report.flops.double().sum())
+        full += float(report.sample_full_flops.double().sum())
+        units.append(report.units_executed)
+    units = torch.cat(units)
+    n = units.shape[0]
+    accuracy = correct / n
+    spread = depth_spread(units)
+    return dict(accuracy=accuracy, flops_ratio=flops / full, mean_flops=flops / n,
+                mean_layers=float(units[:, 0].double().mean()), layers_std=spread["std"][0],
+                away_from_mode=spread["away_from_mode"][0],
+                layers_histogram=torch.bincount(units[:, 0], minlength=model.config.num_hidden_layers + 1)[1:].tolist(),
+                std_error=math.sqrt(accuracy * (1 - accuracy) / n), **extra)
 
 
 @torch.no_grad()
@@ -122,28 +139,37 @@ def main(argv=None) -> int:
                         help="comma-separated name=threshold operating points to time against the source")
     parser.add_argument("--out", required=True, help="folder for results.json and tradeoff.png")
     parser.add_argument("--title", default="all-MiniLM-L6-v2 on Rotten Tomatoes")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="what to (re)compute; the other parts are kept from an existing results.json in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        raise ValueError(f"--parts must name some of {PARTS}, got {args.parts!r}")
     source = PactEncoderForSequenceClassification.from_pretrained(args.source).eval()
     task, loader, data = _loader(source, args.dataset, args.split, args.max_samples, args.batch_size, args.max_length)
-    result = {"split": args.split, "num_samples": len(data.eval), "threads": torch.get_num_threads(),
-              "source": _point(source, task, loader, model=args.source), "curves": {}, "static": {}}
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    result = {"curves": {}, "static": {}, **previous, "split": args.split, "num_samples": len(data.eval),
+              "threads": torch.get_num_threads()}
+    if "source" not in result or "rules" in parts:
+        result["source"] = _point(source, task, loader, folder=args.source)
     print(f"source: {result['source']['accuracy']:.4f}", flush=True)
     num_layers = source.config.num_hidden_layers
-    with_rules = {}
-    for rule in EXIT_RULES:
-        model = PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=rule).eval()
-        with_rules[rule] = model
+    with_rules = {rule: PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=rule).eval()
+                  for rule in EXIT_RULES}
+    for rule in EXIT_RULES if "rules" in parts else ():
+        model = with_rules[rule]
         points = []
-        for threshold in (PATIENCE_THRESHOLDS if rule == "patience" else THRESHOLDS):
+        for threshold in RULE_THRESHOLDS[rule]:
             set_threshold(model, threshold)
             points.append(_point(model, task, loader, threshold=threshold))
             print(rule, threshold, f"{points[-1]['accuracy']:.4f} {points[-1]['flops_ratio']:.3f}", flush=True)
         result["curves"][rule] = points
-    for name, model in (("per-layer exits", with_rules["confidence"]), ("source classifier", source)):
+    for name, model in (("per-layer exits", with_rules["confidence"]), ("source classifier", source)) \
+            if "static" in parts else ():
         points = []
         for depth in range(1, num_layers + 1):
             with truncated_depth(model, [depth]):
@@ -151,14 +177,14 @@ def main(argv=None) -> int:
         result["static"][name] = points
         print(name, [f"{p['accuracy']:.4f}@{p['flops_ratio']:.3f}" for p in points], flush=True)
     adaptive = {}
-    for spec in args.adaptive:
+    for spec in args.adaptive if "adaptive" in parts else ():
         name, folder = spec.split("=", 1)
         model = PactEncoderForSequenceClassification.from_pretrained(folder).eval()
         adaptive[name] = model
         stages = [s for _, s in adaptive_stages(model) if s.adaptive]
         own = stages[0].method.threshold if stages[0].method.has_threshold else None
         points = []
-        for threshold in (THRESHOLDS if own is not None else (None,)):
+        for threshold in (LEARNED_THRESHOLDS if own is not None else (None,)):
             if threshold is not None:
                 set_threshold(model, threshold)
             points.append(_point(model, task, loader, threshold=threshold))
@@ -168,17 +194,20 @@ def main(argv=None) -> int:
         with full_depth(model):
             result.setdefault("full_depth", {})[name] = _point(model, task, loader)
         result["curves"][name] = points
-    timed = {"source": source}
-    folders = dict(spec.split("=", 1) for spec in args.adaptive)
-    for spec in filter(None, args.timing_thresholds.split(",")):  # fresh instances: thresholds do not interfere
-        name, threshold = spec.split("=")
-        model = (PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=name) if name in EXIT_RULES
-                 else PactEncoderForSequenceClassification.from_pretrained(folders[name])).eval()
-        set_threshold(model, float(threshold))
-        timed[f"{name}@{threshold}"] = model
-    result["ms_per_sample"] = {str(b): _ms_per_sample(timed, data, b, args.timing_samples, args.timing_repeats)
-                               for b in TIMING_BATCHES}
-    print(json.dumps(result["ms_per_sample"], indent=1), flush=True)
+    if "timing" in parts:
+        timed = {"source": source}
+        folders = dict(spec.split("=", 1) for spec in args.adaptive)
+        for spec in filter(None, args.timing_thresholds.split(",")):  # fresh instances: thresholds do not interfere
+            name, threshold = spec.split("=")
+            model = (PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=name)
+                     if name in EXIT_RULES else PactEncoderForSequenceClassification.from_pretrained(folders[name]))
+            set_threshold(model.eval(), float(threshold))
+            timed[f"{name}@{threshold}"] = model
+        result["ms_per_sample"] = {str(b): _ms_per_sample(timed, data, b, args.timing_samples, args.timing_repeats)
+                                   for b in TIMING_BATCHES}
+        result["timing"] = dict(samples=args.timing_samples, repeats=args.timing_repeats,
+                                threads=torch.get_num_threads(), load_average=list(os.getloadavg()))
+        print(json.dumps(result["ms_per_sample"], indent=1), flush=True)
     atomic_write_json(out / "results.json", result)
     _plot(result, out / "tradeoff.png", args.title)
     return 0

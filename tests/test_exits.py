@@ -223,7 +223,8 @@ def test_convert_command_runs_the_phases(tmp_path, reset_accelerate):
                   freeze_backbone=True, phases=[
                       dict(name="exits", anytime=True, anytime_prob=1.0, distill_weight=1.0,
                            model_kwargs={"halting_method": "confidence", "exit_classifiers": "per_layer"}),
-                      dict(name="halting", freeze_exits=True,
+                      dict(name="halting", freeze_exits=True, distill_weight=0.5,
+                           teacher=str(tmp_path / "source" / "model"),
                            model_kwargs={"halting_method": "pact", "exit_classifiers": "per_layer"})])
     (tmp_path / "convert.yaml").write_text(json.dumps(recipe))
     assert main(["convert", "--config", str(tmp_path / "convert.yaml")]) == 0
@@ -235,3 +236,30 @@ def test_convert_command_runs_the_phases(tmp_path, reset_accelerate):
     for key, value in source.state_dict().items():  # the source's weights came through both phases unchanged
         assert torch.equal(model.state_dict()[key], value), key
     assert main(["convert", "--config", str(tmp_path / "convert.yaml"), "--resume"]) == 0  # finished: a no-op
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(distill_weight=-1.0), "distill_weight"),
+    (dict(distill_temperature=0.0), "distill_temperature"),
+    (dict(freeze_exits=True), "freeze_exits needs freeze_backbone"),
+])
+def test_conversion_fields_are_validated(fields, message):
+    from pact_zoo.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, fields)
+    assert load_config(None, dict(anytime=True, anytime_prob=1.0)).anytime_prob == 1.0
+
+
+def test_convert_recipe_errors_name_the_problem(tmp_path):
+    from pact_zoo.training.config import ConfigError
+    from pact_zoo.training.convert import load_conversion
+
+    path = tmp_path / "convert.yaml"
+    for recipe, message in ((dict(phases=[dict(name="a")]), "source must name"),
+                            (dict(source="m", phases=[]), "phases must be a non-empty list"),
+                            (dict(source="m", phases=[dict(name="a"), dict(name="a")]), "distinct"),
+                            (dict(source="m", phases=[dict(name="a", lr=-1.0)]), "lr must be > 0")):
+        path.write_text(json.dumps(recipe))
+        with pytest.raises(ConfigError, match=message):
+            load_conversion(str(path))
