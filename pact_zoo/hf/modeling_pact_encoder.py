@@ -21,7 +21,6 @@ loads with ``trust_remote_code=True`` where pact_zoo is not installed.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -30,7 +29,6 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
-from transformers.dynamic_module_utils import get_relative_imports
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import ModelOutput, logging
 
@@ -39,6 +37,7 @@ try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.exits import exit_certainty
     from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
+    from pact_zoo.halting.report import halting_loss
     from pact_zoo.halting.stage import AdaptiveStage, zero_touch
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
@@ -47,12 +46,12 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .exits import exit_certainty
     from .flops import current_profiler
     from .heads import VectorHaltingHead
+    from .report import halting_loss
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
-from .modeling_pact_lstm import (
-    IGNORE_INDEX, PactLSTMPreTrainedModel, _atomic_copy, _check_labels, _classification_loss, _problem_type,
-    remote_code_files as _lstm_remote_code_files,
-)
+from .halting_model import HaltingModelMixin
+from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
+from .remote_code import remote_code_files as shared_remote_code_files
 
 logger = logging.get_logger(__name__)
 
@@ -300,18 +299,15 @@ class PactEncoderPooler(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 def remote_code_files() -> list[Path]:
     """Source files a checkpoint needs to load with ``trust_remote_code=True`` without pact_zoo: this file, its
-    configuration, the PACT-LSTM files whose loss helpers it reuses and the halting core (copied flat)."""
-    files = {path.name: path for path in _lstm_remote_code_files()}
-    for path in (Path(sys.modules[PactEncoderConfig.__module__].__file__), Path(__file__)):
-        files[path.name] = path
-    missing = {f"{name}.py" for path in files.values() for name in get_relative_imports(str(path))} - files.keys()
-    if missing:
-        raise RuntimeError(f"remote code misses {sorted(missing)}")
-    return [files[name] for name in sorted(files)]
+    configuration, the shared helpers beside them and the halting core they import (copied flat)."""
+    return shared_remote_code_files(
+        anchors=(PactEncoderConfig, PactEncoderModel),
+        core=(HaltingConfig, exit_certainty, current_profiler, VectorHaltingHead, AdaptiveStage, halting_loss))
 
 
-class PactEncoderPreTrainedModel(PreTrainedModel):
-    """Weight init, ``from_backbone``, remote-code saving and halting knobs shared by the PACT-Encoder models."""
+class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
+    """Weight init, ``from_backbone`` and ``convert_from`` shared by the PACT-Encoder models; halting knobs, losses and
+    remote-code saving come from :class:`HaltingModelMixin`."""
 
     config: PactEncoderConfig
     config_class = PactEncoderConfig
@@ -470,12 +466,11 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
             model.tokenizer = AutoTokenizer.from_pretrained(folder)
         return model
 
-    # -- halting knobs and losses: the PACT-LSTM's (same config fields, same halting core) -----------------------------
-    halting_cfg = PactLSTMPreTrainedModel.halting_cfg
-    set_threshold = PactLSTMPreTrainedModel.set_threshold
-    _rollout_baseline = PactLSTMPreTrainedModel._rollout_baseline
-    _halting_loss = PactLSTMPreTrainedModel._halting_loss
-    register_for_auto_class = classmethod(PactLSTMPreTrainedModel.register_for_auto_class.__func__)
+    auto_map_classes = AUTO_MAP_CLASSES
+
+    @classmethod
+    def remote_code_files(cls) -> list[Path]:
+        return remote_code_files()
 
     def halting_profile_inputs(self, length: int = 1) -> tuple[tuple, dict]:
         """A one-sample forward of ``length`` real tokens, for ``pact_zoo.halting_report`` to profile the FLOPs of
@@ -491,23 +486,11 @@ class PactEncoderPreTrainedModel(PreTrainedModel):
 
     # -- remote code --------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
-        """``PreTrainedModel.save_pretrained`` plus remote code (``auto_map`` for ``AutoConfig``, ``AutoModel``,
-        ``AutoModelForSequenceClassification``, ``AutoModelForTokenClassification``) and the tokenizer, if set."""
-        if kwargs.get("push_to_hub"):
-            raise ValueError("push_to_hub is not supported by PactEncoder save_pretrained: save, then upload the "
-                             "folder")
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory must be a directory, got the file {save_directory}")
-        config_module = Path(sys.modules[PactEncoderConfig.__module__].__file__).stem
-        modeling_module = Path(__file__).stem
-        self.config.auto_map = {"AutoConfig": f"{config_module}.{PactEncoderConfig.__name__}",
-                                **{auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_CLASSES.items()}}
+        """:meth:`HaltingModelMixin.save_pretrained` (weights, config with ``auto_map``, remote code) and the
+        tokenizer, if set."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            for source in remote_code_files():
-                _atomic_copy(source, Path(save_directory) / source.name)
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(save_directory)
+        if kwargs.get("is_main_process", True) and self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -722,7 +705,7 @@ class PactEncoderForSequenceClassification(PactEncoderPreTrainedModel):
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       position_ids=position_ids, inputs_embeds=inputs_embeds)
         if labels is not None:  # bad labels fail before any forward
-            _check_labels(labels, _problem_type(self.config, labels), self.num_labels,
+            check_labels(labels, problem_type(self.config, labels), self.num_labels,
                           (input_ids if input_ids is not None else inputs_embeds).shape[:1])
         baseline = self._rollout_baseline(labels, lambda: self._task_loss(self(**inputs).logits, labels, rows=True))
         outputs = self.pact_encoder(**inputs, return_dict=True)
@@ -742,9 +725,9 @@ class PactEncoderForSequenceClassification(PactEncoderPreTrainedModel):
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """Mean task loss of ``[B, num_labels]`` logits, or the ``[B]`` per-sample losses with ``rows``."""
-        problem_type = _problem_type(self.config, labels)
-        _check_labels(labels, problem_type, self.num_labels, (logits.shape[0],))
-        return _classification_loss(logits, labels.to(logits.device), problem_type, self.num_labels,
+        kind = problem_type(self.config, labels)
+        check_labels(labels, kind, self.num_labels, (logits.shape[0],))
+        return classification_loss(logits, labels.to(logits.device), kind, self.num_labels,
                                     rows=logits.shape[0] if rows else None)
 
 
@@ -802,13 +785,13 @@ class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
                    rows: bool = False) -> torch.Tensor:
         """Mean task loss of ``[B, T, num_labels]`` logits over the real tokens, or ``[B]`` per sequence."""
         batch_size, seq_len = logits.shape[:2]
-        problem_type = _problem_type(self.config, labels)
-        _check_labels(labels, problem_type, self.num_labels, (batch_size, seq_len))
+        kind = problem_type(self.config, labels)
+        check_labels(labels, kind, self.num_labels, (batch_size, seq_len))
         valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
         labels = labels.to(logits.device)
-        return _classification_loss(logits.reshape(batch_size * seq_len, -1),
+        return classification_loss(logits.reshape(batch_size * seq_len, -1),
                                     labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
-                                    problem_type, self.num_labels, valid, rows=batch_size if rows else None)
+                                    kind, self.num_labels, valid, rows=batch_size if rows else None)
 
 
 __all__ = [

@@ -20,10 +20,6 @@ the halting-core modules they import next to the weights, with an ``auto_map``; 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -33,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
 from transformers.utils import ModelOutput, logging
 
 try:  # the one halting core (pact_zoo/halting)
@@ -41,9 +36,7 @@ try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
     from pact_zoo.halting.method import HaltingRecord
-    from pact_zoo.halting.report import (
-        halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold,
-    )
+    from pact_zoo.halting.report import halting_loss
     from pact_zoo.halting.stage import AdaptiveStage, zero_touch
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
@@ -52,16 +45,17 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .flops import current_profiler
     from .heads import VectorHaltingHead
     from .method import HaltingRecord
-    from .report import halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold
+    from .report import halting_loss
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_lstm import PactLSTMConfig
+from .halting_model import HaltingModelMixin
+from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
+from .remote_code import remote_code_files as shared_remote_code_files
 
 logger = logging.get_logger(__name__)
 
 #: Value of Graves's first-step input flag on the first / later ponder steps of a time step.
 FIRST_STEP_FLAG, LATER_STEP_FLAG = 1.0, 0.0
-#: Label value ignored by the classification losses (transformers convention).
-IGNORE_INDEX = -100
 #: Auto classes written to ``config.json`` (``auto_map``) by :meth:`PactLSTMPreTrainedModel.save_pretrained`.
 AUTO_MAP_CLASSES = {
     "AutoModel": "PactLSTMModel",
@@ -249,48 +243,17 @@ class PactLSTMLayer(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 # Pretrained base
 # --------------------------------------------------------------------------------------------------------------------
-def _atomic_copy(source: Path, destination: Path) -> None:
-    """Copy ``source`` to ``destination`` through a temporary file in the same folder, then rename."""
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def remote_code_files() -> list[Path]:
-    """Source files a checkpoint needs to load with ``trust_remote_code=True`` without pact_zoo.
-
-    The configuration and modeling files, plus the halting-core modules they import and, recursively, the modules
-    those import (transformers' own ``get_relative_import_files`` rule, so that what is saved is what it copies when
-    loading). Works in the library and in a model that was itself loaded as remote code.
-    """
-    files: dict[str, Path] = {}
-
-    def add(path: Path) -> None:
-        previous = files.setdefault(path.name, path)
-        if previous.resolve() != path.resolve():
-            raise RuntimeError(f"remote code would hold two files named {path.name}: {previous} and {path}")
-
-    add(Path(sys.modules[PactLSTMConfig.__module__].__file__))
-    add(Path(__file__))
-    for core in (HaltingConfig, current_profiler, VectorHaltingHead, HaltingRecord, halting_loss, AdaptiveStage):
-        core_file = Path(sys.modules[core.__module__].__file__)
-        add(core_file)
-        for dependency in get_relative_import_files(str(core_file)):
-            add(Path(dependency))
-    # transformers resolves every relative import of a shipped file inside the checkpoint folder
-    missing = {f"{name}.py" for path in files.values() for name in get_relative_imports(str(path))} - files.keys()
-    if missing:
-        raise RuntimeError(f"remote code misses {sorted(missing)}")
-    return [files[name] for name in sorted(files)]
+    """Source files a PACT-LSTM checkpoint needs to load with ``trust_remote_code=True`` without pact_zoo: the
+    configuration and modeling files, the shared helpers beside them and the halting-core modules they import."""
+    return shared_remote_code_files(
+        anchors=(PactLSTMConfig, PactLSTMModel),
+        core=(HaltingConfig, current_profiler, VectorHaltingHead, HaltingRecord, halting_loss, AdaptiveStage))
 
 
-class PactLSTMPreTrainedModel(PreTrainedModel):
-    """Weight init, remote-code saving and halting knobs shared by the PACT-LSTM models."""
+class PactLSTMPreTrainedModel(HaltingModelMixin, PreTrainedModel):
+    """Weight init shared by the PACT-LSTM models; halting knobs, losses and remote-code saving come from
+    :class:`HaltingModelMixin`."""
 
     config: PactLSTMConfig
     config_class = PactLSTMConfig
@@ -317,15 +280,11 @@ class PactLSTMPreTrainedModel(PreTrainedModel):
                 module is head.fc for head in self.modules() if isinstance(head, VectorHaltingHead)):
             init.constant_(module.bias, self.config.halting_bias_init)
 
-    # -- halting knobs ------------------------------------------------------------------------------------------------
-    @property
-    def halting_cfg(self) -> PactLSTMConfig:
-        """The object holding the halting knobs (``pact_zoo.set_threshold`` keeps them in step, so they are saved)."""
-        return self.config
+    auto_map_classes = AUTO_MAP_CLASSES
 
-    def set_threshold(self, threshold: float) -> None:
-        """``pact_zoo.set_threshold(self, threshold)``: the eval rule h >= threshold, saved with the config."""
-        set_threshold(self, threshold)
+    @classmethod
+    def remote_code_files(cls) -> list[Path]:
+        return remote_code_files()
 
     def halting_profile_inputs(self) -> tuple[tuple, dict]:
         """A one-sample, one-step forward for ``pact_zoo.halting_report`` to profile the FLOPs per ponder step."""
@@ -334,51 +293,6 @@ class PactLSTMPreTrainedModel(PreTrainedModel):
             return (), {"input_ids": torch.zeros(1, 1, dtype=torch.long, device=param.device)}
         return (), {"inputs_embeds": torch.zeros(1, 1, self.config.input_size, dtype=param.dtype,
                                                  device=param.device)}
-
-    def _rollout_baseline(self, labels: Optional[torch.Tensor], greedy_loss) -> Optional[torch.Tensor]:
-        """Policy-gradient halting with the self-critical baseline: the ``[B]`` path loss of the deterministic rule,
-        from ``greedy_loss()`` (a forward without labels -> per-sample task loss), run *before* the training forward.
-        None where no baseline forward is needed."""
-        if labels is None or not (self.training and torch.is_grad_enabled()) or not needs_rollout(self):
-            return None
-        return self_critical_baseline(self, greedy_loss)
-
-    def _halting_loss(self, per_sample_loss, baseline: Optional[torch.Tensor]) -> torch.Tensor:
-        """``pact_zoo.halting_loss`` of the forward that just ran; methods that need it (REINFORCE) get the
-        per-sample task loss ``per_sample_loss()`` in training. An eval forward of such a method adds nothing."""
-        if not needs_task_loss(self):
-            return halting_loss(self)
-        if not (self.training and torch.is_grad_enabled()):
-            return torch.zeros((), device=next(self.parameters()).device)
-        return halting_loss(self, task_loss=per_sample_loss(), baseline_loss=baseline)
-
-    # -- remote code --------------------------------------------------------------------------------------------------
-    @classmethod
-    def register_for_auto_class(cls, auto_class: Union[str, type] = "AutoModel") -> None:
-        """No-op: every :meth:`save_pretrained` already ships the code and an ``auto_map`` for every Auto class."""
-        logger.info(f"{cls.__name__}: checkpoints always carry their remote code; register_for_auto_class is not needed")
-
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
-        """``PreTrainedModel.save_pretrained`` (``config.json`` + ``model.safetensors``), plus remote code.
-
-        ``config.json`` gets an ``auto_map`` for ``AutoConfig``, ``AutoModel``,
-        ``AutoModelForSequenceClassification`` and ``AutoModelForTokenClassification``, and :func:`remote_code_files`
-        are copied next to it, so the folder loads with ``trust_remote_code=True`` without pact_zoo (with pact_zoo
-        imported, the registered in-library classes are used and no remote code runs). ``push_to_hub`` is not
-        supported here: save, then upload the folder.
-        """
-        if kwargs.get("push_to_hub"):
-            raise ValueError("push_to_hub is not supported by PactLSTM save_pretrained: save, then upload the folder")
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory must be a directory, got the file {save_directory}")
-        config_module = Path(sys.modules[PactLSTMConfig.__module__].__file__).stem
-        modeling_module = Path(__file__).stem
-        self.config.auto_map = {"AutoConfig": f"{config_module}.{PactLSTMConfig.__name__}",
-                                **{auto: f"{modeling_module}.{name}" for auto, name in AUTO_MAP_CLASSES.items()}}
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            for source in remote_code_files():
-                _atomic_copy(source, Path(save_directory) / source.name)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -479,71 +393,6 @@ class PactLSTMModel(PactLSTMPreTrainedModel):
                                      hidden_states=all_hidden)
         return output if return_dict else output.to_tuple()
 
-def _problem_type(config: PactLSTMConfig, labels: torch.Tensor) -> str:
-    """transformers' rule: regression for one label, else single- or multi-label by the labels' dtype."""
-    if config.problem_type is not None:
-        return config.problem_type
-    if config.num_labels == 1:
-        return "regression"
-    if labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-        return "single_label_classification"
-    return "multi_label_classification"
-
-
-def _classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str, num_labels: int,
-                         valid: Optional[torch.Tensor] = None, rows: Optional[int] = None) -> torch.Tensor:
-    """Mean task loss over the entries marked ``valid``, or, with ``rows``, the ``[rows]`` per-sample means (the N
-    entries are ``rows`` samples of N / rows time steps each).
-
-    Args:
-        logits: ``[N, num_labels]``.
-        labels: ``[N]`` class ids (single-label; ``-100`` ignored), ``[N, num_labels]`` targets (multi-label,
-            regression) or ``[N]`` (regression with one label).
-        valid: ``[N]`` bool, entries that count (padding excluded), or ``None``.
-        rows: return per-sample losses of this many samples instead of the mean.
-    """
-    if problem_type == "single_label_classification":
-        labels = labels.long()
-        if valid is not None:
-            labels = labels.masked_fill(~valid, IGNORE_INDEX)
-        if rows is None:
-            return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-        per_entry = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        counted = labels != IGNORE_INDEX
-    else:
-        if problem_type == "regression" and num_labels == 1 and labels.dim() == 1:
-            labels = labels.unsqueeze(-1)
-        labels = labels.to(logits.dtype)
-        if problem_type == "multi_label_classification":
-            per_entry = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
-        else:
-            per_entry = F.mse_loss(logits.float(), labels.float(), reduction="none")
-        per_entry = per_entry.mean(-1)
-        counted = valid if valid is not None else torch.ones_like(per_entry, dtype=torch.bool)
-    if rows is None:
-        return (per_entry * counted).sum() / counted.sum().clamp_min(1)
-    per_entry, counted = per_entry.reshape(rows, -1), counted.reshape(rows, -1)
-    return (per_entry * counted).sum(1) / counted.sum(1).clamp_min(1)
-
-
-def _check_labels(labels: torch.Tensor, problem_type: str, num_labels: int, leading: tuple[int, ...]) -> None:
-    """Raise ValueError unless ``labels`` has shape ``leading`` (single-label) or ``leading + (num_labels,)``."""
-    if problem_type == "single_label_classification":
-        if tuple(labels.shape) != leading or labels.dtype.is_floating_point:
-            raise ValueError(f"labels must be class ids of shape {leading}, got {labels.dtype} {tuple(labels.shape)}")
-        if labels.device.type != "meta":
-            real = labels[labels != IGNORE_INDEX]
-            if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_labels):
-                raise ValueError(f"labels must lie in [0, num_labels={num_labels}) or be {IGNORE_INDEX}")
-        return
-    allowed = {leading + (num_labels,)}
-    if problem_type == "regression" and num_labels == 1:
-        allowed.add(leading)
-    if tuple(labels.shape) not in allowed:
-        raise ValueError(f"labels for {problem_type} must have shape {' or '.join(map(str, sorted(allowed)))}, "
-                         f"got {tuple(labels.shape)}")
-
-
 class PactLSTMForSequenceClassification(PactLSTMPreTrainedModel):
     """PACT-LSTM with a linear classifier on the top layer's state at each sequence's last real step
     (Graves's parity: one-step sequences)."""
@@ -601,9 +450,9 @@ class PactLSTMForSequenceClassification(PactLSTMPreTrainedModel):
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """Mean task loss of ``[B, num_labels]`` logits, or the ``[B]`` per-sample losses with ``rows``."""
-        problem_type = _problem_type(self.config, labels)
-        _check_labels(labels, problem_type, self.num_labels, (logits.shape[0],))
-        return _classification_loss(logits, labels.to(logits.device), problem_type, self.num_labels,
+        kind = problem_type(self.config, labels)
+        check_labels(labels, kind, self.num_labels, (logits.shape[0],))
+        return classification_loss(logits, labels.to(logits.device), kind, self.num_labels,
                                     rows=logits.shape[0] if rows else None)
 
 
@@ -656,13 +505,13 @@ class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
         """Mean task loss of ``[B, T, num_labels]`` logits over the real steps, or ``[B]`` per sequence with
         ``rows``."""
         batch_size, seq_len = logits.shape[:2]
-        problem_type = _problem_type(self.config, labels)
-        _check_labels(labels, problem_type, self.num_labels, (batch_size, seq_len))
+        kind = problem_type(self.config, labels)
+        check_labels(labels, kind, self.num_labels, (batch_size, seq_len))
         valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
         labels = labels.to(logits.device)
-        return _classification_loss(logits.reshape(batch_size * seq_len, -1),
+        return classification_loss(logits.reshape(batch_size * seq_len, -1),
                                     labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
-                                    problem_type, self.num_labels, valid, rows=batch_size if rows else None)
+                                    kind, self.num_labels, valid, rows=batch_size if rows else None)
 
 
 __all__ = [
