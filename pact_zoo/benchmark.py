@@ -63,9 +63,9 @@ from .fileio import atomic_write_json
 __all__ = ["main", "build_parser", "time_round_robin", "set_synthetic_heads", "InputSpec", "resolve_inputs",
            "machine_info", "EFFICIENCY_TARGETS", "TRAIN_NETWORKS", "DEFAULT_OUTPUT_DIR"]
 
-#: Issue 14 targets for ``efficiency`` (batch size -> upper bound), pact_resnet110 / pact_resnet50 on 2 CPU cores.
+#: Targets for ``efficiency`` (batch size -> upper bound), pact_resnet110 / pact_resnet50 on 2 CPU cores.
 EFFICIENCY_TARGETS = {1: 1.15, 8: 1.25, 64: 1.08, 256: 1.08}
-#: Issue 14 target for a PACT training step relative to a plain network step.
+#: Target for a PACT training step relative to a plain network step.
 TRAIN_STEP_TARGET = 1.10
 #: Where the JSON goes without ``--output`` (git ignores ``out/``): ``<dir>/<model>-<UTC time>.json``.
 DEFAULT_OUTPUT_DIR = os.path.join("out", "benchmarks")
@@ -514,7 +514,7 @@ def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]
         if "plain" in medians:  # the original backbone as the baseline (e.g. timm resnet50)
             record["time_vs_plain"] = {mode: medians[mode] / medians["plain"] for mode in medians}
             record["flops_vs_plain"] = {"adaptive": adaptive["mean"] / plain_flops, "full": flops_full / plain_flops}
-            if "adaptive" in medians:  # the issue 14 reading: against the plain network with the same weights
+            if "adaptive" in medians:  # the target's reading: against the plain network with the same weights
                 record["efficiency_vs_plain"] = (record["time_vs_plain"]["adaptive"]
                                                  / record["flops_vs_plain"]["adaptive"])
         records.append(record)

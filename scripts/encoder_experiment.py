@@ -1,4 +1,4 @@
-"""MiniLM / Rotten Tomatoes: accuracy, FLOPs and measured wall time of PACT-Encoder models (issue 10).
+"""MiniLM / Rotten Tomatoes: accuracy, FLOPs and measured wall time of PACT-Encoder models.
 
 Reads the model folders written by the three recipes of ``hub_configs/pact_minilm.rotten_tomatoes/`` (PACT, ACT and
 plain fine-tuning, ``pact-zoo train``) and, on the test split:

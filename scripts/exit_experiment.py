@@ -41,7 +41,7 @@ RULE_THRESHOLDS = {
     "patience": (0.2, 0.4, 0.6, 0.8, 1.0),  # L = 6: patience 1, 2, 3, 4, 5
 }
 LEARNED_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
-PARTS = ("rules", "static", "adaptive", "timing")
+PARTS = ("rules", "static", "adaptive", "timing", "table")
 TIMING_BATCHES = (1, 8, 64)
 
 
@@ -123,6 +123,38 @@ def _plot(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _row(name: str, rule: str, point: dict, source_accuracy: float) -> str:
+    histogram = " / ".join(str(n) for n in point.get("layers_histogram", []))
+    return (f"| {name} | {rule} | {100 * point['accuracy']:.2f} % | {100 * (point['accuracy'] - source_accuracy):+.2f} | "
+            f"{point['flops_ratio']:.3f} | {point['mean_layers']:.2f} ± {point.get('layers_std', 0.0):.2f} | "
+            f"{100 * point.get('away_from_mode', 0.0):.1f} % | {histogram} |")
+
+
+def format_table(result: dict) -> str:
+    """The results as a markdown table: every curve's points, static truncations, the source, and timing."""
+    source = result["source"]
+    lines = ["| model | rule | test acc. | vs source (points) | FLOPs ratio | layers mean ± std | away from mode | "
+             "reviews at 1 / 2 / ... / L layers |", "|---|---|---|---|---|---|---|---|",
+             _row("source (plain fine-tune)", "full depth", source, source["accuracy"])]
+    for name, points in result.get("curves", {}).items():
+        for point in sorted(points, key=lambda p: p["flops_ratio"]):
+            threshold = point.get("threshold")
+            lines.append(_row(name, "own rule" if threshold is None else f"threshold {threshold:g}", point,
+                              source["accuracy"]))
+    for name, point in result.get("full_depth", {}).items():
+        lines.append(_row(name, "full depth", point, source["accuracy"]))
+    for name, points in result.get("static", {}).items():
+        for point in points:
+            lines.append(_row(f"static ({name})", f"first {point['layers']} layers", point, source["accuracy"]))
+    if "ms_per_sample" in result:
+        batches = list(result["ms_per_sample"])
+        lines += ["", "| model | " + " | ".join(f"ms / review, b={b}" for b in batches) + " |",
+                  "|---|" + "---|" * len(batches)]
+        for name in result["ms_per_sample"][batches[0]]:
+            lines.append(f"| {name} | " + " | ".join(f"{result['ms_per_sample'][b][name]:.2f}" for b in batches) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="the plain source model folder")
@@ -149,6 +181,9 @@ def main(argv=None) -> int:
     parts = set(args.parts.split(","))
     if not parts <= set(PARTS):
         raise ValueError(f"--parts must name some of {PARTS}, got {args.parts!r}")
+    if parts == {"table"}:
+        print(format_table(json.loads((out / "results.json").read_text())))
+        return 0
     source = PactEncoderForSequenceClassification.from_pretrained(args.source).eval()
     task, loader, data = _loader(source, args.dataset, args.split, args.max_samples, args.batch_size, args.max_length)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
@@ -210,6 +245,7 @@ def main(argv=None) -> int:
         print(json.dumps(result["ms_per_sample"], indent=1), flush=True)
     atomic_write_json(out / "results.json", result)
     _plot(result, out / "tradeoff.png", args.title)
+    print(format_table(result))
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the compact eval path (issue 14), under 5 minutes on one GPU:
+# GPU check of the compact eval path, under 5 minutes on one GPU:
 #   1. the correctness tests that run on CUDA (CUDA graphs == eager compaction == masked reference), and
 #   2. `pact-zoo benchmark --device cuda` for pact_resnet50 (224 px, against timm's resnet50 with the same weights):
 #      eager, bucketed sub-batches, and bucketed + one CUDA graph per (unit, bucket);

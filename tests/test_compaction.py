@@ -1,4 +1,4 @@
-"""Compacted evaluation == per-sample evaluation == masked reference, for PACT and ACT (issue 6, point 5).
+"""Compacted evaluation == per-sample evaluation == masked reference, for PACT and ACT.
 
 Also: the PACT eval path keeps no stage-sized buffer besides the state (peak allocator memory below ACT's,
 which keeps its weighted-sum accumulator), and the threshold calibration meets its FLOPs budget.

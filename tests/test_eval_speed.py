@@ -1,4 +1,4 @@
-"""Logic of the eval fast paths (issue 14): the folded halting head, the CPU split of the rows, bucketed sub-batches
+"""Logic of the eval fast paths: the folded halting head, the CPU split of the rows, bucketed sub-batches
 and CUDA graphs give the results of the plain paths. No timing is asserted (that is the benchmark's job)."""
 import pytest
 import torch
