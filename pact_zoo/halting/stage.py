@@ -158,8 +158,8 @@ class AdaptiveStage(nn.Module):
         if self.method.uses_heads and len(heads) != len(units) - 1:
             raise ValueError(f"heads must hold len(units) - 1 = {len(units) - 1} modules for method "
                              f"{self.method.name!r}, got {len(heads)}")
-        if self.method.uses_heads and getattr(self.method, "reads_exits", False) != all(
-                getattr(head, "is_exit", False) for head in heads):
+        if heads and getattr(self.method, "reads_exits", False) != all(getattr(head, "is_exit", False)
+                                                                       for head in heads):
             if getattr(self.method, "reads_exits", False):
                 raise ValueError(f"method {self.method.name!r} decides from exit classifiers: this model family "
                                  f"builds halting heads, not exits (exit rules work on families with exit "
