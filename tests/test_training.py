@@ -209,9 +209,16 @@ def test_hub_config_recipes_load(variant):
     folder = REPO / "hub_configs" / variant
     recipes = _recipes(folder)
     assert recipes and (folder / "card.yaml").is_file()
+    from pact_zoo.training.convert import load_conversion
+    from pact_zoo.training.config import read_yaml_mapping
+
     for recipe in recipes:
-        config = load_config(str(recipe))
-        assert config.model in pact_zoo.list_models() + list(SEQUENCE_MODELS) + list(TEXT_MODELS), recipe
+        if "phases" in read_yaml_mapping(str(recipe)):  # a conversion recipe: every phase is a training config
+            configs = [config for _, config in load_conversion(str(recipe)).phases]
+        else:
+            configs = [load_config(str(recipe))]
+        for config in configs:
+            assert config.model in pact_zoo.list_models() + list(SEQUENCE_MODELS) + list(TEXT_MODELS), recipe
 
 
 def test_sequence_task_train_evaluate_export_reload(tmp_path, reset_accelerate):
