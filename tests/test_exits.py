@@ -58,10 +58,32 @@ def test_exit_rules_bind_to_their_stage_depth():
     assert bound is not rule and bound.num_units == 7 and bound.patience == 3 and bound.for_stage(7) is bound
 
 
-@pytest.mark.parametrize("name", ["pact_resnet32", "pact_vit_tiny_patch16_224"])
+@pytest.mark.parametrize("name", ["pact_resnet32", "pact_mobilenetv2_100"])
 def test_families_without_exits_refuse_exit_rules(name):
     with pytest.raises(ValueError, match="decides from exit classifiers"):
         timm.create_model(name, method="confidence", num_classes=3)
+
+
+def test_vit_exits_are_its_own_head():
+    """ViT: the exit after block n is the model's norm + head on block n's tokens; the rule stops where it says."""
+    torch.manual_seed(0)
+    model = timm.create_model("pact_vit_tiny_patch16_224", method="confidence", num_classes=3, img_size=32, depth=4,
+                              threshold=0.8).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.3)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        depth = pact_zoo.halting_report(model).units_executed[:, 0]
+        per_block = []
+        for n in range(1, 5):
+            with truncated_depth(model, [n]):
+                per_block.append(model(x))
+    per_block = torch.stack(per_block, 1)
+    expected = model.blocks.method.rule_mixture(per_block[:, :-1]).units_executed
+    assert torch.equal(depth, expected) and len(set(depth.tolist())) > 1, depth
+    torch.testing.assert_close(logits, per_block[torch.arange(6), depth - 1], atol=1e-5, rtol=0)
+    assert not any(k.startswith("blocks.heads") for k in model.state_dict())
 
 
 def test_token_classification_refuses_exits():

@@ -40,7 +40,7 @@ from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
 )
 
-__all__ = ["AdaptiveVisionTransformer", "TokenHaltingHead"]
+__all__ = ["AdaptiveVisionTransformer", "TokenHaltingHead", "ViTExit"]
 
 
 class TokenHaltingHead(HaltingHead):
@@ -63,6 +63,25 @@ class TokenHaltingHead(HaltingHead):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x[:, 0] if self.use_class_token else x[:, self.num_prefix_tokens:].mean(dim=1)
         return super().forward(pooled[:, :, None, None])  # HaltingHead pools [B, D, 1, 1] to [B, D]
+
+
+class ViTExit(nn.Module):
+    """The exit after a block for the early-exit rules (``confidence``, ``entropy``, ``patience``): the model's own
+    final norm and head (timm's ``forward_head``, pooled as ``global_pool`` says) on the block's tokens. It owns no
+    weights: the model is referenced, not registered.
+
+    Shape: ``[B, N, D]`` -> ``[B, num_classes]`` logits.
+    """
+
+    is_exit = True
+
+    def __init__(self, model: VisionTransformer) -> None:
+        super().__init__()
+        self.__dict__["model"] = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.__dict__["model"]
+        return model.forward_head(model.norm(x))
 
 
 class AdaptiveVisionTransformer(VisionTransformer):
@@ -90,7 +109,9 @@ class AdaptiveVisionTransformer(VisionTransformer):
         dd = head_device_dtype(self)
         units = list(self.blocks)
         heads = None
-        if halting_cfg.adaptive:
+        if halting_cfg.reads_exits:  # early-exit rules: every block's exit is the model's own norm + head
+            heads = [ViTExit(self) for _ in range(len(units) - 1)]
+        elif halting_cfg.adaptive:
             # the heads pool as the classifier does (timm's global_pool): the class token for "token", else the
             # mean of the patch tokens
             use_class_token = self.has_class_token and getattr(self, "global_pool", "token") in ("token", "")
