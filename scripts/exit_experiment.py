@@ -95,29 +95,41 @@ def _ms_per_sample(models: dict, data, batch_size: int, samples: int, repeats: i
 
 
 def _plot(result: dict, path: Path, title: str) -> None:
+    """Accuracy against measured FLOPs: the exit rules in black, PACT models in shades of blue, the other learned
+    methods in colour, static truncations dashed, the source as a star with its standard error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rule_styles = {"confidence": ("-", "o"), "entropy": ("--", "v"), "patience": (":", "s")}
+    pact = [name for name in result["curves"] if name.startswith("pact")]
+    blues = plt.cm.viridis([i / max(1, len(pact) - 1) * 0.85 for i in range(len(pact))])
+    others = iter(plt.cm.Set1.colors)
+    fig, ax = plt.subplots(figsize=(10, 5))
     for name, points in result["curves"].items():
         points = sorted(points, key=lambda p: p["flops_ratio"])
-        ax.plot([p["flops_ratio"] for p in points], [100 * p["accuracy"] for p in points], marker="o", ms=3,
-                label=name)
-    for name, points in result["static"].items():
+        if name in rule_styles:
+            line, marker = rule_styles[name]
+            style = dict(color="black", ls=line, marker=marker, lw=2)
+        elif name in pact:
+            style = dict(color=blues[pact.index(name)], marker="o", lw=1.3)
+        else:
+            style = dict(color=next(others), marker="x", lw=1.3)
+        ax.plot([p["flops_ratio"] for p in points], [100 * p["accuracy"] for p in points], ms=4, label=name, **style)
+    for (name, points), color in zip(result["static"].items(), ("tab:red", "tab:purple")):
         ax.plot([p["flops_ratio"] for p in points], [100 * p["accuracy"] for p in points], ls="--", marker="s", ms=3,
-                label=f"static truncation ({name})")
+                color=color, label=f"static truncation ({name})")
     source = result["source"]
-    ax.errorbar([1.0], [100 * source["accuracy"]], yerr=[100 * source["std_error"]], fmt="k*", ms=9,
-                label="source (plain fine-tune)")
+    ax.errorbar([1.0], [100 * source["accuracy"]], yerr=[100 * source["std_error"]], fmt="k*", ms=10,
+                label="source (plain fine-tune) ± s.e.")
     ax.set_xlabel("FLOPs / source model's FLOPs (measured)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     low = min(100 * p["accuracy"] for c in result["curves"].values() for p in c)
-    ax.set_ylim(max(low - 1, 100 * source["accuracy"] - 12), 100 * source["accuracy"] + 3)
+    ax.set_ylim(max(low - 1, 100 * source["accuracy"] - 12), 100 * source["accuracy"] + 2.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
