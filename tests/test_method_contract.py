@@ -229,3 +229,17 @@ def test_threshold_one_runs_every_unit_even_where_the_sigmoid_saturates():
     with torch.no_grad():
         model(torch.randn(4, 3, 16, 16))
     assert pact_zoo.halting_report(model).units_executed.tolist() == [[1, 1, 1]] * 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_declared_contract_attributes(method):
+    """What the core reads from a method is declared: the cost weight, the rollout need, the paper."""
+    cls = HALTING_METHODS[method]
+    instance = cls(**{k: knob.default for k, knob in cls.knobs.items()})
+    if cls.cost_knob is None:
+        assert instance.cost_weight == 0.0
+    else:
+        assert cls.cost_knob in cls.knobs and instance.cost_weight == float(getattr(instance, cls.cost_knob))
+    assert isinstance(instance.needs_rollout, bool) and isinstance(cls.paper, str)
+    if cls.__module__.startswith("pact_zoo.") and cls.uses_heads:
+        assert "arXiv:" in cls.paper, cls.paper

@@ -8,8 +8,8 @@ on a model's exit classifiers, and ``"none"``; add one with :func:`register_halt
 This package stays flat with single-dot imports: remote-code checkpoints copy its files next to the model code.
 """
 from .method import (
-    HALTING_METHODS, HaltingMethod, HaltingRecord, Knob, Mixture, StopDecision, get_halting_method,
-    register_halting_method,
+    HALTING_METHODS, HaltingMethod, HaltingRecord, Knob, Mixture, StopDecision, check_choice, check_number,
+    check_threshold, get_halting_method, register_halting_method,
 )
 from .act import ACTHalting, ACTMethod, act_halting
 from .pact import PACTMethod
@@ -38,7 +38,7 @@ __all__ = [
     "HaltingRecord", "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "Mixture", "NoHalting", "PACTMethod",
     "PROFILE_INPUTS_METHOD", "PolicyGradientMethod", "RowCollector", "StopDecision", "StoppingDistribution",
     "ThresholdCalibration", "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting", "adaptive_stages",
-    "calibrate_threshold", "count_true", "empty_rows", "full_depth", "get_halting_method", "halting_cost",
+    "calibrate_threshold", "check_choice", "check_number", "check_threshold", "count_true", "empty_rows", "full_depth", "get_halting_method", "halting_cost",
     "halting_loss", "halting_report", "logistic_noise", "module_flops_per_sample", "needs_rollout",
     "needs_task_loss", "recurrent_cell_flops", "register_halting_method", "self_critical_baseline",
     "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking", "synthesize_halting",

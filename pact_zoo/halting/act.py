@@ -75,6 +75,7 @@ class ACTMethod(HaltingMethod):
     """ACT: the same mean-field mixture in training and evaluation; the output accumulates sum_n p_n x_n."""
 
     name = "act"
+    paper = "Graves 2016, Adaptive Computation Time for Recurrent Neural Networks, arXiv:1603.08983"
     knobs = {
         "tau": Knob(DEFAULT_TAU, check_number(0.0), "ponder-cost weight, >= 0"),
         "act_eps": Knob(DEFAULT_ACT_EPS, check_number(0.0, 1.0, min_open=True, max_open=True),

@@ -43,6 +43,7 @@ class ExitRule(HaltingMethod):
     knobs = {"threshold": Knob(0.5, check_threshold, "stop rule threshold in (0, 1]; 1.0 runs every unit")}
     reads_exits = True
     dense_training = False
+    cost_knob = None  # no cost term: the rules learn nothing
     num_units = 0  # the stage's L, bound by :meth:`for_stage`
 
     def start(self, batch_size: int, device: torch.device, mode: str) -> dict[str, torch.Tensor]:
@@ -96,6 +97,7 @@ class ConfidenceExit(ExitRule):
     """Stop when the exit's largest softmax probability reaches ``threshold``."""
 
     name = "confidence"
+    paper = "Teerapittayanon, McDanel, Kung 2016, BranchyNet, arXiv:1709.01686"
     knobs = {"threshold": Knob(DEFAULT_CONFIDENCE_THRESHOLD, check_threshold,
                                "stop when max softmax >= threshold, in (0, 1]; 1.0 runs every unit")}
 
@@ -108,6 +110,7 @@ class EntropyExit(ExitRule):
     """Stop when ``1 - H(p) / log C >= threshold`` (DeeBERT's entropy rule with ``S = (1 - threshold) log C``)."""
 
     name = "entropy"
+    paper = "Xin, Tang, Lee, Yu, Lin 2020, DeeBERT, arXiv:2004.12993"
     knobs = {"threshold": Knob(DEFAULT_ENTROPY_THRESHOLD, check_threshold,
                                "stop when 1 - entropy / log(C) >= threshold, in (0, 1]; 1.0 runs every unit")}
 
@@ -120,6 +123,7 @@ class PatienceExit(ExitRule):
     """Stop once ``k = ceil(threshold * (L - 1))`` consecutive exits agree with the previous one (PABEE)."""
 
     name = "patience"
+    paper = "Zhou, Xu, Ge, McAuley, Xu, Wei 2020, BERT Loses Patience (PABEE), arXiv:2006.04152"
     knobs = {"threshold": Knob(DEFAULT_PATIENCE_THRESHOLD, check_threshold,
                                "patience k = ceil(threshold * (L - 1)) agreeing exits, in (0, 1]; 1.0 runs every unit")}
 

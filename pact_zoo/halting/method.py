@@ -253,6 +253,9 @@ class HaltingMethod:
         dense_training: training runs every unit for every row and mixes them (:meth:`mixture`); False: training
             runs the compact loop with sampled stops (:meth:`decide` in ``"sample"`` mode), so it saves compute.
         needs_task_loss: :meth:`loss` needs the per-sample task loss (REINFORCE).
+        cost_knob: the knob that weighs the record's ``cost`` in the loss (``"tau"``), or None when the method has no
+            cost term; :attr:`cost_weight` reads it.
+        paper: the paper the method comes from (shown in reports and docs).
         stochastic: the compact loop can sample the stops (``"sample"`` mode) instead of the deterministic rule.
 
     The stage calls :meth:`mixture` on the dense path (training of dense methods, masked eval, profiling) and
@@ -267,6 +270,8 @@ class HaltingMethod:
     dense_training: ClassVar[bool] = True
     needs_task_loss: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
+    cost_knob: ClassVar[Optional[str]] = "tau"
+    paper: ClassVar[str] = ""
 
     def __init__(self, **knobs: Any) -> None:
         for key, value in self.validate_knobs(knobs).items():
@@ -291,6 +296,17 @@ class HaltingMethod:
 
     def knob_values(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.knobs}
+
+    @property
+    def cost_weight(self) -> float:
+        """The weight of the record's ``cost`` in the loss: the value of :attr:`cost_knob` (0 without one)."""
+        return float(getattr(self, self.cost_knob)) if self.cost_knob in self.knobs else 0.0
+
+    @property
+    def needs_rollout(self) -> bool:
+        """True when training needs the self-critical baseline forward (:func:`~pact_zoo.halting.
+        self_critical_baseline`); False by default."""
+        return False
 
     @property
     def has_threshold(self) -> bool:
@@ -378,7 +394,7 @@ class HaltingMethod:
         """
         total = record.units_executed.new_zeros((), dtype=torch.float32)
         if record.cost is not None:
-            total = total + cost_scale * getattr(self, "tau", 0.0) * record.cost.float().mean()
+            total = total + cost_scale * self.cost_weight * record.cost.float().mean()
         for term in record.terms.values():
             total = total + term
         if record.touch is not None:

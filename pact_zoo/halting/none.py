@@ -13,3 +13,4 @@ class NoHalting(HaltingMethod):
     name = "none"
     knobs = {}
     uses_heads = False
+    cost_knob = None

@@ -56,6 +56,7 @@ class PACTMethod(HaltingMethod):
     """PACT: Concrete mixture in training, deterministic threshold rule (state at the stop) in evaluation."""
 
     name = "pact"
+    paper = "Figurnov, Sobolev, Vetrov 2018, Probabilistic Adaptive Computation Time, arXiv:1712.00386"
     knobs = {
         "tau": Knob(DEFAULT_TAU, check_number(0.0), "cost per executed unit (prior's log-scale penalty), >= 0"),
         "temperature": Knob(DEFAULT_TEMPERATURE, check_number(0.0, min_open=True),

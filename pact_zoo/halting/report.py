@@ -103,7 +103,7 @@ def needs_task_loss(model: nn.Module) -> bool:
 
 def needs_rollout(model: nn.Module) -> bool:
     """True when a stage's method uses the self-critical baseline (:func:`self_critical_baseline`)."""
-    return any(stage.halting and getattr(stage.method, "needs_rollout", False) for _, stage in adaptive_stages(model))
+    return any(stage.halting and stage.method.needs_rollout for _, stage in adaptive_stages(model))
 
 
 def halting_cost(model: nn.Module, cost_scale: float = 1.0) -> torch.Tensor:
@@ -113,7 +113,7 @@ def halting_cost(model: nn.Module, cost_scale: float = 1.0) -> torch.Tensor:
         record = stage.record
         if record.cost is None or not stage.halting:
             continue
-        term = cost_scale * getattr(stage.method, "tau", 0.0) * record.cost.float()
+        term = cost_scale * stage.method.cost_weight * record.cost.float()
         total = term if total is None else total + term
     if total is None:
         stages = adaptive_stages(model)
