@@ -63,7 +63,8 @@ def run_command(main: Callable[[list[str]], Optional[int]], argv: Optional[Seque
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS = {
     "train": ("pact_zoo.training.train_cli", "fine-tune a model from a YAML recipe (works under accelerate launch)"),
-    "convert": ("pact_zoo.training.convert", "convert a trained model into an adaptive one: exits, then halting, in phases"),
+    "convert": ("pact_zoo.training.convert",
+                "convert a trained model into an adaptive one: exits, then halting, in phases"),
     "evaluate": ("pact_zoo.training.evaluate", "accuracy and FLOPs at several thresholds, plots"),
     "export": ("pact_zoo.hub", "write a hub-ready folder (safetensors, config.json, model card)"),
     "quickstart": ("pact_zoo.quickstart", "train pact_resnet32 on the bundled digits, evaluate, export"),

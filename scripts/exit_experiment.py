@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader
 
 from pact_zoo.cli import run_command
 from pact_zoo.fileio import atomic_write_json
-from pact_zoo.halting import adaptive_stages, full_depth, halting_report, set_threshold, truncated_depth
+from pact_zoo.halting import adaptive_stages, full_depth, set_threshold, truncated_depth
 from pact_zoo.hf import PactEncoderForSequenceClassification
 from pact_zoo.training.config import load_config
 from pact_zoo.training.evaluate import depth_spread
+from pact_zoo.training.loop import evaluate_model
 from pact_zoo.training.text_task import TextClassificationTask
 
 EXIT_RULES = ("confidence", "entropy", "patience")
@@ -54,27 +55,16 @@ def _loader(model, dataset: str, split: str, max_samples, batch_size: int, max_l
     return task, DataLoader(data.eval, batch_size=batch_size, shuffle=False, collate_fn=data.collate_fn), data
 
 
-@torch.no_grad()
 def _point(model, task, loader, **extra) -> dict:
     """Accuracy, measured FLOPs ratio, mean layers and their spread over the split, in one pass."""
-    model.eval()
-    correct, flops, full, units = 0, 0.0, 0.0, []
-    for batch in loader:
-        logits = task.forward(model, batch)
-        report = halting_report(model)
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        flops += float(report.flops.double().sum())
-        full += float(report.sample_full_flops.double().sum())
-        units.append(report.units_executed)
-    units = torch.cat(units)
-    n = units.shape[0]
-    accuracy = correct / n
+    metrics = evaluate_model(model, loader, task, keep_units=True)
+    units, accuracy = metrics["units"], metrics["accuracy"]
     spread = depth_spread(units)
-    return dict(accuracy=accuracy, flops_ratio=flops / full, mean_flops=flops / n,
-                mean_layers=float(units[:, 0].double().mean()), layers_std=spread["std"][0],
-                away_from_mode=spread["away_from_mode"][0],
-                layers_histogram=torch.bincount(units[:, 0], minlength=model.config.num_hidden_layers + 1)[1:].tolist(),
-                std_error=math.sqrt(accuracy * (1 - accuracy) / n), **extra)
+    histogram = torch.bincount(units[:, 0], minlength=model.config.num_hidden_layers + 1)[1:].tolist()
+    return dict(accuracy=accuracy, flops_ratio=metrics["flops_ratio"], mean_flops=metrics["mean_flops"],
+                mean_layers=metrics["mean_units"][0], layers_std=spread["std"][0],
+                away_from_mode=spread["away_from_mode"][0], layers_histogram=histogram,
+                std_error=math.sqrt(accuracy * (1 - accuracy) / metrics["num_samples"]), **extra)
 
 
 @torch.no_grad()

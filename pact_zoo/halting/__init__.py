@@ -22,7 +22,7 @@ from .distributions import StoppingDistribution, TruncatedGeometricPrior, logist
 from .flops import FlopsProfiler, module_flops_per_sample, recurrent_cell_flops
 from .heads import HaltingHead, VectorHaltingHead
 from .report import (
-    INPUT_SHAPE_ATTR, PROFILE_INPUTS_METHOD, HaltingReport, TrainingLoss, adaptive_stages, anytime_depth,
+    INPUT_SHAPE_ATTR, PROFILE_INPUTS_METHOD, HaltingReport, TrainingLoss, adaptive_stages, anytime_depth, eval_mode,
     training_loss, full_depth, halting_cost, halting_loss,
     halting_report, needs_rollout, needs_task_loss, self_critical_baseline, set_decision, set_execution,
     set_threshold, truncated_depth,
@@ -32,15 +32,16 @@ from .calibrate import ThresholdCalibration, calibrate_threshold
 from .synthetic import calibrate_batchnorm, synthesize_halting
 
 __all__ = [
-    "ACTHalting", "ACTMethod", "ConfidenceExit", "EntropyExit", "ExitRule", "PatienceExit", "exit_certainty", "anytime_depth", "calibrate_batchnorm", "ActiveRows", "AdaptiveStage",
-    "COST_ESTIMATORS", "DECISION_MODES",
-    "EXECUTION_MODES", "FlopsProfiler", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
-    "HaltingRecord", "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "Mixture", "NoHalting", "PACTMethod",
-    "PROFILE_INPUTS_METHOD", "PolicyGradientMethod", "RowCollector", "StopDecision", "StoppingDistribution",
-    "ThresholdCalibration", "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting", "adaptive_stages",
-    "calibrate_threshold", "check_choice", "check_number", "check_threshold", "count_true", "empty_rows", "full_depth", "get_halting_method", "halting_cost",
-    "halting_loss", "halting_report", "logistic_noise", "module_flops_per_sample", "needs_rollout",
-    "needs_task_loss", "recurrent_cell_flops", "register_halting_method", "self_critical_baseline",
-    "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking", "synthesize_halting",
-    "take_rows", "training_loss", "TrainingLoss", "truncated_depth", "validate_threshold",
+    "act_halting", "ACTHalting", "ActiveRows", "ACTMethod", "adaptive_stages", "AdaptiveStage", "anytime_depth",
+    "calibrate_batchnorm", "calibrate_threshold", "check_choice", "check_number", "check_threshold", "ConfidenceExit",
+    "COST_ESTIMATORS", "count_true", "DECISION_MODES", "empty_rows", "EntropyExit", "eval_mode", "EXECUTION_MODES",
+    "exit_certainty", "ExitRule", "FlopsProfiler", "full_depth", "get_halting_method", "halting_cost", "halting_loss",
+    "HALTING_METHODS", "halting_report", "HaltingConfig", "HaltingHead", "HaltingMethod", "HaltingRecord",
+    "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "logistic_noise", "Mixture", "module_flops_per_sample",
+    "needs_rollout", "needs_task_loss", "NoHalting", "PACTMethod", "PatienceExit", "PolicyGradientMethod",
+    "PROFILE_INPUTS_METHOD", "recurrent_cell_flops", "register_halting_method", "RowCollector",
+    "self_critical_baseline", "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking",
+    "StopDecision", "StoppingDistribution", "synthesize_halting", "take_rows", "ThresholdCalibration",
+    "training_loss", "TrainingLoss", "truncated_depth", "TruncatedGeometricPrior", "validate_threshold",
+    "VectorHaltingHead",
 ]

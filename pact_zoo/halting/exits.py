@@ -13,8 +13,9 @@ early-exit paper compares with, on the same exits and the same compact batched e
   ``k = ceil(threshold * (L - 1))``: threshold 1.0 needs L - 1 agreements after the first exit, which only the
   last unit can give (full depth).
 
-Training (``"sample"`` mode): every row runs ``d ~ Uniform{1..L}`` units and its output is that of exit d, so each
-batch trains every exit (the stage's anytime batches); there is no halting cost. Threshold 1.0 never stops early.
+Training (``anytime_training``): every training forward is the stage's anytime path, every row runs
+``d ~ Uniform{1..L}`` units and its output is that of exit d, so each batch trains every exit; there is no halting
+cost. Threshold 1.0 never stops early.
 """
 from __future__ import annotations
 
@@ -38,55 +39,21 @@ def exit_certainty(logits: torch.Tensor) -> torch.Tensor:
 
 
 class ExitRule(HaltingMethod):
-    """Base of the exit rules: anytime training (a uniform depth per row), the rule in :meth:`stop` at eval."""
+    """Base of the exit rules: trained on the stage's anytime path, the rule of :meth:`stop` at eval."""
 
     knobs = {"threshold": Knob(0.5, check_threshold, "stop rule threshold in (0, 1]; 1.0 runs every unit")}
     reads_exits = True
-    dense_training = False
+    anytime_training = True
     cost_knob = None  # no cost term: the rules learn nothing
-    num_units = 0  # the stage's L, bound by :meth:`for_stage`
-
-    def start(self, batch_size: int, device: torch.device, mode: str) -> dict[str, torch.Tensor]:
-        if mode == "sample":
-            return {"depth": torch.randint(1, self.num_units + 1, (batch_size,), device=device)}
-        return self.start_rule(batch_size, device)
-
-    def needs_heads(self, mode: str) -> bool:
-        return mode != "sample"  # training picks the depth up front, the exits' outputs are not needed to stop
 
     def decide(self, index: int, logits: torch.Tensor, carry: dict, mode: str, log: dict) -> StopDecision:
-        if mode == "sample":
-            return StopDecision(stop=carry["depth"] == index + 1)
-        if self.threshold >= 1.0:
-            self.stop(index, logits, carry)  # keep the carry of stateful rules in step
-            return StopDecision(stop=torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device))
-        return StopDecision(stop=self.stop(index, logits, carry))
-
-    def finish(self, units: int, carry: dict, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        if "depth" in carry:
-            return {}  # training: no halting decision, no cost
-        return super().finish(units, carry, rows)
+        stop = self.stop(index, logits, carry)  # also keeps the carry of stateful rules in step
+        return StopDecision(stop=stop if self.threshold < 1.0 else torch.zeros_like(stop))
 
     def mixture(self, halting_logits: torch.Tensor, training: bool) -> Mixture:
-        if training:  # the dense path in training (tracing, compilation): every unit, no cost
-            batch_size, num_units = halting_logits.shape[0], halting_logits.shape[1] + 1
-            units = torch.full((batch_size,), num_units, dtype=torch.long, device=halting_logits.device)
-            weights = torch.nn.functional.one_hot(units - 1, num_units).to(torch.float32)
-            return Mixture(weights=weights, units_executed=units, cost=None)
-        return self.rule_mixture(halting_logits)
+        return self.rule_mixture(halting_logits)  # eval only: training takes the anytime path
 
-    def for_stage(self, num_units: int) -> "ExitRule":
-        if getattr(self, "num_units", None) == num_units:
-            return self
-        bound = type(self)(**self.knob_values())
-        bound.num_units = num_units
-        return bound
-
-    # -- the rule --------------------------------------------------------------------------------------------------
-    def start_rule(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Per-row carry of the eval rule (``[B]`` tensors); none by default."""
-        return {}
-
+    # -- the rule (a stateful rule keeps its per-row carry from :meth:`start`) --------------------------------------
     def stop(self, index: int, logits: torch.Tensor, carry: dict) -> torch.Tensor:
         """``[A]`` bool: rows whose exit after unit ``index`` satisfies the rule, from ``[A, C]`` exit logits."""
         raise NotImplementedError
@@ -127,12 +94,21 @@ class PatienceExit(ExitRule):
     knobs = {"threshold": Knob(DEFAULT_PATIENCE_THRESHOLD, check_threshold,
                                "patience k = ceil(threshold * (L - 1)) agreeing exits, in (0, 1]; 1.0 runs every unit")}
 
+    num_units = 0  # the stage's L, bound by :meth:`for_stage`
+
+    def for_stage(self, num_units: int) -> "PatienceExit":
+        if self.num_units == num_units:
+            return self
+        bound = type(self)(**self.knob_values())
+        bound.num_units = num_units
+        return bound
+
     @property
     def patience(self) -> int:
         """k, the consecutive agreements that stop a row (at least 1)."""
         return max(1, math.ceil(self.threshold * (self.num_units - 1) - 1e-9))
 
-    def start_rule(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def start(self, batch_size: int, device: torch.device, mode: str) -> dict[str, torch.Tensor]:
         return {"prediction": torch.full((batch_size,), -1, dtype=torch.long, device=device),
                 "agreements": torch.zeros(batch_size, dtype=torch.long, device=device)}
 

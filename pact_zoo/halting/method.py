@@ -252,6 +252,8 @@ class HaltingMethod:
         accumulates: the output is sum_n p_n x_n over the units run (ACT) instead of the state where a row stops.
         dense_training: training runs every unit for every row and mixes them (:meth:`mixture`); False: training
             runs the compact loop with sampled stops (:meth:`decide` in ``"sample"`` mode), so it saves compute.
+        anytime_training: training forwards run the stage's anytime path (a uniform depth per row, no head, no
+            cost): for rules that learn nothing and need every exit trained (the early-exit rules).
         needs_task_loss: :meth:`loss` needs the per-sample task loss (REINFORCE).
         cost_knob: the knob that weighs the record's ``cost`` in the loss (``"tau"``), or None when the method has no
             cost term; :attr:`cost_weight` reads it.
@@ -268,6 +270,7 @@ class HaltingMethod:
     reads_exits: ClassVar[bool] = False
     accumulates: ClassVar[bool] = False
     dense_training: ClassVar[bool] = True
+    anytime_training: ClassVar[bool] = False
     needs_task_loss: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
     cost_knob: ClassVar[Optional[str]] = "tau"
@@ -348,10 +351,6 @@ class HaltingMethod:
             running = running & ~stop
         weights = torch.nn.functional.one_hot(steps - 1, num_heads + 1).to(torch.float32)
         return Mixture(weights=weights, units_executed=steps, cost=steps.to(torch.float32))
-
-    def needs_heads(self, mode: str) -> bool:
-        """Whether the compact loop runs the heads in ``mode`` (``"greedy"`` or ``"sample"``); default: always."""
-        return True
 
     # -- compact path --------------------------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device, mode: str) -> dict[str, torch.Tensor]:

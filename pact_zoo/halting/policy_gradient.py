@@ -52,7 +52,8 @@ class PolicyGradientMethod(HaltingMethod):
     """REINFORCE-trained Bernoulli halting on a sampled, compacted path; deterministic threshold rule in eval."""
 
     name = "policy_gradient"
-    paper = "Bengio, Bacon, Pineau, Precup 2016, Conditional Computation in Neural Networks for faster models, arXiv:1511.06297"
+    paper = ("Bengio, Bacon, Pineau, Precup 2016, Conditional Computation in Neural Networks for faster models, "
+             "arXiv:1511.06297")
     knobs = {
         "tau": Knob(DEFAULT_TAU, check_number(0.0), "path-loss weight of each executed unit, >= 0"),
         "threshold": Knob(DEFAULT_THRESHOLD, check_threshold, "eval rule: stop at the first h_n >= threshold"),

@@ -14,7 +14,8 @@ from .flops import _COUNTED, FlopsProfiler
 from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 
 __all__ = [
-    "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "full_depth", "halting_cost", "halting_loss",
+    "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "eval_mode", "full_depth", "halting_cost",
+    "halting_loss",
     "halting_report",
     "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
     "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD", "SAMPLE_LENGTHS_METHOD",
@@ -236,6 +237,19 @@ def training_loss(model: nn.Module, forward: Callable[[], Any], per_sample_loss:
     return TrainingLoss(loss=task_loss + cost, task_loss=task_loss, halting_loss=cost, output=output)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` inside the block; afterwards every submodule gets back its own mode (a frozen BatchNorm left
+    in eval inside a training model stays so)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # FLOPs report
 # --------------------------------------------------------------------------------------------------------------------
@@ -270,16 +284,11 @@ def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]], length: O
     cache = root.__dict__.setdefault("_halting_flops_cache", {})
     if signature in cache:
         return cache[signature]
-    modes = [(m, m.training) for m in root.modules()]  # e.g. frozen BN layers stay in eval
-    root.eval()
     count = len(adaptive_stages(root))
-    try:  # every unit and head once, also when called inside full_depth / truncated_depth (the cache outlives them)
-        with torch.no_grad(), _stage_setting(root, "truncate", [None] * count), \
-                _stage_setting(root, "full_depth", [False] * count), FlopsProfiler(root) as profiler:
-            root(*args, **kwargs)
-    finally:
-        for module, training in modes:
-            module.training = training
+    # every unit and head once, also when called inside full_depth / truncated_depth (the cache outlives them)
+    with eval_mode(root), torch.no_grad(), _stage_setting(root, "truncate", [None] * count), \
+            _stage_setting(root, "full_depth", [False] * count), FlopsProfiler(root) as profiler:
+        root(*args, **kwargs)
     unit_flops = [[profiler.get(s, "unit", n) for n in range(s.num_units)] for _, s in stages]
     head_flops = [[profiler.get(s, "head", n) for n in range(s.num_units - 1)] if s.adaptive else []
                   for _, s in stages]

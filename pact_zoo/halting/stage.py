@@ -116,7 +116,8 @@ class AdaptiveStage(nn.Module):
         record: the :class:`~pact_zoo.halting.HaltingRecord` of the last forward (None before the first).
         full_depth: run every unit and no head (:func:`~pact_zoo.halting.full_depth`).
         truncate: run exactly this many units and no head (:func:`~pact_zoo.halting.truncated_depth`), or None.
-        anytime: training forwards run a uniformly sampled number of units per row and no head
+        anytime: training forwards run a uniformly sampled number of units per row and no head (always so for a
+            method with ``anytime_training``)
             (:func:`~pact_zoo.halting.anytime_depth`).
         decision: eval stop decisions, ``"greedy"`` or ``"sample"`` (methods with ``stochastic = True``).
         buckets: ascending sub-batch sizes, or None (default). Gradient-free compact forwards then run every unit on
@@ -195,8 +196,13 @@ class AdaptiveStage(nn.Module):
     def halting(self) -> bool:
         """True when the next forward's depth comes from the halting heads (adaptive, and not switched to full,
         truncated or anytime depth)."""
-        return (self.adaptive and not self.full_depth and self.truncate is None
-                and not (self.anytime and self.training))
+        return (self.adaptive and not self.full_depth and self.truncate is None and not self._anytime_forward)
+
+    @property
+    def _anytime_forward(self) -> bool:
+        """True when the next forward runs a uniform depth per row and no head: training under ``anytime`` or under
+        a method that trains that way (``anytime_training``)."""
+        return self.training and (self.anytime or self.method.anytime_training)
 
     def extra_repr(self) -> str:
         knobs = "".join(f", {k}={v!r}" for k, v in self.method.knob_values().items())
@@ -286,7 +292,7 @@ class AdaptiveStage(nn.Module):
             return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), args, {})
         if self.truncate is not None:
             return self._forward_all(x, context, self.truncate)
-        if self.anytime and self.training:
+        if self._anytime_forward:
             return self._forward_compact(x, context, "uniform", _UniformDepth(self.num_units))
         if not self.halting:
             return self._forward_all(x, context)
@@ -345,7 +351,6 @@ class AdaptiveStage(nn.Module):
         active = ActiveRows(batch_size, device)
         steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=device)
         carry = method.start(batch_size, device, mode)
-        run_heads = method.uses_heads and method.needs_heads(mode)
         log: dict[str, list] = defaultdict(list)
         pieces = RowCollector(batch_size)
         values: dict[str, RowCollector] = {}
@@ -360,7 +365,7 @@ class AdaptiveStage(nn.Module):
         for n in range(self.num_units):
             num_rows = state.shape[0]
             if n < self.num_units - 1:
-                logits = self._halting_logit(n, state, context) if run_heads else None
+                logits = self._halting_logit(n, state, context) if method.uses_heads else None
                 decision = method.decide(n, logits, carry, mode, log)
                 stop, weight = decision.stop, decision.weight
                 if live is not None:
@@ -418,7 +423,7 @@ class AdaptiveStage(nn.Module):
         row_values = {key: collector.assemble() for key, collector in values.items()}
         record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=self.num_units,
                                method=method, log_prob=row_values.pop("log_prob", None),
-                               heads_ran=run_heads)
+                               heads_ran=method.uses_heads)
         if mode in ("sample", "uniform") and self.training and torch.is_grad_enabled():
             record.terms = method.terms(log, row_values)
             # units no row reached get no gradient; a zero-valued touch keeps every parameter in the graph (DDP)

@@ -54,7 +54,7 @@ class HaltingModelMixin:
         """``pact_zoo.set_threshold(self, threshold)``: the eval rule's threshold, saved with the config."""
         set_threshold(self, threshold)
 
-    # -- losses ---------------------------------------------------------------------------------------------------------
+    # -- losses -------------------------------------------------------------------------------------------------------
     def _rollout_baseline(self, labels: Optional[torch.Tensor],
                           greedy_loss: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
         """Policy-gradient halting with the self-critical baseline: the ``[B]`` path loss of the deterministic rule,
@@ -78,7 +78,8 @@ class HaltingModelMixin:
     @classmethod
     def register_for_auto_class(cls, auto_class: Union[str, type] = "AutoModel") -> None:
         """No-op: every :meth:`save_pretrained` already ships the code and an ``auto_map`` for every Auto class."""
-        logger.info(f"{cls.__name__}: checkpoints always carry their remote code; register_for_auto_class is not needed")
+        logger.info(f"{cls.__name__}: checkpoints always carry their remote code; register_for_auto_class is not "
+                    "needed")
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained`` (``config.json`` + ``model.safetensors``), plus remote code:

@@ -795,7 +795,8 @@ class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
 
 
 __all__ = [
-    "IGNORE_INDEX", "PactEncoderExit", "PactEncoderHaltingHead", "pool_tokens", "sentence_transformers_pooling", "PactEncoderForSequenceClassification", "PactEncoderForTokenClassification", "PactEncoderModel",
+    "IGNORE_INDEX", "PactEncoderExit", "PactEncoderHaltingHead", "pool_tokens", "sentence_transformers_pooling",
+    "PactEncoderForSequenceClassification", "PactEncoderForTokenClassification", "PactEncoderModel",
     "PactEncoderModelOutput", "PactEncoderPreTrainedModel", "PactEncoderSequenceClassifierOutput",
     "PactEncoderTokenClassifierOutput", "remote_code_files",
 ]

@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "read_yaml_mapping", "add_config_arguments", "config_from_args", "FIELD_HELP",
-           "MERGED_FIELDS"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "read_yaml_mapping", "add_config_arguments", "config_from_args",
+           "FIELD_HELP", "MERGED_FIELDS"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")

@@ -27,8 +27,6 @@ from .run_dir import MODEL_DIR
 
 __all__ = ["ConversionPlan", "load_conversion", "convert", "main"]
 
-#: recipe keys that are not training-config fields
-CONVERSION_KEYS = ("source", "phases")
 #: summary of a conversion, written into its output_dir
 SUMMARY_FILE = "conversion.json"
 

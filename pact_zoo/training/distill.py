@@ -9,14 +9,13 @@
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..halting import full_depth
+from ..halting import eval_mode, full_depth
 from .tasks import halting_head_parameters
 
 __all__ = ["freeze_source_weights", "distillation_loss", "teacher_logits"]
@@ -61,24 +60,13 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return (log_teacher.exp() * (log_teacher - log_student)).sum(-1) * temperature ** 2
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 @torch.no_grad()
 def teacher_logits(forward: Callable[[nn.Module], torch.Tensor], model: nn.Module,
                    teacher: Optional[nn.Module] = None) -> torch.Tensor:
     """The teacher's ``[B, C]`` logits in eval mode without gradient: ``teacher`` if given, else ``model`` at full
     depth (its own full network). ``forward(module)`` runs a module on the batch."""
     if teacher is not None:
-        with _eval_mode(teacher):
+        with eval_mode(teacher):
             return forward(teacher)
-    with _eval_mode(model), full_depth(model):
+    with eval_mode(model), full_depth(model):
         return forward(model)

@@ -35,17 +35,6 @@ def _halting_methods(model: nn.Module) -> set[str]:
     return {stage.method.name for _, stage in adaptive_stages(model) if stage.adaptive}
 
 
-@torch.no_grad()
-def _per_sample_units(model: nn.Module, loader: DataLoader, task) -> torch.Tensor:
-    """``[N, S]`` units executed per eval sample, in dataset order."""
-    model.eval()
-    units = []
-    for batch in loader:
-        task.forward(model, batch)
-        units.append(task.report(model)[1])
-    return torch.cat(units)
-
-
 def depth_spread(units: torch.Tensor) -> Dict[str, list]:
     """How much the depth varies per input, per stage, from ``[N, S]`` units executed at the model's own rule:
     the standard deviation of the units and the share of samples away from the stage's most common depth (0: every
@@ -246,7 +235,7 @@ def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
     model.eval()
     result = evaluate_tradeoff(model, task, loader, thresholds or config.eval_thresholds)
     result.update(model=config.model, dataset=config.dataset)
-    units = _per_sample_units(model, loader, task)
+    units = evaluate_model(model, loader, task, keep_units=True)["units"]
     stages = [stage for _, stage in adaptive_stages(model)]
     _plot_tradeoff(result, output_dir / TRADEOFF_PLOT, f"{config.model} on {config.dataset}")
     rule = _rule_name(result)

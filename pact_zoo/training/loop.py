@@ -85,11 +85,14 @@ def _tensorboard_available() -> bool:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None) -> Dict[str, Any]:
-    """Accuracy, mean FLOPs per sample and mean units per stage of an eval pass (deterministic halting)."""
+def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
+                   keep_units: bool = False) -> Dict[str, Any]:
+    """Accuracy, mean FLOPs per sample and mean units per stage of an eval pass (deterministic halting); with
+    ``keep_units`` also ``units``, the ``[N, S]`` units run per sample and stage, in loader order."""
     model.eval()
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
     correct, count, flops_sum, full_sum, units_sum = 0, 0, 0.0, 0.0, None
+    per_sample = []
     for batch in loader:
         logits = task.forward(model, batch)
         flops, units, full = task.report(unwrapped)
@@ -102,9 +105,11 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None)
         count += labels.numel()
         flops_sum += float(flops.double().sum())
         full_sum += float(full.double().sum())
+        if keep_units:
+            per_sample.append(units.long().cpu())
         units = units.double().sum(0)
         units_sum = units if units_sum is None else units_sum + units
-    return {
+    result = {
         "accuracy": correct / max(count, 1),
         "mean_flops": flops_sum / max(count, 1),
         "full_flops": full_sum / max(count, 1),
@@ -112,6 +117,9 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None)
         "mean_units": (units_sum / max(count, 1)).tolist() if units_sum is not None else [],
         "num_samples": count,
     }
+    if keep_units:
+        result["units"] = torch.cat(per_sample)
+    return result
 
 
 def _progress_enabled() -> bool:
