@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ..acm.convert import acm_modules, acmize_structure, split_ffn, split_linear
+from ._checkpoint import build_model
 from ._helpers import record_input_shape
 
 __all__ = ["AcmVisionTransformer"]
@@ -61,7 +62,7 @@ def _convert_checkpoint(state_dict: dict[str, torch.Tensor], model: AcmVisionTra
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AcmVisionTransformer:
     out_indices = kwargs.pop("out_indices", 3)  # as timm's ViT: the last 3 blocks (every block keeps its depth)
-    return build_model_with_cfg(AcmVisionTransformer, variant, pretrained, pretrained_filter_fn=_convert_checkpoint,
+    return build_model(AcmVisionTransformer, variant, pretrained, pretrained_filter_fn=_convert_checkpoint,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 

@@ -25,12 +25,13 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 import timm
 import torch
 from timm.layers import get_act_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
 from .adaptive import SequentialAdaptiveStage, head_device_dtype, register_adaptive_family
+from ._checkpoint import build_model
 from ._helpers import add_halting_heads_filter, begin_forward
 
 __all__ = ["AdaptiveResNet", "AdaptiveResNetStage", "MIN_INPUT_SIZE"]
@@ -167,7 +168,7 @@ register_adaptive_family(ResNet, AdaptiveResNet)
 
 
 def _create_pact_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AdaptiveResNet:
-    return build_model_with_cfg(
+    return build_model(
         AdaptiveResNet,
         variant,
         pretrained,

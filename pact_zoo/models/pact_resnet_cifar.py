@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.layers import create_classifier, get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
+from ._checkpoint import build_model
 from ._helpers import add_halting_heads_filter, begin_forward
 
 __all__ = ["CifarResNet", "PreActBasicUnit"]
@@ -248,7 +249,7 @@ class CifarResNet(nn.Module):
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return build_model_with_cfg(
+    return build_model(
         CifarResNet,
         variant,
         pretrained,
