@@ -79,10 +79,10 @@ def test_training_step_reaches_heads_and_features():
     assert all(p.grad is not None for p in model.parameters())
     assert any(p.grad.abs().sum() > 0 for p in model.blocks.heads.parameters())
     model.eval()
-    feats = model.forward_intermediates(x, intermediates_only=True)
-    assert len(feats) == 1 and feats[0].shape == (4, 32, 2, 2)
+    feats = model.forward_intermediates(x, intermediates_only=True)  # every block, at full depth
+    assert len(feats) == TINY["depth"] and all(f.shape == (4, 32, 2, 2) for f in feats)
     features = timm.create_model("pact_vit_tiny_patch16_224", features_only=True, **TINY).eval()
-    assert features(x)[0].shape == (4, 32, 2, 2)
+    assert [f.shape for f in features(x)] == [(4, 32, 2, 2)] * 3  # timm's default: the last 3 blocks
     with pytest.raises(ValueError, match="attn_mask"):
         model(x, attn_mask=torch.ones(5, 5, dtype=torch.bool))
 

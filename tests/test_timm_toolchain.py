@@ -64,7 +64,10 @@ def test_fx_feature_extraction(name):
     model, x = build(name)
     with torch.no_grad():
         model(x)  # halting_report profiles the input shape of the model's own last call
-    last = model.feature_info[-1]["module"]
+    # the adaptive ViT's feature points are its blocks (run at full depth by forward_intermediates); traced, its
+    # blocks are one leaf node, ``blocks``: the halted tokens, which the final norm turns into forward_features
+    adaptive_vit = FAMILY[name] == "pact_vit"
+    last = "blocks" if adaptive_vit else model.feature_info[-1]["module"]
     vit = FAMILY[name] in ("pact_vit", "acm_vit")
     extract = timm_create_feature_extractor if name in NEEDS_TIMM_LEAVES else create_feature_extractor
     extractor = extract(model, return_nodes={last: "feat"}).eval()
@@ -72,15 +75,22 @@ def test_fx_feature_extraction(name):
     with torch.no_grad():
         feat = extractor(x)["feat"]
         units = pact_zoo.halting_report(model).units_executed if halting else None
-        reference = model.forward_intermediates(x, indices=[len(model.feature_info) - 1], intermediates_only=True,
-                                                **({"output_fmt": "NLC"} if vit else {}))[0]
-    if vit:  # the node gives every token, forward_intermediates the patch tokens
+        if adaptive_vit:
+            feat, reference = model.norm(feat), model.forward_features(x)
+        else:
+            reference = model.forward_intermediates(x, indices=[len(model.feature_info) - 1], intermediates_only=True,
+                                                    **({"output_fmt": "NLC"} if vit else {}))[0]
+    if vit and not adaptive_vit:  # the node gives every token, forward_intermediates the patch tokens
         feat = feat[:, model.num_prefix_tokens:]
     torch.testing.assert_close(feat, reference)
     if units is not None:  # the traced stage halted as the model does
         assert torch.equal(units, pact_zoo.halting_report(model).units_executed)
 
     kwargs, shape = tiny(name)
+    if adaptive_vit:  # features_only runs through forward_intermediates (full depth): timm's getter only
+        with pytest.raises(ValueError, match="feature_cls must be 'getter'"):
+            timm.create_model(name, features_only=True, feature_cls="fx", **kwargs)
+        return
     features = timm.create_model(name, features_only=True, feature_cls="fx", **kwargs).eval()
     with torch.no_grad():
         outs = features(torch.randn(2, *shape))

@@ -16,8 +16,12 @@ State-dict layout: every backbone key is timm's (``blocks.5.attn.qkv.weight``); 
 ``pretrained_cfg_overlay=dict(file=...)``) load with fresh heads; :func:`pact_zoo.make_adaptive` converts a timm
 ``VisionTransformer`` in place; both run :meth:`AdaptiveVisionTransformer.add_halting`.
 
-Features: the blocks are one adaptive stage, so there is one feature point, ``blocks`` (the tokens after the
-sample's last block, before the final norm): ``features_only=True`` / ``forward_intermediates`` return it.
+Features: as timm's ViT, every block is a feature point (``feature_info``: ``blocks.0`` ... ``blocks.<L-1>``).
+A block's tokens exist for every image only when every image runs it, so ``forward_intermediates`` and
+``features_only=True`` (timm's ``FeatureGetterNet``, the last 3 blocks by default, ``out_indices`` as in timm) run the
+blocks at **full depth**: no halting head runs and the stage's record says every block ran. The normal forward halts
+as above. ``prune_intermediate_layers`` keeps the blocks up to the last index; pruning the classifier head (what
+``features_only`` does) also removes the halting heads, so the feature model is timm's full-depth backbone.
 
 Papers:
 * PACT: Figurnov, Sobolev, Vetrov, "Probabilistic Adaptive Computation Time", arXiv:1712.00386.
@@ -25,16 +29,17 @@ Papers:
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.layers import get_act_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from ..halting import HaltingConfig, HaltingHead
+from ..halting import HaltingConfig, HaltingHead, HaltingRecord
+from ._checkpoint import build_model
 from ._helpers import add_halting_heads_filter, begin_forward, is_tracing
 from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
@@ -120,7 +125,8 @@ class AdaptiveVisionTransformer(VisionTransformer):
                      for _ in range(len(units) - 1)]
         self.blocks = SequentialAdaptiveStage(units, heads, method=halting_cfg)
         reduction = self.feature_info[-1]["reduction"]
-        self.feature_info = [dict(module="blocks", num_chs=self.embed_dim, reduction=reduction)]
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=reduction)
+                             for i in range(len(units))]  # timm's layout: one point per block
         self.halting_cfg = halting_cfg
         self.min_input_size = max(self.patch_embed.patch_size)
         self.grad_checkpointing = False
@@ -155,6 +161,13 @@ class AdaptiveVisionTransformer(VisionTransformer):
             raise ValueError("attn_mask / is_causal are not supported by the adaptive blocks (per-sample depth); "
                              "got a mask")
 
+    def _run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``index`` on every row (full depth), checkpointed as the stage checkpoints its units."""
+        block = self.blocks[index]
+        if self.blocks.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -167,24 +180,54 @@ class AdaptiveVisionTransformer(VisionTransformer):
             output_dict: bool = False,
             attn_mask: Optional[torch.Tensor] = None,
             is_causal: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """The one feature point ``blocks`` (index 0): tokens after each sample's last block, as timm's
-        ``forward_intermediates`` formats them (``NCHW`` or ``NLC``, prefix tokens split off)."""
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]], Dict[str, Any]]:
+        """timm's ``forward_intermediates`` at **full depth**: every block runs on every image and no halting head
+        runs (a block's tokens are defined for every image only then); the stage's record says so.
+
+        Args:
+            x: ``[B, in_chans, H, W]`` images.
+            indices: blocks to return: the last n blocks for an int, every block for None, else these indices.
+            return_prefix_tokens: each intermediate is ``(spatial, prefix)`` with the ``[B, P, D]`` prefix tokens.
+            norm: apply the final norm to the intermediates.
+            stop_early: stop after the last requested block (the final output is then that block's, normed).
+            output_fmt: ``"NCHW"`` (``[B, D, H/p, W/p]``) or ``"NLC"`` (``[B, H/p * W/p, D]``).
+            intermediates_only: return the intermediates only.
+            output_dict: return ``{"image_intermediates", "image_features", "image_intermediates_prefix"}`` as timm.
+
+        Returns:
+            ``(final, intermediates)`` with ``final`` ``[B, N, D]`` (the normed tokens after the last block run), the
+            intermediates alone, or the dict.
+        """
         self._no_mask(attn_mask, is_causal)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        if output_dict:
-            raise ValueError("output_dict=True is not supported by the adaptive ViT; use the list output")
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         height, width = x.shape[-2:]
-        x = self.blocks(self._embed(x))
-        feat = self.norm(x) if norm else x
-        prefix, spatial = feat[:, :self.num_prefix_tokens], feat[:, self.num_prefix_tokens:]
+        x = self._embed(x)
+        depth = max_index + 1 if stop_early else len(self.blocks)
+        intermediates = []
+        for index in range(depth):
+            x = self._run_block(index, x)
+            if index in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        self.blocks.record = HaltingRecord(  # as the stage's own full-depth forward records it
+            units_executed=torch.full((x.shape[0],), depth, dtype=torch.long, device=x.device), cost=None,
+            num_units=len(self.blocks), method=self.blocks.method)
+        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates] if self.num_prefix_tokens else None
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
         if output_fmt == "NCHW":
             grid_h, grid_w = self.patch_embed.dynamic_feat_size((height, width))
-            spatial = spatial.reshape(spatial.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
-        feature: Any = (spatial, prefix) if return_prefix_tokens and self.num_prefix_tokens else spatial
-        intermediates = [feature for _ in take_indices]
+            intermediates = [y.reshape(y.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]
+        if output_dict:
+            result: Dict[str, Any] = {"image_intermediates": intermediates}
+            if prefix_tokens is not None and return_prefix_tokens:
+                result["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                result["image_features"] = self.norm(x)
+            return result
+        if return_prefix_tokens and prefix_tokens is not None:
+            intermediates = list(zip(intermediates, prefix_tokens))
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
@@ -195,14 +238,36 @@ class AdaptiveVisionTransformer(VisionTransformer):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """The blocks are one feature point: nothing to cut; the norm and head are pruned as in timm."""
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        """Keep the blocks up to the last of ``indices`` (as timm). ``prune_head`` (what ``features_only`` does)
+        also removes the halting heads: the pruned model is a full-depth feature backbone (method ``"none"``);
+        with ``prune_head=False`` the kept blocks keep their heads and halt as before."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        if prune_head or max_index + 1 < len(self.blocks):
+            self._keep_blocks(max_index + 1, halting=not prune_head)
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.fc_norm = nn.Identity()
             self.reset_classifier(0, "")
         return take_indices
+
+    def _keep_blocks(self, depth: int, halting: bool) -> None:
+        """Rebuild the stage over the first ``depth`` blocks, with their halting heads (and the stage's method and
+        settings) when ``halting``, else with none (method ``"none"``: full depth)."""
+        old = self.blocks
+        units = list(old)[:depth]
+        if halting:
+            heads = list(old.heads)[:depth - 1] if old.heads is not None else None
+            stage = SequentialAdaptiveStage(units, heads, method=old.method, execution=old.execution)
+            if old.method_state is not None and stage.method_state is not None:
+                stage.method_state.load_state_dict(old.method_state.state_dict())
+            stage.decision = old.decision
+        else:
+            self.halting_cfg = HaltingConfig("none")
+            stage = SequentialAdaptiveStage(units, None, method=self.halting_cfg, execution=old.execution)
+        stage.grad_checkpointing = old.grad_checkpointing
+        stage.train(old.training)
+        self.blocks = stage
 
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
@@ -236,14 +301,29 @@ _BACKBONES = {
 MIN_INPUT_SIZE = 16
 
 
+def _check_feature_cls(kwargs: dict) -> None:
+    """``features_only`` runs through ``forward_intermediates`` (full depth): timm's ``FeatureGetterNet`` only. Hook-,
+    list- and FX-based wrappers would read blocks inside the adaptive stage, where halted images have left the
+    batch."""
+    feature_cls = kwargs.get("feature_cls", "getter")
+    if not kwargs.get("features_only") or feature_cls == "getter" or (
+            isinstance(feature_cls, type) and issubclass(feature_cls, FeatureGetterNet)):
+        return
+    raise ValueError(f"feature_cls must be 'getter' for the adaptive ViT (features_only runs every block at full "
+                     f"depth through forward_intermediates), got {feature_cls!r}; for the halted tokens trace the "
+                     f"model with return_nodes={{'blocks': ...}}")
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AdaptiveVisionTransformer:
     backbone, _ = _BACKBONES[variant]
+    _check_feature_cls(kwargs)
+    out_indices = kwargs.pop("out_indices", 3)  # as timm's ViT: the last 3 blocks
 
     def model_cls(**model_kwargs: Any) -> AdaptiveVisionTransformer:
         return adaptive_from_timm(backbone, **model_kwargs)
 
-    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=_filter_fn,
-                                feature_cfg=dict(out_indices=(0,), feature_cls="getter"), **kwargs)
+    return build_model(model_cls, variant, pretrained, pretrained_filter_fn=_filter_fn,
+                       feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
