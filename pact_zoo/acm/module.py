@@ -331,7 +331,7 @@ class AdaptiveWidth(nn.Module):
         if self.min_learners:
             log_prob = log_prob.clone()
             log_prob[:, :self.min_learners] = 0.0
-        out = self._run_blocks(flat, run)
+        out = self._masked_blocks(flat, run) if flat.device.type == "meta" else self._run_blocks(flat, run)
         go = torch.sigmoid(logits)
         # the core's regularisers, one "head" per block: L_b per block over tokens, L_e per token over blocks
         terms = self.method.terms({"go": list(go.unbind(1))}, {"go_mean": go.mean(1)})
@@ -341,9 +341,12 @@ class AdaptiveWidth(nn.Module):
 
     def _forward_eval(self, flat: torch.Tensor):
         logits = self.gate_logits(flat)
+        # meta tensors (timm's device="meta" construction and shape checks) have no values to group tokens by
+        # (bincount, row counts): the masked path gives the same shapes
+        masked = self.execution == "masked" or flat.device.type == "meta"
         if self.gating == "acm":
             k = self._eval_choice(logits)
-            if self.execution == "masked":
+            if masked:
                 prefixes = self.all_prefixes(flat)
                 out = prefixes.gather(1, k.view(-1, 1, 1).expand(-1, 1, prefixes.shape[-1])).squeeze(1)
             else:
@@ -353,16 +356,19 @@ class AdaptiveWidth(nn.Module):
             run = self._force_min(sampled_stop(logits.clamp(-logit_threshold(0.99), logit_threshold(0.99)))[0])
         else:
             run = self._eval_blocks(logits)
-        if self.execution == "masked":
-            out = torch.einsum("nk,nko->no", run.to(flat.dtype), self._learner_outputs(flat)) + self.b2
-        else:
-            out = self._run_blocks(flat, run)
+        out = self._masked_blocks(flat, run) if masked else self._run_blocks(flat, run)
         units = run.sum(1)
         return out, units, units.float() / self.num_learners, {}
+
+    def _masked_blocks(self, flat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
+        """Condnet reference: every learner on every token, ``[N, K]`` ``run`` masks their ``[N, K, D_out]`` outputs."""
+        return torch.einsum("nk,nko->no", run.to(flat.dtype), self._learner_outputs(flat)) + self.b2
 
     def _run_prefixes(self, flat: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Compact ACM: tokens grouped by k (one host synchronisation); group k runs the first k learners as one
         pair of GEMMs of width k*h on its gathered rows; results are scattered back once."""
+        if flat.shape[0] == 0:  # an empty batch: no group to run
+            return self._prefix(flat, 0)
         counts = torch.bincount(k, minlength=self.num_learners + 1).tolist()
         order = torch.argsort(k, stable=True)
         collector = RowCollector(flat.shape[0])
