@@ -267,6 +267,58 @@ def test_bad_knobs_name_the_argument():
         acm.AdaptiveWidth(8, 4, num_learners=2, min_learners=3)
 
 
+def test_acmize_twice_says_already_acmized():
+    model = acm.acmize(tiny_vit())
+    with pytest.raises(ValueError, match="already ACMized"):
+        acm.acmize(model)
+    with pytest.raises(ValueError, match="already ACMized"):
+        acm.acmize_structure(timm.create_model("acm_vit_tiny_patch16_224", img_size=16, depth=1))
+
+
+@pytest.mark.parametrize("batches, match", [
+    ([], "at least one batch, got an empty list"),
+    (iter([torch.randn(2, 3, 16, 16)]), "re-iterable"),
+    ((b for b in [torch.randn(2, 3, 16, 16)]), "re-iterable"),
+])
+def test_convert_rejects_empty_or_one_shot_batches(batches, match):
+    with pytest.raises(ValueError, match=match):
+        acm.convert(tiny_vit(), batches, lambda logits, batch: logits.sum(-1), beta=0.5)
+
+
+def test_phases_reject_empty_batches():
+    original = tiny_vit()
+    model = acm.acmize(copy.deepcopy(original))
+    for phase in (acm.distill_modules, acm.pretrain_gates, acm.prefix_errors):
+        with pytest.raises(ValueError, match="at least one batch"):
+            phase(model, original, [])
+    with pytest.raises(ValueError, match="at least one batch"):
+        acm.distill_modules(model, original, (b for b in []))  # a one-shot iterator read once: checked as it runs
+    with pytest.raises(ValueError, match="at least one batch"):
+        acm.finetune(model, [], lambda logits, batch: logits.sum(-1), beta=0.5)
+
+
+@pytest.mark.parametrize("num_learners", [3, 5, 7])
+def test_full_width_is_exact_when_learners_do_not_divide_the_width(num_learners):
+    original = tiny_vit()  # MLP width 64: 3, 5, 7 learners do not divide it
+    model = acm.acmize(copy.deepcopy(original), num_learners=num_learners).eval()
+    module = acm.acm_modules(model)[0][1]
+    assert module.num_learners * module.hidden_features >= 64  # every hidden unit has a learner
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad(), pact_zoo.full_depth(model):
+        torch.testing.assert_close(model(x), original(x), atol=1e-5, rtol=1e-5)
+
+
+def test_empty_batch_in_eval_gives_an_empty_output():
+    for gating in GATINGS:
+        model, _ = build("vit", gating)
+        model.eval()
+        for execution in ("compact", "masked"):
+            pact_zoo.set_execution(model, execution)
+            with torch.no_grad():
+                assert model(torch.randn(0, 3, 16, 16)).shape == (0, 3)
+            assert pact_zoo.halting_report(model).flops.shape == (0,)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="two-process CPU DDP test runs on Linux")
 def test_two_process_ddp(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -1,8 +1,9 @@
 """ACMize a pretrained model: replace the MLP / FFN blocks (and optionally the attention projections) of a timm
 ViT / DeiT or a Hugging Face BERT encoder with :class:`~pact_zoo.acm.AdaptiveWidth` modules (Wójcik et al. 2023).
 
-Learner widths follow the paper's FLOPs rule: K learners of an FFN ``D -> H -> D`` have width ``H / K`` (the K
-learners together cost what the original block costs); a projection ``D_in -> D_out`` becomes K low-rank learners of
+Learner widths follow the paper's FLOPs rule: K learners of an FFN ``D -> H -> D`` have width ``ceil(H / K)`` (the
+K learners together cost what the original block costs; when K does not divide H the last ``K*ceil(H/K) - H`` hidden
+units are padding that starts at zero output); a projection ``D_in -> D_out`` becomes K low-rank learners of
 width ``D_in*D_out / (K (D_in + D_out))``. ``init="split"`` (default, pact_zoo's choice) starts the learners from the
 pretrained weights: an FFN's hidden units, ordered by ``|w1_j| |w2_j|``, are cut into K groups (with an elementwise
 activation the K learners then add up to the original block exactly), a projection's learners take consecutive
@@ -12,6 +13,7 @@ fresh initialisation. Every module remembers in ``source`` which original module
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -52,15 +54,19 @@ class _Lambda(nn.Module):
 def split_ffn(module: AdaptiveWidth, w_fc1: torch.Tensor, b_fc1: Optional[torch.Tensor], w_fc2: torch.Tensor,
               b_fc2: Optional[torch.Tensor]) -> None:
     """Learners from the pretrained hidden units (``w_fc1`` ``[H, D_in]``, ``w_fc2`` ``[D_out, H]``), most important
-    first (``|w1_j| |w2_j|``); learners beyond H hidden units keep their random init."""
+    first (``|w1_j| |w2_j|``). Hidden units beyond H (K*h > H when K does not divide H) keep their random ``w1`` and
+    get zero ``w2`` rows: they add nothing until trained, so K learners of the full width give the original block
+    exactly."""
     width = module.num_learners * module.hidden_features
     score = w_fc1.float().norm(dim=1) * w_fc2.float().norm(dim=0)
     order = torch.argsort(score, descending=True)[:width]
     n = order.shape[0]
     module.w1[:n].copy_(w_fc1[order])
     module.w2[:n].copy_(w_fc2[:, order].t())
+    module.w2[n:].zero_()
     if module.b1 is not None:
         module.b1[:n].copy_(b_fc1[order] if b_fc1 is not None else torch.zeros(n))
+        module.b1[n:].zero_()
     if b_fc2 is not None:
         module.b2.copy_(b_fc2)
 
@@ -82,9 +88,11 @@ def split_linear(module: AdaptiveWidth, weight: torch.Tensor, bias: Optional[tor
 
 def _ffn_module(fc1: nn.Linear, fc2: nn.Linear, act, num_learners: int, width_factor: float, init: str,
                 source: tuple[str, str], **kwargs) -> AdaptiveWidth:
-    hidden = max(1, round(width_factor * fc1.out_features / num_learners))
-    module = AdaptiveWidth(fc1.in_features, hidden, num_learners, fc2.out_features, act_layer=_activation(act),
-                           bias=fc1.bias is not None, **kwargs)
+    # ceil: K learners cover every hidden unit even when K does not divide H (split_ffn zeroes the padding)
+    hidden = max(1, math.ceil(width_factor * fc1.out_features / num_learners - 1e-9))
+    with torch.device(fc1.weight.device):  # on the weights' device (meta included: timm's device="meta")
+        module = AdaptiveWidth(fc1.in_features, hidden, num_learners, fc2.out_features, act_layer=_activation(act),
+                               bias=fc1.bias is not None, **kwargs)
     if init == "split":
         split_ffn(module, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
     elif fc2.bias is not None:
@@ -98,8 +106,9 @@ def _linear_module(linear: nn.Linear, num_learners: int, width_factor: float, in
                    source: tuple[str, str], **kwargs) -> AdaptiveWidth:
     d_in, d_out = linear.in_features, linear.out_features
     hidden = max(1, round(width_factor * d_in * d_out / (num_learners * (d_in + d_out))))
-    module = AdaptiveWidth(d_in, hidden, num_learners, d_out, act_layer=None, bias=False,
-                           min_learners=min_learners, **kwargs)
+    with torch.device(linear.weight.device):
+        module = AdaptiveWidth(d_in, hidden, num_learners, d_out, act_layer=None, bias=False,
+                               min_learners=min_learners, **kwargs)
     if init == "split":
         split_linear(module, linear.weight, linear.bias)
     elif linear.bias is not None:
@@ -141,6 +150,10 @@ def acmize_structure(model: nn.Module, num_learners: int = 4, gating: str = "acm
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if not (isinstance(width_factor, (int, float)) and width_factor > 0):
         raise ValueError(f"width_factor must be a number > 0, got {width_factor!r}")
+    existing = acm_modules(model)
+    if existing:
+        raise ValueError(f"model is already ACMized ({type(model).__name__} holds {len(existing)} AdaptiveWidth "
+                         f"modules, e.g. {existing[0][0]!r}): acmize a copy of the original model instead")
     common = dict(kwargs, gating=gating)
     replaced = 0
     timm_mlps = [name for name, m in model.named_modules() if _is_timm_mlp(m) and name.endswith("mlp")]

@@ -17,7 +17,7 @@ Each phase works on one process or many (``torch.distributed`` initialised, e.g.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable, Optional
 
 import torch
@@ -30,7 +30,7 @@ from .convert import acm_modules, gate_parameters, learner_parameters
 from .module import AdaptiveWidth
 
 __all__ = ["budget_loss", "distill_modules", "finetune", "gate_labels", "pretrain_gates", "prefix_errors",
-           "default_forward", "check_beta", "DEFAULT_ERROR_FACTOR", "DEFAULT_BUDGET_WEIGHT"]
+           "default_forward", "check_batches", "check_beta", "DEFAULT_ERROR_FACTOR", "DEFAULT_BUDGET_WEIGHT"]
 
 #: Phase-2 label rule of the paper's code (``gating_error_factor``).
 DEFAULT_ERROR_FACTOR = 1.2
@@ -87,6 +87,31 @@ def _capture(original: nn.Module, pairs, batch: Any, forward: Forward) -> list[t
     return [(inputs[i], outputs[i]) for i in range(len(pairs))]
 
 
+def check_batches(batches: Iterable, passes: int = 2, what: str = "batches") -> None:
+    """Raise a one-line ValueError when ``batches`` holds no batch, or is a one-shot iterator (a generator) that
+    ``passes`` > 1 passes over it (epochs, phases) would exhaust after the first. A one-shot iterator read once is
+    not inspected here (looking would consume a batch): the phase raises if it yields none."""
+    if isinstance(batches, Iterator):
+        if passes > 1:
+            raise ValueError(f"{what} must be re-iterable (a list of batches or a DataLoader) for {passes} passes, "
+                             f"got a one-shot {type(batches).__name__}")
+        return
+    try:
+        empty = len(batches) == 0  # type: ignore[arg-type]
+    except TypeError:  # no len: look at the first batch of a fresh pass
+        empty = next(iter(batches), _NO_BATCH) is _NO_BATCH
+    if empty:
+        raise ValueError(f"{what} must hold at least one batch, got an empty {type(batches).__name__}")
+
+
+def _check_seen(count: int, what: str = "batches") -> None:
+    if count == 0:
+        raise ValueError(f"{what} must hold at least one batch, got none")
+
+
+_NO_BATCH = object()
+
+
 def _average_gradients(params: list[nn.Parameter]) -> None:
     """Mean of the gradients over processes (no-op on one process)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -112,6 +137,7 @@ def distill_modules(model: nn.Module, original: nn.Module, batches: Iterable, ep
     Returns:
         per epoch, the mean MSE of each prefix k = 0..K over the epoch (``[epochs][K+1]``, averaged over modules).
     """
+    check_batches(batches, epochs)
     pairs = _pairs(original, model)
     params = learner_parameters(model)
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -133,7 +159,8 @@ def distill_modules(model: nn.Module, original: nn.Module, batches: Iterable, ep
             per_prefix = per_prefix / len(pairs)
             sums = per_prefix if sums is None else sums + per_prefix
             count += 1
-        history.append((sums / max(count, 1)).tolist())
+        _check_seen(count)
+        history.append((sums / count).tolist())
     return history
 
 
@@ -141,6 +168,7 @@ def distill_modules(model: nn.Module, original: nn.Module, batches: Iterable, ep
 def prefix_errors(model: nn.Module, original: nn.Module, batches: Iterable,
                   forward: Forward = default_forward) -> list[float]:
     """Mean MSE of every prefix k = 0..K against the original modules' outputs (averaged over modules)."""
+    check_batches(batches, 1)
     pairs = _pairs(original, model)
     total, count = None, 0
     for batch in batches:
@@ -148,6 +176,7 @@ def prefix_errors(model: nn.Module, original: nn.Module, batches: Iterable,
             errors = ((module.all_prefixes(x) - y.unsqueeze(1)) ** 2).mean(dim=(0, 2))
             total = errors if total is None else total + errors
             count += 1
+    _check_seen(count)
     return (total / count).tolist()
 
 
@@ -174,6 +203,7 @@ def pretrain_gates(model: nn.Module, original: nn.Module, batches: Iterable, epo
     """Phase 2: gates learn the labels of :func:`gate_labels` (ACM: cross-entropy over k; condnet: binary
     cross-entropy of "block i on" = i < label). Only gate weights train; returns the mean loss per epoch."""
     check_number(1.0)("error_factor", error_factor)
+    check_batches(batches, epochs)
     pairs = _pairs(original, model)
     params = gate_parameters(model)
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -198,7 +228,8 @@ def pretrain_gates(model: nn.Module, original: nn.Module, batches: Iterable, epo
             optimizer.step()
             total += float(loss.detach()) / len(pairs)
             count += 1
-        history.append(total / max(count, 1))
+        _check_seen(count)
+        history.append(total / count)
     return history
 
 
@@ -253,6 +284,7 @@ def finetune(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], 
     beta = check_beta("beta", beta)
     check_number(0.0)("budget_weight", budget_weight)
     check_number(0.0)("distill_weight", distill_weight)
+    check_batches(batches, epochs)
     modules = acm_modules(model)
     if not modules:
         raise ValueError("model has no ACM modules: call pact_zoo.acm.acmize first")
@@ -296,5 +328,6 @@ def finetune(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], 
                                ("fraction", fraction / len(modules))):
                 sums[key] += float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
             count += 1
-        history.append({k: v / max(count, 1) for k, v in sums.items()})
+        _check_seen(count)
+        history.append({k: v / count for k, v in sums.items()})
     return history

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from .convert import acmize
-from .phases import Forward, check_beta, default_forward, distill_modules, finetune, pretrain_gates
+from .phases import (
+    Forward, check_batches, check_beta, default_forward, distill_modules, finetune, pretrain_gates,
+)
 
 __all__ = ["convert", "ConversionLog", "PHASES"]
 
@@ -37,7 +39,7 @@ def convert(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], t
 
     Args:
         model: pretrained timm ViT/DeiT or HF BERT classifier.
-        batches: re-iterable training batches.
+        batches: re-iterable training batches (a list or a DataLoader, at least one batch).
         loss_fn: ``(logits, batch) -> [B]`` per-sample task loss (phase 3).
         beta: target FLOPs ratio of the ACM modules, in (0, 1].
         epochs, lrs: per phase (0 epochs skips a phase).
@@ -48,6 +50,7 @@ def convert(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], t
     beta = check_beta("beta", beta)
     if len(epochs) != 3 or not all(isinstance(e, int) and e >= 0 for e in epochs):
         raise ValueError(f"epochs must be three ints >= 0 (distill, gates, finetune), got {epochs!r}")
+    check_batches(batches, passes=sum(epochs))  # one pass per epoch of every phase
     original = model.eval()
     for p in original.parameters():
         p.requires_grad_(False)
