@@ -269,10 +269,11 @@ def set_synthetic_heads(model: nn.Module, seed: int, input_shape: Sequence[int],
 
 @contextlib.contextmanager
 def execution(model: nn.Module, mode: str) -> Iterator[None]:
-    """Eval mode ``adaptive`` / ``full`` / ``masked`` of ``model`` for the duration of the block."""
-    from .halting import full_depth, set_execution
+    """Eval mode ``adaptive`` / ``full`` / ``masked`` of ``model`` for the duration of the block (a plain model, with
+    no adaptive stage, runs as it is in every mode)."""
+    from .halting import adaptive_stages, full_depth, set_execution
 
-    if mode == "full":
+    if mode == "full" and adaptive_stages(model):
         with full_depth(model):
             yield
         return

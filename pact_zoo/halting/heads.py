@@ -72,7 +72,7 @@ class HaltingHead(nn.Module):
         return [(t, -1 if t.is_inference() else t._version) for t in tensors]
 
     def _can_fold(self, x: torch.Tensor) -> bool:
-        if self.training or torch.is_grad_enabled() or x.dim() != 4:
+        if self.training or torch.is_grad_enabled() or x.dim() != 4 or x.shape[0] == 0:  # no rows: nothing to fold
             return False
         modules = self._modules
         norm, fc, act = modules["norm"], modules["fc"], modules["act"]

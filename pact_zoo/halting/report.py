@@ -444,6 +444,11 @@ def full_depth(model: nn.Module) -> Iterator[nn.Module]:
     """Run every unit of every stage and no halting head inside the block: the plain network's computation.
 
     This is the one definition of full depth used by the report (``full_flops``), evaluation and the benchmark.
+    Raises ValueError for a model without any adaptive stage (a plain timm model): it would be a silent no-op.
     """
-    with _stage_setting(model, "full_depth", [True] * len(adaptive_stages(model))):
+    stages = adaptive_stages(model)
+    if not stages:
+        raise ValueError(f"model has no adaptive stage ({type(model).__name__}): full_depth needs a pact_zoo model "
+                         f"(timm.create_model('pact_...'), pact_zoo.make_adaptive(model), pact_zoo.acm.acmize(model))")
+    with _stage_setting(model, "full_depth", [True] * len(stages)):
         yield model
