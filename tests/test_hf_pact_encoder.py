@@ -208,6 +208,22 @@ def test_bad_inputs_raise_value_error(kwargs, match):
         adaptive()(**kwargs)
 
 
+@pytest.mark.parametrize("source, error, match", [
+    ("./no/such_dir", FileNotFoundError, "backbone folder not found: ./no/such_dir"),
+    ("no/such_dir", OSError, "'no/such_dir' is not a local folder .*offline"),  # a hub id's shape, the hub offline
+])
+def test_from_backbone_missing_path_says_so(source, error, match):
+    with pytest.raises(error, match=match) as caught:
+        PactEncoderForSequenceClassification.from_backbone(source, num_labels=2)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("num_labels", [0, -1, True, 2.0])
+def test_from_backbone_rejects_bad_num_labels(num_labels):
+    with pytest.raises(ValueError, match="num_labels must be an int >= 1"):
+        PactEncoderForSequenceClassification.from_backbone(tiny_backbone("bert"), num_labels=num_labels)
+
+
 def test_token_types_rejected_where_the_backbone_has_none():
     with pytest.raises(ValueError, match="token_type_ids"):
         adaptive("distilbert")(input_ids=torch.ones(1, 3, dtype=torch.long),

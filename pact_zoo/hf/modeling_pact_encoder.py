@@ -305,6 +305,30 @@ def remote_code_files() -> list[Path]:
         core=(HaltingConfig, exit_certainty, current_profiler, VectorHaltingHead, AdaptiveStage, halting_loss))
 
 
+def _looks_like_path(source: str) -> bool:
+    """True for a string that can only be a local path (absolute, ``./``, ``../``, ``~``, or more than one ``/``),
+    not a hub id (``name`` or ``org/name``)."""
+    return (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
+            or (os.sep != "/" and os.sep in source))
+
+
+def _load_backbone(source: str) -> PreTrainedModel:
+    """``AutoModel.from_pretrained(source)`` with a one-line error that says when ``source`` is no local folder."""
+    if not Path(source).expanduser().exists() and _looks_like_path(source):
+        raise FileNotFoundError(f"backbone folder not found: {source} (a local path that does not exist)")
+    try:
+        return AutoModel.from_pretrained(source)
+    except OSError as exc:
+        if Path(source).expanduser().exists():
+            raise
+        from huggingface_hub import constants
+
+        offline = " (the hub is offline: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"backbone {source!r} is not a local folder (no such path) and could not be loaded as a hub "
+                      f"id{offline}: {reason}") from None
+
+
 class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
     """Weight init, ``from_backbone`` and ``convert_from`` shared by the PACT-Encoder models; halting knobs, losses and
     remote-code saving come from :class:`HaltingModelMixin`."""
@@ -366,13 +390,15 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
             **kwargs: halting knobs (``tau=...``, ``threshold=...``, ``halting_bias_init=...``) and other
                 :class:`PactEncoderConfig` fields (``classifier_dropout``, ``id2label``, ...).
         """
+        if not (isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels >= 1):
+            raise ValueError(f"num_labels must be an int >= 1 (classes of the new classifier), got {num_labels!r}")
         if kwargs.get("pooling", "auto") == "auto":
             found = (sentence_transformers_pooling(backbone) if isinstance(backbone, (str, os.PathLike))
                      and Path(backbone).is_dir() else None)
             kwargs["pooling"] = found or "cls"
         if isinstance(backbone, (str, os.PathLike)):
             source = str(backbone)
-            backbone = AutoModel.from_pretrained(source)
+            backbone = _load_backbone(source)
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(source)
         if not isinstance(backbone, PreTrainedModel):
