@@ -58,10 +58,10 @@ def test_exit_rules_bind_to_their_stage_depth():
     assert bound is not rule and bound.num_units == 7 and bound.patience == 3 and bound.for_stage(7) is bound
 
 
-@pytest.mark.parametrize("name", ["pact_resnet32", "pact_mobilenetv2_100"])
-def test_families_without_exits_refuse_exit_rules(name):
+@pytest.mark.parametrize("name,kwargs", [("pact_resnet32", {}), ("pact_mobilenetv2_100", {"halting_scope": "stage"})])
+def test_families_without_exits_refuse_exit_rules(name, kwargs):
     with pytest.raises(ValueError, match="decides from exit classifiers"):
-        timm.create_model(name, method="confidence", num_classes=3)
+        timm.create_model(name, method="confidence", num_classes=3, **kwargs)
 
 
 def test_vit_exits_are_its_own_head():

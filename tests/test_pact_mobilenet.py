@@ -103,3 +103,80 @@ def test_bad_input_names_the_argument():
         model(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match="channels"):
         model(torch.randn(1, 1, 32, 32))
+
+
+def _calibrated_plain(num_classes: int = 4) -> EfficientNet:
+    plain = timm.create_model("mobilenetv2_100", num_classes=num_classes).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for module in plain.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return plain
+
+
+def test_network_scope_exits_after_every_stage_and_the_source_at_full_depth(tmp_path):
+    """halting_scope='network': one stage over the 7 block stages, an exit after each (the last is the model's own
+    head); a plain checkpoint loads with new exits, and the full depth is the plain model bit for bit."""
+    plain = _calibrated_plain()
+    path = tmp_path / "model.safetensors"
+    save_file(plain.state_dict(), str(path))
+    model = timm.create_model("pact_mobilenetv2_100", method="confidence", num_classes=4, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=4)).eval()
+    assert model.halting_scope == "network"  # the default of the exit rules
+    (_, stage), = pact_zoo.adaptive_stages(model)
+    assert stage.num_units == len(plain.blocks) == 7 and stage.heads is None and stage.exits_are_heads
+    assert set(model.state_dict()) - set(plain.state_dict()) == set(model.newly_initialized_keys)
+    assert all(k.startswith("blocks.exits.") for k in model.newly_initialized_keys)
+    x = torch.randn(5, *INPUT)
+    with torch.no_grad():
+        expected = plain(x)
+        with pact_zoo.full_depth(model):
+            assert torch.equal(model(x), expected)
+        assert torch.equal(model.forward_head(model.forward_features(x)), expected)
+        pact_zoo.set_threshold(model, 1e-6)  # every row leaves at the first exit: its logits are exit 0's
+        out = model(x)
+        assert pact_zoo.halting_report(model).units_executed.tolist() == [[1]] * 5
+        first = model.blocks.exits[0](model.blocks[0](model.bn1(model.conv_stem(x))))
+        torch.testing.assert_close(out, first)
+
+
+def test_network_scope_flops_follow_the_truncation():
+    model = timm.create_model("pact_efficientnet_lite0", method="entropy", num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ratios = []
+    with torch.no_grad():
+        for depth in range(1, 8):
+            with pact_zoo.halting.truncated_depth(model, [depth]):
+                model(x)
+            ratios.append(pact_zoo.halting_report(model).flops_ratio)
+    assert ratios == sorted(ratios) and ratios[-1] == 1.0 and ratios[0] < 0.1
+
+
+def test_network_scope_pact_has_heads_and_exits_and_resets_its_classifier():
+    model = timm.create_model("pact_mobilenetv2_100", method="pact", num_classes=3, halting_scope="network")
+    (_, stage), = pact_zoo.adaptive_stages(model)
+    assert len(stage.heads) == 6 and len(stage.exits) == 7 and not stage.exits_are_heads
+    model.reset_classifier(6)
+    assert model(torch.randn(2, *INPUT)).shape == (2, 6) and stage.exits[0].fc.out_features == 6
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        model.reset_classifier(0)
+    with pytest.raises(ValueError, match="halting_scope must be one of"):
+        timm.create_model("pact_mobilenetv2_100", halting_scope="layer")
+    with pytest.raises(ValueError, match="needs a classifier"):
+        timm.create_model("pact_mobilenetv2_100", num_classes=0, halting_scope="network")
+
+
+def test_frozen_conversion_of_a_timm_source_trains_only_the_exits(tmp_path):
+    """A plain fine-tune's folder in, exits out: the classifier is the source's (same classes) and stays frozen."""
+    from pact_zoo.training.distill import freeze_source_weights
+
+    plain = _calibrated_plain()
+    save_file(plain.state_dict(), str(tmp_path / "model.safetensors"))
+    model = timm.create_model("pact_mobilenetv2_100", method="confidence", num_classes=4, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"), num_classes=4))
+    trainable = freeze_source_weights(model)
+    assert set(trainable) == set(model.newly_initialized_keys)
+    fresh_classes = timm.create_model("pact_mobilenetv2_100", method="confidence", num_classes=3, pretrained=True,
+                                      pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors")))
+    assert "classifier.weight" in freeze_source_weights(fresh_classes)  # timm dropped the 1000-class head

@@ -264,10 +264,10 @@ def _profiled_root(model: nn.Module) -> nn.Module:
 
 
 def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]], length: Optional[int] = None
-             ) -> tuple[int, list[list[int]], list[list[int]]]:
-    """Per-sample FLOPs of the non-adaptive part, of every unit and of every head, profiled once per input shape on
-    one sample (every stage runs its dense path once under the profiler and leaves its record alone); ``length``:
-    the sample's length, for models with :data:`SAMPLE_LENGTHS_METHOD`."""
+             ) -> tuple[int, list[list[int]], list[list[int]], list[list[int]]]:
+    """Per-sample FLOPs of the non-adaptive part, of every unit, of every head and of every exit, profiled once per
+    input shape on one sample (every stage runs its dense path once under the profiler and leaves its record alone);
+    ``length``: the sample's length, for models with :data:`SAMPLE_LENGTHS_METHOD`."""
     param = next(root.parameters())
     if callable(getattr(root, PROFILE_INPUTS_METHOD, None)):
         method = getattr(root, PROFILE_INPUTS_METHOD)
@@ -292,7 +292,11 @@ def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]], length: O
     unit_flops = [[profiler.get(s, "unit", n) for n in range(s.num_units)] for _, s in stages]
     head_flops = [[profiler.get(s, "head", n) for n in range(s.num_units - 1)] if s.adaptive else []
                   for _, s in stages]
-    result = (profiler.flops["base"], unit_flops, head_flops)
+    # exits that also decide (exit rules) ran in the head slots: the same computation, counted once
+    exit_flops = [[profiler.get(s, "head" if s.exits_are_heads and n < s.num_units - 1 else "exit", n)
+                   for n in range(s.num_units)] if getattr(s, "exits", None) is not None else []
+                  for _, s in stages]
+    result = (profiler.flops["base"], unit_flops, head_flops, exit_flops)
     cache[signature] = result
     return result
 
@@ -331,7 +335,7 @@ def halting_report(model: nn.Module) -> HaltingReport:
                 token_flops = tokens if token_flops is None else token_flops + tokens
     protocol_full = full
     for length, rows in groups:
-        base, unit_flops, head_flops = _profile(root, stages, length)
+        base, unit_flops, head_flops, exit_flops = _profile(root, stages, length)
         flops[rows] += base
         sample_full[rows] += base
         group_full = base
@@ -348,6 +352,16 @@ def halting_report(model: nn.Module) -> HaltingReport:
             if stage.adaptive and stage.record.heads_ran:  # after every executed unit but the last
                 cum_heads = torch.tensor([0] + head_flops[s], dtype=torch.long).cumsum(0)
                 flops[rows] += cum_heads[per_step.clamp(max=stage.num_units - 1)].sum(1)
+            if exit_flops[s]:  # the exit after the unit where a row stopped (the last one: the model's own head)
+                per_exit = torch.tensor([0] + exit_flops[s], dtype=torch.long)
+                if stage.record.method.accumulates and stage.record.heads_ran:  # ACT mixes every exit's output
+                    per_exit = per_exit.cumsum(0)
+                ran = per_exit[per_step]
+                if stage.exits_are_heads and stage.record.heads_ran:  # already counted as the deciding head
+                    ran = torch.where(per_step < stage.num_units, torch.zeros_like(ran), ran)
+                flops[rows] += ran.sum(1)
+                sample_full[rows] += (per_step > 0).sum(1) * exit_flops[s][-1]
+                group_full += per_step.shape[1] * exit_flops[s][-1]
         full = max(full, protocol_full + group_full)  # length-dependent models: the longest sample's
     units_executed = torch.stack([u.sum(1) if u.dim() == 2 else u for u in units], dim=1)
     return HaltingReport(units_executed=units_executed, flops=flops, full_flops=full, sample_full_flops=sample_full,

@@ -72,8 +72,15 @@ def _build_method(method: Union[str, HaltingMethod, HaltingConfig], knobs: dict[
 
 
 def zero_touch(module: nn.Module) -> Optional[torch.Tensor]:
-    """A zero-valued scalar that depends on every trainable parameter of ``module`` (None if it has none)."""
-    params = [p.reshape(-1)[0] for p in module.parameters() if p.requires_grad]
+    """A zero-valued scalar that depends on every trainable parameter of ``module`` (None if it has none), including
+    those its submodules use without registering them (``referenced_parameters()``, e.g. an exit that is the model's
+    own head)."""
+    params = list(module.parameters())
+    for sub in module.modules():
+        referenced = getattr(sub, "referenced_parameters", None)
+        if callable(referenced):
+            params.extend(referenced())
+    params = [p.reshape(-1)[0] for p in params if p.requires_grad]
     return torch.stack(params).sum() * 0.0 if params else None
 
 
@@ -110,6 +117,11 @@ class AdaptiveStage(nn.Module):
         method: a registered method name, a :class:`~pact_zoo.halting.HaltingConfig` (handed down whole by the
             model) or a :class:`~pact_zoo.halting.HaltingMethod` instance.
         execution: eval strategy, ``"compact"`` (default) or ``"masked"``.
+        exits: optional L exit modules, one after every unit, ``[B, ...] -> [B, C]``; the last is the model's own
+            head. With them the stage's output is a row's exit output after the unit where it stopped (the
+            early-exit layout of BranchyNet, Teerapittayanon et al. 2016): the units may change the state's shape
+            (whole stages of a CNN). Methods that read exits (``reads_exits``) decide from exits ``0..L-2`` and need
+            no ``heads``; accumulating methods (ACT) mix the exits' outputs, so every exit up to the stop runs.
         **knobs: the method's knobs when ``method`` is a name (e.g. ``tau``, ``threshold``).
 
     Attributes:
@@ -137,6 +149,7 @@ class AdaptiveStage(nn.Module):
     # class-level defaults: a stage unpickled from before these options existed still runs
     buckets: Optional[tuple[int, ...]] = None
     keep_unit_outputs: bool = False
+    exits_are_heads: bool = False
     cuda_graphs: bool = False
     compaction_cost: Optional[CompactionCost] = None
 
@@ -146,6 +159,7 @@ class AdaptiveStage(nn.Module):
             heads: Optional[Sequence[nn.Module]] = None,
             method: Union[str, HaltingMethod, HaltingConfig] = "pact",
             execution: str = "compact",
+            exits: Optional[Sequence[nn.Module]] = None,
             **knobs: Any,
     ) -> None:
         super().__init__()
@@ -156,6 +170,17 @@ class AdaptiveStage(nn.Module):
         self.method = _build_method(method, knobs).for_stage(len(units))
         self.units = nn.ModuleList(units)
         heads = list(heads) if heads is not None else []
+        exits = list(exits) if exits is not None else None
+        reads_exits = getattr(self.method, "reads_exits", False)
+        if exits is not None:
+            if len(exits) != len(units):
+                raise ValueError(f"exits must hold len(units) = {len(units)} modules (one after every unit, the last "
+                                 f"being the model's own head), got {len(exits)}")
+        self.exits_are_heads = bool(exits is not None and reads_exits and not heads)
+        decision_heads = exits[:-1] if self.exits_are_heads else heads
+        if self.exits_are_heads and not all(getattr(e, "is_exit", False) for e in decision_heads):
+            raise ValueError("exits must be exit classifiers (modules with is_exit = True)")
+        heads = decision_heads
         if self.method.uses_heads and len(heads) != len(units) - 1:
             raise ValueError(f"heads must hold len(units) - 1 = {len(units) - 1} modules for method "
                              f"{self.method.name!r}, got {len(heads)}")
@@ -168,7 +193,8 @@ class AdaptiveStage(nn.Module):
             raise ValueError(f"method {self.method.name!r} needs halting heads, got exit classifiers")
         if not self.method.uses_heads and heads:
             raise ValueError(f"method {self.method.name!r} uses no halting heads, got {len(heads)}")
-        self.heads = nn.ModuleList(heads) if heads else None
+        self.heads = nn.ModuleList(heads) if heads and not self.exits_are_heads else None
+        self.exits = nn.ModuleList(exits) if exits is not None else None
         self.method_state = self.method.make_state()
         self.execution = execution
         self.decision = "greedy"
@@ -183,14 +209,26 @@ class AdaptiveStage(nn.Module):
         self.record: Optional[HaltingRecord] = None
         self._graphs: dict[tuple, tuple] = {}
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "exits" not in self._modules and "exits" not in self.__dict__:  # pickled before stages had exits
+            self.exits = None
+
     @property
     def num_units(self) -> int:
         return len(self.units)
 
     @property
+    def decision_heads(self) -> Optional[Sequence[nn.Module]]:
+        """The L - 1 modules the method decides from: the halting heads, or exits ``0..L-2`` for exit rules."""
+        if self.exits_are_heads:
+            return self.exits[:-1]
+        return self.heads
+
+    @property
     def adaptive(self) -> bool:
-        """True when the stage has halting heads (its method halts)."""
-        return self.method.uses_heads and self.heads is not None
+        """True when the stage has halting heads or exits to decide from (its method halts)."""
+        return self.method.uses_heads and self.decision_heads is not None
 
     @property
     def halting(self) -> bool:
@@ -268,12 +306,31 @@ class AdaptiveStage(nn.Module):
     def _halting_logit(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Head ``n`` on the state ``x``: ``[B]`` halting logits (or ``[B, C]`` exit logits). Heads with
         ``uses_context = True`` are called ``head(x, context)`` (e.g. pooling under an attention mask)."""
-        head = self.heads[n]
+        head = self.decision_heads[n]
         profiler = current_profiler()
         with profiler.slot(self, "head", n) if profiler is not None else nullcontext():
             if context is not None and getattr(head, "uses_context", False):
                 return head(x, context).float()
             return head(x).float()
+
+    def _exit_output(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Exit ``n`` on the state after unit ``n``: the ``[A, C]`` output of the rows that stop there."""
+        exit_module = self.exits[n]
+        profiler = current_profiler()
+        with profiler.slot(self, "exit", n) if profiler is not None else nullcontext():
+            if context is not None and getattr(exit_module, "uses_context", False):
+                return exit_module(x, context)
+            return exit_module(x)
+
+    def _stop_output(self, n: int, state: torch.Tensor, context: Optional[torch.Tensor],
+                     logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The output of rows stopping after unit ``n`` with ``state``: the state itself, or with exits the exit's
+        output (for exit rules the decision ``logits`` already are it, for n < L - 1)."""
+        if self.exits is None:
+            return state
+        if logits is not None and self.exits_are_heads and n < self.num_units - 1:
+            return logits
+        return self._exit_output(n, state, context)
 
     def _keep(self, record: HaltingRecord) -> None:
         if current_profiler() is None:  # a profiling run leaves the user's record alone
@@ -316,16 +373,20 @@ class AdaptiveStage(nn.Module):
             x = self._run_unit(n, x, context)
         units = torch.full((x.shape[0],), num_units, dtype=torch.long, device=x.device)
         self._keep(HaltingRecord(units_executed=units, cost=None, num_units=self.num_units, method=self.method))
-        return x
+        out = self._stop_output(num_units - 1, x, context)
+        if self.exits is not None and self.training and torch.is_grad_enabled():  # exits that did not run (DDP)
+            touch = zero_touch(self.exits)
+            out = out if touch is None else out + touch.to(out.dtype)
+        return out
 
     def _forward_dense(self, x: torch.Tensor, context: Optional[torch.Tensor], training: bool) -> torch.Tensor:
         """Every unit and head runs for every row; the output is the method's weighted sum of the unit outputs."""
         states, logits = [], []
         for n in range(self.num_units):
             x = self._run_unit(n, x, context)
-            states.append(x)
             if n < self.num_units - 1:
                 logits.append(self._halting_logit(n, x, context))
+            states.append(self._stop_output(n, x, context, logits[n] if n < self.num_units - 1 else None))
         halting_logits = (torch.stack(logits, dim=1) if logits
                           else x.new_zeros(x.shape[0], 0, dtype=torch.float32))
         mix = self.method.mixture(halting_logits, training)
@@ -362,8 +423,10 @@ class AdaptiveStage(nn.Module):
                  and not torch.is_grad_enabled())
         live: Optional[torch.Tensor] = None  # [A] bool: rows of the state still running; None: every row
         num_live = batch_size
+        last, logits = self.num_units - 1, None  # the unit whose state the loop ends with, its decision logits
         for n in range(self.num_units):
             num_rows = state.shape[0]
+            logits = None
             if n < self.num_units - 1:
                 logits = self._halting_logit(n, state, context) if method.uses_heads else None
                 decision = method.decide(n, logits, carry, mode, log)
@@ -373,8 +436,9 @@ class AdaptiveStage(nn.Module):
                 num_stop = count_true(stop)
             else:
                 stop, weight, num_stop = None, method.last_weight(carry), num_live
-            if method.accumulates:
-                contribution = state * _rows(weight, state)
+            if method.accumulates:  # ACT: the weighted sum of every unit's output (its exit's, with exits)
+                unit_out = self._stop_output(n, state, context, logits)
+                contribution = unit_out * _rows(weight, unit_out)
                 out = contribution if out is None else active.add_into(out, contribution)
             if num_stop == 0:
                 state = self._run_unit_compact(n + 1, state, context)
@@ -395,9 +459,12 @@ class AdaptiveStage(nn.Module):
             for key, value in method.finish(n + 1, carry, halted).items():
                 values.setdefault(key, RowCollector(batch_size)).add(halted_rows, value)
             if keep is None:
+                last = n
                 break
             if not method.accumulates:
-                pieces.add(halted_rows, take_rows(state, halted))
+                pieces.add(halted_rows, self._stop_output(
+                    n, take_rows(state, halted), None if context is None else take_rows(context, halted),
+                    None if logits is None else take_rows(logits, halted)))
             num_live -= num_stop
             if defer and not cost_model.pays(n + 1, num_rows - num_live, num_live):
                 live = ~stop if live is None else live & ~stop  # the halted rows stay, dead
@@ -410,15 +477,17 @@ class AdaptiveStage(nn.Module):
                 live = None
             state = self._run_unit_compact(n + 1, state, context)
         if not method.accumulates:
+            if live is not None:
+                rows = torch.nonzero(live).view(-1)
+                state = take_rows(state, rows)
+                context = None if context is None else take_rows(context, rows)
+                logits = None if logits is None else take_rows(logits, rows)
+            final = self._stop_output(last, state, context, logits)
             if pieces:
-                if live is None:
-                    pieces.add(active.all(), state)
-                else:
-                    rows = torch.nonzero(live).view(-1)
-                    pieces.add(active.original(rows), take_rows(state, rows))
+                pieces.add(active.all() if live is None else active.original(rows), final)
                 out = pieces.assemble()
-            else:  # no row left early: the state is the output, in order
-                out = state
+            else:  # no row left early: the final output is the output, in order
+                out = final
         del state
         row_values = {key: collector.assemble() for key, collector in values.items()}
         record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=self.num_units,
@@ -428,6 +497,8 @@ class AdaptiveStage(nn.Module):
             record.terms = method.terms(log, row_values)
             # units no row reached get no gradient; a zero-valued touch keeps every parameter in the graph (DDP)
             record.touch = zero_touch(self)
+            if record.touch is not None:  # the output itself depends on every parameter (value unchanged): DDP
+                out = out + record.touch.to(out.dtype)
         self._keep(record)
         return out
 

@@ -80,13 +80,16 @@ def begin_forward(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def halting_parameter_names(model: nn.Module) -> set[str]:
-    """State-dict keys that belong to halting heads (the only keys a backbone checkpoint may lack)."""
+    """State-dict keys that belong to halting heads and exit classifiers (the only keys a backbone checkpoint may
+    lack)."""
     names = set()
     for stage_name, stage in adaptive_stages(model):
-        if stage.heads is None:
-            continue
-        prefix = f"{stage_name}.heads." if stage_name else "heads."
-        names.update(prefix + key for key in stage.heads.state_dict().keys())
+        for part in ("heads", "exits"):
+            modules = getattr(stage, part, None)
+            if modules is None:
+                continue
+            prefix = f"{stage_name}.{part}." if stage_name else f"{part}."
+            names.update(prefix + key for key in modules.state_dict().keys())
     return names
 
 

@@ -12,6 +12,7 @@ Backbone keys are unchanged (``blocks.3.1.conv_pw.weight`` stays), halting heads
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
@@ -100,7 +101,8 @@ def make_adaptive(
         method: a registered halting method (``"pact"``, ``"act"``, ``"policy_gradient"``, ``"none"``) or a
             :class:`~pact_zoo.halting.HaltingConfig`.
         halting_act_layer: activation between a halting head's BatchNorm and linear layer (timm name), or None.
-        **knobs: ``halting_bias_init`` and the method's knobs (``tau``, ``threshold`` ...).
+        **knobs: ``halting_bias_init`` and the method's knobs (``tau``, ``threshold`` ...); any other keyword is an
+            option of the family's ``add_halting`` (e.g. the mobile CNNs' ``halting_scope``).
 
     Raises:
         TypeError: ``model`` is not an instance of a supported timm class, or an unknown keyword is given.
@@ -115,16 +117,20 @@ def make_adaptive(
     if adaptive_cls is None:
         raise TypeError(f"make_adaptive supports timm models of the classes {supported_families()}, "
                         f"got {type(model).__module__}.{type(model).__name__}")
+    accepted = inspect.signature(adaptive_cls.add_halting).parameters
     if isinstance(method, HaltingConfig):
-        if knobs:
-            raise ValueError(f"pass halting knobs inside the HaltingConfig, not as keyword arguments: {sorted(knobs)}")
+        knob_args = sorted(k for k in knobs if k not in accepted)
+        if knob_args:
+            raise ValueError(f"pass halting knobs inside the HaltingConfig, not as keyword arguments: {knob_args}")
         halting_cfg = method
     else:
         halting_cfg = HaltingConfig.from_kwargs(method, knobs)
-        if knobs:
-            raise TypeError(f"make_adaptive got unexpected keyword arguments {sorted(knobs)}")
+    options = dict(knobs)  # what is left: options of the family's add_halting
+    unknown = sorted(k for k in options if k not in accepted or k in ("self", "halting_cfg", "halting_act_layer"))
+    if unknown:
+        raise TypeError(f"make_adaptive got unexpected keyword arguments {unknown} for {adaptive_cls.__name__}")
     model.__class__ = adaptive_cls
-    model.add_halting(halting_cfg, halting_act_layer)
+    model.add_halting(halting_cfg, halting_act_layer, **options)
     new_keys = sorted(halting_parameter_names(model))
     model.__dict__["newly_initialized_keys"] = new_keys
     if new_keys:
@@ -139,12 +145,13 @@ def head_device_dtype(model: nn.Module) -> Dict[str, Any]:
 
 
 def adaptive_from_timm(backbone: str, method: str = "pact", halting_act_layer: Optional[str] = None,
-                       **kwargs: Any) -> nn.Module:
+                       family_options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> nn.Module:
     """``timm.create_model(backbone, **kwargs)`` (no weights) made adaptive: the model class of the ``pact_*``
-    builders (``build_model_with_cfg`` loads the weights afterwards). Halting knobs are taken out of ``kwargs``."""
+    builders (``build_model_with_cfg`` loads the weights afterwards). Halting knobs are taken out of ``kwargs``;
+    ``family_options`` go to the family's ``add_halting``."""
     halting_cfg = HaltingConfig.from_kwargs(method, kwargs)  # validate the knobs before building the backbone
     model = timm.create_model(backbone, pretrained=False, **kwargs)
-    return make_adaptive(model, halting_cfg, halting_act_layer=halting_act_layer)
+    return make_adaptive(model, halting_cfg, halting_act_layer=halting_act_layer, **(family_options or {}))
 
 
 # pretrained_cfg fields copied from the backbone's own timm cfg (data config, weight location, provenance).

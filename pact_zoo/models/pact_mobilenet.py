@@ -15,6 +15,14 @@ model instance in place; both run :meth:`AdaptiveEfficientNet.add_halting`.
 
 Halting head: global average pool -> BN -> Linear(C -> 1), bias -3 (SACT ImageNet, as the ResNets).
 
+``halting_scope="network"`` is the early-exit layout instead (BranchyNet, Teerapittayanon et al. 2016; the exits of
+MSDNet, Huang et al. 2018, on one backbone): one adaptive stage whose units are the whole block stages
+``blocks.0 .. blocks.6``, an exit classifier after each (global average pool -> Linear(C -> classes), keys
+``blocks.exits.<s>.fc.*``) and the model's own head (``conv_head`` -> ``bn2`` -> classifier) as the last exit. A
+sample stops after a stage and leaves with that exit's logits, so the rest of the network never runs for it. The
+exit rules (``confidence``, ``entropy``, ``patience``) decide from the exits; PACT and policy gradient add a halting
+head after every stage but the last (``blocks.heads.<s>.*``). This is the default for the exit rules.
+
 Papers:
 * PACT: Figurnov, Sobolev, Vetrov, "Probabilistic Adaptive Computation Time", arXiv:1712.00386.
 * MobileNetV2: Sandler et al., arXiv:1801.04381. EfficientNet: Tan, Le, arXiv:1905.11946.
@@ -35,10 +43,13 @@ from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
 )
 
-__all__ = ["AdaptiveEfficientNet", "MIN_INPUT_SIZE"]
+__all__ = ["AdaptiveEfficientNet", "HALTING_SCOPES", "MIN_INPUT_SIZE", "StageExit"]
 
 #: Smallest accepted input side: the backbone's total stride (the last stage sees at least one pixel).
 MIN_INPUT_SIZE = 32
+#: ``"stage"``: halting over the blocks inside every stage (SACT); ``"network"``: one decision after every stage,
+#: where an exit classifier reads the stage's output (early exits).
+HALTING_SCOPES = ("stage", "network")
 
 
 def _out_channels(block: nn.Module) -> int:
@@ -47,25 +58,81 @@ def _out_channels(block: nn.Module) -> int:
     return convs[-1].out_channels
 
 
+class StageExit(nn.Module):
+    """Exit classifier after a block stage: global average pool -> Linear(C -> num_classes).
+
+    Shape: ``[B, C, H, W]`` -> ``[B, num_classes]`` logits.
+    """
+
+    is_exit = True
+
+    def __init__(self, num_chs: int, num_classes: int, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        self.fc = nn.Linear(num_chs, num_classes, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class ModelHeadExit(nn.Module):
+    """The last exit: the model's own ``conv_head`` -> ``bn2`` -> ``forward_head`` (pool, classifier). It owns no
+    weights: the model is referenced, not registered, so the keys stay timm's.
+
+    Shape: ``[B, C_last, H, W]`` -> ``[B, num_classes]`` logits.
+    """
+
+    is_exit = True
+
+    def __init__(self, model: EfficientNet) -> None:
+        super().__init__()
+        self.__dict__["model"] = model
+
+    def referenced_parameters(self) -> List[nn.Parameter]:
+        """The head's parameters (used, not registered here): a training forward that stops every row before the
+        last exit still touches them (DDP)."""
+        model = self.__dict__["model"]
+        return [p for m in (model.conv_head, model.bn2, model.classifier) for p in m.parameters()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.__dict__["model"]
+        return model.forward_head(model.bn2(model.conv_head(x)))
+
+
 class AdaptiveEfficientNet(EfficientNet):
     """timm's EfficientNet / MobileNetV2 whose multi-block stages are adaptive stages with halting heads.
 
     Build it with a registered name (``pact_mobilenetv2_100``, ``pact_efficientnet_lite0``) or convert a timm
-    instance with :func:`pact_zoo.make_adaptive`; the constructor takes ``method``, ``halting_act_layer``, the
-    halting knobs and the arguments of :class:`timm.models.efficientnet.EfficientNet`.
+    instance with :func:`pact_zoo.make_adaptive`; the constructor takes ``method``, ``halting_act_layer``,
+    ``halting_scope`` (:data:`HALTING_SCOPES`), the halting knobs and the arguments of
+    :class:`timm.models.efficientnet.EfficientNet`.
 
     Shape: ``[B, in_chans, H, W]`` -> ``[B, num_classes]``; H, W >= 32.
     """
 
-    def __init__(self, method: str = "pact", halting_act_layer: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, method: str = "pact", halting_act_layer: Optional[str] = None,
+                 halting_scope: Optional[str] = None, **kwargs: Any) -> None:
         halting_cfg = HaltingConfig.from_kwargs(method, kwargs)
         super().__init__(**kwargs)
-        self.add_halting(halting_cfg, halting_act_layer)
+        self.add_halting(halting_cfg, halting_act_layer, halting_scope)
 
-    def add_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str] = None) -> None:
-        """Replace every stage of more than one block by an adaptive stage with fresh halting heads (shared by the
-        builders and :func:`pact_zoo.make_adaptive`). Raises ValueError if a later block of a stage changes the
-        shape (no identity shortcut)."""
+    def add_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str] = None,
+                    halting_scope: Optional[str] = None) -> None:
+        """Make the blocks adaptive with fresh halting heads (shared by the builders and
+        :func:`pact_zoo.make_adaptive`). ``halting_scope="stage"`` (default for methods with halting heads): every
+        stage of more than one block becomes an adaptive stage over its blocks; raises ValueError if a later block
+        of a stage changes the shape (no identity shortcut). ``"network"`` (default for the exit rules): one adaptive
+        stage over the whole stages with an exit after each."""
+        scope = halting_scope or ("network" if halting_cfg.reads_exits else "stage")
+        if scope not in HALTING_SCOPES:
+            raise ValueError(f"halting_scope must be one of {HALTING_SCOPES}, got {halting_scope!r}")
+        self.halting_scope = scope
+        if scope == "network":
+            self._add_network_halting(halting_cfg, halting_act_layer)
+            return
+        if halting_cfg.reads_exits:
+            raise ValueError(f"method {halting_cfg.method!r} decides from exit classifiers: use "
+                             "halting_scope='network' (an exit after every stage)")
         head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
         dd = head_device_dtype(self)
         for stage_idx, stage in enumerate(self.blocks):
@@ -82,19 +149,57 @@ class AdaptiveEfficientNet(EfficientNet):
                 heads = [HaltingHead(num_chs, act_layer=head_act, bias_init=halting_cfg.halting_bias_init, **dd)
                          for _ in range(len(units) - 1)]
             self.blocks[stage_idx] = SequentialAdaptiveStage(units, heads, method=halting_cfg)
+        self._finish_halting(halting_cfg)
+
+    def _add_network_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str]) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"halting_scope='network' needs a classifier (num_classes >= 1) for its exits, got "
+                             f"num_classes={self.num_classes}")
+        dd = head_device_dtype(self)
+        units = list(self.blocks)
+        channels = [_out_channels(stage[-1]) for stage in units]
+        exits = [StageExit(c, self.num_classes, **dd) for c in channels[:-1]] + [ModelHeadExit(self)]
+        heads = None
+        if halting_cfg.adaptive and not halting_cfg.reads_exits:
+            head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
+            heads = [HaltingHead(c, act_layer=head_act, bias_init=halting_cfg.halting_bias_init, **dd)
+                     for c in channels[:-1]]
+        self.blocks = SequentialAdaptiveStage(units, heads, method=halting_cfg, exits=exits)
+        self._finish_halting(halting_cfg)
+
+    def _finish_halting(self, halting_cfg: HaltingConfig) -> None:
         self.halting_cfg = halting_cfg
         self.min_input_size = MIN_INPUT_SIZE
         self.grad_checkpointing = False
 
+    @property
+    def _network_scope(self) -> bool:
+        return getattr(self, "halting_scope", "stage") == "network"
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """timm's ``reset_classifier``; with ``halting_scope="network"`` the stage exits are replaced by fresh ones
+        for ``num_classes`` too (>= 1)."""
+        if self._network_scope and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 with halting_scope='network' (the exits classify), got "
+                             f"{num_classes}")
+        super().reset_classifier(num_classes, global_pool)
+        if self._network_scope:
+            stage = self.blocks
+            dd = head_device_dtype(self)
+            for n in range(stage.num_units - 1):
+                stage.exits[n] = StageExit(stage.exits[n].fc.in_features, num_classes, **dd)
+
     def _stages(self) -> List[AdaptiveStage]:
-        return [m for m in self.blocks if isinstance(m, AdaptiveStage)]
+        return [m for m in self.modules() if isinstance(m, AdaptiveStage)]
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups for layer-wise lr decay; a halting head joins its stage."""
         matcher = super().group_matcher(coarse)
         if not coarse:
-            matcher["blocks"] = [(r"^blocks\.(\d+)\.heads\.(\d+)", None)] + list(matcher["blocks"])
+            matcher["blocks"] = [(r"^blocks\.(\d+)\.heads\.(\d+)", None),
+                                 (r"^blocks\.(?:heads|exits)\.(\d+)", None)] + list(matcher["blocks"])
         return matcher
 
     @torch.jit.ignore
@@ -112,15 +217,23 @@ class AdaptiveEfficientNet(EfficientNet):
         return super().forward_intermediates(x, *args, **kwargs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` -> ``[B, num_features, H / 32, W / 32]``."""
+        """``[B, in_chans, H, W]`` -> ``[B, num_features, H / 32, W / 32]``. With ``halting_scope="network"`` every
+        stage runs (samples leave early only with their exit's logits, in :meth:`forward`)."""
         self._check(x)
         x = self.bn1(self.conv_stem(x))
-        x = self.blocks(x)
+        if self._network_scope:
+            for stage in self.blocks:
+                x = stage(x)
+        else:
+            x = self.blocks(x)
         return self.bn2(self.conv_head(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, num_classes]`` logits. The halting cost is in
         :func:`pact_zoo.halting_loss`, the per-sample account in :func:`pact_zoo.halting_report`."""
+        if self._network_scope:  # the stage ends in the exits, the last of which is the model's head
+            self._check(x)
+            return self.blocks(self.bn1(self.conv_stem(x)))
         return self.forward_head(self.forward_features(x))
 
 
@@ -133,11 +246,12 @@ _BACKBONES = {
 }
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AdaptiveEfficientNet:
+def _create(variant: str, pretrained: bool = False, halting_scope: Optional[str] = None,
+            **kwargs: Any) -> AdaptiveEfficientNet:
     backbone, _ = _BACKBONES[variant]
 
     def model_cls(**model_kwargs: Any) -> AdaptiveEfficientNet:
-        return adaptive_from_timm(backbone, **model_kwargs)
+        return adaptive_from_timm(backbone, family_options=dict(halting_scope=halting_scope), **model_kwargs)
 
     return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=add_halting_heads_filter,
                                 feature_cfg=dict(flatten_sequential=True), **kwargs)

@@ -37,6 +37,8 @@ FIELD_HELP = {
     "eval_split": "name of the evaluation split (default: test, then validation)",
     "image_column": "image column (default: image / img / pixel_values)",
     "label_column": "label column (default: label / labels / fine_label)",
+    "image_size": "image side in pixels for training and evaluation (default: the model's pretrained input size); "
+                  "the whole image is resized, no centre crop",
     "augment": "training augmentation: cifar, crop, timm or none",
     "max_train_samples": "use only the first N training rows",
     "max_eval_samples": "use only the first N evaluation rows",
@@ -96,6 +98,7 @@ class TrainConfig:
     eval_split: Optional[str] = None
     image_column: Optional[str] = None
     label_column: Optional[str] = None
+    image_size: Optional[int] = None  # resize images to this side (default: the model's pretrained_cfg input size)
     augment: str = "cifar"
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
@@ -155,6 +158,8 @@ class TrainConfig:
             raise ConfigError("freeze_exits needs freeze_backbone: true (it narrows what a frozen-backbone run trains)")
         if any(not 0 < t <= 1 for t in self.eval_thresholds):
             raise ConfigError(f"eval_thresholds must lie in (0, 1], got {self.eval_thresholds}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"image_size must be >= 1 pixel (or null for the model's input size), got {self.image_size}")
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null for every row), got {getattr(self, name)}")

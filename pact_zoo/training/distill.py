@@ -23,10 +23,20 @@ __all__ = ["freeze_source_weights", "distillation_loss", "teacher_logits"]
 
 def _new_weight_names(model: nn.Module) -> set[str]:
     """Parameter names new to ``model``: its ``new_weights`` (models built from a backbone or converted from a source
-    record them), else its halting heads and classifier (timm models loaded with fresh heads)."""
+    record them); for timm models loaded over a checkpoint, the keys it initialised (halting heads, exits) and the
+    classifier if timm dropped the checkpoint's; else its halting heads and classifier."""
     names = getattr(model, "new_weights", None)
     if names is not None:
         return set(names)
+    loaded_new = getattr(model, "newly_initialized_keys", None)
+    if loaded_new is not None:  # a timm model built with fresh heads / exits over a checkpoint
+        new = set(loaded_new)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        if cfg.get("num_classes") is not None and cfg.get("num_classes") != getattr(model, "num_classes", None):
+            classifier = model.get_classifier()  # timm dropped the checkpoint's classifier: it is new too
+            ids = {id(p) for p in classifier.parameters()}
+            new |= {name for name, p in model.named_parameters() if id(p) in ids}
+        return {name for name, _ in model.named_parameters() if name in new}
     heads = halting_head_parameters(model)
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     classifier_ids = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()

@@ -4,7 +4,9 @@ The loop itself (:mod:`pact_zoo.training.loop`) is shared; a task adapts one kin
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -55,6 +57,8 @@ class ImageClassificationTask:
         if config.pretrained_file is not None:
             import os
 
+            if os.path.isdir(config.pretrained_file):  # a model folder (a run's model/, a conversion phase's source)
+                config.pretrained_file = os.path.join(config.pretrained_file, "model.safetensors")
             if not os.path.isfile(config.pretrained_file):
                 raise FileNotFoundError(f"pretrained_file not found: {config.pretrained_file}")
             if config.pretrained_file.endswith(".safetensors"):
@@ -81,8 +85,13 @@ class ImageClassificationTask:
         kwargs.setdefault("num_classes", num_classes)
         try:
             if self.config.pretrained_file:
-                return timm.create_model(self.config.model, pretrained=True,
-                                         pretrained_cfg_overlay=dict(file=self.config.pretrained_file), **kwargs)
+                overlay = dict(file=self.config.pretrained_file)
+                folder_config = Path(self.config.pretrained_file).with_name("config.json")
+                if folder_config.is_file():  # a model folder: its classifier is kept when the classes match
+                    saved_classes = json.loads(folder_config.read_text()).get("num_classes")
+                    if saved_classes is not None:
+                        overlay["num_classes"] = saved_classes
+                return timm.create_model(self.config.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
             return timm.create_model(self.config.model, pretrained=self.config.pretrained, **kwargs)
         except TypeError as exc:  # a keyword the model's builder does not take
             if "keyword argument" not in str(exc):
@@ -99,6 +108,9 @@ class ImageClassificationTask:
         c = self.config
         splits = self._load_splits()
         data_config = resolve_data_config(model=model)
+        if c.image_size is not None:  # the whole image at this side: resize only (crop_pct 1)
+            data_config = dict(data_config, input_size=(data_config["input_size"][0], c.image_size, c.image_size),
+                               crop_pct=1.0)
         in_chans = data_config["input_size"][0]
         train, evaluation = splits.train, splits.eval
         train, evaluation = _limit(train, c.max_train_samples), _limit(evaluation, c.max_eval_samples)
