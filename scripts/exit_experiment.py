@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Accuracy against measured FLOPs of converted PACT-Encoder models on one test split: every method's threshold
-sweep, static truncation, the source model, and ms per sample at several batch sizes.
+"""Accuracy against measured FLOPs of converted models on one test split: every method's threshold sweep, static
+truncation, the source model, and ms per sample at several batch sizes. PACT-Encoder folders (text) and timm folders
+of the mobile CNNs with ``halting_scope="network"`` (images, ``--image-size``) both work.
 
     python scripts/exit_experiment.py --source out/.../source/model --exits out/.../exits/exits/model \
         --adaptive pact=out/.../pact/halting/model act=... --dataset parquet:data/rotten_tomatoes --split test \
@@ -31,7 +32,9 @@ from pact_zoo.halting import adaptive_stages, full_depth, set_threshold, truncat
 from pact_zoo.hf import PactEncoderForSequenceClassification
 from pact_zoo.training.config import load_config
 from pact_zoo.training.evaluate import depth_spread
+from pact_zoo.training.io import is_timm_folder, load_model_folder
 from pact_zoo.training.loop import evaluate_model
+from pact_zoo.training.tasks import ImageClassificationTask
 from pact_zoo.training.text_task import TextClassificationTask
 
 EXIT_RULES = ("confidence", "entropy", "patience")
@@ -46,13 +49,44 @@ PARTS = ("rules", "static", "adaptive", "timing", "table")
 TIMING_BATCHES = (1, 8, 64)
 
 
-def _loader(model, dataset: str, split: str, max_samples, batch_size: int, max_length: int):
-    config = load_config(None, dict(model="pact_encoder", pretrained_file="unused", dataset=dataset, eval_split=split,
-                                    max_eval_samples=max_samples, eval_batch_size=batch_size,
-                                    dataset_kwargs={"max_length": max_length}))
-    task = TextClassificationTask(config)
+def _loader(model, args):
+    if is_timm_folder(args.source):
+        config = load_config(None, dict(model=model.pretrained_cfg["architecture"], dataset=args.dataset,
+                                        eval_split=args.split, max_eval_samples=args.max_samples,
+                                        eval_batch_size=args.batch_size, image_size=args.image_size))
+        task = ImageClassificationTask(config)
+    else:
+        config = load_config(None, dict(model="pact_encoder", pretrained_file="unused", dataset=args.dataset,
+                                        eval_split=args.split, max_eval_samples=args.max_samples,
+                                        eval_batch_size=args.batch_size, dataset_kwargs={"max_length": args.max_length}))
+        task = TextClassificationTask(config)
     data = task.load_data(model)
-    return task, DataLoader(data.eval, batch_size=batch_size, shuffle=False, collate_fn=data.collate_fn), data
+    return task, DataLoader(data.eval, batch_size=args.batch_size, shuffle=False, collate_fn=data.collate_fn), data
+
+
+def _load(folder: str):
+    """A model folder in eval mode (timm or PACT-Encoder)."""
+    if is_timm_folder(folder):
+        return load_model_folder(folder).eval()
+    return PactEncoderForSequenceClassification.from_pretrained(folder).eval()
+
+
+def _with_rule(exits_folder: str, rule: str):
+    """The model of ``exits_folder`` with its exits read by the early-exit ``rule``."""
+    if not is_timm_folder(exits_folder):
+        return PactEncoderForSequenceClassification.convert_from(exits_folder, halting_method=rule).eval()
+    import timm
+
+    config = json.loads((Path(exits_folder) / "config.json").read_text())
+    kwargs = {k: v for k, v in config.get("model_args", {}).items()
+              if k in ("halting_scope", "halting_bias_init", "drop_rate")}
+    return timm.create_model(config["architecture"], method=rule, num_classes=config["num_classes"], pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(Path(exits_folder) / "model.safetensors"),
+                                                         num_classes=config["num_classes"]), **kwargs).eval()
+
+
+def _num_units(model) -> int:
+    return next(s for _, s in adaptive_stages(model)).num_units
 
 
 def _point(model, task, loader, **extra) -> dict:
@@ -60,7 +94,7 @@ def _point(model, task, loader, **extra) -> dict:
     metrics = evaluate_model(model, loader, task, keep_units=True)
     units, accuracy = metrics["units"], metrics["accuracy"]
     spread = depth_spread(units)
-    histogram = torch.bincount(units[:, 0], minlength=model.config.num_hidden_layers + 1)[1:].tolist()
+    histogram = torch.bincount(units[:, 0], minlength=_num_units(model) + 1)[1:].tolist()
     return dict(accuracy=accuracy, flops_ratio=metrics["flops_ratio"], mean_flops=metrics["mean_flops"],
                 mean_layers=metrics["mean_units"][0], layers_std=spread["std"][0],
                 away_from_mode=spread["away_from_mode"][0], layers_histogram=histogram,
@@ -68,7 +102,7 @@ def _point(model, task, loader, **extra) -> dict:
 
 
 @torch.no_grad()
-def _ms_per_sample(models: dict, data, batch_size: int, samples: int, repeats: int) -> dict:
+def _ms_per_sample(models: dict, task, data, batch_size: int, samples: int, repeats: int) -> dict:
     """Median over interleaved repeats of the wall time per sample of each model over the first ``samples`` reviews
     in batches of ``batch_size``."""
     loader = DataLoader(torch.utils.data.Subset(data.eval, range(samples)), batch_size=batch_size, shuffle=False,
@@ -79,7 +113,7 @@ def _ms_per_sample(models: dict, data, batch_size: int, samples: int, repeats: i
         for name, model in models.items():
             start = time.perf_counter()
             for batch in batches:
-                model(**batch)
+                task.forward(model, batch)
             times[name].append((time.perf_counter() - start) / samples * 1e3)
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
@@ -150,7 +184,7 @@ def format_table(result: dict) -> str:
             lines.append(_row(f"static ({name})", f"first {point['layers']} layers", point, source["accuracy"]))
     if "ms_per_sample" in result:
         batches = list(result["ms_per_sample"])
-        lines += ["", "| model | " + " | ".join(f"ms / review, b={b}" for b in batches) + " |",
+        lines += ["", "| model | " + " | ".join(f"ms / sample, b={b}" for b in batches) + " |",
                   "|---|" + "---|" * len(batches)]
         for name in result["ms_per_sample"][batches[0]]:
             lines.append(f"| {name} | " + " | ".join(f"{result['ms_per_sample'][b][name]:.2f}" for b in batches) + " |")
@@ -165,7 +199,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-samples", type=int, default=None)
-    parser.add_argument("--max-length", type=int, default=40)
+    parser.add_argument("--max-length", type=int, default=40, help="text: tokens per sample")
+    parser.add_argument("--image-size", type=int, default=None, help="images: side in pixels (the recipe's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--timing-samples", type=int, default=128)
     parser.add_argument("--timing-repeats", type=int, default=5)
@@ -186,17 +221,17 @@ def main(argv=None) -> int:
     if parts == {"table"}:
         print(format_table(json.loads((out / "results.json").read_text())))
         return 0
-    source = PactEncoderForSequenceClassification.from_pretrained(args.source).eval()
-    task, loader, data = _loader(source, args.dataset, args.split, args.max_samples, args.batch_size, args.max_length)
+    source = _load(args.source)
+    task, loader, data = _loader(source, args)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     result = {"curves": {}, "static": {}, **previous, "split": args.split, "num_samples": len(data.eval),
               "threads": torch.get_num_threads()}
     if "source" not in result or "rules" in parts:
         result["source"] = _point(source, task, loader, folder=args.source)
     print(f"source: {result['source']['accuracy']:.4f}", flush=True)
-    num_layers = source.config.num_hidden_layers
-    with_rules = {rule: PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=rule).eval()
-                  for rule in EXIT_RULES}
+    with_rules = {rule: _with_rule(args.exits, rule) for rule in EXIT_RULES}
+    num_layers = _num_units(with_rules["confidence"])
+    images = is_timm_folder(args.source)  # the source's stages differ from the exits': no source-classifier truncation
     for rule in EXIT_RULES if "rules" in parts else ():
         model = with_rules[rule]
         points = []
@@ -205,8 +240,8 @@ def main(argv=None) -> int:
             points.append(_point(model, task, loader, threshold=threshold))
             print(rule, threshold, f"{points[-1]['accuracy']:.4f} {points[-1]['flops_ratio']:.3f}", flush=True)
         result["curves"][rule] = points
-    for name, model in (("per-layer exits", with_rules["confidence"]), ("source classifier", source)) \
-            if "static" in parts else ():
+    static = [("per-layer exits", with_rules["confidence"])] + ([] if images else [("source classifier", source)])
+    for name, model in static if "static" in parts else ():
         points = []
         for depth in range(1, num_layers + 1):
             with truncated_depth(model, [depth]):
@@ -216,7 +251,7 @@ def main(argv=None) -> int:
     adaptive = {}
     for spec in args.adaptive if "adaptive" in parts else ():
         name, folder = spec.split("=", 1)
-        model = PactEncoderForSequenceClassification.from_pretrained(folder).eval()
+        model = _load(folder)
         adaptive[name] = model
         stages = [s for _, s in adaptive_stages(model) if s.adaptive]
         own = stages[0].method.threshold if stages[0].method.has_threshold else None
@@ -236,11 +271,11 @@ def main(argv=None) -> int:
         folders = dict(spec.split("=", 1) for spec in args.adaptive)
         for spec in filter(None, args.timing_thresholds.split(",")):  # fresh instances: thresholds do not interfere
             name, threshold = spec.split("=")
-            model = (PactEncoderForSequenceClassification.convert_from(args.exits, halting_method=name)
-                     if name in EXIT_RULES else PactEncoderForSequenceClassification.from_pretrained(folders[name]))
+            model = _with_rule(args.exits, name) if name in EXIT_RULES else _load(folders[name])
             set_threshold(model.eval(), float(threshold))
             timed[f"{name}@{threshold}"] = model
-        result["ms_per_sample"] = {str(b): _ms_per_sample(timed, data, b, args.timing_samples, args.timing_repeats)
+        result["ms_per_sample"] = {str(b): _ms_per_sample(timed, task, data, b, args.timing_samples,
+                                                          args.timing_repeats)
                                    for b in TIMING_BATCHES}
         result["timing"] = dict(samples=args.timing_samples, repeats=args.timing_repeats,
                                 threads=torch.get_num_threads(), load_average=list(os.getloadavg()))

@@ -159,6 +159,16 @@ def test_network_scope_pact_has_heads_and_exits_and_resets_its_classifier():
     assert len(stage.heads) == 6 and len(stage.exits) == 7 and not stage.exits_are_heads
     model.reset_classifier(6)
     assert model(torch.randn(2, *INPUT)).shape == (2, 6) and stage.exits[0].fc.out_features == 6
+    reader = timm.create_model("pact_mobilenetv2_100", method="pact", num_classes=3, halting_scope="network",
+                               halting_features="state_and_exit").eval()
+    assert reader.blocks.heads[2].__dict__["exit_module"] is reader.blocks.exits[2]
+    assert reader.blocks.heads[2].fc.in_features == reader.blocks.exits[2].fc.in_features + 2
+    reader.reset_classifier(5)
+    assert reader.blocks.heads[2].__dict__["exit_module"] is reader.blocks.exits[2]
+    with torch.no_grad():
+        assert reader(torch.randn(2, *INPUT)).shape == (2, 5)
+    with pytest.raises(ValueError, match="needs halting_scope='network'"):
+        timm.create_model("pact_mobilenetv2_100", halting_features="state_and_exit")
     with pytest.raises(ValueError, match="num_classes must be >= 1"):
         model.reset_classifier(0)
     with pytest.raises(ValueError, match="halting_scope must be one of"):
@@ -169,7 +179,7 @@ def test_network_scope_pact_has_heads_and_exits_and_resets_its_classifier():
 
 def test_frozen_conversion_of_a_timm_source_trains_only_the_exits(tmp_path):
     """A plain fine-tune's folder in, exits out: the classifier is the source's (same classes) and stays frozen."""
-    from pact_zoo.training.distill import freeze_source_weights
+    from pact_zoo.training.distill import freeze_norm_statistics, freeze_source_weights
 
     plain = _calibrated_plain()
     save_file(plain.state_dict(), str(tmp_path / "model.safetensors"))
@@ -177,6 +187,12 @@ def test_frozen_conversion_of_a_timm_source_trains_only_the_exits(tmp_path):
                               pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"), num_classes=4))
     trainable = freeze_source_weights(model)
     assert set(trainable) == set(model.newly_initialized_keys)
+    model.train()
+    frozen = freeze_norm_statistics(model)  # the source's BatchNorm statistics stay as they were
+    assert frozen and not any(m.training for m in frozen) and model.blocks.exits[0].training
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(4, *INPUT))
+    assert torch.equal(model.bn1.running_mean, before)
     fresh_classes = timm.create_model("pact_mobilenetv2_100", method="confidence", num_classes=3, pretrained=True,
                                       pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors")))
     assert "classifier.weight" in freeze_source_weights(fresh_classes)  # timm dropped the 1000-class head

@@ -21,7 +21,8 @@ MSDNet, Huang et al. 2018, on one backbone): one adaptive stage whose units are 
 ``blocks.exits.<s>.fc.*``) and the model's own head (``conv_head`` -> ``bn2`` -> classifier) as the last exit. A
 sample stops after a stage and leaves with that exit's logits, so the rest of the network never runs for it. The
 exit rules (``confidence``, ``entropy``, ``patience``) decide from the exits; PACT and policy gradient add a halting
-head after every stage but the last (``blocks.heads.<s>.*``). This is the default for the exit rules.
+head after every stage but the last (``blocks.heads.<s>.*``), which with ``halting_features="state_and_exit"`` also
+reads the certainty of the stage's exit. This is the default for the exit rules.
 
 Papers:
 * PACT: Figurnov, Sobolev, Vetrov, "Probabilistic Adaptive Computation Time", arXiv:1712.00386.
@@ -38,18 +39,23 @@ from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
+from ..halting.exits import exit_certainty
 from ._helpers import add_halting_heads_filter, begin_forward
 from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
 )
 
-__all__ = ["AdaptiveEfficientNet", "HALTING_SCOPES", "MIN_INPUT_SIZE", "StageExit"]
+__all__ = ["AdaptiveEfficientNet", "ExitAwareHaltingHead", "HALTING_FEATURES", "HALTING_SCOPES", "MIN_INPUT_SIZE",
+           "StageExit"]
 
 #: Smallest accepted input side: the backbone's total stride (the last stage sees at least one pixel).
 MIN_INPUT_SIZE = 32
 #: ``"stage"``: halting over the blocks inside every stage (SACT); ``"network"``: one decision after every stage,
 #: where an exit classifier reads the stage's output (early exits).
 HALTING_SCOPES = ("stage", "network")
+#: What the halting heads of ``halting_scope="network"`` read: the pooled stage output, or that plus the certainty of
+#: the stage's exit (largest softmax probability and 1 - normalised entropy).
+HALTING_FEATURES = ("state", "state_and_exit")
 
 
 def _out_channels(block: nn.Module) -> int:
@@ -99,6 +105,41 @@ class ModelHeadExit(nn.Module):
         return model.forward_head(model.bn2(model.conv_head(x)))
 
 
+class ExitAwareHaltingHead(HaltingHead):
+    """Halting head that also reads its stage's exit: global pool -> BN -> act, concatenated with the exit's largest
+    softmax probability and ``1 - H(p) / log C`` (detached) -> Linear(C + 2 -> 1). The exit is referenced, not
+    registered (its weights belong to the stage's exits).
+
+    Shape: ``[B, C, H, W]`` -> ``[B]`` halting logits.
+    """
+
+    #: certainty features read from the exit
+    NUM_EXIT_FEATURES = 2
+
+    def __init__(self, num_chs: int, exit_module: nn.Module, act_layer: Optional[type] = None,
+                 bias_init: float = -3.0, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(num_chs, act_layer=act_layer, bias_init=bias_init, device=device, dtype=dtype)
+        self.fc = nn.Linear(num_chs + self.NUM_EXIT_FEATURES, 1, device=device, dtype=dtype)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.constant_(self.fc.bias, bias_init)
+        self.__dict__["exit_module"] = exit_module
+
+    def _can_fold(self, x: torch.Tensor) -> bool:
+        return False  # the exit features are not an affine map of the state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))
+        if self.training and pooled.shape[0] == 1:  # one row has no batch statistics: use the running ones
+            normed = nn.functional.batch_norm(pooled, self.norm.running_mean, self.norm.running_var,
+                                              self.norm.weight, self.norm.bias, training=False, eps=self.norm.eps)
+        else:
+            normed = self.norm(pooled)
+        exit_logits = self.__dict__["exit_module"](x).detach().float()
+        certainty = torch.stack([torch.softmax(exit_logits, -1).amax(-1), exit_certainty(exit_logits)], dim=-1)
+        return self.fc(torch.cat([self.act(normed), certainty.to(normed.dtype)], dim=-1)).squeeze(-1)
+
+
 class AdaptiveEfficientNet(EfficientNet):
     """timm's EfficientNet / MobileNetV2 whose multi-block stages are adaptive stages with halting heads.
 
@@ -111,24 +152,29 @@ class AdaptiveEfficientNet(EfficientNet):
     """
 
     def __init__(self, method: str = "pact", halting_act_layer: Optional[str] = None,
-                 halting_scope: Optional[str] = None, **kwargs: Any) -> None:
+                 halting_scope: Optional[str] = None, halting_features: str = "state", **kwargs: Any) -> None:
         halting_cfg = HaltingConfig.from_kwargs(method, kwargs)
         super().__init__(**kwargs)
-        self.add_halting(halting_cfg, halting_act_layer, halting_scope)
+        self.add_halting(halting_cfg, halting_act_layer, halting_scope, halting_features)
 
     def add_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str] = None,
-                    halting_scope: Optional[str] = None) -> None:
+                    halting_scope: Optional[str] = None, halting_features: str = "state") -> None:
         """Make the blocks adaptive with fresh halting heads (shared by the builders and
         :func:`pact_zoo.make_adaptive`). ``halting_scope="stage"`` (default for methods with halting heads): every
         stage of more than one block becomes an adaptive stage over its blocks; raises ValueError if a later block
         of a stage changes the shape (no identity shortcut). ``"network"`` (default for the exit rules): one adaptive
-        stage over the whole stages with an exit after each."""
+        stage over the whole stages with an exit after each; its halting heads read the stage's output and, with
+        ``halting_features="state_and_exit"``, the certainty of its exit."""
         scope = halting_scope or ("network" if halting_cfg.reads_exits else "stage")
         if scope not in HALTING_SCOPES:
             raise ValueError(f"halting_scope must be one of {HALTING_SCOPES}, got {halting_scope!r}")
+        if halting_features not in HALTING_FEATURES:
+            raise ValueError(f"halting_features must be one of {HALTING_FEATURES}, got {halting_features!r}")
+        if halting_features != "state" and scope != "network":
+            raise ValueError("halting_features='state_and_exit' needs halting_scope='network' (exits to read)")
         self.halting_scope = scope
         if scope == "network":
-            self._add_network_halting(halting_cfg, halting_act_layer)
+            self._add_network_halting(halting_cfg, halting_act_layer, halting_features)
             return
         if halting_cfg.reads_exits:
             raise ValueError(f"method {halting_cfg.method!r} decides from exit classifiers: use "
@@ -151,7 +197,8 @@ class AdaptiveEfficientNet(EfficientNet):
             self.blocks[stage_idx] = SequentialAdaptiveStage(units, heads, method=halting_cfg)
         self._finish_halting(halting_cfg)
 
-    def _add_network_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str]) -> None:
+    def _add_network_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str],
+                             halting_features: str) -> None:
         if self.num_classes < 1:
             raise ValueError(f"halting_scope='network' needs a classifier (num_classes >= 1) for its exits, got "
                              f"num_classes={self.num_classes}")
@@ -162,8 +209,13 @@ class AdaptiveEfficientNet(EfficientNet):
         heads = None
         if halting_cfg.adaptive and not halting_cfg.reads_exits:
             head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
-            heads = [HaltingHead(c, act_layer=head_act, bias_init=halting_cfg.halting_bias_init, **dd)
-                     for c in channels[:-1]]
+            if halting_features == "state_and_exit":
+                heads = [ExitAwareHaltingHead(c, exit_module, act_layer=head_act,
+                                              bias_init=halting_cfg.halting_bias_init, **dd)
+                         for c, exit_module in zip(channels[:-1], exits)]
+            else:
+                heads = [HaltingHead(c, act_layer=head_act, bias_init=halting_cfg.halting_bias_init, **dd)
+                         for c in channels[:-1]]
         self.blocks = SequentialAdaptiveStage(units, heads, method=halting_cfg, exits=exits)
         self._finish_halting(halting_cfg)
 
@@ -189,6 +241,8 @@ class AdaptiveEfficientNet(EfficientNet):
             dd = head_device_dtype(self)
             for n in range(stage.num_units - 1):
                 stage.exits[n] = StageExit(stage.exits[n].fc.in_features, num_classes, **dd)
+                if isinstance(stage.heads[n] if stage.heads is not None else None, ExitAwareHaltingHead):
+                    stage.heads[n].__dict__["exit_module"] = stage.exits[n]
 
     def _stages(self) -> List[AdaptiveStage]:
         return [m for m in self.modules() if isinstance(m, AdaptiveStage)]
@@ -247,11 +301,12 @@ _BACKBONES = {
 
 
 def _create(variant: str, pretrained: bool = False, halting_scope: Optional[str] = None,
-            **kwargs: Any) -> AdaptiveEfficientNet:
+            halting_features: str = "state", **kwargs: Any) -> AdaptiveEfficientNet:
     backbone, _ = _BACKBONES[variant]
+    options = dict(halting_scope=halting_scope, halting_features=halting_features)
 
     def model_cls(**model_kwargs: Any) -> AdaptiveEfficientNet:
-        return adaptive_from_timm(backbone, family_options=dict(halting_scope=halting_scope), **model_kwargs)
+        return adaptive_from_timm(backbone, family_options=options, **model_kwargs)
 
     return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=add_halting_heads_filter,
                                 feature_cfg=dict(flatten_sequential=True), **kwargs)

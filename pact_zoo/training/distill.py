@@ -18,7 +18,7 @@ from torch import nn
 from ..halting import eval_mode, full_depth
 from .tasks import halting_head_parameters
 
-__all__ = ["freeze_source_weights", "distillation_loss", "teacher_logits"]
+__all__ = ["freeze_source_weights", "freeze_norm_statistics", "distillation_loss", "teacher_logits"]
 
 
 def _new_weight_names(model: nn.Module) -> set[str]:
@@ -58,6 +58,20 @@ def freeze_source_weights(model: nn.Module, freeze_exits: bool = False) -> list[
         what = "halting heads" if freeze_exits else "new weights (halting heads, exit classifiers, a new classifier)"
         raise ValueError(f"freeze_backbone: the model has no {what} to train")
     return trainable
+
+
+def freeze_norm_statistics(model: nn.Module) -> list[nn.Module]:
+    """Put every batch-normalisation layer whose parameters are all frozen in eval mode (call after
+    ``model.train()``): a frozen backbone keeps its running statistics, so at full depth it still computes what the
+    source computed. Returns those layers."""
+    frozen = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            params = list(module.parameters(recurse=False))
+            if not any(p.requires_grad for p in params):
+                module.eval()
+                frozen.append(module)
+    return frozen
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -40,7 +40,7 @@ from .run_dir import (
     CHECKPOINT_DIR, CHECKPOINT_PATTERN, CONFIG_FILE, FINAL_METRICS_FILE, METRICS_FILE, MODEL_DIR, STATE_FILE,
     clear_run, latest_checkpoint, plan_run,
 )
-from .distill import distillation_loss, freeze_source_weights, teacher_logits
+from .distill import distillation_loss, freeze_norm_statistics, freeze_source_weights, teacher_logits
 from .io import load_model_folder
 from .tasks import build_task, halting_head_parameters
 
@@ -212,6 +212,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         model.train()
+        if config.freeze_backbone:  # frozen normalisation layers keep the source's statistics
+            freeze_norm_statistics(model)
         start = time.perf_counter()
         running_loss, running_cost, seen = 0.0, 0.0, 0
         progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}",
