@@ -86,6 +86,34 @@ def test_vit_exits_are_its_own_head():
     assert not any(k.startswith("blocks.heads") for k in model.state_dict())
 
 
+def test_vit_per_layer_exits_start_as_its_head_and_save_their_own_weights(tmp_path):
+    """exit_classifiers='per_layer': each block but the last has its own norm + classifier (initialised as the
+    model's), saved under blocks.exits.*; the model's head stays the last exit; full depth is the plain ViT."""
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=3, img_size=32, depth=4)
+    model = timm.create_model("pact_vit_tiny_patch16_224", method="entropy", exit_classifiers="per_layer",
+                              **kwargs).eval()
+    shared = timm.create_model("pact_vit_tiny_patch16_224", method="entropy", **kwargs).eval()
+    shared.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("blocks.exits.")})
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        for n in (1, 2, 4):  # untrained per-layer exits equal the shared head
+            with truncated_depth(model, [n]), truncated_depth(shared, [n]):
+                torch.testing.assert_close(model(x), shared(x), atol=1e-5, rtol=0)
+        model.blocks.exits[0].head.weight.add_(1.0)  # now exit 0 is its own
+        with truncated_depth(model, [1]):
+            own = model(x)
+        torch.testing.assert_close(own, model.blocks.exits[0](model.blocks[0](model._embed(x))))
+        with pact_zoo.full_depth(model):
+            torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
+    keys = [k for k in model.state_dict() if k.startswith("blocks.exits.")]
+    assert sorted({k.split(".")[2] for k in keys}) == ["0", "1", "2"] and not any("heads" in k for k in keys)
+    model.reset_classifier(7)
+    assert model.blocks.exits[1].head.out_features == 7
+    with pytest.raises(ValueError, match="exit_classifiers must be one of"):
+        timm.create_model("pact_vit_tiny_patch16_224", exit_classifiers="every", **kwargs)
+
+
 def test_token_classification_refuses_exits():
     with pytest.raises(ValueError, match="exit classifiers are built for sequence classification"):
         PactEncoderForTokenClassification.from_backbone(tiny_backbone("bert"), num_labels=3,

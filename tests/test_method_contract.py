@@ -101,6 +101,8 @@ FAMILIES = {
     "imagenet_resnet": _image_family("pact_resnet18", (3, 32, 32)),
     # ViT-Ti widths (attention matmuls, which the report does not count, stay < 1 % of the FLOPs at 5 tokens)
     "vit": _image_family("pact_vit_tiny_patch16_224", (3, 32, 32), img_size=32, depth=4),
+    "vit_per_layer": _image_family("pact_vit_tiny_patch16_224", (3, 32, 32), img_size=32, depth=4,
+                                   exit_classifiers="per_layer"),
     # whole stages as units, an exit after each (their states change shape; rows leave with exit logits)
     "mobilenet_exits": _mobile_exits,
     "pact_lstm": _lstm,
@@ -123,7 +125,7 @@ def _heterogeneous(model, input_shape):
 
 
 #: Families with exit classifiers, on which the exit rules (``reads_exits``) run; the others must refuse them.
-EXIT_FAMILIES = ("pact_encoder", "vit", "mobilenet_exits")
+EXIT_FAMILIES = ("pact_encoder", "vit", "vit_per_layer", "mobilenet_exits")
 #: Output tolerance of batched against one-row forwards: float rounding of each family's kernels. timm's own
 #: mobilenetv2_100 (17 blocks) differs by 1e-4 between a batch of 6 and its rows one at a time.
 FAMILY_ATOL = {"mobilenet_exits": 3e-4}

@@ -198,13 +198,7 @@ EMPTY_BATCH_MODELS = {
     "pact_vit_tiny_patch16_224": TINY_VIT,
     "acm_vit_tiny_patch16_224": TINY_VIT,
 }
-#: The compact loop of halting/stage.py runs unit L at its last unit when no row is live (an empty batch); the fix
-#: there is ``if num_stop == 0 and n < self.num_units - 1:`` in ``AdaptiveStage._forward_compact``.
-STAGE_COMPACT_EMPTY = pytest.mark.xfail(raises=IndexError, strict=True,
-                                        reason="AdaptiveStage._forward_compact: an empty batch runs past the last unit")
-
-
-@pytest.mark.parametrize("execution", ["masked", pytest.param("compact", marks=STAGE_COMPACT_EMPTY)])
+@pytest.mark.parametrize("execution", ["masked", "compact"])
 @pytest.mark.parametrize("name", [n for n in EMPTY_BATCH_MODELS if not n.startswith("acm_")])
 def test_empty_batch_in_eval_gives_an_empty_output(name, execution):
     model = timm.create_model(name, num_classes=3, **EMPTY_BATCH_MODELS[name]).eval()

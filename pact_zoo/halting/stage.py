@@ -440,7 +440,7 @@ class AdaptiveStage(nn.Module):
                 unit_out = self._stop_output(n, state, context, logits)
                 contribution = unit_out * _rows(weight, unit_out)
                 out = contribution if out is None else active.add_into(out, contribution)
-            if num_stop == 0:
+            if num_stop == 0 and n < self.num_units - 1:  # (at the last unit every live row stops, also of none)
                 state = self._run_unit_compact(n + 1, state, context)
                 continue
             if num_stop == num_live:

@@ -34,12 +34,13 @@ from typing import Any, List, Optional
 
 import torch
 from timm.layers import get_act_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
 from ..halting.exits import exit_certainty
+from ._checkpoint import build_model
 from ._helpers import add_halting_heads_filter, begin_forward
 from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
@@ -229,7 +230,7 @@ class AdaptiveEfficientNet(EfficientNet):
         return getattr(self, "halting_scope", "stage") == "network"
 
     @torch.jit.ignore
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """timm's ``reset_classifier``; with ``halting_scope="network"`` the stage exits are replaced by fresh ones
         for ``num_classes`` too (>= 1)."""
         if self._network_scope and num_classes < 1:
@@ -308,8 +309,8 @@ def _create(variant: str, pretrained: bool = False, halting_scope: Optional[str]
     def model_cls(**model_kwargs: Any) -> AdaptiveEfficientNet:
         return adaptive_from_timm(backbone, family_options=options, **model_kwargs)
 
-    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=add_halting_heads_filter,
-                                feature_cfg=dict(flatten_sequential=True), **kwargs)
+    return build_model(model_cls, variant, pretrained, pretrained_filter_fn=add_halting_heads_filter,
+                       feature_cfg=dict(flatten_sequential=True), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

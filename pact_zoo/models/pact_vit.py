@@ -45,7 +45,7 @@ from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
 )
 
-__all__ = ["AdaptiveVisionTransformer", "TokenHaltingHead", "ViTExit"]
+__all__ = ["AdaptiveVisionTransformer", "EXIT_CLASSIFIERS", "TokenHaltingHead", "ViTExit", "ViTLayerExit"]
 
 
 class TokenHaltingHead(HaltingHead):
@@ -89,41 +89,87 @@ class ViTExit(nn.Module):
         return model.forward_head(model.norm(x))
 
 
+#: ``"shared"``: every exit is the model's own norm + head; ``"per_layer"``: every block but the last has its own exit
+#: classifier (DeeBERT, Xin et al. 2020; PABEE, Zhou et al. 2020), the model's head stays the last exit.
+EXIT_CLASSIFIERS = ("shared", "per_layer")
+
+
+class ViTLayerExit(nn.Module):
+    """A block's own exit classifier: LayerNorm -> pool (class token, or the mean of the patch tokens, as the model's
+    ``global_pool``) -> Linear(D -> num_classes). Initialised as a copy of the model's final norm and head, so that
+    every exit starts as the shared one.
+
+    Shape: ``[B, N, D]`` -> ``[B, num_classes]`` logits.
+    """
+
+    is_exit = True
+
+    def __init__(self, model: VisionTransformer, num_classes: int, use_class_token: bool,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        self.num_prefix_tokens, self.use_class_token = model.num_prefix_tokens, use_class_token
+        self.norm = nn.LayerNorm(model.embed_dim, eps=getattr(model.norm, "eps", 1e-6), device=device, dtype=dtype)
+        self.head = nn.Linear(model.embed_dim, num_classes, device=device, dtype=dtype)
+        with torch.no_grad():
+            if isinstance(model.norm, nn.LayerNorm) and model.norm.weight is not None:
+                self.norm.load_state_dict(model.norm.state_dict())
+            if isinstance(model.head, nn.Linear) and model.head.out_features == num_classes:
+                self.head.load_state_dict(model.head.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        pooled = x[:, 0] if self.use_class_token else x[:, self.num_prefix_tokens:].mean(dim=1)
+        return self.head(pooled)
+
+
 class AdaptiveVisionTransformer(VisionTransformer):
     """timm's VisionTransformer whose blocks form one adaptive stage with a halting head after every block but the
     last.
 
     Build it with a registered name (``pact_vit_tiny_patch16_224`` ...) or convert a timm instance with
     :func:`pact_zoo.make_adaptive`; the constructor takes ``method``, ``halting_act_layer``, the halting knobs and
-    the arguments of :class:`timm.models.vision_transformer.VisionTransformer`.
+    the arguments of :class:`timm.models.vision_transformer.VisionTransformer`. ``exit_classifiers``
+    (:data:`EXIT_CLASSIFIERS`): with ``"per_layer"`` every block but the last gets its own exit classifier
+    (``blocks.exits.<n>.*``) and a sample leaves with the logits of the exit where it stopped.
 
     Shape: ``[B, in_chans, H, W]`` -> ``[B, num_classes]`` (H, W as the patch embedding expects).
     """
 
-    def __init__(self, method: str = "pact", halting_act_layer: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, method: str = "pact", halting_act_layer: Optional[str] = None,
+                 exit_classifiers: str = "shared", **kwargs: Any) -> None:
         halting_cfg = HaltingConfig.from_kwargs(method, kwargs)
         super().__init__(**kwargs)
-        self.add_halting(halting_cfg, halting_act_layer)
+        self.add_halting(halting_cfg, halting_act_layer, exit_classifiers)
 
-    def add_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str] = None) -> None:
+    def add_halting(self, halting_cfg: HaltingConfig, halting_act_layer: Optional[str] = None,
+                    exit_classifiers: str = "shared") -> None:
         """Replace ``blocks`` by an adaptive stage with fresh halting heads (shared by the builders and
-        :func:`pact_zoo.make_adaptive`)."""
+        :func:`pact_zoo.make_adaptive`); with ``exit_classifiers="per_layer"`` also fresh per-block exits."""
         if not isinstance(self.blocks, nn.Sequential) or len(self.blocks) < 1:
             raise ValueError("model.blocks must be a non-empty nn.Sequential of transformer blocks")
+        if exit_classifiers not in EXIT_CLASSIFIERS:
+            raise ValueError(f"exit_classifiers must be one of {EXIT_CLASSIFIERS}, got {exit_classifiers!r}")
+        if exit_classifiers == "per_layer" and self.num_classes < 1:
+            raise ValueError(f"exit_classifiers='per_layer' needs a classifier (num_classes >= 1), got "
+                             f"num_classes={self.num_classes}")
         head_act = get_act_layer(halting_act_layer) if halting_act_layer else None
         dd = head_device_dtype(self)
         units = list(self.blocks)
-        heads = None
-        if halting_cfg.reads_exits:  # early-exit rules: every block's exit is the model's own norm + head
+        # heads and exits pool as the classifier does (timm's global_pool): the class token for "token", else the
+        # mean of the patch tokens
+        use_class_token = self.has_class_token and getattr(self, "global_pool", "token") in ("token", "")
+        heads, exits = None, None
+        if exit_classifiers == "per_layer":
+            exits = [ViTLayerExit(self, self.num_classes, use_class_token, **dd) for _ in range(len(units) - 1)]
+            exits.append(ViTExit(self))
+        if halting_cfg.reads_exits and exits is None:  # early-exit rules: every block's exit is the model's head
             heads = [ViTExit(self) for _ in range(len(units) - 1)]
-        elif halting_cfg.adaptive:
-            # the heads pool as the classifier does (timm's global_pool): the class token for "token", else the
-            # mean of the patch tokens
-            use_class_token = self.has_class_token and getattr(self, "global_pool", "token") in ("token", "")
+        elif halting_cfg.adaptive and not halting_cfg.reads_exits:
             heads = [TokenHaltingHead(self.embed_dim, self.num_prefix_tokens, use_class_token, act_layer=head_act,
                                       bias_init=halting_cfg.halting_bias_init, **dd)
                      for _ in range(len(units) - 1)]
-        self.blocks = SequentialAdaptiveStage(units, heads, method=halting_cfg)
+        self.exit_classifiers = exit_classifiers
+        self.blocks = SequentialAdaptiveStage(units, heads, method=halting_cfg, exits=exits)
         reduction = self.feature_info[-1]["reduction"]
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=self.embed_dim, reduction=reduction)
                              for i in range(len(units))]  # timm's layout: one point per block
@@ -135,7 +181,7 @@ class AdaptiveVisionTransformer(VisionTransformer):
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups for layer-wise lr decay; halting head ``n`` joins block ``n`` (the block it follows)."""
         matcher = super().group_matcher(coarse)
-        matcher["blocks"] = [(r"^blocks\.heads\.(\d+)", None)] + list(matcher["blocks"])
+        matcher["blocks"] = [(r"^blocks\.(?:heads|exits)\.(\d+)", None)] + list(matcher["blocks"])
         return matcher
 
     @torch.jit.ignore
@@ -258,12 +304,14 @@ class AdaptiveVisionTransformer(VisionTransformer):
         units = list(old)[:depth]
         if halting:
             heads = list(old.heads)[:depth - 1] if old.heads is not None else None
-            stage = SequentialAdaptiveStage(units, heads, method=old.method, execution=old.execution)
+            exits = list(old.exits)[:depth - 1] + [old.exits[-1]] if old.exits is not None else None
+            stage = SequentialAdaptiveStage(units, heads, method=old.method, execution=old.execution, exits=exits)
             if old.method_state is not None and stage.method_state is not None:
                 stage.method_state.load_state_dict(old.method_state.state_dict())
             stage.decision = old.decision
         else:
             self.halting_cfg = HaltingConfig("none")
+            self.exit_classifiers = "shared"
             stage = SequentialAdaptiveStage(units, None, method=self.halting_cfg, execution=old.execution)
         stage.grad_checkpointing = old.grad_checkpointing
         stage.train(old.training)
@@ -271,14 +319,38 @@ class AdaptiveVisionTransformer(VisionTransformer):
 
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` -> ``[B, N, D]`` normalised tokens (each sample after its last block)."""
+        """``[B, in_chans, H, W]`` -> ``[B, N, D]`` normalised tokens (each sample after its last block; with
+        per-layer exits, where samples leave with their exit's logits, every block runs)."""
         self._no_mask(attn_mask, is_causal)
+        if self._per_layer_exits:
+            x = self._embed(x)
+            for block in self.blocks:
+                x = block(x)
+            return self.norm(x)
         return self.norm(self.blocks(self._embed(x)))
+
+    @property
+    def _per_layer_exits(self) -> bool:
+        return getattr(self, "exit_classifiers", "shared") == "per_layer"
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """timm's ``reset_classifier``; per-layer exits are replaced by fresh ones for ``num_classes`` (>= 1)."""
+        if self._per_layer_exits and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 with exit_classifiers='per_layer', got {num_classes}")
+        super().reset_classifier(num_classes, global_pool)
+        if self._per_layer_exits:
+            stage, dd = self.blocks, head_device_dtype(self)
+            for n in range(stage.num_units - 1):
+                stage.exits[n] = ViTLayerExit(self, num_classes, stage.exits[n].use_class_token, **dd)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 is_causal: bool = False) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, num_classes]`` logits. The halting cost is in
         :func:`pact_zoo.halting_loss`, the per-sample account in :func:`pact_zoo.halting_report`."""
+        if self._per_layer_exits:  # the stage ends in the exits, the last of which is the model's head
+            self._no_mask(attn_mask, is_causal)
+            return self.blocks(self._embed(x))
         return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
 
 
@@ -319,8 +391,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> AdaptiveVi
     _check_feature_cls(kwargs)
     out_indices = kwargs.pop("out_indices", 3)  # as timm's ViT: the last 3 blocks
 
+    options = dict(exit_classifiers=kwargs.pop("exit_classifiers", "shared"))
+
     def model_cls(**model_kwargs: Any) -> AdaptiveVisionTransformer:
-        return adaptive_from_timm(backbone, **model_kwargs)
+        return adaptive_from_timm(backbone, family_options=options, **model_kwargs)
 
     return build_model(model_cls, variant, pretrained, pretrained_filter_fn=_filter_fn,
                        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
