@@ -206,6 +206,10 @@ def main(argv=None) -> int:
     parser.add_argument("--timing-repeats", type=int, default=5)
     parser.add_argument("--timing-thresholds", default="confidence=0.9",
                         help="comma-separated name=threshold operating points to time against the source")
+    parser.add_argument("--rule-thresholds", nargs="*", default=[],
+                        help="rule=t1,t2,... replacing a rule's default sweep (e.g. confidence=0.8,0.9)")
+    parser.add_argument("--learned-thresholds", default=",".join(f"{t:g}" for t in LEARNED_THRESHOLDS),
+                        help="comma-separated thresholds of the --adaptive models")
     parser.add_argument("--out", required=True, help="folder for results.json and tradeoff.png")
     parser.add_argument("--title", default="all-MiniLM-L6-v2 on Rotten Tomatoes")
     parser.add_argument("--parts", default=",".join(PARTS),
@@ -215,6 +219,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    rule_thresholds = dict(RULE_THRESHOLDS)
+    for spec in args.rule_thresholds:
+        rule, values = spec.split("=", 1)
+        rule_thresholds[rule] = tuple(float(v) for v in values.split(","))
+    learned_thresholds = tuple(float(v) for v in args.learned_thresholds.split(","))
     parts = set(args.parts.split(","))
     if not parts <= set(PARTS):
         raise ValueError(f"--parts must name some of {PARTS}, got {args.parts!r}")
@@ -235,7 +244,7 @@ def main(argv=None) -> int:
     for rule in EXIT_RULES if "rules" in parts else ():
         model = with_rules[rule]
         points = []
-        for threshold in RULE_THRESHOLDS[rule]:
+        for threshold in rule_thresholds[rule]:
             set_threshold(model, threshold)
             points.append(_point(model, task, loader, threshold=threshold))
             print(rule, threshold, f"{points[-1]['accuracy']:.4f} {points[-1]['flops_ratio']:.3f}", flush=True)
@@ -256,7 +265,7 @@ def main(argv=None) -> int:
         stages = [s for _, s in adaptive_stages(model) if s.adaptive]
         own = stages[0].method.threshold if stages[0].method.has_threshold else None
         points = []
-        for threshold in (LEARNED_THRESHOLDS if own is not None else (None,)):
+        for threshold in (learned_thresholds if own is not None else (None,)):
             if threshold is not None:
                 set_threshold(model, threshold)
             points.append(_point(model, task, loader, threshold=threshold))
