@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 __all__ = [
-    "HALTING_METHODS", "HaltingMethod", "HaltingRecord", "Knob", "Mixture", "StopDecision", "get_halting_method",
-    "register_halting_method", "check_number", "check_choice", "check_threshold", "logit_threshold",
+    "HALTING_METHODS", "HaltingMethod", "HaltingRecord", "Knob", "Mixture", "OVER_TIME_TERMS", "StopDecision",
+    "get_halting_method", "register_halting_method", "check_number", "check_choice", "check_threshold",
+    "logit_threshold",
 ]
 
 
@@ -105,6 +106,10 @@ class StopDecision:
     weight: Optional[torch.Tensor] = None
 
 
+#: How :meth:`HaltingRecord.over_time` combines the per-step loss terms of a recurrent layer.
+OVER_TIME_TERMS = ("sum", "mean")
+
+
 @dataclass
 class HaltingRecord:
     """What one forward of an adaptive stage did: the one record that losses and reports read.
@@ -143,24 +148,31 @@ class HaltingRecord:
         return self.units_executed.shape[0]
 
     @classmethod
-    def over_time(cls, steps: list[tuple[Optional[torch.Tensor], "HaltingRecord"]], batch_size: int) -> "HaltingRecord":
+    def over_time(cls, steps: list[tuple[Optional[torch.Tensor], "HaltingRecord"]], batch_size: int,
+                  terms: str = "sum") -> "HaltingRecord":
         """One record for a stage applied once per time step (a recurrent layer).
 
         Args:
             steps: per time step, ``(rows, record)``: ``rows`` None when every row of the batch ran, else the
                 ``[B_t]`` rows that did (padding rows run nothing); ``record`` the stage's record of that step.
             batch_size: B.
+            terms: how the per-step loss terms (PACT's entropy bonus, policy gradient's regularisers) combine:
+                ``"sum"`` over the steps (a term keeps its ratio to the per-step cost ``tau`` whatever the sequence
+                length) or ``"mean"`` over them (one term per sequence, as the task loss of a sequence label;
+                :data:`OVER_TIME_TERMS`).
 
         Returns:
-            units ``[B, T]`` (0 where a row did not run); cost and log-prob ``[B]`` and the loss terms summed over
-            the steps (so a per-step term such as PACT's entropy bonus keeps its ratio to the per-step cost ``tau``
-            whatever the sequence length).
+            units ``[B, T]`` (0 where a row did not run); cost and log-prob ``[B]`` summed over the steps (Graves
+            2016 eq. 11: the ponder cost of a sequence is the sum of its steps' costs); the loss terms as ``terms``
+            says.
         """
+        if terms not in OVER_TIME_TERMS:
+            raise ValueError(f"terms must be one of {OVER_TIME_TERMS}, got {terms!r}")
         first = steps[0][1]
         device = first.units_executed.device
         units = torch.zeros(batch_size, len(steps), dtype=torch.long, device=device)
         sums: dict[str, Optional[torch.Tensor]] = {"cost": None, "log_prob": None}
-        terms: dict[str, torch.Tensor] = {}
+        summed: dict[str, torch.Tensor] = {}
         for t, (rows, record) in enumerate(steps):
             if rows is None:
                 units[:, t] = record.units_executed
@@ -175,10 +187,12 @@ class HaltingRecord:
                     value = value.new_zeros(batch_size).index_add(0, rows, value)
                 sums[key] = value if sums[key] is None else sums[key] + value
             for key, term in record.terms.items():
-                terms[key] = terms.get(key, 0.0) + term
+                summed[key] = summed.get(key, 0.0) + term
+        if terms == "mean":
+            summed = {key: term / len(steps) for key, term in summed.items()}
         touch = next((record.touch for _, record in steps if record.touch is not None), None)
         return cls(units_executed=units, cost=sums["cost"], num_units=first.num_units, method=first.method,
-                   log_prob=sums["log_prob"], terms=terms, touch=touch,
+                   log_prob=sums["log_prob"], terms=summed, touch=touch,
                    heads_ran=any(record.heads_ran for _, record in steps))
 
     @property

@@ -15,10 +15,12 @@ from transformers import PreTrainedConfig
 
 try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig
+    from pact_zoo.halting.method import OVER_TIME_TERMS
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
     from .config import HALTING_METHODS, HaltingConfig
+    from .method import OVER_TIME_TERMS
 
 _HALTING_DEFAULTS = HaltingConfig()
 
@@ -58,6 +60,13 @@ class PactLSTMConfig(PreTrainedConfig):
             defaults. Knobs may also be passed flat (``PactLSTMConfig(tau=0.01)``); a knob of another method raises.
             ``tau`` weighs the ponder cost: the loss adds ``tau * mean_batch(sum_layers sum_t rho_t)`` (Graves 2016
             eq. 11; PACT's truncated-geometric prior contributes the same term with rho_t = E_q[z_t]).
+        halting_terms_over_time (`str`, defaults to ``"mean"``):
+            How a layer combines the per-time-step loss terms of its halting method (PACT's entropy bonus
+            ``-entropy_weight * H(q(z_t | x))``, policy gradient's regularisers) over a sequence: ``"mean"`` (one term
+            per sequence, like the task loss of a sequence label) or ``"sum"`` (``entropy_weight`` per time step,
+            like ``tau``). With ``"sum"`` a sequence of T frames gets T times the bonus: on real sequences
+            (T ~ 15-30) it outweighs the one task loss, q(z_t) stays near uniform and the eval rule runs nearly every
+            ponder step (docs/lstm_results.md). The ponder cost is summed over time either way (Graves eq. 11).
         classifier_dropout (`float`, defaults to 0.0):
             Dropout before the classification head.
         initializer_range (`float`, defaults to 0.02):
@@ -76,6 +85,7 @@ class PactLSTMConfig(PreTrainedConfig):
     halting_method: str = _HALTING_DEFAULTS.method
     halting_bias_init: float = _HALTING_DEFAULTS.halting_bias_init
     halting_knobs: dict | None = None
+    halting_terms_over_time: str = "mean"
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02
     pad_token_id: int | None = None
@@ -97,6 +107,9 @@ class PactLSTMConfig(PreTrainedConfig):
         if self.halting_method not in HALTING_METHODS:
             raise ValueError(f"halting_method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
                              f"got {self.halting_method!r}")
+        if self.halting_terms_over_time not in OVER_TIME_TERMS:
+            raise ValueError(f"halting_terms_over_time must be one of {OVER_TIME_TERMS}, "
+                             f"got {self.halting_terms_over_time!r}")
         if self.halting_knobs is not None and not isinstance(self.halting_knobs, dict):
             raise ValueError(f"halting_knobs must be a dict or None, got {type(self.halting_knobs).__name__}")
         flat = HaltingConfig.pop_knob_kwargs(kwargs)  # knobs passed flat, such as tau=...

@@ -11,7 +11,10 @@ weights p_t^n instead. The halting math is :class:`~pact_zoo.halting.AdaptiveSta
 every time step): this file only wires the LSTM cell into it.
 
 Loss (Graves eq. 11; PACT's truncated-geometric prior gives the same term with rho_t = E_q[z_t]):
-``task_loss + tau * mean_batch(sum_layers sum_t rho_t)``.
+``task_loss + tau * mean_batch(sum_layers sum_t rho_t)``, plus the method's per-step terms (PACT's entropy bonus
+``-entropy_weight * H(q(z_t | x))``) averaged over the time steps by default (``halting_terms_over_time="mean"``):
+summed, a sequence of T frames gets T bonuses against one task loss, q(z_t) stays near uniform and the eval rule
+runs almost every ponder step.
 
 Remote code: :meth:`PactLSTMPreTrainedModel.save_pretrained` writes this file, ``configuration_pact_lstm.py`` and
 the halting-core modules they import next to the weights, with an ``auto_map``; such a folder loads with
@@ -178,6 +181,7 @@ class PactLSTMLayer(nn.Module):
         super().__init__()
         halting: HaltingConfig = config.halting_config
         self.hidden_size = config.hidden_size
+        self.terms_over_time = getattr(config, "halting_terms_over_time", "mean")
         self.cell = nn.LSTMCell(input_size + 1, config.hidden_size)  # +1: first-step flag
         num_steps = config.max_ponder_steps
         units = [PactLSTMPonderStep(self.cell, FIRST_STEP_FLAG)]
@@ -227,7 +231,7 @@ class PactLSTMLayer(nn.Module):
         if profiling:
             steps = torch.full((batch_size, seq_len), self.stage.num_units, dtype=torch.long, device=inputs.device)
             return torch.stack(outputs, dim=1), steps, steps.sum(1).float()
-        record = HaltingRecord.over_time(records, batch_size)
+        record = HaltingRecord.over_time(records, batch_size, terms=self.terms_over_time)
         if len(records) < seq_len:  # steps where every row was padding: expand to [B, T]
             times = [t for t, rows in enumerate(step_rows) if rows is None or rows.numel()]
             units = record.units_executed.new_zeros(batch_size, seq_len)
