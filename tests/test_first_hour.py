@@ -1,0 +1,149 @@
+"""First-hour traps: the project's data command, and CLI cases that used to be silent or unclear."""
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pact_zoo.cli import main as cli_main
+from pact_zoo.data import fetch as fetch_module
+
+
+def _cli(capsys, *argv):
+    status = cli_main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------ data fetch
+def _tiny_image_dict():
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+    from PIL import Image as PILImage
+
+    features = Features({"image": Image(), "label": ClassLabel(names=["t-shirt", "trouser"]), "extra": Value("int64")})
+
+    def split(n: int):
+        images = [PILImage.new("L", (28, 28), color=10 * i) for i in range(n)]
+        return Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)], "extra": list(range(n))},
+                                 features=features)
+
+    return DatasetDict(train=split(4), test=split(2))
+
+
+def _tiny_text_dict():
+    from datasets import Dataset, DatasetDict
+
+    def split(n: int):
+        return Dataset.from_dict({"text": [f"review {i}" for i in range(n)], "label": [i % 2 for i in range(n)]})
+
+    return DatasetDict(train=split(4), validation=split(2), test=split(2))
+
+
+@pytest.fixture
+def fake_sources(monkeypatch):
+    """Offline stand-ins for the hub and timm downloads; records what was asked for."""
+    calls = []
+
+    def load_hub_dataset(repo_id):
+        calls.append(repo_id)
+        return {"zalando-datasets/fashion_mnist": _tiny_image_dict,
+                "cornell-movie-review-data/rotten_tomatoes": _tiny_text_dict}[repo_id]()
+
+    def download_hub_folder(repo_id, local_dir, allow_patterns):
+        calls.append(repo_id)
+        local_dir = Path(local_dir)
+        for name in ("config.json", "modules.json", "tokenizer_config.json", "1_Pooling/config.json"):
+            (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (local_dir / name).write_text("{}")
+        (local_dir / "model.safetensors").write_bytes(b"weights")
+        (local_dir / ".cache").mkdir()
+
+    def timm_state_dict(model_name):
+        calls.append(model_name)
+        return {"conv_stem.weight": torch.ones(2, 3, 3, 3), "classifier.weight": torch.zeros(1000, 2).t()}
+
+    monkeypatch.setattr(fetch_module, "load_hub_dataset", load_hub_dataset)
+    monkeypatch.setattr(fetch_module, "download_hub_folder", download_hub_folder)
+    monkeypatch.setattr(fetch_module, "timm_state_dict", timm_state_dict)
+    return calls
+
+
+def test_data_fetch_writes_the_layout_the_recipes_read(fake_sources, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from pact_zoo.data import load_image_dataset
+    from pact_zoo.data.text import load_text_dataset
+
+    dest = tmp_path / "data"
+    status, out, err = _cli(capsys, "data", "fetch", "all", "--dest", str(dest))
+    assert status == 0, err
+    assert fake_sources == ["zalando-datasets/fashion_mnist", "cornell-movie-review-data/rotten_tomatoes",
+                            "sentence-transformers/all-MiniLM-L6-v2", "tf_efficientnet_lite0", "mobilenetv2_100"]
+    assert len(out.splitlines()) == 5 and all(": wrote " in line for line in out.splitlines())
+    assert sorted(p.name for p in (dest / "fashion_mnist").iterdir()) == ["test.parquet", "train.parquet"]
+    assert sorted(p.name for p in (dest / "rotten_tomatoes").iterdir()) == [
+        "test.parquet", "train.parquet", "validation.parquet"]
+    minilm = dest / "all-MiniLM-L6-v2"
+    assert (minilm / "modules.json").is_file() and (minilm / "1_Pooling" / "config.json").is_file()
+    assert not (minilm / ".cache").exists()
+    for folder in ("tf_efficientnet_lite0", "mobilenetv2_100"):
+        state = load_file(str(dest / folder / "model.safetensors"))
+        assert sorted(state) == ["classifier.weight", "conv_stem.weight"]
+    assert not list(dest.rglob(".*.tmp"))  # atomic writes leave no temporary files
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(dest / "fashion_mnist" / "train.parquet")
+    assert table.column_names == ["image", "label"]
+    assert table.column("image")[0].as_py()["bytes"][:4] == b"\x89PNG"
+    images = load_image_dataset(f"parquet:{dest / 'fashion_mnist'}")
+    assert (len(images.train), len(images.eval)) == (4, 2)
+    assert images.train[0][images.image_column].size == (28, 28)
+    text = load_text_dataset(f"parquet:{dest / 'rotten_tomatoes'}")
+    assert len(text.train) == 4 and "text" in text.train.column_names
+
+    # a complete entry is skipped; --force fetches it again
+    fake_sources.clear()
+    status, out, _ = _cli(capsys, "data", "fetch", "fashion_mnist", "minilm", "--dest", str(dest))
+    assert status == 0 and fake_sources == [] and out.count("skipped") == 2
+    status, out, _ = _cli(capsys, "data", "fetch", "fashion_mnist", "--dest", str(dest), "--force")
+    assert status == 0 and fake_sources == ["zalando-datasets/fashion_mnist"]
+
+
+def test_data_command_help(capsys):
+    for argv in (["data", "--help"], ["data", "fetch", "--help"], ["data", "list", "--help"]):
+        assert cli_main(argv) == 0
+    assert "efficientnet_lite0" in capsys.readouterr().out
+    parser = fetch_module.build_parser()
+    subparsers = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)][0].choices
+    for sub in (parser, *subparsers.values()):
+        assert all(action.help for action in sub._actions), sub.prog
+
+
+def test_data_fetch_default_dest_and_offline_errors(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PACT_ZOO_DATA", str(tmp_path / "cache"))
+    assert fetch_module.default_dest() == tmp_path / "cache"
+    monkeypatch.delenv("PACT_ZOO_DATA")
+    assert fetch_module.default_dest() == Path("~/.cache/pact_zoo/data").expanduser()
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded\nwith url")
+
+    monkeypatch.setattr(fetch_module, "load_hub_dataset", offline)
+    monkeypatch.setattr(fetch_module, "download_hub_folder", offline)
+    for name, source in (("rotten_tomatoes", "cornell-movie-review-data/rotten_tomatoes"),
+                         ("minilm", "sentence-transformers/all-MiniLM-L6-v2")):
+        status, _, err = _cli(capsys, "data", "fetch", name, "--dest", str(tmp_path / "d"))
+        line = _one_error_line(err)
+        assert status == 2 and f"data entry {name!r}" in line and source in line and "Max retries" in line
+    assert not (tmp_path / "d" / "all-MiniLM-L6-v2").exists() and not list((tmp_path / "d").rglob("*.parquet"))
+    status, _, err = _cli(capsys, "data", "fetch", "cifar10")
+    assert status == 2 and "unknown data entry 'cifar10'" in _one_error_line(err)
