@@ -147,3 +147,35 @@ def test_data_fetch_default_dest_and_offline_errors(monkeypatch, tmp_path, capsy
     assert not (tmp_path / "d" / "all-MiniLM-L6-v2").exists() and not list((tmp_path / "d").rglob("*.parquet"))
     status, _, err = _cli(capsys, "data", "fetch", "cifar10")
     assert status == 2 and "unknown data entry 'cifar10'" in _one_error_line(err)
+
+
+# ------------------------------------------------------------------------------------------------ report repr
+def test_halting_report_repr_is_a_short_summary():
+    from pact_zoo.halting.report import HaltingReport
+
+    report = HaltingReport(units_executed=torch.tensor([[1, 3], [3, 5]]), flops=torch.tensor([40_000_000, 60_000_000]),
+                           full_flops=100_000_000, sample_full_flops=torch.tensor([100_000_000, 100_000_000]),
+                           num_units=(3, 5), stage_names=("layer1", "layer2"))
+    text = repr(report)
+    assert text == ("HaltingReport(batch=2, flops ratio 0.500 (mean 50 of 100 MFLOPs at full depth), "
+                    "mean units per stage 2.00 of 3 / 4.00 of 5)")
+    assert "tensor" not in text and "\n" not in text
+    empty = HaltingReport(units_executed=torch.zeros(0, 2, dtype=torch.long), flops=torch.zeros(0, dtype=torch.long),
+                          full_flops=100_000_000, sample_full_flops=torch.zeros(0, dtype=torch.long),
+                          num_units=(3, 5), stage_names=("layer1", "layer2"))
+    assert repr(empty).startswith("HaltingReport(batch=0,")
+
+
+def test_halting_report_repr_of_a_real_model():
+    import timm
+
+    import pact_zoo
+
+    model = timm.create_model("pact_resnet32", layers=[2, 2, 2], channels=[4, 8, 8]).eval()
+    with torch.no_grad():
+        model(torch.randn(3, 3, 32, 32))
+    text = repr(pact_zoo.halting_report(model))
+    import re
+
+    assert re.fullmatch(r"HaltingReport\(batch=3, flops ratio \d\.\d{3} \(mean [\d.]+ of [\d.]+ MFLOPs at full depth\), "
+                        r"mean units per stage (\d\.\d\d of 2)( / \d\.\d\d of 2){2}\)", text), text
