@@ -179,3 +179,12 @@ def test_halting_report_repr_of_a_real_model():
 
     assert re.fullmatch(r"HaltingReport\(batch=3, flops ratio \d\.\d{3} \(mean [\d.]+ of [\d.]+ MFLOPs at full depth\), "
                         r"mean units per stage (\d\.\d\d of 2)( / \d\.\d\d of 2){2}\)", text), text
+
+
+# ------------------------------------------------------------------------------------------------ test hygiene
+def test_pytest_keeps_only_failed_tests_folders_and_launches_use_their_own_tmpdir(launch_env, tmp_path):
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert pyproject["tool"]["pytest"]["ini_options"]["tmp_path_retention_policy"] in ("failed", "none")
+    assert Path(launch_env["TMPDIR"]).parent == tmp_path and Path(launch_env["TMPDIR"]).is_dir()
