@@ -188,3 +188,96 @@ def test_pytest_keeps_only_failed_tests_folders_and_launches_use_their_own_tmpdi
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert pyproject["tool"]["pytest"]["ini_options"]["tmp_path_retention_policy"] in ("failed", "none")
     assert Path(launch_env["TMPDIR"]).parent == tmp_path and Path(launch_env["TMPDIR"]).is_dir()
+
+
+# ------------------------------------------------------------------------------------------------ CLI cases
+TINY = dict(model="pact_resnet32", model_kwargs={"layers": [2, 2, 2], "channels": [4, 8, 8], "tau": 0.05},
+            dataset="digits", max_train_samples=32, max_eval_samples=16, epochs=1, batch_size=16, eval_batch_size=16,
+            lr=0.05, augment="crop", eval_thresholds=[0.5])
+
+
+def test_scientific_notation_is_a_float_in_yaml_and_on_the_command_line(tmp_path):
+    from pact_zoo.training import load_config
+    from pact_zoo.training.config import config_from_args
+    from pact_zoo.training.train_cli import build_parser
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 2e-3\nweight_decay: 5E-4\nmodel_kwargs: {tau: 1e-2}\neval_thresholds: [1e-1, 0.5]\n")
+    config = load_config(str(recipe))
+    assert (config.lr, config.weight_decay, config.model_kwargs, config.eval_thresholds) == (
+        0.002, 0.0005, {"tau": 0.01}, [0.1, 0.5])
+    args = build_parser().parse_args(["--config", str(recipe), "--lr", "3e-4", "--model-kwargs", "{tau: 2e-2}"])
+    config = config_from_args(args)
+    assert config.lr == 3e-4 and config.model_kwargs == {"tau": 0.02}
+    assert load_config(None, {"lr": "2e-3"}).lr == 0.002  # text through the Python API
+    with pytest.raises(ValueError, match=r"lr must be float, got 'fast'"):
+        load_config(None, {"lr": "fast"})
+
+
+@pytest.mark.parametrize("recipe", [None, ""])
+def test_train_without_a_recipe_says_which_defaults_and_folder(recipe, tmp_path, monkeypatch, capsys):
+    from pact_zoo.training import loop, train_cli
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda config, **kwargs: seen.append(config))
+    argv = ["--output-dir", str(tmp_path / "o")]
+    if recipe is not None:
+        (tmp_path / "empty.yaml").write_text(recipe)
+        argv += ["--config", str(tmp_path / "empty.yaml")]
+    assert train_cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "built-in default recipe (model pact_resnet32, dataset digits" in lines[0], lines
+    assert lines[0].endswith(f"into {tmp_path / 'o'}") and seen[0].output_dir == str(tmp_path / "o")
+    assert ("no --config given" if recipe is None else "empty.yaml is empty") in lines[0]
+
+
+def test_train_logs_progress_and_next_steps_then_evaluate_and_export(tmp_path, capsys, reset_accelerate):
+    from pact_zoo.training import load_config, train
+
+    out = tmp_path / "run"
+    train(load_config(None, dict(TINY, output_dir=str(out), log_every_steps=1)))
+    printed = capsys.readouterr().out
+    assert "epoch 1/1 step 1/2: loss " in printed and "epoch 1/1 step 2/2: loss " in printed, printed
+    model_dir = out / "model"
+    assert f"model saved to {model_dir}; next: pact-zoo evaluate --model-dir {model_dir}" in printed
+
+    status, printed, err = _cli(capsys, "evaluate", "--model-dir", str(model_dir), "--eval-thresholds", "[0.5]")
+    assert status == 0, err
+    assert f"wrote {out / 'eval' / 'tradeoff.json'} and the plots tradeoff.png" in printed
+    assert f"next: pact-zoo export --model-dir {model_dir} --output-dir {out / 'hub'}" in printed
+
+    # export: a folder holding other files is refused and left as it was; a previous export is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    status, _, err = _cli(capsys, "export", "--model-dir", str(model_dir), "--output-dir", str(mine))
+    assert status == 2 and "is not empty and holds no previous export" in _one_error_line(err)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    hub = tmp_path / "hub"
+    for _ in range(2):
+        status, _, err = _cli(capsys, "export", "--model-dir", str(model_dir), "--output-dir", str(hub))
+        assert status == 0, err
+    card = tmp_path / "card.yaml"
+    card.write_text("model_name: tiny\ndescripton: typo\nresults: notes\n")
+    status, _, err = _cli(capsys, "export", "--model-dir", str(model_dir), "--output-dir", str(hub), "--card",
+                          str(card))
+    assert status == 2 and "unknown key(s) ['descripton']" in _one_error_line(err)
+
+
+def test_a_diverging_loss_names_the_step(tmp_path, monkeypatch, reset_accelerate):
+    from pact_zoo.training import ConfigError, load_config, loop, train
+
+    real = loop._sample_loss
+    monkeypatch.setattr(loop, "_sample_loss", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(ConfigError, match=r"^the training loss is nan at step 1 \(epoch 1, batch 1\): the run diverged"):
+        train(load_config(None, dict(TINY, output_dir=str(tmp_path / "run"))))
+
+
+def test_fp16_on_a_cpu_is_refused(tmp_path, reset_accelerate):
+    from pact_zoo.training import ConfigError, load_config, train
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match=r"mixed_precision: fp16 needs a GPU.*bf16 or no"):
+        train(load_config(None, dict(TINY, output_dir=str(tmp_path / "run"), mixed_precision="fp16")))
+    assert not (tmp_path / "run" / "model").exists()
