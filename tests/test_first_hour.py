@@ -281,3 +281,62 @@ def test_fp16_on_a_cpu_is_refused(tmp_path, reset_accelerate):
     with pytest.raises(ConfigError, match=r"mixed_precision: fp16 needs a GPU.*bf16 or no"):
         train(load_config(None, dict(TINY, output_dir=str(tmp_path / "run"), mixed_precision="fp16")))
     assert not (tmp_path / "run" / "model").exists()
+
+
+# ------------------------------------------------------------------------------------------------ image folders
+def _png_folder(root: Path, layout: dict) -> None:
+    """``layout``: {relative folder: number of 12x12 PNGs}."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / folder / f"{i}.png")
+
+
+def test_imagefolder_class_names_reach_the_exported_config(tmp_path, reset_accelerate):
+    from pact_zoo.training import load_config, load_model_folder, train
+
+    _png_folder(tmp_path / "imgs", {"train/cat": 3, "train/dog": 3, "test/cat": 1, "test/dog": 1})
+    out = tmp_path / "run"
+    train(load_config(None, dict(TINY, dataset=f"imagefolder:{tmp_path / 'imgs'}", batch_size=2, eval_batch_size=2,
+                                 max_train_samples=None, max_eval_samples=None, output_dir=str(out))))
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["label_names"] == ["cat", "dog"] and saved["num_classes"] == 2
+    model = load_model_folder(out / "model")
+    assert model.pretrained_cfg["label_names"] == ["cat", "dog"]
+    from pact_zoo.training.io import save_model_folder
+
+    save_model_folder(model, tmp_path / "again")  # a re-saved (exported) folder keeps them
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["label_names"] == ["cat", "dog"]
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(out / "model").id2label == {0: "cat", 1: "dog"}
+
+
+def test_a_class_only_in_the_eval_split_is_named(tmp_path):
+    import pandas as pd
+
+    from pact_zoo.data import load_image_dataset
+    from pact_zoo.data.text import load_text_dataset
+
+    _png_folder(tmp_path / "imgs", {"train/cat": 2, "train/dog": 2, "test/cat": 1, "test/dgo": 1})
+    with pytest.raises(ValueError, match=r"label\(s\) \['dgo'\] occur in the eval split but never in the train"):
+        load_image_dataset(f"imagefolder:{tmp_path / 'imgs'}")
+    text = tmp_path / "text"
+    text.mkdir()
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 0]}).to_parquet(text / "train.parquet")
+    pd.DataFrame({"text": ["c", "d"], "label": [0, 3]}).to_parquet(text / "test.parquet")
+    with pytest.raises(ValueError, match=r"label\(s\) \['3'\] occur in the eval split but never in the train"):
+        load_text_dataset(f"parquet:{text}")
+
+
+def test_torchvision_imagefolder_layout_explains_the_expected_one(tmp_path, capsys):
+    _png_folder(tmp_path / "imgs", {"cat": 2, "dog": 2})
+    status, _, err = _cli(capsys, "train", "--dataset", f"imagefolder:{tmp_path / 'imgs'}", "--output-dir",
+                          str(tmp_path / "run"))
+    line = _one_error_line(err)
+    assert status == 2 and "holds class folders (cat, dog) but no train/ and test/ split folders" in line
+    assert "<dir>/train/<class>/*.png and <dir>/test/<class>/*.png" in line

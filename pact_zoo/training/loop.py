@@ -279,12 +279,24 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     if accelerator.is_main_process:
         if not config.freeze_backbone:
             _mark_trained_as_source(unwrapped)
+        _set_label_names(unwrapped, data.class_names)
         save_model_folder(accelerator.unwrap_model(model), output_dir / MODEL_DIR)
         atomic_write_json(output_dir / FINAL_METRICS_FILE, metrics)
         model_dir = output_dir / MODEL_DIR
         print(f"model saved to {model_dir}; next: pact-zoo evaluate --model-dir {model_dir}")
     accelerator.end_training()
     return metrics
+
+
+def _set_label_names(model: nn.Module, class_names) -> None:
+    """Record the dataset's class names on a timm model (``pretrained_cfg["label_names"]``), which the saved folder's
+    ``config.json`` keeps, unless they are just the class ids."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = [str(name) for name in (class_names or [])]
+    if not isinstance(cfg, dict) or not names or names == [str(i) for i in range(len(names))]:
+        return
+    if len(names) == getattr(model, "num_classes", None):
+        model.pretrained_cfg = {**cfg, "label_names": names}
 
 
 def _mark_trained_as_source(model: nn.Module) -> None:
