@@ -172,6 +172,7 @@ def fetch(names: Sequence[str], dest: Optional[os.PathLike] = None, force: bool 
         if is_complete(entry, dest) and not force:
             log(f"{name}: {folder} is complete, skipped (--force fetches it again)")
             continue
+        log(f"{name}: fetching from {entry.source} ...")
         try:
             entry.write(entry, folder)
         except (KeyboardInterrupt, SystemExit):
