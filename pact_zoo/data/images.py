@@ -205,7 +205,8 @@ def load_image_dataset(
     """Load an image-classification dataset as train/eval ``datasets.Dataset`` splits.
 
     Args:
-        dataset: ``"digits"``, ``"imagefolder:<dir>"``, ``"parquet:<dir or file>"`` or a hub id (``"org/name"``).
+        dataset: ``"digits"``, ``"imagefolder:<dir>"`` (:data:`IMAGEFOLDER_LAYOUT`; class folders directly in
+            ``<dir>`` raise, no random eval split is made), ``"parquet:<dir or file>"`` or a hub id (``"org/name"``).
         data_dir, data_files: alternatives to the location after ``:``.
         train_split, eval_split: split names (eval defaults to test, then validation).
         image_column, label_column: column names (auto-detected when ``None``).

@@ -49,7 +49,8 @@ FIELD_HELP = {
     "model_kwargs": "model / halting-method kwargs, merged into the recipe's ({tau: 0.02}; {key: null} removes a key)",
     "pretrained": "load the model's registered pretrained weights (hub: needs the network or a cache)",
     "pretrained_file": "backbone checkpoint (.safetensors / .pth) loaded offline; halting heads start fresh",
-    "dataset": "digits, imagefolder:<dir>, parquet:<dir or file>, a hub id (org/name), or a generated task",
+    "dataset": "digits, imagefolder:<dir> (<dir>/train/<class>/*.png, <dir>/test/<class>/*.png), parquet:<dir or "
+               "file>, a hub id (org/name), or a generated task",
     "data_dir": "folder of the dataset (instead of the part after ':')",
     "data_files": "parquet files per split, {train: a.parquet, test: b.parquet} (merged into the recipe's)",
     "train_split": "name of the training split",
