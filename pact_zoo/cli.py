@@ -69,6 +69,7 @@ COMMANDS = {
     "export": ("pact_zoo.hub", "write a hub-ready folder (safetensors, config.json, model card)"),
     "quickstart": ("pact_zoo.quickstart", "train pact_resnet32 on the bundled digits, evaluate, export"),
     "benchmark": ("pact_zoo.benchmark", "wall time, FLOPs and memory: adaptive vs full depth vs masked"),
+    "data": ("pact_zoo.data.fetch", "fetch the datasets and weights the recipes read (data fetch NAME... --dest data)"),
 }
 
 

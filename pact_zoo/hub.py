@@ -23,6 +23,12 @@ from .training.io import check_model_folder, is_timm_folder, load_model_folder, 
 __all__ = ["export_folder", "build_model_card", "main", "CARD_TAGS"]
 
 CARD_TAGS = ["adaptive-computation", "pact"]
+#: card.yaml keys that fill the model card
+CARD_KEYS = ("model_name", "description", "dataset", "task", "tags", "license", "recipe")
+#: card.yaml keys kept as the variant's notes (architecture, results, ...) and not written into the card
+CARD_NOTE_KEYS = ("architecture", "backbone", "data_config", "halting", "library_name", "results", "status")
+#: files an export writes besides the model's own (weights, config) and the plots
+EXPORT_MARKERS = ("README.md", "tradeoff.json")
 
 
 def _load_card(path: Optional[str]) -> Dict[str, Any]:
@@ -30,10 +36,27 @@ def _load_card(path: Optional[str]) -> Dict[str, Any]:
         return {}
     if not Path(path).is_file():
         raise FileNotFoundError(f"card file not found: {path}")
-    card = yaml.safe_load(Path(path).read_text()) or {}
+    from .training.config import YamlLoader
+
+    card = yaml.load(Path(path).read_text(), Loader=YamlLoader) or {}
     if not isinstance(card, dict):
         raise ValueError(f"card file {path} must hold a mapping, got {type(card).__name__}")
+    unknown = sorted(set(card) - set(CARD_KEYS) - set(CARD_NOTE_KEYS))
+    if unknown:
+        raise ValueError(f"--card {path}: unknown key(s) {unknown}; the card reads {', '.join(CARD_KEYS)} "
+                         f"(and keeps {', '.join(CARD_NOTE_KEYS)} as notes)")
     return card
+
+
+def _check_output_dir(output: Path) -> None:
+    """Refuse an ``--output-dir`` that is a file, or a non-empty folder that is not a previous export (an export
+    replaces the whole folder)."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output-dir {output} is a file, not a folder")
+    if output.is_dir() and any(output.iterdir()) and not all((output / name).is_file() for name in EXPORT_MARKERS):
+        raise FileExistsError(f"--output-dir {output} is not empty and holds no previous export (no "
+                              f"{' / '.join(EXPORT_MARKERS)}); an export replaces the whole folder, so give a new or "
+                              f"empty folder")
 
 
 def is_hub_dataset(name: str) -> bool:
@@ -124,6 +147,7 @@ def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = Non
                                 f"--model-dir {model_dir_path}' first, or pass --eval-dir")
     evaluation = json.loads((eval_path / "tradeoff.json").read_text())
     card = _load_card(card_path)
+    _check_output_dir(Path(output_dir))
     model = load_model_folder(model_dir_path)
     timm_model = is_timm_folder(model_dir_path)
     name = model_name or card.get("model_name") or Path(output_dir).name
@@ -187,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", required=True, help="trained model folder (<output_dir>/model)")
     parser.add_argument("--eval-dir", help="folder with tradeoff.json and plots (default: <model-dir>/../eval)")
     parser.add_argument("--card", help="card metadata YAML, e.g. hub_configs/pact_resnet32.digits/card.yaml")
-    parser.add_argument("--output-dir", required=True, help="hub-ready folder to write")
+    parser.add_argument("--output-dir", required=True,
+                        help="hub-ready folder to write: new, empty, or a previous export (replaced as a whole)")
     parser.add_argument("--model-name", help="name in the card (default: from the card, else the folder name)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this hub repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")

@@ -1,5 +1,8 @@
 """Self-contained loaders and base models of the ACM experiments (scripts/acm_experiment.py).
 
+The data is read from the repository's ``data/`` folder: ``pact-zoo data fetch rotten_tomatoes minilm fashion_mnist
+--dest data`` writes it (once, with a network).
+
 * Rotten Tomatoes (``data/rotten_tomatoes``, parquet text/label) tokenised with the MiniLM folder's tokenizer to a
   fixed length; the base is ``data/all-MiniLM-L6-v2`` with a fresh 2-way classifier, fine-tuned here.
 * Fashion-MNIST (``data/fashion_mnist``, parquet of PNG bytes) as ``[N, 1, 28, 28]`` floats; the base is a small timm

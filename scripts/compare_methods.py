@@ -63,8 +63,10 @@ STYLES = {"pact": ("tab:blue", "o"), "act": ("tab:orange", "s"), "policy_gradien
 # --------------------------------------------------------------------------------------------------------------------
 def load_recipe(path: str) -> Dict[str, Any]:
     """The comparison recipe, with unknown keys rejected."""
+    from pact_zoo.training.config import YamlLoader  # 2e-3 is a float, as in training recipes
+
     with open(path) as handle:
-        recipe = yaml.safe_load(handle) or {}
+        recipe = yaml.load(handle, Loader=YamlLoader) or {}
     unknown = set(recipe) - RECIPE_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(RECIPE_KEYS)}")

@@ -33,7 +33,8 @@ def photos() -> dict[str, Image.Image]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="data/tf_efficientnet_lite0/model.safetensors")
+    parser.add_argument("--weights", default="data/tf_efficientnet_lite0/model.safetensors",
+                        help="timm checkpoint (pact-zoo data fetch efficientnet_lite0 --dest data writes the default)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -89,7 +89,8 @@ def plain_hf_twin(model: PactEncoderForSequenceClassification):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="out/pact_minilm.rotten_tomatoes", help="folder with pact/ act/ plain/ runs")
-    parser.add_argument("--dataset", default="parquet:data/rotten_tomatoes")
+    parser.add_argument("--dataset", default="parquet:data/rotten_tomatoes",
+                        help="text dataset (pact-zoo data fetch rotten_tomatoes --dest data writes the default)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-length", type=int, default=40)
     parser.add_argument("--max-eval-samples", type=int, default=None, help="first N test rows (default: all)")

@@ -65,8 +65,10 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pact_efficientnet_lite0")
-    parser.add_argument("--weights", default="data/tf_efficientnet_lite0/model.safetensors")
-    parser.add_argument("--data", default="data/fashion_mnist")
+    parser.add_argument("--weights", default="data/tf_efficientnet_lite0/model.safetensors",
+                        help="timm checkpoint (pact-zoo data fetch efficientnet_lite0 --dest data writes the default)")
+    parser.add_argument("--data", default="data/fashion_mnist",
+                        help="parquet folder (pact-zoo data fetch fashion_mnist --dest data writes the default)")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--train-samples", type=int, default=3000)
     parser.add_argument("--test-samples", type=int, default=1000)

@@ -320,12 +320,11 @@ def test_empty_batch_in_eval_gives_an_empty_output():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="two-process CPU DDP test runs on Linux")
-def test_two_process_ddp(tmp_path):
+def test_two_process_ddp(tmp_path, launch_env):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                 "29531", str(ROOT / "tests" / "acm_ddp_worker.py"), str(tmp_path)]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(launch_env, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(launcher, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -326,7 +326,7 @@ def test_text_data_tokenises_and_pads_right(tmp_path):
         TextCollator(tokenizer)
 
 
-def test_two_process_cpu_fine_tune(tmp_path):
+def test_two_process_cpu_fine_tune(tmp_path, launch_env):
     """``accelerate launch`` with two CPU processes (DDP) fine-tunes an encoder through the shared loop."""
     backbone, data = _text_folder(tmp_path)
     out = tmp_path / "run"
@@ -340,8 +340,7 @@ def test_two_process_cpu_fine_tune(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                 "29531"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*launcher, str(REPO / "scripts" / "train.py"), *argv], cwd=REPO, env=env,
+    proc = subprocess.run([*launcher, str(REPO / "scripts" / "train.py"), *argv], cwd=REPO, env=launch_env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     metrics = json.loads((out / "final_metrics.json").read_text())

@@ -90,14 +90,14 @@ def test_train_evaluate_export_reload(tmp_path, reset_accelerate):
     # process reaches the later units; DDP must still get a gradient for every parameter (checked from step 2 on)
     ("policy_gradient", {"tau": 0.05, "halting_bias_init": 4.0}, 29518, 97),
 ])
-def test_two_process_cpu_run(tmp_path, method, halting_kwargs, port, train_samples):
+def test_two_process_cpu_run(tmp_path, method, halting_kwargs, port, train_samples, launch_env):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                 str(port)]
     model_kwargs = dict({k: v for k, v in TINY["model_kwargs"].items() if k != "tau"}, method=method, **halting_kwargs)
     _run_train(dict(TINY, model_kwargs=model_kwargs, output_dir=str(out), max_train_samples=train_samples),
-               launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+               launcher=launcher, env=launch_env)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["num_processes"] == 2 and metrics[-1]["step"] == train_samples // 32
     assert metrics[-1]["num_samples"] == 24  # gather_for_metrics drops the samples padded onto the last batch

@@ -17,7 +17,7 @@ from PIL import Image
 
 __all__ = [
     "ImageSplits", "DIGITS_SIZE", "load_digits_dataset", "load_image_dataset", "image_transforms",
-    "IMAGE_COLUMNS", "LABEL_COLUMNS", "AUGMENTATIONS",
+    "IMAGE_COLUMNS", "LABEL_COLUMNS", "AUGMENTATIONS", "check_eval_labels", "IMAGEFOLDER_LAYOUT",
 ]
 
 DIGITS_SIZE = 32  # 8x8 digits upsampled to the CIFAR input size
@@ -100,6 +100,20 @@ def _split_names(dataset_dict, train_split: str, eval_split: Optional[str]) -> t
     return train_split, eval_split
 
 
+def check_eval_labels(train, evaluation, column: str, class_names: Sequence[str], dataset: str) -> None:
+    """Raise one line naming the labels of the eval split that the train split never has (a class the classifier
+    would get without one training example: a typo'd or missing class folder, or mismatched parquet files)."""
+    unseen = sorted(set(evaluation.unique(column)) - set(train.unique(column)))
+    if unseen:
+        names = [class_names[i] if 0 <= i < len(class_names) else str(i) for i in unseen]
+        raise ValueError(f"dataset {dataset!r}: label(s) {names} occur in the eval split but never in the train "
+                         f"split; every eval class needs training examples (check the class folders or files)")
+
+
+#: the folder layout ``imagefolder:<dir>`` reads
+IMAGEFOLDER_LAYOUT = "<dir>/train/<class>/*.png and <dir>/test/<class>/*.png (or validation/ instead of test/)"
+
+
 def _local_source(dataset: str, data_dir: Optional[str], data_files: Optional[Dict[str, str]]):
     from datasets import load_dataset
 
@@ -108,6 +122,13 @@ def _local_source(dataset: str, data_dir: Optional[str], data_files: Optional[Di
         directory = location or data_dir
         if not directory or not os.path.isdir(directory):
             raise FileNotFoundError(f"imagefolder directory not found: {directory!r} (dataset='imagefolder:<dir>')")
+        entries = [e for e in os.listdir(directory) if not e.startswith(".")]
+        split_folders = {"train", "test", "validation", "valid", "val"} & set(entries)
+        if entries and not split_folders and all(os.path.isdir(os.path.join(directory, e)) for e in entries):
+            raise ValueError(f"imagefolder {directory!r} holds class folders ({', '.join(sorted(entries)[:5])}"
+                             f"{', ...' if len(entries) > 5 else ''}) but no train/ and test/ split folders (the "
+                             f"torchvision ImageFolder layout); pact_zoo reads {IMAGEFOLDER_LAYOUT}: move the "
+                             f"images into those folders, so that the evaluation images are chosen by you")
         return load_dataset("imagefolder", data_dir=directory)
     # parquet: 'parquet:<dir or file>' with train/test files found by name, or explicit data_files
     files = dict(data_files or {})
@@ -184,7 +205,8 @@ def load_image_dataset(
     """Load an image-classification dataset as train/eval ``datasets.Dataset`` splits.
 
     Args:
-        dataset: ``"digits"``, ``"imagefolder:<dir>"``, ``"parquet:<dir or file>"`` or a hub id (``"org/name"``).
+        dataset: ``"digits"``, ``"imagefolder:<dir>"`` (:data:`IMAGEFOLDER_LAYOUT`; class folders directly in
+            ``<dir>`` raise, no random eval split is made), ``"parquet:<dir or file>"`` or a hub id (``"org/name"``).
         data_dir, data_files: alternatives to the location after ``:``.
         train_split, eval_split: split names (eval defaults to test, then validation).
         image_column, label_column: column names (auto-detected when ``None``).
@@ -213,6 +235,7 @@ def load_image_dataset(
     else:
         num_classes = int(max(max(train[label_col]), max(evaluation[label_col]))) + 1
         class_names = [str(i) for i in range(num_classes)]
+    check_eval_labels(train, evaluation, label_col, class_names, dataset)
     return ImageSplits(train=train, eval=evaluation, image_column=image_col, label_column=label_col,
                        class_names=class_names, name=dataset)
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .images import LABEL_COLUMNS, _local_source, _pick_column, _split_names
+from .images import LABEL_COLUMNS, _local_source, _pick_column, _split_names, check_eval_labels
 
 __all__ = ["TextSplits", "TEXT_COLUMNS", "DEFAULT_MAX_LENGTH", "load_text_dataset", "tokenize_split", "TextCollator"]
 
@@ -74,6 +74,7 @@ def load_text_dataset(
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in labels):
             raise ValueError(f"label column {label_col!r} must hold class ids (ints >= 0)")
         class_names = [str(i) for i in range(max(labels) + 1)]
+    check_eval_labels(train, evaluation, label_col, class_names, dataset)
     return TextSplits(train=train, eval=evaluation, text_column=text_col, label_column=label_col,
                       class_names=class_names, name=dataset)
 

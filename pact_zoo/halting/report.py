@@ -80,6 +80,16 @@ class HaltingReport:
         """``[S]`` mean units executed per stage."""
         return self.units_executed.double().mean(0)
 
+    def __repr__(self) -> str:
+        """A short summary (the tensors stay in the attributes): batch size, FLOPs against full depth, mean units
+        per stage out of each stage's depth."""
+        batch = int(self.flops.shape[0]) if self.flops.dim() else 1
+        if batch == 0:
+            return f"HaltingReport(batch=0, full depth {self.full_flops / 1e6:.4g} MFLOPs, {len(self.num_units)} stages)"
+        units = " / ".join(f"{float(u):.2f} of {n}" for u, n in zip(self.mean_units.tolist(), self.num_units))
+        return (f"HaltingReport(batch={batch}, flops ratio {self.flops_ratio:.3f} (mean {self.mean_flops / 1e6:.4g} "
+                f"of {self.full_flops / 1e6:.4g} MFLOPs at full depth), mean units per stage {units or '-'})")
+
 
 def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveStage]]:
     """All :class:`AdaptiveStage` modules of ``model`` (including non-halting ones), in module order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,11 +13,29 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "read_yaml_mapping", "add_config_arguments", "config_from_args",
-           "FIELD_HELP", "MERGED_FIELDS"]
+           "FIELD_HELP", "MERGED_FIELDS", "YamlLoader"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``2e-3`` / ``1e5`` as floats (YAML 1.1 wants a dot: ``2.0e-3``; YAML 1.2
+    and every user do not)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+#: a number written as text (a float field given "2e-3" through the Python API)
+_NUMBER_TEXT = re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 
 
 #: mapping fields that a recipe and its overrides merge key by key (an override value of null removes the key)
@@ -30,7 +49,8 @@ FIELD_HELP = {
     "model_kwargs": "model / halting-method kwargs, merged into the recipe's ({tau: 0.02}; {key: null} removes a key)",
     "pretrained": "load the model's registered pretrained weights (hub: needs the network or a cache)",
     "pretrained_file": "backbone checkpoint (.safetensors / .pth) loaded offline; halting heads start fresh",
-    "dataset": "digits, imagefolder:<dir>, parquet:<dir or file>, a hub id (org/name), or a generated task",
+    "dataset": "digits, imagefolder:<dir> (<dir>/train/<class>/*.png, <dir>/test/<class>/*.png), parquet:<dir or "
+               "file>, a hub id (org/name), or a generated task",
     "data_dir": "folder of the dataset (instead of the part after ':')",
     "data_files": "parquet files per split, {train: a.parquet, test: b.parquet} (merged into the recipe's)",
     "train_split": "name of the training split",
@@ -74,6 +94,8 @@ FIELD_HELP = {
     "output_dir": "run folder: checkpoints, metrics, model/",
     "keep_checkpoints": "checkpoints kept in output_dir/checkpoints",
     "num_workers": "data-loader worker processes",
+    "log_every_steps": "when the output is not a terminal (a log file), print a progress line every N optimiser "
+                       "steps (0: only the per-epoch lines)",
 }
 
 
@@ -133,6 +155,7 @@ class TrainConfig:
     output_dir: str = "out/run"
     keep_checkpoints: int = 2
     num_workers: int = 0
+    log_every_steps: int = 50  # progress line every N steps when not on a terminal (0: off)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -163,7 +186,7 @@ class TrainConfig:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null for every row), got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers"):
+        for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers", "log_every_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.momentum < 1.0:
@@ -228,6 +251,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
     if tp is float:
+        if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+            return float(value.strip().replace("_", ""))  # '2e-3' from YAML 1.1 or the Python API
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID
     if tp is str:
         return value if isinstance(value, str) else _INVALID
@@ -244,7 +269,7 @@ def read_yaml_mapping(path: str) -> Dict[str, Any]:
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as handle:
         try:
-            loaded = yaml.safe_load(handle) or {}
+            loaded = yaml.load(handle, Loader=YamlLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(loaded, dict):
@@ -279,7 +304,7 @@ def parse_yaml_value(text: str) -> Any:
 
     Raises ``argparse.ArgumentTypeError`` (argparse names the flag) on malformed YAML."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=YamlLoader)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise argparse.ArgumentTypeError(f"not valid YAML ({problem}): {text!r}; "

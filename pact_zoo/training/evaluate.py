@@ -311,6 +311,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          f"(e.g. digits, parquet:<dir>) or --config <run>/train_config.json")
     config = config_from_args(args, {"model": folder_model_name(model_dir)})
     model = load_model_folder(model_dir)
-    result = run_evaluation(model, config, Path(args.eval_dir) if args.eval_dir else model_dir.parent / "eval")
+    eval_dir = Path(args.eval_dir) if args.eval_dir else model_dir.parent / "eval"
+    result = run_evaluation(model, config, eval_dir)
     print(format_table(result))
+    print(f"wrote {eval_dir / TRADEOFF_JSON} and the plots {', '.join(result.get('plots', []))} in {eval_dir}; "
+          f"next: pact-zoo export --model-dir {model_dir} --output-dir {model_dir.parent / 'hub'}")
     return 0

@@ -75,7 +75,8 @@ def save_model_folder(model: nn.Module, path: PathLike) -> None:
 
     timm models are saved with ``timm.models.save_for_hf``; ``model_args.num_classes`` is dropped so that
     transformers' ``TimmWrapper`` also loads the folder (it passes ``num_classes`` itself; timm reads the
-    top-level ``num_classes``). Hugging Face models use ``save_pretrained``.
+    top-level ``num_classes``); the class names in ``model.pretrained_cfg["label_names"]`` (set by the training loop
+    from the dataset) are kept as ``label_names``. Hugging Face models use ``save_pretrained``.
     """
     with atomic_directory(path) as tmp:
         if hasattr(model, "save_pretrained"):
@@ -83,7 +84,11 @@ def save_model_folder(model: nn.Module, path: PathLike) -> None:
             return
         from timm.models import save_for_hf
 
-        save_for_hf(model, tmp, safe_serialization=True)
+        label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+        model_config = {}
+        if label_names is not None and len(label_names) == getattr(model, "num_classes", None):
+            model_config["label_names"] = list(label_names)  # config.json: timm's label_names, transformers' id2label
+        save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
         config.get("model_args", {}).pop("num_classes", None)

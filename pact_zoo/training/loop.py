@@ -151,6 +151,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tb")),
         log_with="tensorboard" if _tensorboard_available() else None,
     )
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("mixed_precision: fp16 needs a GPU, and this run is on the CPU (accelerate would silently "
+                          "train in fp32); use mixed_precision: bf16 or no")
     if plan.message:
         accelerator.print(plan.message)
     if accelerator.is_main_process and plan.clear:
@@ -231,6 +234,12 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                                          lambda logits: _sample_loss(logits, batch["labels"], target, config),
                                          tau_scale)
                 loss, task_loss, cost = step.loss, step.task_loss, step.halting_loss
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise ConfigError(
+                        f"the training loss is {loss_value} at step {global_step + 1} (epoch {epoch + 1}, batch "
+                        f"{micro_step + 1}): the run diverged; lower lr (now {config.lr:g}), set max_grad_norm, "
+                        f"or use mixed_precision: no")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -245,6 +254,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
             running_cost += float(cost.detach()) * batch["labels"].shape[0]
             seen += batch["labels"].shape[0]
             progress.set_postfix(loss=f"{running_loss / seen:.3f}", cost=f"{running_cost / seen:.3f}")
+            if (config.log_every_steps and progress.disable and accelerator.sync_gradients
+                    and global_step % config.log_every_steps == 0):
+                accelerator.print(f"epoch {epoch + 1}/{config.epochs} step {global_step}/{total_steps}: "
+                                  f"loss {running_loss / seen:.4f} cost {running_cost / seen:.4f} "
+                                  f"lr {scheduler.get_last_lr()[0]:.3g} [{time.perf_counter() - start:.1f}s]")
         train_time = time.perf_counter() - start
         metrics = evaluate_model(model, eval_loader, task, accelerator)
         metrics.update(epoch=epoch + 1, step=global_step, train_loss=running_loss / max(seen, 1),
@@ -265,10 +279,24 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     if accelerator.is_main_process:
         if not config.freeze_backbone:
             _mark_trained_as_source(unwrapped)
+        _set_label_names(unwrapped, data.class_names)
         save_model_folder(accelerator.unwrap_model(model), output_dir / MODEL_DIR)
         atomic_write_json(output_dir / FINAL_METRICS_FILE, metrics)
+        model_dir = output_dir / MODEL_DIR
+        print(f"model saved to {model_dir}; next: pact-zoo evaluate --model-dir {model_dir}")
     accelerator.end_training()
     return metrics
+
+
+def _set_label_names(model: nn.Module, class_names) -> None:
+    """Record the dataset's class names on a timm model (``pretrained_cfg["label_names"]``), which the saved folder's
+    ``config.json`` keeps, unless they are just the class ids."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = [str(name) for name in (class_names or [])]
+    if not isinstance(cfg, dict) or not names or names == [str(i) for i in range(len(names))]:
+        return
+    if len(names) == getattr(model, "num_classes", None):
+        model.pretrained_cfg = {**cfg, "label_names": names}
 
 
 def _mark_trained_as_source(model: nn.Module) -> None:

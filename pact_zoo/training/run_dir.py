@@ -32,7 +32,7 @@ RUN_OUTPUTS = (CHECKPOINT_DIR, MODEL_DIR, METRICS_FILE, FINAL_METRICS_FILE, CONF
 _EARLY_OUTPUTS = (CONFIG_FILE, METRICS_FILE, "tb")
 #: config fields a resumed run may change: they do not change the checkpoint's model or optimiser state
 RESUMABLE_FIELDS = frozenset({"epochs", "output_dir", "num_workers", "eval_batch_size", "eval_thresholds",
-                              "max_eval_samples", "keep_checkpoints"})
+                              "max_eval_samples", "keep_checkpoints", "log_every_steps"})
 
 
 @dataclass

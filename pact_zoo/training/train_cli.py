@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 from ..cli import ArgumentParser
-from .config import add_config_arguments, config_from_args
+from .config import TrainConfig, add_config_arguments, config_from_args, read_yaml_mapping
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,9 +20,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_recipe_line(config: TrainConfig, path: Optional[str]) -> str:
+    """The one line ``train`` prints when no recipe file (or an empty one) chose the run."""
+    source = "no --config given" if path is None else f"{path} is empty"
+    return (f"{source}: training the built-in default recipe (model {config.model}, dataset {config.dataset}, "
+            f"{config.epochs} epochs; see 'pact-zoo train --help') into {config.output_dir}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    if args.config is None or not read_yaml_mapping(args.config):
+        if os.environ.get("RANK", "0") == "0":  # once under accelerate launch
+            print(default_recipe_line(config, args.config))
     from .loop import train
 
     train(config, resume=args.resume, overwrite=args.overwrite)
