@@ -7,7 +7,7 @@ plain fine-tuning, ``pact-zoo train``) and, on the test split:
   depth spread at each model's own halting rule, and the accuracy at full depth;
 * wall time per sample at batch 1, 8 and 64 of the adaptive models (compact eval: halted samples leave the batch),
   the same models at full depth, the plain fine-tuned model and the plain weights in transformers' own
-  ``BertForSequenceClassification``, interleaved round-robin (``pact_zoo.benchmark.time_round_robin``), median of
+  ``BertForSequenceClassification``, interleaved round-robin (``pact_zoo.bench.time_round_robin``), median of
   the repeats, on the same ``--timing-samples`` test reviews padded per batch to the batch's longest.
 
 Output: ``<out>/results.json`` and ``<out>/results.md`` (written atomically).
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import pact_zoo
-from pact_zoo.benchmark import time_round_robin
+from pact_zoo.bench import time_round_robin
 from pact_zoo.data.text import TextCollator, load_text_dataset, tokenize_split
 from pact_zoo.fileio import atomic_write_json, atomic_write_text
 from pact_zoo.halting import truncated_depth

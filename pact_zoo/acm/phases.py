@@ -17,7 +17,7 @@ Each phase works on one process or many (``torch.distributed`` initialised, e.g.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional
 
 import torch
