@@ -55,8 +55,8 @@ def run_model(model: nn.Module, batch: Any, device: Optional[torch.device] = Non
                         for k, v in batch.items() if k not in LABEL_KEYS})
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, Mapping)):
         return run_model(model, batch[0], device)  # (inputs, targets, ...)
-    raise TypeError("a batch must be a tensor, an (inputs, targets, ...) sequence or a dict of model inputs, "
-                    f"got {type(batch).__name__}")
+    raise TypeError("a batch (what the dataloader yields) must be a tensor, an (inputs, targets, ...) sequence or "
+                    f"a dict of model inputs, got {type(batch).__name__}")
 
 
 class FlopsTally:
