@@ -318,6 +318,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nwrote {output}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
