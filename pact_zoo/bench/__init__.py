@@ -16,7 +16,8 @@ are fully realised; FLOPs from :func:`~pact_zoo.halting_report`, so head FLOPs c
 model). It also measures the peak memory of one eval forward of the PACT deterministic, ACT and plain
 networks, each in a fresh process, and the time of one training step of the plain network, the PACT network and
 the policy-gradient network (sampled depth, with the self-critical baseline forward, and with the batch-mean
-baseline that needs none).
+baseline that needs none). These are the defaults: any method of the halting-method registry that stops on heads
+can be named (``--memory-networks``, ``--train-networks``; :mod:`~pact_zoo.bench.networks`).
 
 Every timing goes through one round-robin timer (:func:`time_round_robin`): the configurations run in rotating
 order inside every repeat, so load on a shared machine hits them alike, and the median of the repeats is reported.
@@ -54,8 +55,9 @@ from .evaluation import (
     DEFAULT_EVAL_MODES, EFFICIENCY_TARGETS, EVAL_MODES, benchmark_eval, executed_flops, execution, profile_eval,
     set_compaction_costs,
 )
-from .inputs import DEFAULT_SEQ_LEN, INPUT_KINDS, InputSpec, input_shape_of, main_output, make_batches, resolve_inputs
-from .inputs import run_model
+from .inputs import (
+    DEFAULT_SEQ_LEN, INPUT_KINDS, InputSpec, input_shape_of, main_output, make_batches, resolve_inputs, run_model,
+)
 from .machine import load_average, machine_info
 from .memory import MEMORY_PROBE_ENV, allocator_peak_bytes, measure_memory, memory_probe
 from .networks import (
