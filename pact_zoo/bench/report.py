@@ -32,14 +32,15 @@ EVAL_HEADER = (f"{'batch':>6} {'adaptive':>11} {'full':>9} {'masked':>10} {'FLOP
 
 def format_training(tr: dict) -> list[str]:
     med, ratios = tr["median_s"], tr["ratios"]
+    width = max([14] + [len(name) for name in med])  # registered method names may be longer than the defaults
     lines = [f"training step, batch {tr['batch_size']} (median of {len(next(iter(tr['times_s'].values())))}; "
              "units = fraction of the units the training forward ran)",
-             f"{'network':>14} {'method':<36} {'units':>6} {'ms':>9} {'vs plain':>9} {'vs pact':>8}"]
+             f"{'network':>{width}} {'method':<36} {'units':>6} {'ms':>9} {'vs plain':>9} {'vs pact':>8}"]
     for name, seconds in med.items():
         units = tr["units_fraction"].get(name)
         vs_plain = 1.0 if name == "plain" else ratios.get(f"{name}_vs_plain")
         vs_pact = 1.0 if name == "pact" else ratios.get(f"{name}_vs_pact")
-        lines.append(f"{name:>14} {tr['networks'][name]:<36} {'-' if units is None else f'{units:.3f}':>6} "
+        lines.append(f"{name:>{width}} {tr['networks'][name]:<36} {'-' if units is None else f'{units:.3f}':>6} "
                      f"{1e3 * seconds:>9.1f} {'-' if vs_plain is None else f'{vs_plain:.3f}':>9} "
                      f"{'-' if vs_pact is None else f'{vs_pact:.3f}':>8}")
     if tr.get("ratio") is not None:
@@ -61,12 +62,13 @@ def clock_name(clock: str) -> str:
 
 
 def _format_memory(result: dict) -> list[str]:
+    width = max([10] + [len(name) for name in result["memory"]])
     lines = ["", f"peak memory of one eval forward, batch {result['memory_batch_size']} (fresh process each)",
-             f"{'network':>10} {'allocator MiB':>14} {'RSS delta MiB':>14} {'FLOPs ratio':>12}"]
+             f"{'network':>{width}} {'allocator MiB':>14} {'RSS delta MiB':>14} {'FLOPs ratio':>12}"]
     for name, mem in result["memory"].items():
         rss = mem.get("rss_peak_delta_bytes")
         ratio = mem.get("flops_ratio")
-        lines.append(f"{name:>10} {mem['allocator_peak_bytes'] / 2**20:>14.2f} "
+        lines.append(f"{name:>{width}} {mem['allocator_peak_bytes'] / 2**20:>14.2f} "
                      f"{'n/a' if rss is None else f'{rss / 2**20:.2f}':>14} "
                      f"{'-' if ratio is None else f'{ratio:.3f}':>12}")
     if "pact_below_act" in result:
