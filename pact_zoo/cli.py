@@ -68,7 +68,7 @@ COMMANDS = {
     "evaluate": ("pact_zoo.training.evaluate", "accuracy and FLOPs at several thresholds, plots"),
     "export": ("pact_zoo.hub", "write a hub-ready folder (safetensors, config.json, model card)"),
     "quickstart": ("pact_zoo.quickstart", "train pact_resnet32 on the bundled digits, evaluate, export"),
-    "benchmark": ("pact_zoo.benchmark", "wall time, FLOPs and memory: adaptive vs full depth vs masked"),
+    "benchmark": ("pact_zoo.bench.cli", "wall time, FLOPs and memory: adaptive vs full depth vs masked"),
     "data": ("pact_zoo.data.fetch", "fetch the datasets and weights the recipes read (data fetch NAME... --dest data)"),
 }
 

@@ -8,7 +8,7 @@ PACT and policy-gradient networks (``pact-zoo benchmark``; ``--help`` lists the 
 import sys
 
 from pact_zoo.cli import run_command
-from pact_zoo.benchmark import main
+from pact_zoo.bench import main
 
 if __name__ == "__main__":
     sys.exit(run_command(main))

@@ -7,7 +7,7 @@ plain fine-tuning, ``pact-zoo train``) and, on the test split:
   depth spread at each model's own halting rule, and the accuracy at full depth;
 * wall time per sample at batch 1, 8 and 64 of the adaptive models (compact eval: halted samples leave the batch),
   the same models at full depth, the plain fine-tuned model and the plain weights in transformers' own
-  ``BertForSequenceClassification``, interleaved round-robin (``pact_zoo.benchmark.time_round_robin``), median of
+  ``BertForSequenceClassification``, interleaved round-robin (``pact_zoo.bench.time_round_robin``), median of
   the repeats, on the same ``--timing-samples`` test reviews padded per batch to the batch's longest.
 
 Output: ``<out>/results.json`` and ``<out>/results.md`` (written atomically).
@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 import pact_zoo
-from pact_zoo.benchmark import time_round_robin
+from pact_zoo.bench import time_round_robin
 from pact_zoo.data.text import TextCollator, load_text_dataset, tokenize_split
 from pact_zoo.fileio import atomic_write_json, atomic_write_text
-from pact_zoo.halting import truncated_depth
+from pact_zoo.halting import FlopsTally, truncated_depth
 from pact_zoo.hf import PactEncoderForSequenceClassification
 
 VARIANTS = ("pact", "act", "plain")
@@ -50,15 +50,14 @@ def _inputs(batch):
 @torch.no_grad()
 def evaluate(model, batches, full: bool = True) -> dict:
     """Accuracy, FLOPs ratio and depth of the model's own rule, and (``full``) the accuracy at full depth."""
-    correct, flops, full_sum, layers = 0, 0.0, 0.0, []
+    correct, tally, layers = 0, FlopsTally(), []
     count = 0
     for batch in batches:
         logits = model(**_inputs(batch)).logits
         report = pact_zoo.halting_report(model)
         correct += int((logits.argmax(-1) == batch["labels"]).sum())
         count += batch["labels"].numel()
-        flops += float(report.flops.double().sum())
-        full_sum += float(report.sample_full_flops.double().sum())
+        tally.add_report(report)
         layers.append(report.units_executed[:, 0])
     layers = torch.cat(layers)
     full_correct = None
@@ -68,7 +67,8 @@ def evaluate(model, batches, full: bool = True) -> dict:
     histogram = torch.bincount(layers, minlength=model.config.num_hidden_layers + 1)[1:].tolist()
     return {"accuracy": correct / count, "accuracy_full_depth": full_correct / count if full else None,
             "away_from_mode": 1.0 - max(histogram) / count,  # share of samples not at the most common depth
-            "mean_flops": flops / count, "mean_full_flops": full_sum / count, "flops_ratio": flops / full_sum,
+            "mean_flops": tally.flops_sum / count, "mean_full_flops": tally.full_sum / count,
+            "flops_ratio": tally.ratio,
             "mean_layers": float(layers.double().mean()), "std_layers": float(layers.double().std(unbiased=False)),
             "layers_histogram": histogram, "num_samples": count}
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 import pact_zoo
 from pact_zoo.fileio import atomic_write_text
-from pact_zoo.halting import anytime_depth, truncated_depth
+from pact_zoo.halting import FlopsTally, anytime_depth, truncated_depth
 
 
 def load_split(path: str, count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,20 +44,17 @@ def load_split(path: str, count: int, size: int, seed: int) -> tuple[torch.Tenso
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
     """Accuracy, FLOPs ratio (vs full depth), mean units per stage, depth spread and wall time of one eval pass."""
     model.eval()
-    correct, flops, full, units = 0, 0.0, 0.0, []
+    correct, tally = 0, FlopsTally(keep_samples=True)
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
         logits = model(x[i:i + batch_size])
         correct += int((logits.argmax(-1) == y[i:i + batch_size]).sum())
-        report = pact_zoo.halting_report(model)
-        flops += float(report.flops.double().sum())
-        full += float(report.sample_full_flops.double().sum())
-        units.append(report.units_executed)
+        tally.add_report(pact_zoo.halting_report(model))
     seconds = time.perf_counter() - start
-    units = torch.cat(units).double()
+    units = tally.samples()[1].double()
     total = units.sum(1)
-    return dict(accuracy=correct / len(x), flops_ratio=flops / full, mean_mflops=flops / len(x) / 1e6,
-                full_mflops=full / len(x) / 1e6, units_per_stage=[round(u, 3) for u in units.mean(0).tolist()],
+    return dict(accuracy=correct / len(x), flops_ratio=tally.ratio, mean_mflops=tally.flops_sum / len(x) / 1e6,
+                full_mflops=tally.full_sum / len(x) / 1e6, units_per_stage=[round(u, 3) for u in units.mean(0).tolist()],
                 total_units_std=float(total.std()),
                 share_off_modal_total=float((total != total.mode().values).double().mean()), seconds=seconds)
 

@@ -43,11 +43,11 @@ run tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_eval_speed.py \
 R50=(--model pact_resnet50 --plain-model resnet50 --model-kwargs '{"zero_init_last": false}' --input-size 3,224,224
      --synthetic-halting 0 --synthetic-samples 32 --target-flops-ratio 0.5 --calibration-samples 64
      --batch-sizes 1,8,64,128 --min-samples 64 --warmup 2 --repeats 5 --device cuda)
-run resnet50_eager 150 $PY -m pact_zoo.benchmark "${R50[@]}" --modes adaptive,full,masked,plain \
+run resnet50_eager 150 $PY -m pact_zoo.bench "${R50[@]}" --modes adaptive,full,masked,plain \
     --memory-batch-size 64 --train-batch-size 64 --train-repeats 3 --output "$OUT/resnet50_eager.json"
-run resnet50_buckets 60 $PY -m pact_zoo.benchmark "${R50[@]}" --modes adaptive,full --buckets default \
+run resnet50_buckets 60 $PY -m pact_zoo.bench "${R50[@]}" --modes adaptive,full --buckets default \
     --no-memory --no-training --output "$OUT/resnet50_buckets.json"
-run resnet50_graphs 90 $PY -m pact_zoo.benchmark "${R50[@]}" --modes adaptive,full --buckets default --cuda-graphs \
+run resnet50_graphs 90 $PY -m pact_zoo.bench "${R50[@]}" --modes adaptive,full --buckets default --cuda-graphs \
     --no-memory --no-training --output "$OUT/resnet50_graphs.json"
 
 # 3. families that land in parallel (skipped where not registered)
@@ -55,14 +55,14 @@ if $PY -c "import sys, pact_zoo.hf as hf; sys.exit(0 if hasattr(hf, 'PactEncoder
     ENC=(--model hf:PactEncoderForSequenceClassification --model-kwargs "${ENCODER_KWARGS:-{\}}" --inputs tokens
          --seq-len 64 --threshold "${ENCODER_THRESHOLD:-0.5}" --batch-sizes 8,64 --min-samples 64 --warmup 2
          --repeats 5 --device cuda --no-memory --no-training)
-    run encoder_eager 60 $PY -m pact_zoo.benchmark "${ENC[@]}" --output "$OUT/encoder_eager.json"
-    run encoder_graphs 60 $PY -m pact_zoo.benchmark "${ENC[@]}" --modes adaptive,full --buckets default \
+    run encoder_eager 60 $PY -m pact_zoo.bench "${ENC[@]}" --output "$OUT/encoder_eager.json"
+    run encoder_graphs 60 $PY -m pact_zoo.bench "${ENC[@]}" --modes adaptive,full --buckets default \
         --cuda-graphs --output "$OUT/encoder_graphs.json"
 else
     echo "== encoder: PactEncoderForSequenceClassification not in pact_zoo.hf, skipped"
 fi
 if $PY -c "import sys, timm, pact_zoo; sys.exit(0 if 'pact_vit_small_patch16_224' in timm.list_models('pact_vit*') else 1)"; then
-    run vit_eager 90 $PY -m pact_zoo.benchmark --model pact_vit_small_patch16_224 --synthetic-halting 0 \
+    run vit_eager 90 $PY -m pact_zoo.bench --model pact_vit_small_patch16_224 --synthetic-halting 0 \
         --synthetic-samples 32 --target-flops-ratio 0.5 --calibration-samples 64 --batch-sizes 8,64 \
         --min-samples 64 --warmup 2 --repeats 5 --device cuda --no-memory --no-training \
         --output "$OUT/vit_eager.json"

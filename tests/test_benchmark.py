@@ -278,3 +278,40 @@ def test_cli_rejects_bad_speed_options(tmp_path, extra, capsys):
     rc = benchmark.main(TINY_ARGS + ["--no-memory", "--no-training", "--output", str(tmp_path / "b.json")] + extra)
     assert rc == 2
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "b.json").exists()
+
+
+def test_one_batch_adapter_and_one_flops_tally():
+    """run_model takes every batch kind the callers feed; measure_flops' ratio is the report's over the same samples."""
+    from pact_zoo.acm import default_forward
+    from pact_zoo.bench import run_model
+    from pact_zoo.halting import FlopsTally, measure_flops
+
+    model = timm.create_model("pact_resnet32", layers=(3, 3, 3), channels=(4, 8, 8)).eval()
+    synthesize_halting(model, 0, (3, 8, 8), num_samples=32)
+    x = torch.randn(6, 3, 8, 8)
+    with torch.inference_mode():
+        reference = model(x)
+        for batch in (x, (x, torch.zeros(6)), [x], {"pixel_values": x, "labels": torch.zeros(6)}):
+            torch.testing.assert_close(run_model(model, batch), reference, rtol=0, atol=0)
+            torch.testing.assert_close(default_forward(model, batch), reference, rtol=0, atol=0)
+        with pytest.raises(TypeError, match="dataloader"):
+            run_model(model, "not a batch")
+        model(x)
+        report = halting_report(model)
+    tally = measure_flops(model, [x[:4], x[4:]], keep_samples=True)
+    assert tally.ratio == pytest.approx(report.flops_ratio, rel=1e-12) and tally.num_samples == 6
+    flops, units = tally.samples()
+    assert torch.equal(flops, report.flops.double()) and torch.equal(units, report.units_executed)
+    assert FlopsTally().ratio is None
+
+
+def test_compared_networks_come_from_the_method_registry():
+    from pact_zoo import bench
+    from pact_zoo.halting import HALTING_METHODS
+
+    heads = [name for name, cls in HALTING_METHODS.items() if cls.uses_heads and not cls.reads_exits]
+    assert list(bench.head_methods()) == heads and {"pact", "act", "policy_gradient"} <= set(heads)
+    assert bench.plain_method() == "none"
+    assert set(heads) | {"model", "plain", "pg", "pg_batch_mean"} == set(bench.train_networks())
+    assert set(heads) | {"plain"} == set(bench.memory_networks())
+    assert set(benchmark.DEFAULT_TRAIN_NETWORKS) <= set(benchmark.TRAIN_NETWORKS)

@@ -17,7 +17,7 @@ Each phase works on one process or many (``torch.distributed`` initialised, e.g.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional
 
 import torch
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..halting.method import check_number
+from ..halting.calibrate import run_model
 from ..halting.report import training_loss
 from .convert import acm_modules, gate_parameters, learner_parameters
 from .module import AdaptiveWidth
@@ -43,16 +44,8 @@ Forward = Callable[[nn.Module, Any], Any]
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
     """Run ``model`` on a batch: a tensor, an ``(inputs, targets)`` sequence, or a dict of keyword inputs (labels
-    dropped); returns logits (``.logits`` of a ModelOutput)."""
-    if isinstance(batch, torch.Tensor):
-        out = model(batch)
-    elif isinstance(batch, Mapping):
-        if "pixel_values" in batch:
-            out = model(batch["pixel_values"])
-        else:
-            out = model(**{k: v for k, v in batch.items() if k not in ("labels", "label", "targets", "target")})
-    else:
-        out = model(batch[0])
+    dropped) (:func:`~pact_zoo.halting.run_model`); returns logits (``.logits`` of a ModelOutput)."""
+    out = run_model(model, batch)
     return getattr(out, "logits", out)
 
 

@@ -28,18 +28,18 @@ from .report import (
     set_threshold, truncated_depth,
 )
 from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
-from .calibrate import ThresholdCalibration, calibrate_threshold
+from .calibrate import FlopsTally, ThresholdCalibration, calibrate_threshold, measure_flops, run_model
 from .synthetic import calibrate_batchnorm, synthesize_halting
 
 __all__ = [
     "act_halting", "ACTHalting", "ActiveRows", "ACTMethod", "adaptive_stages", "AdaptiveStage", "anytime_depth",
     "calibrate_batchnorm", "calibrate_threshold", "check_choice", "check_number", "check_threshold", "ConfidenceExit",
     "COST_ESTIMATORS", "count_true", "DECISION_MODES", "empty_rows", "EntropyExit", "eval_mode", "EXECUTION_MODES",
-    "exit_certainty", "ExitRule", "FlopsProfiler", "full_depth", "get_halting_method", "halting_cost", "halting_loss",
+    "exit_certainty", "ExitRule", "FlopsProfiler", "FlopsTally", "full_depth", "get_halting_method", "halting_cost", "halting_loss",
     "HALTING_METHODS", "halting_report", "HaltingConfig", "HaltingHead", "HaltingMethod", "HaltingRecord",
-    "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "logistic_noise", "Mixture", "module_flops_per_sample",
+    "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "logistic_noise", "measure_flops", "Mixture", "module_flops_per_sample",
     "needs_rollout", "needs_task_loss", "NoHalting", "PACTMethod", "PatienceExit", "PolicyGradientMethod",
-    "PROFILE_INPUTS_METHOD", "recurrent_cell_flops", "register_halting_method", "RowCollector",
+    "PROFILE_INPUTS_METHOD", "recurrent_cell_flops", "register_halting_method", "RowCollector", "run_model",
     "self_critical_baseline", "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking",
     "StopDecision", "StoppingDistribution", "synthesize_halting", "take_rows", "ThresholdCalibration",
     "training_loss", "TrainingLoss", "truncated_depth", "TruncatedGeometricPrior", "validate_threshold",

@@ -4,6 +4,9 @@ Users pick a budget ("at most 50 % of the full-depth FLOPs") instead of guessing
 :func:`calibrate_threshold` searches the deterministic PACT rule's threshold (h_n >= threshold) by bisection
 in logit space, running the model's fast (compacted) evaluation over the calibration batches at every step,
 and sets the threshold it found on the model.
+
+The FLOPs ratio over batches is measured here once (:class:`FlopsTally`, :func:`measure_flops`) for calibration,
+evaluation and the benchmark, and :func:`run_model` runs a model on a batch of any kind (tensor, dict, sequence).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from torch import nn
 
 from .report import adaptive_stages, halting_report, set_threshold
 
-__all__ = ["ThresholdCalibration", "calibrate_threshold"]
+__all__ = ["ThresholdCalibration", "calibrate_threshold", "run_model", "FlopsTally", "measure_flops"]
 
 #: Thresholds are searched as sigmoid(u) for u in [-LOGIT_RANGE, LOGIT_RANGE] (both ends inside (0, 1]).
 LOGIT_RANGE = 30.0
@@ -37,33 +40,85 @@ class ThresholdCalibration(NamedTuple):
     flops_ratio: float
 
 
-def _model_inputs(batch: Any, device: torch.device) -> tuple[tuple, dict]:
-    """Positional and keyword model inputs of one calibration batch (labels are dropped)."""
+def run_model(model: nn.Module, batch: Any, device: Optional[torch.device] = None) -> Any:
+    """Run ``model`` on one batch of any kind and return its output: a tensor (``model(batch)``), a dict of keyword
+    inputs (``model(**batch)`` without the label keys; an image dict ``{"pixel_values": ...}`` as
+    ``model(pixel_values)``) or an ``(inputs, targets, ...)`` sequence as a torch DataLoader yields it (the inputs).
+    With ``device`` the inputs are moved there first. This is the one batch adapter of calibration, the ACM phases
+    and the benchmark."""
     if isinstance(batch, torch.Tensor):
-        return (batch.to(device),), {}
+        return model(batch if device is None else batch.to(device))
     if isinstance(batch, Mapping) and "pixel_values" in batch:  # pact_zoo / HF image batches
-        return (batch["pixel_values"].to(device),), {}
+        return run_model(model, batch["pixel_values"], device)
     if isinstance(batch, Mapping):
-        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-                  if k not in LABEL_KEYS}
-        return (), kwargs
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return (batch[0].to(device),), {}  # (inputs, targets, ...) as a torch DataLoader yields them
-    raise TypeError("dataloader must yield tensors, (inputs, targets) sequences or dicts of model inputs, "
-                    f"got {type(batch).__name__}")
+        return model(**{k: v.to(device) if device is not None and isinstance(v, torch.Tensor) else v
+                        for k, v in batch.items() if k not in LABEL_KEYS})
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, Mapping)):
+        return run_model(model, batch[0], device)  # (inputs, targets, ...)
+    raise TypeError("a batch (what the dataloader yields) must be a tensor, an (inputs, targets, ...) sequence or "
+                    f"a dict of model inputs, got {type(batch).__name__}")
+
+
+class FlopsTally:
+    """Per-sample FLOPs of forwards, summed over batches: the one FLOPs ratio (total FLOPs / the same samples at full
+    depth) of calibration, evaluation and the benchmark. :meth:`add` takes one batch's ``[B]`` per-sample FLOPs and
+    full-depth FLOPs (e.g. gathered over processes); :meth:`add_report` a :class:`~pact_zoo.halting.HaltingReport`.
+    With ``keep_samples`` the per-sample FLOPs and units stay available (:meth:`samples`)."""
+
+    def __init__(self, keep_samples: bool = False) -> None:
+        self.keep_samples = keep_samples
+        self.flops_sum = 0.0
+        self.full_sum = 0.0
+        self.num_samples = 0
+        self.full_flops: Optional[int] = None  # of the last report
+        self.num_units: Optional[tuple[int, ...]] = None
+        self._flops: list[torch.Tensor] = []
+        self._units: list[torch.Tensor] = []
+
+    def add(self, flops: torch.Tensor, sample_full_flops: torch.Tensor, units: Optional[torch.Tensor] = None
+            ) -> None:
+        self.flops_sum += float(flops.double().sum())
+        self.full_sum += float(sample_full_flops.double().sum())
+        self.num_samples += flops.numel()
+        if self.keep_samples:
+            self._flops.append(flops.double())
+            if units is not None:
+                self._units.append(units)
+
+    def add_report(self, report: Any) -> None:
+        self.add(report.flops, report.sample_full_flops, report.units_executed)
+        self.full_flops, self.num_units = int(report.full_flops), tuple(report.num_units)
+
+    @property
+    def ratio(self) -> Optional[float]:
+        """Total FLOPs / total full-depth FLOPs of the same samples (None before any FLOPs)."""
+        return self.flops_sum / self.full_sum if self.full_sum else None
+
+    @property
+    def mean_flops(self) -> float:
+        return self.flops_sum / max(self.num_samples, 1)
+
+    @property
+    def mean_full_flops(self) -> float:
+        return self.full_sum / max(self.num_samples, 1)
+
+    def samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([N] FLOPs, [N, S] units)`` of every sample added (``keep_samples=True``)."""
+        if not self.keep_samples:
+            raise ValueError("FlopsTally(keep_samples=True) keeps the per-sample FLOPs")
+        return torch.cat(self._flops), torch.cat(self._units)
 
 
 @torch.inference_mode()
-def _flops_ratio(model: nn.Module, batches: list, device: torch.device) -> float:
-    """Sum of per-sample FLOPs over all batches / (samples x full-depth FLOPs) at the current threshold."""
-    flops = full = 0.0
+def measure_flops(model: nn.Module, batches: Iterable, device: Optional[torch.device] = None,
+                  keep_samples: bool = False) -> FlopsTally:
+    """Run ``model`` (as it is set: eval mode, threshold, execution) on every batch (:func:`run_model`) and tally
+    the per-sample FLOPs of each forward (:func:`~pact_zoo.halting_report`); ``.ratio`` is the FLOPs ratio."""
+    tally = FlopsTally(keep_samples)
     for batch in batches:
-        args, kwargs = _model_inputs(batch, device)
-        model(*args, **kwargs)
-        report = halting_report(model)
-        flops += float(report.flops.double().sum())
-        full += float(report.sample_full_flops.double().sum())
-    return flops / full
+        run_model(model, batch, device)
+        tally.add_report(halting_report(model))
+    return tally
 
 
 def calibrate_threshold(
@@ -130,7 +185,7 @@ def calibrate_threshold(
         def ratio_at(logit: float) -> tuple[float, float]:
             threshold = 1.0 if logit >= LOGIT_RANGE else 1.0 / (1.0 + math.exp(-logit))
             set_threshold(model, threshold)
-            return threshold, _flops_ratio(model, batches, device)
+            return threshold, measure_flops(model, batches, device).ratio
 
         best = ratio_at(-LOGIT_RANGE)  # every sample stops at the first unit: the smallest ratio
         if best[1] <= target_flops_ratio:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..halting import anytime_depth, training_loss
+from ..halting import FlopsTally, anytime_depth, training_loss
 from .config import ConfigError, TrainConfig
 from ..fileio import atomic_write_json, atomic_write_text
 from .io import save_model_folder
@@ -91,7 +91,8 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
     ``keep_units`` also ``units``, the ``[N, S]`` units run per sample and stage, in loader order."""
     model.eval()
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
-    correct, count, flops_sum, full_sum, units_sum = 0, 0, 0.0, 0.0, None
+    correct, count, units_sum = 0, 0, None
+    tally = FlopsTally()
     per_sample = []
     for batch in loader:
         logits = task.forward(model, batch)
@@ -103,17 +104,16 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
             preds, labels, flops, units, full = accelerator.gather_for_metrics((preds, labels, flops, units, full))
         correct += int((preds == labels).sum())
         count += labels.numel()
-        flops_sum += float(flops.double().sum())
-        full_sum += float(full.double().sum())
+        tally.add(flops, full)
         if keep_units:
             per_sample.append(units.long().cpu())
         units = units.double().sum(0)
         units_sum = units if units_sum is None else units_sum + units
     result = {
         "accuracy": correct / max(count, 1),
-        "mean_flops": flops_sum / max(count, 1),
-        "full_flops": full_sum / max(count, 1),
-        "flops_ratio": flops_sum / full_sum if full_sum else None,
+        "mean_flops": tally.flops_sum / max(count, 1),
+        "full_flops": tally.full_sum / max(count, 1),
+        "flops_ratio": tally.ratio,
         "mean_units": (units_sum / max(count, 1)).tolist() if units_sum is not None else [],
         "num_samples": count,
     }

@@ -1,0 +1,210 @@
+"""Eval timing: the adaptive (compacted), full-depth, masked and plain evaluation of one model, timed round robin
+per batch size, with the FLOPs of each mode (:func:`~pact_zoo.halting.measure_flops`), the output check of the
+adaptive path against the masked one, and an optional ``torch.profiler`` breakdown per operator."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..halting.calibrate import measure_flops
+from .inputs import InputSpec, as_spec, main_output, make_batches, run_all, run_model
+from .networks import halting_stages
+from .report import format_eval_row
+from .timing import medians as summarise, synchronize, time_round_robin
+
+__all__ = ["EFFICIENCY_TARGETS", "EVAL_MODES", "DEFAULT_EVAL_MODES", "PROFILE_TOP_OPS", "execution",
+           "set_compaction_costs", "executed_flops", "benchmark_eval", "profile_eval"]
+
+#: Targets for ``efficiency`` (batch size -> upper bound), pact_resnet110 / pact_resnet50 on 2 CPU cores.
+EFFICIENCY_TARGETS = {1: 1.15, 8: 1.25, 64: 1.08, 256: 1.08}
+EVAL_MODES = ("adaptive", "full", "masked", "plain")
+DEFAULT_EVAL_MODES = ("adaptive", "full", "masked")
+#: Operators listed per mode in the profile breakdown.
+PROFILE_TOP_OPS = 15
+
+
+@contextlib.contextmanager
+def execution(model: nn.Module, mode: str) -> Iterator[None]:
+    """Eval mode ``adaptive`` / ``full`` / ``masked`` of ``model`` for the duration of the block (a plain model, with
+    no adaptive stage, runs as it is in every mode)."""
+    from ..halting import adaptive_stages, full_depth, set_execution
+
+    if mode == "full" and adaptive_stages(model):
+        with full_depth(model):
+            yield
+        return
+    set_execution(model, "compact" if mode == "adaptive" else "masked")
+    try:
+        yield
+    finally:
+        set_execution(model, "compact")
+
+
+@torch.inference_mode()
+def set_compaction_costs(model: nn.Module, inputs: Union[InputSpec, Sequence[int]], batch_size: int, seed: int,
+                         device: str = "cpu") -> list[dict]:
+    """Measure every halting stage's :class:`~pact_zoo.halting.compaction.CompactionCost` on its own input of a
+    ``batch_size`` batch (captured in one full-depth forward) and set it (``stage.compaction_cost``); returns them."""
+    from ..halting import full_depth
+    from ..halting.stage import measure_compaction_cost
+
+    stages = halting_stages(model)
+    captured: dict[int, tuple] = {}
+    hooks = [stage.register_forward_pre_hook(lambda module, args, i=i: captured.setdefault(i, args))
+             for i, stage in enumerate(stages)]
+    try:
+        with full_depth(model):
+            run_model(model, make_batches(inputs, batch_size, batch_size, seed, False, device)[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    costs = []
+    for i, stage in enumerate(stages):
+        args = captured[i]
+        stage.compaction_cost = measure_compaction_cost(stage, args[0], args[1] if len(args) > 1 else None)
+        costs.append({"row_seconds": list(stage.compaction_cost.row_seconds),
+                      "gather_seconds": stage.compaction_cost.gather_seconds,
+                      "gather_row_seconds": stage.compaction_cost.gather_row_seconds})
+    return costs
+
+
+def _flops(model: nn.Module, batches: list) -> dict[str, Any]:
+    """Per-sample FLOPs and depths of the current eval mode over the batches, and the FLOPs ratio."""
+    tally = measure_flops(model, batches, keep_samples=True)
+    flops, units = tally.samples()
+    return {"mean": tally.mean_flops, "min": float(flops.min()), "max": float(flops.max()), "ratio": tally.ratio,
+            "mean_units": units.double().mean(0).tolist(),
+            "units_fraction": float(units.double().sum(1).mean() / sum(tally.num_units)),
+            "distinct_depth_patterns": int(units.unique(dim=0).shape[0])}
+
+
+@torch.inference_mode()
+def executed_flops(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]]) -> int:
+    """FLOPs per sample of everything the model runs when no stage halts: every unit *and* every halting head (the
+    masked mode's cost) for an adaptive model, the network's FLOPs for a plain one (any timm model)."""
+    from ..halting import FlopsProfiler
+
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopsProfiler(model) as profiler:
+            run_model(model, as_spec(input_shape).zeros(param.device, param.dtype))
+    finally:
+        model.train(was_training)
+    return int(sum(profiler.flops.values()))
+
+
+def _outputs(model: nn.Module, batches: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(main output, units executed) of the first two batches."""
+    from ..halting import halting_report
+
+    return [(main_output(run_model(model, b)), halting_report(model).units_executed) for b in batches[:2]]
+
+
+def _ratios(record: dict, medians: dict, minima: dict, flops_ratio: float, adaptive_flops: float,
+            flops_full: float, plain_flops: Optional[int]) -> None:
+    """Time ratios against full depth (and the plain network), efficiencies and the target verdict."""
+    batch_size = record["batch_size"]
+    if "full" in medians:
+        for mode in ("adaptive", "masked", "plain"):
+            if mode in medians:
+                record[f"time_ratio_{mode}"] = medians[mode] / medians["full"]
+        for mode in ("adaptive", "masked"):
+            if mode in medians:
+                record[f"efficiency_{mode}"] = record[f"time_ratio_{mode}"] / flops_ratio
+                # best-of-repeats: the least disturbed run of each mode (robust on a shared machine)
+                record[f"efficiency_{mode}_min"] = minima[mode] / minima["full"] / flops_ratio
+        target = EFFICIENCY_TARGETS.get(batch_size)
+        record["efficiency"] = record.get("efficiency_adaptive")
+        record["efficiency_target"] = target
+        if target is not None and record["efficiency"] is not None:
+            record["target_met"] = record["efficiency"] <= target
+    if "plain" in medians:  # the original backbone as the baseline (e.g. timm resnet50)
+        record["time_vs_plain"] = {mode: medians[mode] / medians["plain"] for mode in medians}
+        record["flops_vs_plain"] = {"adaptive": adaptive_flops / plain_flops, "full": flops_full / plain_flops}
+        if "adaptive" in medians:  # the target's reading: against the plain network with the same weights
+            record["efficiency_vs_plain"] = (record["time_vs_plain"]["adaptive"]
+                                             / record["flops_vs_plain"]["adaptive"])
+
+
+@torch.inference_mode()
+def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]], batch_sizes: Sequence[int],
+                   warmup: int, repeats: int, min_samples: int, seed: int, channels_last: bool,
+                   modes: Sequence[str] = DEFAULT_EVAL_MODES, plain: Optional[nn.Module] = None,
+                   device: str = "cpu", log: Callable[[str], None] = print, clock: str = "wall") -> list[dict]:
+    """One record per batch size: median times, FLOPs, efficiency and the output check vs masked."""
+    if "plain" in modes and plain is None:
+        raise ValueError("mode 'plain' needs the plain network")
+    masked_flops = executed_flops(model, input_shape)
+    plain_flops = executed_flops(plain, input_shape) if plain is not None else None
+    records = []
+    for batch_size in batch_sizes:
+        batches = make_batches(input_shape, batch_size, min_samples, seed, channels_last, device)
+        num_samples = batch_size * len(batches)
+        with execution(model, "adaptive"):
+            adaptive = _flops(model, batches)
+            adaptive_out = _outputs(model, batches)
+        with execution(model, "full"):
+            flops_full = _flops(model, batches)["mean"]
+        with execution(model, "masked"):
+            masked_out = _outputs(model, batches)
+        max_diff = max(float((a - m).abs().max()) for (a, _), (m, _) in zip(adaptive_out, masked_out))
+        scale = max(float(m.abs().max()) for m, _ in masked_out) or 1.0
+        same_units = all(torch.equal(ua, um) for (_, ua), (_, um) in zip(adaptive_out, masked_out))
+        runs = {mode: (lambda: run_all(plain, batches)) if mode == "plain" else (lambda: run_all(model, batches))
+                for mode in modes}
+        contexts = {mode: (lambda mode=mode: execution(model, mode)) for mode in modes if mode != "plain"}
+        times = time_round_robin(runs, warmup, repeats, contexts=contexts, device=torch.device(device), clock=clock)
+        medians, minima = summarise(times)
+        flops_ratio = adaptive["ratio"]
+        record: dict[str, Any] = {
+            "batch_size": batch_size, "num_batches": len(batches), "samples_per_repeat": num_samples,
+            "times_s": times, "median_s": medians, "min_s": minima,
+            "median_ms_per_sample": {m: 1e3 * t / num_samples for m, t in medians.items()},
+            "flops_per_sample": {"adaptive": adaptive["mean"], "adaptive_min": adaptive["min"],
+                                 "adaptive_max": adaptive["max"], "full": flops_full,
+                                 "masked_executed": masked_flops, "plain": plain_flops},
+            "flops_ratio": flops_ratio, "mean_units_per_stage": adaptive["mean_units"],
+            "units_fraction": adaptive["units_fraction"],
+            "distinct_depth_patterns": adaptive["distinct_depth_patterns"],
+            "max_abs_diff_adaptive_vs_masked": max_diff,
+            "max_rel_diff_adaptive_vs_masked": max_diff / scale,  # relative to max |output|
+            "same_units_adaptive_vs_masked": same_units,
+        }
+        _ratios(record, medians, minima, flops_ratio, adaptive["mean"], flops_full, plain_flops)
+        records.append(record)
+        log(format_eval_row(record))
+    return records
+
+
+@torch.inference_mode()
+def profile_eval(model: nn.Module, inputs: Union[InputSpec, Sequence[int]], batch_size: int, seed: int,
+                 device: str = "cpu", modes: Sequence[str] = ("adaptive", "full"), top: int = PROFILE_TOP_OPS
+                 ) -> dict:
+    """Per-operator breakdown (``torch.profiler``, self time) of one eval forward of ``batch_size`` samples in each
+    of ``modes``, after one warm-up forward: where the adaptive model spends the time that the full-depth model
+    does not (halting heads, the decision, gathers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = make_batches(inputs, batch_size, batch_size, seed, False, device)[0]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    result: dict[str, Any] = {"batch_size": batch_size, "modes": {}}
+    for mode in modes:
+        with execution(model, mode):
+            run_model(model, batch)
+            synchronize(torch.device(device))
+            with profile(activities=activities) as prof:
+                run_model(model, batch)
+                synchronize(torch.device(device))
+        averages = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in averages)
+        ops = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        result["modes"][mode] = {
+            "self_cpu_ms_total": total / 1e3,
+            "ops": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                     "self_device_ms": getattr(e, "self_device_time_total", 0.0) / 1e3} for e in ops]}
+    return result
