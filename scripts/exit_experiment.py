@@ -58,7 +58,8 @@ def _loader(model, args):
     else:
         config = load_config(None, dict(model="pact_encoder", pretrained_file="unused", dataset=args.dataset,
                                         eval_split=args.split, max_eval_samples=args.max_samples,
-                                        eval_batch_size=args.batch_size, dataset_kwargs={"max_length": args.max_length}))
+                                        eval_batch_size=args.batch_size,
+                                        dataset_kwargs={"max_length": args.max_length}))
         task = TextClassificationTask(config)
     data = task.load_data(model)
     return task, DataLoader(data.eval, batch_size=args.batch_size, shuffle=False, collate_fn=data.collate_fn), data

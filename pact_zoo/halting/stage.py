@@ -189,7 +189,8 @@ class AdaptiveStage(nn.Module):
             if getattr(self.method, "reads_exits", False):
                 raise ValueError(f"method {self.method.name!r} decides from exit classifiers: this model family "
                                  f"builds halting heads, not exits (exit rules work on families with exit "
-                                 f"classifiers: pact_encoder, the ViTs)")
+                                 f"classifiers: pact_encoder, the ViTs, the mobile CNNs with "
+                                 f"halting_scope='network')")
             raise ValueError(f"method {self.method.name!r} needs halting heads, got exit classifiers")
         if not self.method.uses_heads and heads:
             raise ValueError(f"method {self.method.name!r} uses no halting heads, got {len(heads)}")

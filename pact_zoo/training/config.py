@@ -182,7 +182,8 @@ class TrainConfig:
         if any(not 0 < t <= 1 for t in self.eval_thresholds):
             raise ConfigError(f"eval_thresholds must lie in (0, 1], got {self.eval_thresholds}")
         if self.image_size is not None and self.image_size < 1:
-            raise ConfigError(f"image_size must be >= 1 pixel (or null for the model's input size), got {self.image_size}")
+            raise ConfigError(f"image_size must be >= 1 pixel (or null for the model's input size), "
+                              f"got {self.image_size}")
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null for every row), got {getattr(self, name)}")
