@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Union
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from torch import nn
 
-__all__ = ["build_model", "check_checkpoint_file", "local_checkpoint"]
+__all__ = ["build_model", "check_checkpoint_file", "check_safetensors", "local_checkpoint"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -52,6 +52,19 @@ def local_checkpoint(variant: str, pretrained_cfg: Any = None, pretrained_cfg_ov
     return None
 
 
+def check_safetensors(path: PathLike, what: str = "") -> None:
+    """Raise ValueError naming ``path`` (after the prefix ``what``) when its safetensors header cannot be read
+    (truncated or corrupt)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{what}{path} is truncated or corrupt, or not a safetensors file "
+                         f"({' '.join(str(exc).split())}): re-export or re-download it") from None
+
+
 def check_checkpoint_file(path: PathLike, what: str = "pretrained checkpoint") -> None:
     """Raise a one-line error naming ``path`` unless it is a readable checkpoint: ``FileNotFoundError`` when it is
     missing, ``ValueError`` when a ``.safetensors`` header cannot be read (truncated or corrupt) or another file is
@@ -61,14 +74,7 @@ def check_checkpoint_file(path: PathLike, what: str = "pretrained checkpoint") -
         raise FileNotFoundError(f"{what} not found: {path} (pretrained_cfg_overlay=dict(file=...) or a local-dir: "
                                 f"folder must hold an existing .safetensors / .pth file)")
     if path.name.endswith(".safetensors"):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                handle.keys()
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"{what} {path} is truncated or corrupt, or not a safetensors file "
-                             f"({' '.join(str(exc).split())}): re-export or re-download it") from None
+        check_safetensors(path, f"{what} ")
         return
     with open(path, "rb") as handle:
         start = handle.read(1)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..fileio import atomic_directory
+from ..models._checkpoint import check_safetensors
 
 __all__ = ["save_model_folder", "load_model_folder", "is_timm_folder", "check_model_folder", "folder_model_name",
            "check_safetensors"]
@@ -49,16 +50,6 @@ def check_model_folder(path: PathLike, what: str = "model folder") -> Path:
     return path
 
 
-def check_safetensors(path: PathLike, what: str = "") -> None:
-    """Raise ValueError naming ``path`` when its safetensors header cannot be read (truncated or corrupt)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            handle.keys()
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{what}{path} is truncated or corrupt, or not a safetensors file "
-                         f"({' '.join(str(exc).split())}): re-export or re-download it") from None
 
 
 def folder_model_name(path: PathLike) -> str:
