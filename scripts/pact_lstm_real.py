@@ -390,9 +390,11 @@ def _parse_value(text: str):
 
 
 def run(recipe: dict, task_name: str, patterns: Optional[list[str]], overrides: dict, diagnose_every: int,
-        output: Optional[Path], thresholds: Optional[list[float]], ladder: bool = False) -> dict[str, Any]:
+        output: Optional[Path], thresholds: Optional[list[float]], ladder: bool = False,
+        seed: Optional[int] = None) -> dict[str, Any]:
     spec = copy.deepcopy(recipe["tasks"][task_name])
-    seed = recipe.get("seed", 0)
+    suffix = "" if seed is None or seed == recipe.get("seed", 0) else f"#seed{seed}"  # extra seeds: own rows
+    seed = recipe.get("seed", 0) if seed is None else seed
     torch.set_num_threads(recipe.get("threads", 1))
     task = TASKS[spec.get("loader", task_name)](spec.get("data", {}), seed)
     if ladder:  # the diagnosis: one change at a time on top of the task's ``diagnosis_base`` variant
@@ -423,6 +425,7 @@ def run(recipe: dict, task_name: str, patterns: Optional[list[str]], overrides: 
             entry["eval_thresholds"] = {f"{t:g}": evaluate(model, task["test"], options.get("eval_batch_size", 256),
                                                            threshold=t) for t in thresholds}
         entry["description"] = task["description"]
+        name = name + suffix
         task_results[name] = entry
         e = entry["eval"]
         print(f"[{task_name}/{name}] acc {e['accuracy']:.4f} ± {e['accuracy_se']:.4f} steps/frame "
@@ -462,7 +465,7 @@ def _knobs(entry: dict) -> str:
     if method != "none":
         parts.append(f"bias {config.get('halting_bias_init', -3):g}")
     train = entry.get("train_options", {})
-    if train.get("head_lr_mult", 1.0) != 1.0:
+    if method != "none" and train.get("head_lr_mult", 1.0) != 1.0:
         parts.append(f"heads lr ×{train['head_lr_mult']:g}")
     if train.get("anytime_prob"):
         parts.append(f"anytime {train['anytime_prob']:g}")
@@ -472,8 +475,8 @@ def _knobs(entry: dict) -> str:
 def diagnosis_table(rows: dict[str, Any]) -> str:
     lines = ["| change | settings | steps / frame (mean ± std over inputs) | accuracy % ± s.e. | FLOPs vs every "
              "step | r(steps, length) | end of training, on a fixed train batch: halting logits per ponder step "
-             "(mean / std) | h per step | loss terms: task / τ·cost / −β·entropy | head gradient norm: task / cost / "
-             "entropy | eval threshold 0.3 / 0.4: steps, acc % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(mean / std) | h per step | loss terms: task / τ·cost / −β·entropy | head gradient norm: task / "
+             "cost / entropy | eval threshold 0.3 / 0.4: steps, acc % |", "|" + "---|" * 11]
     for name, entry in rows.items():
         e = entry["eval"]
         final = next((d for d in reversed(entry.get("diagnostics", [])) if "loss_terms" in d), None)
@@ -486,8 +489,8 @@ def diagnosis_table(rows: dict[str, Any]) -> str:
         else:
             logit = h = loss = grad = "—"
         th = entry.get("eval_thresholds", {})
-        th_cell = "; ".join(f"{th[t]['steps_per_frame']:.2f}, {100 * th[t]['accuracy']:.1f}" for t in ("0.3", "0.4")
-                            if t in th) or "—"
+        th_cell = "; ".join(f"{th[t]['steps_per_frame']:.2f}, {100 * th[t]['accuracy']:.1f}"
+                            for t in ("0.3", "0.4") if t in th) or "—"
         lines.append(f"| {name} | {_knobs(entry)} | {e['steps_per_frame']:.2f} ± {e['steps_per_frame_std']:.2f} | "
                      f"{_pct(e)} | {e['flops_vs_every_step']:.3f} | {_r(e['r_steps_length'])} | {logit} | {h} | "
                      f"{loss} | {grad} | {th_cell} |")
@@ -497,7 +500,7 @@ def diagnosis_table(rows: dict[str, Any]) -> str:
 def results_table(rows: dict[str, Any]) -> str:
     lines = ["| variant | settings | accuracy % ± s.e. | steps / frame | std over inputs | 5 / 50 / 95 % quantile | "
              "MFLOPs / input | FLOPs vs every step | steps: misclassified / correct | steps: long / short | "
-             "r(steps, length) | train s | load (before → after) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "r(steps, length) | train s | load (before → after) |", "|" + "---|" * 13]
     for name, entry in rows.items():
         e = entry["eval"]
         q = e["steps_per_frame_quantiles"]
@@ -507,8 +510,13 @@ def results_table(rows: dict[str, Any]) -> str:
                      f"{e['flops_vs_every_step']:.3f} | {wrong} / {e['steps_correct']:.2f} | "
                      f"{e['steps_long']:.2f} / {e['steps_short']:.2f} | {_r(e['r_steps_length'])} | "
                      f"{entry['train_seconds']:.0f} | {entry['loadavg_before']} → {entry['loadavg_after']} |")
-        for t, te in entry.get("eval_thresholds", {}).items():
-            lines.append(f"| ↳ threshold {t} | same model | {_pct(te)} | {te['steps_per_frame']:.2f} | "
+        extra = {}
+        if entry["config"].get("halting_method") == "pact":  # PG's greedy depth did not move with the threshold
+            extra = {f"threshold {t}": te for t, te in entry.get("eval_thresholds", {}).items()}
+            if entry.get("eval_sampled"):
+                extra["sampled stops"] = entry["eval_sampled"]
+        for t, te in extra.items():
+            lines.append(f"| ↳ {t} | same model | {_pct(te)} | {te['steps_per_frame']:.2f} | "
                          f"{te['steps_per_frame_std']:.2f} | {te['steps_per_frame_quantiles'][0]:.2f} / "
                          f"{te['steps_per_frame_quantiles'][2]:.2f} / {te['steps_per_frame_quantiles'][4]:.2f} | "
                          f"{te['mflops']:.3f} | {te['flops_vs_every_step']:.3f} | "
@@ -528,7 +536,7 @@ def plot(results: dict[str, Any], tasks: list[str], path: Path) -> None:
     colours = {"pact": "C0", "act": "C1", "policy_gradient": "C2", "none": "k"}
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.6 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        entries = results.get(task, {})
+        entries = {n: r for n, r in results.get(task, {}).items() if "#seed" not in n}
         every = entries.get("lstm_m", {}).get("eval", {}).get("mflops")  # the every-step LSTM's FLOPs
 
         def cost(e: dict, key: str) -> float:
@@ -594,6 +602,30 @@ def diagnosis_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(rows: dict[str, Any]) -> str:
+    """Variants trained with extra seeds (``<variant>#seed<n>``): accuracy and steps per frame of every seed, and
+    their mean ± std over the seeds."""
+    groups: dict[str, list] = {}
+    for name, entry in rows.items():
+        base = name.split("#seed")[0]
+        if any(n.startswith(base + "#seed") for n in rows):
+            seed = int(name.split("#seed")[1]) if "#seed" in name else entry.get("train_options", {}).get("seed", 0)
+            groups.setdefault(base, []).append((seed, entry["eval"]))
+    groups = {base: items for base, items in groups.items() if len(items) > 1}
+    if not groups:
+        return ""
+    lines = ["| variant | seeds | accuracy % per seed | mean ± std | steps / frame per seed | mean ± std |",
+             "|---|---|---|---|---|---|"]
+    for base, items in groups.items():
+        items.sort(key=lambda item: item[0])
+        acc = np.array([100 * e["accuracy"] for _, e in items])
+        steps = np.array([e["steps_per_frame"] for _, e in items])
+        lines.append(f"| {base} | {', '.join(str(sd) for sd, _ in items)} | {' / '.join(f'{a:.1f}' for a in acc)} | "
+                     f"{acc.mean():.1f} ± {acc.std(ddof=1):.1f} | {' / '.join(f'{x:.2f}' for x in steps)} | "
+                     f"{steps.mean():.2f} ± {steps.std(ddof=1):.2f} |")
+    return "\n".join(lines)
+
+
 def report(results_path: Path, markdown_path: Path, plot_path: Optional[Path]) -> None:
     loaded = json.loads(results_path.read_text())
     order = [f"{t}{suffix}" for suffix in ("_diagnosis", "") for t in TASKS]
@@ -605,10 +637,16 @@ def report(results_path: Path, markdown_path: Path, plot_path: Optional[Path]) -
         if key.endswith("_diagnosis"):
             parts += [f"### {key}", "", diagnosis_table(rows), ""]
         else:
-            parts += [f"### {key}", "", results_table(rows), ""]
+            parts += [f"### {key}", "", results_table({n: r for n, r in rows.items() if "#seed" not in n}), ""]
+            seeds = seeds_table(rows)
+            if seeds:
+                parts += [f"### {key}: extra seeds", "", seeds, ""]
     markdown_path.write_text("\n".join(parts))
     if plot_path is not None:
-        plot(results, [k for k in ("vowels", "rt") if k in results], plot_path)
+        tasks = [k for k in ("vowels", "rt") if k in results] or [
+            k for k in results if k != "runs" and not k.endswith("_diagnosis")]
+        if tasks:
+            plot(results, tasks, plot_path)
     print("\n".join(parts))
 
 
@@ -624,6 +662,8 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=None,
                         help="also evaluate threshold methods at these thresholds")
     parser.add_argument("--output", type=Path, default=None, help="merge the results into this JSON file")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="train with this seed instead of the recipe's (rows are named <variant>#seed<n>)")
     parser.add_argument("--ladder", action="store_true",
                         help="run the task's diagnosis rows (one change each on diagnosis_base) instead of variants")
     parser.add_argument("--report", type=Path, nargs="+", default=None, metavar=("RESULTS_JSON", "MARKDOWN"),
@@ -642,7 +682,8 @@ def main() -> None:
             raise ValueError(f"--set scope must be train, model or variant, got {scope!r}")
         overrides.setdefault(scope, {})[field] = _parse_value(value)
     start = time.perf_counter()
-    run(recipe, args.task, args.variants, overrides, args.diagnose, args.output, args.thresholds, args.ladder)
+    run(recipe, args.task, args.variants, overrides, args.diagnose, args.output, args.thresholds, args.ladder,
+        args.seed)
     print(f"total {time.perf_counter() - start:.0f} s, load {loadavg()}")
 
 
