@@ -225,3 +225,12 @@ def test_full_depth_on_a_plain_model_raises_naming_its_class():
             pass
     with pact_zoo.full_depth(pact_zoo.make_adaptive(plain)):  # its adaptive twin: fine
         pass
+
+
+@pytest.mark.parametrize("name", ["pg_resnet32", "pact_resnet32"])
+def test_training_output_reaches_every_parameter(name):
+    """timm's train.py under DDP without find_unused_parameters: the output alone gives every parameter (halting
+    heads of sampled-path methods included) a gradient."""
+    model = timm.create_model(name, layers=(2, 2, 2), channels=(4, 8, 8)).train()
+    model(torch.randn(4, *INPUT)).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
