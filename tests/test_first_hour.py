@@ -9,18 +9,7 @@ import torch
 from pact_zoo.cli import main as cli_main
 from pact_zoo.data import fetch as fetch_module
 
-
-def _cli(capsys, *argv):
-    status = cli_main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+from test_reliability import _cli, _one_error_line
 
 
 # ------------------------------------------------------------------------------------------------ data fetch

@@ -24,7 +24,8 @@ import torch
 
 from .method import HaltingMethod, Knob, Mixture, StopDecision, check_threshold, register_halting_method
 
-__all__ = ["ExitRule", "ConfidenceExit", "EntropyExit", "PatienceExit", "exit_certainty"]
+__all__ = ["ExitRule", "ConfidenceExit", "EntropyExit", "PatienceExit", "exit_certainty", "exit_certainty_features",
+           "NUM_CERTAINTY_FEATURES"]
 
 #: The thresholds' defaults: stop at a 0.9 softmax peak (confidence), at normalised entropy <= 0.5 (entropy); a
 #: patience of half the exits (patience).
@@ -36,6 +37,17 @@ def exit_certainty(logits: torch.Tensor) -> torch.Tensor:
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     return 1.0 - entropy / math.log(max(logits.shape[-1], 2))
+
+
+#: Features of :func:`exit_certainty_features`: the largest softmax probability and ``1 - H / log C``.
+NUM_CERTAINTY_FEATURES = 2
+
+
+def exit_certainty_features(logits: torch.Tensor) -> torch.Tensor:
+    """``[A, C]`` exit logits -> ``[A, 2]`` (detached, float): largest softmax probability and ``1 - H / log C``, what
+    a halting head that reads its exit sees."""
+    logits = logits.detach().float()
+    return torch.stack([torch.softmax(logits, dim=-1).amax(-1), exit_certainty(logits)], dim=-1)
 
 
 class ExitRule(HaltingMethod):

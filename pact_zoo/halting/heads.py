@@ -135,18 +135,22 @@ class HaltingHead(nn.Module):
         return torch.addmv(fold["bias"], self.act(torch.addcmul(fold["shift"], pooled, fold["scale"])),
                            fold["weight"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._can_fold(x):
-            logits = self._forward_folded(x)
-            if logits is not None:
-                return _check_finite(logits, self.training)
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C]``: global pool -> BN -> act, what the linear layer reads (unfolded path)."""
         pooled = x.mean(dim=(2, 3))
         if self.training and pooled.shape[0] == 1:  # one row has no batch statistics: use the running ones
             normed = F.batch_norm(pooled, self.norm.running_mean, self.norm.running_var, self.norm.weight,
                                   self.norm.bias, training=False, eps=self.norm.eps)
         else:
             normed = self.norm(pooled)
-        return _check_finite(self.fc(self.act(normed)).squeeze(-1), self.training)
+        return self.act(normed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._can_fold(x):
+            logits = self._forward_folded(x)
+            if logits is not None:
+                return _check_finite(logits, self.training)
+        return _check_finite(self.fc(self.pooled_features(x)).squeeze(-1), self.training)
 
 
 class VectorHaltingHead(nn.Module):

@@ -84,6 +84,11 @@ def zero_touch(module: nn.Module) -> Optional[torch.Tensor]:
     return torch.stack(params).sum() * 0.0 if params else None
 
 
+def _with_touch(out: torch.Tensor, touch: Optional[torch.Tensor]) -> torch.Tensor:
+    """``out`` made to depend on the parameters behind a :func:`zero_touch` (value unchanged)."""
+    return out if touch is None else out + touch.to(out.dtype)
+
+
 class _UniformDepth(HaltingMethod):
     """Anytime training's stop rule (not registered): each row runs d ~ U{1..L} units, chosen up front; no heads."""
 
@@ -172,21 +177,17 @@ class AdaptiveStage(nn.Module):
         heads = list(heads) if heads is not None else []
         exits = list(exits) if exits is not None else None
         reads_exits = getattr(self.method, "reads_exits", False)
-        if exits is not None:
-            if len(exits) != len(units):
-                raise ValueError(f"exits must hold len(units) = {len(units)} modules (one after every unit, the last "
-                                 f"being the model's own head), got {len(exits)}")
+        if exits is not None and len(exits) != len(units):
+            raise ValueError(f"exits must hold len(units) = {len(units)} modules (one after every unit, the last "
+                             f"being the model's own head), got {len(exits)}")
         self.exits_are_heads = bool(exits is not None and reads_exits and not heads)
-        decision_heads = exits[:-1] if self.exits_are_heads else heads
-        if self.exits_are_heads and not all(getattr(e, "is_exit", False) for e in decision_heads):
-            raise ValueError("exits must be exit classifiers (modules with is_exit = True)")
-        heads = decision_heads
+        if self.exits_are_heads:  # the rule decides from exits 0..L-2: checked as its heads below
+            heads = exits[:-1]
         if self.method.uses_heads and len(heads) != len(units) - 1:
             raise ValueError(f"heads must hold len(units) - 1 = {len(units) - 1} modules for method "
                              f"{self.method.name!r}, got {len(heads)}")
-        if heads and getattr(self.method, "reads_exits", False) != all(getattr(head, "is_exit", False)
-                                                                       for head in heads):
-            if getattr(self.method, "reads_exits", False):
+        if heads and reads_exits != all(getattr(head, "is_exit", False) for head in heads):
+            if reads_exits:
                 raise ValueError(f"method {self.method.name!r} decides from exit classifiers: this model family "
                                  f"builds halting heads, not exits (exit rules work on families with exit "
                                  f"classifiers: pact_encoder, the ViTs, the mobile CNNs with "
@@ -376,8 +377,7 @@ class AdaptiveStage(nn.Module):
         self._keep(HaltingRecord(units_executed=units, cost=None, num_units=self.num_units, method=self.method))
         out = self._stop_output(num_units - 1, x, context)
         if self.exits is not None and self.training and torch.is_grad_enabled():  # exits that did not run (DDP)
-            touch = zero_touch(self.exits)
-            out = out if touch is None else out + touch.to(out.dtype)
+            out = _with_touch(out, zero_touch(self.exits))
         return out
 
     def _forward_dense(self, x: torch.Tensor, context: Optional[torch.Tensor], training: bool) -> torch.Tensor:
@@ -498,8 +498,7 @@ class AdaptiveStage(nn.Module):
             record.terms = method.terms(log, row_values)
             # units no row reached get no gradient; a zero-valued touch keeps every parameter in the graph (DDP)
             record.touch = zero_touch(self)
-            if record.touch is not None:  # the output itself depends on every parameter (value unchanged): DDP
-                out = out + record.touch.to(out.dtype)
+            out = _with_touch(out, record.touch)  # the output itself depends on every parameter (DDP)
         self._keep(record)
         return out
 

@@ -34,7 +34,7 @@ from transformers.utils import ModelOutput, logging
 
 try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HaltingConfig
-    from pact_zoo.halting.exits import exit_certainty
+    from pact_zoo.halting.exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
     from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
     from pact_zoo.halting.report import halting_loss
@@ -43,7 +43,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
     from .config import HaltingConfig
-    from .exits import exit_certainty
+    from .exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
     from .flops import current_profiler
     from .heads import VectorHaltingHead
     from .report import halting_loss
@@ -247,7 +247,7 @@ class PactEncoderHaltingHead(_ExitReader, VectorHaltingHead):
 
     uses_context = True
     #: certainty features of the exit read with ``exit_features``
-    NUM_EXIT_FEATURES = 2
+    NUM_EXIT_FEATURES = NUM_CERTAINTY_FEATURES
 
     def __init__(self, hidden_size: int, pooling: str = "cls", layer: int = 1, exit_features: bool = False,
                  **kwargs: Any) -> None:
@@ -257,8 +257,7 @@ class PactEncoderHaltingHead(_ExitReader, VectorHaltingHead):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         features = pool_tokens(x, mask, self.pooling)
         if self.exit_features:
-            exit_logits = self._exit(x, mask).detach().float()
-            certainty = torch.stack([torch.softmax(exit_logits, -1).amax(-1), exit_certainty(exit_logits)], dim=-1)
+            certainty = exit_certainty_features(self._exit(x, mask))
             features = torch.cat([features, certainty.to(features.dtype)], dim=-1)
         return super().forward(features)
 
@@ -302,7 +301,7 @@ def remote_code_files() -> list[Path]:
     configuration, the shared helpers beside them and the halting core they import (copied flat)."""
     return shared_remote_code_files(
         anchors=(PactEncoderConfig, PactEncoderModel),
-        core=(HaltingConfig, exit_certainty, current_profiler, VectorHaltingHead, AdaptiveStage, halting_loss))
+        core=(HaltingConfig, exit_certainty_features, current_profiler, VectorHaltingHead, AdaptiveStage, halting_loss))
 
 
 def _looks_like_path(source: str) -> bool:

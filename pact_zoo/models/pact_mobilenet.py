@@ -39,7 +39,7 @@ from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
-from ..halting.exits import exit_certainty
+from ..halting.exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
 from ._checkpoint import build_model
 from ._helpers import add_halting_heads_filter, begin_forward
 from .adaptive import (
@@ -115,7 +115,7 @@ class ExitAwareHaltingHead(HaltingHead):
     """
 
     #: certainty features read from the exit
-    NUM_EXIT_FEATURES = 2
+    NUM_EXIT_FEATURES = NUM_CERTAINTY_FEATURES
 
     def __init__(self, num_chs: int, exit_module: nn.Module, act_layer: Optional[type] = None,
                  bias_init: float = -3.0, device: Optional[torch.device] = None,
@@ -130,15 +130,9 @@ class ExitAwareHaltingHead(HaltingHead):
         return False  # the exit features are not an affine map of the state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean(dim=(2, 3))
-        if self.training and pooled.shape[0] == 1:  # one row has no batch statistics: use the running ones
-            normed = nn.functional.batch_norm(pooled, self.norm.running_mean, self.norm.running_var,
-                                              self.norm.weight, self.norm.bias, training=False, eps=self.norm.eps)
-        else:
-            normed = self.norm(pooled)
-        exit_logits = self.__dict__["exit_module"](x).detach().float()
-        certainty = torch.stack([torch.softmax(exit_logits, -1).amax(-1), exit_certainty(exit_logits)], dim=-1)
-        return self.fc(torch.cat([self.act(normed), certainty.to(normed.dtype)], dim=-1)).squeeze(-1)
+        features = self.pooled_features(x)
+        certainty = exit_certainty_features(self.__dict__["exit_module"](x))
+        return self.fc(torch.cat([features, certainty.to(features.dtype)], dim=-1)).squeeze(-1)
 
 
 class AdaptiveEfficientNet(EfficientNet):

@@ -4,7 +4,6 @@ The loop itself (:mod:`pact_zoo.training.loop`) is shared; a task adapts one kin
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -18,6 +17,7 @@ from ..data import (
 )
 from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_report
 from .config import ConfigError, TrainConfig
+from .io import _folder_config
 
 __all__ = ["TaskData", "ImageClassificationTask", "SequenceClassificationTask", "SEQUENCE_MODELS", "build_task"]
 
@@ -57,13 +57,13 @@ class ImageClassificationTask:
         if config.pretrained_file is not None:
             import os
 
+            from .io import WEIGHTS_FILE, check_safetensors
+
             if os.path.isdir(config.pretrained_file):  # a model folder (a run's model/, a conversion phase's source)
-                config.pretrained_file = os.path.join(config.pretrained_file, "model.safetensors")
+                config.pretrained_file = os.path.join(config.pretrained_file, WEIGHTS_FILE)
             if not os.path.isfile(config.pretrained_file):
                 raise FileNotFoundError(f"pretrained_file not found: {config.pretrained_file}")
             if config.pretrained_file.endswith(".safetensors"):
-                from .io import check_safetensors
-
                 check_safetensors(config.pretrained_file, "pretrained_file ")
         self._splits = None
 
@@ -86,9 +86,9 @@ class ImageClassificationTask:
         try:
             if self.config.pretrained_file:
                 overlay = dict(file=self.config.pretrained_file)
-                folder_config = Path(self.config.pretrained_file).with_name("config.json")
-                if folder_config.is_file():  # a model folder: its classifier is kept when the classes match
-                    saved_classes = json.loads(folder_config.read_text()).get("num_classes")
+                folder = Path(self.config.pretrained_file).parent
+                if (folder / "config.json").is_file():  # a model folder: its classifier is kept when the classes match
+                    saved_classes = _folder_config(folder).get("num_classes")
                     if saved_classes is not None:
                         overlay["num_classes"] = saved_classes
                 return timm.create_model(self.config.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
