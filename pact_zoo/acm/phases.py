@@ -31,6 +31,7 @@ from .convert import acm_modules, gate_parameters, learner_parameters
 from .module import AdaptiveWidth
 
 __all__ = ["budget_loss", "distill_modules", "finetune", "gate_labels", "pretrain_gates", "prefix_errors",
+           "module_distillation_loss", "gate_label_loss", "average_gradients", "set_target_rate", "PHASE_OBJECTIVES",
            "default_forward", "check_batches", "check_beta", "DEFAULT_ERROR_FACTOR", "DEFAULT_BUDGET_WEIGHT"]
 
 #: Phase-2 label rule of the paper's code (``gating_error_factor``).
@@ -40,6 +41,12 @@ DEFAULT_BUDGET_WEIGHT = 0.1
 check_beta = check_number(0.0, 1.0, min_open=True)
 
 Forward = Callable[[nn.Module, Any], Any]
+
+#: the phases' objectives in the shared training loop (``objective:`` of a recipe) and the weights each trains
+PHASE_OBJECTIVES: dict[str, Callable[[nn.Module], list[nn.Parameter]]] = {
+    "module_distillation": learner_parameters,
+    "gate_labels": gate_parameters,
+}
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -105,8 +112,9 @@ def _check_seen(count: int, what: str = "batches") -> None:
 _NO_BATCH = object()
 
 
-def _average_gradients(params: list[nn.Parameter]) -> None:
-    """Mean of the gradients over processes (no-op on one process)."""
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Mean of the gradients over processes (no-op on one process): phases 1 and 2 never run the model through a
+    DDP wrapper, so their gradients are averaged here."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     world = torch.distributed.get_world_size()
@@ -117,9 +125,50 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
         p.grad /= world
 
 
+def module_distillation_loss(model: nn.Module, original: nn.Module, batch: Any, forward: Forward = default_forward,
+                             detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase 1's loss on one batch: the mean over ACM modules of the mean over prefixes k = 1..K of the MSE between
+    the first k learners and the replaced original module, on that module's captured input (Wójcik et al. 2023,
+    §3.3). No forward of ``model`` runs: inputs and targets come from ``original`` (frozen, eval mode).
+
+    Returns:
+        the loss (scalar, differentiable in the learner weights) and the detached ``[K+1]`` MSE of every prefix
+        k = 0..K averaged over modules.
+    """
+    pairs = _pairs(original, model)
+    loss, per_prefix = 0.0, 0.0
+    for (module, _, _), (x, y) in zip(pairs, _capture(original, pairs, batch, forward)):
+        prefixes = module.all_prefixes(x, detach=detach)  # [N, K+1, D]
+        errors = ((prefixes - y.unsqueeze(1)) ** 2).mean(dim=(0, 2))  # [K+1]
+        loss = loss + errors[1:].mean()
+        per_prefix = per_prefix + errors.detach()
+    return loss / len(pairs), per_prefix / len(pairs)
+
+
+def gate_label_loss(model: nn.Module, original: nn.Module, batch: Any, forward: Forward = default_forward,
+                    error_factor: float = DEFAULT_ERROR_FACTOR) -> torch.Tensor:
+    """Phase 2's loss on one batch, averaged over ACM modules: the gates against the labels of :func:`gate_labels`
+    on the replaced modules' captured inputs (ACM: cross-entropy over k; condnet: binary cross-entropy of "block i
+    on" = i < label). Differentiable in the gate weights only."""
+    pairs = _pairs(original, model)
+    loss = 0.0
+    for (module, _, _), (x, y) in zip(pairs, _capture(original, pairs, batch, forward)):
+        with torch.no_grad():
+            labels = gate_labels(module.all_prefixes(x), y, module.min_learners, error_factor)
+        logits = module.gate_logits(x)
+        if module.gating == "acm":
+            loss = loss + F.cross_entropy(logits, labels - module.min_learners)
+        else:
+            blocks = torch.arange(module.num_learners, device=labels.device)
+            loss = loss + F.binary_cross_entropy_with_logits(logits, (blocks < labels.unsqueeze(1)).to(logits.dtype))
+    return loss / len(pairs)
+
+
 def distill_modules(model: nn.Module, original: nn.Module, batches: Iterable, epochs: int = 1, lr: float = 1e-3,
                     forward: Forward = default_forward, detach: bool = True) -> list[list[float]]:
-    """Phase 1: every prefix k = 1..K of every ACM module regresses the replaced module's output (MSE, Adam).
+    """Phase 1 over in-memory batches: every prefix k = 1..K of every ACM module regresses the replaced module's
+    output (:func:`module_distillation_loss`, Adam). ``pact-zoo convert`` runs the same loss in the shared training
+    loop (``objective: module_distillation``).
 
     Args:
         model: the ACMized model (only its learner weights train).
@@ -131,25 +180,18 @@ def distill_modules(model: nn.Module, original: nn.Module, batches: Iterable, ep
         per epoch, the mean MSE of each prefix k = 0..K over the epoch (``[epochs][K+1]``, averaged over modules).
     """
     check_batches(batches, epochs)
-    pairs = _pairs(original, model)
+    _pairs(original, model)  # a model without sources raises before any step
     params = learner_parameters(model)
     optimizer = torch.optim.Adam(params, lr=lr)
     history = []
     for _ in range(epochs):
         sums, count = None, 0
         for batch in batches:
-            captured = _capture(original, pairs, batch, forward)
-            loss, per_prefix = 0.0, 0.0
-            for (module, _, _), (x, y) in zip(pairs, captured):
-                prefixes = module.all_prefixes(x, detach=detach)  # [N, K+1, D]
-                errors = ((prefixes - y.unsqueeze(1)) ** 2).mean(dim=(0, 2))  # [K+1]
-                loss = loss + errors[1:].mean()
-                per_prefix = per_prefix + errors.detach()
+            loss, per_prefix = module_distillation_loss(model, original, batch, forward, detach)
             optimizer.zero_grad()
-            (loss / len(pairs)).backward()
-            _average_gradients(params)
+            loss.backward()
+            average_gradients(params)
             optimizer.step()
-            per_prefix = per_prefix / len(pairs)
             sums = per_prefix if sums is None else sums + per_prefix
             count += 1
         _check_seen(count)
@@ -193,33 +235,24 @@ def gate_labels(prefixes: torch.Tensor, target: torch.Tensor, min_learners: int 
 def pretrain_gates(model: nn.Module, original: nn.Module, batches: Iterable, epochs: int = 1, lr: float = 1e-2,
                    forward: Forward = default_forward,
                    error_factor: float = DEFAULT_ERROR_FACTOR) -> list[float]:
-    """Phase 2: gates learn the labels of :func:`gate_labels` (ACM: cross-entropy over k; condnet: binary
-    cross-entropy of "block i on" = i < label). Only gate weights train; returns the mean loss per epoch."""
+    """Phase 2 over in-memory batches: gates learn the labels of :func:`gate_labels` (:func:`gate_label_loss`, Adam).
+    Only gate weights train; returns the mean loss per epoch. ``pact-zoo convert`` runs the same loss in the shared
+    training loop (``objective: gate_labels``)."""
     check_number(1.0)("error_factor", error_factor)
     check_batches(batches, epochs)
-    pairs = _pairs(original, model)
+    _pairs(original, model)
     params = gate_parameters(model)
     optimizer = torch.optim.Adam(params, lr=lr)
     history = []
     for _ in range(epochs):
         total, count = 0.0, 0
         for batch in batches:
-            loss = 0.0
-            for (module, _, _), (x, y) in zip(pairs, _capture(original, pairs, batch, forward)):
-                with torch.no_grad():
-                    labels = gate_labels(module.all_prefixes(x), y, module.min_learners, error_factor)
-                logits = module.gate_logits(x)
-                if module.gating == "acm":
-                    loss = loss + F.cross_entropy(logits, labels - module.min_learners)
-                else:
-                    blocks = torch.arange(module.num_learners, device=labels.device)
-                    loss = loss + F.binary_cross_entropy_with_logits(
-                        logits, (blocks < labels.unsqueeze(1)).to(logits.dtype))
+            loss = gate_label_loss(model, original, batch, forward, error_factor)
             optimizer.zero_grad()
-            (loss / len(pairs)).backward()
-            _average_gradients(params)
+            loss.backward()
+            average_gradients(params)
             optimizer.step()
-            total += float(loss.detach()) / len(pairs)
+            total += float(loss.detach())
             count += 1
         _check_seen(count)
         history.append(total / count)
@@ -244,7 +277,8 @@ def budget_loss(model: nn.Module, beta: float) -> torch.Tensor:
     return (cost / full - beta).abs()
 
 
-def _set_target_rate(model: nn.Module, beta: float) -> None:
+def set_target_rate(model: nn.Module, beta: float) -> None:
+    """Set the target rate of every condnet-gated ACM module (Bengio et al. 2016, L_b) to ``beta``."""
     for _, module in acm_modules(model):
         if module.gating == "condnet":
             module.method.set_knob("target_rate", beta)
@@ -281,7 +315,7 @@ def finetune(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], 
     modules = acm_modules(model)
     if not modules:
         raise ValueError("model has no ACM modules: call pact_zoo.acm.acmize first")
-    _set_target_rate(model, beta)
+    set_target_rate(model, beta)
     forward_model = forward_model if forward_model is not None else model
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:

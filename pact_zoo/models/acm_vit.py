@@ -47,7 +47,8 @@ class AcmVisionTransformer(VisionTransformer):
 
 def _convert_checkpoint(state_dict: dict[str, torch.Tensor], model: AcmVisionTransformer) -> dict[str, torch.Tensor]:
     """timm's ViT checkpoint -> ACM keys: each MLP (fc1/fc2) and projection split into learners; gates keep the
-    model's init."""
+    model's init. An ACM checkpoint (a saved ACM model, a conversion phase's output) keeps its own learners and
+    gates."""
     state_dict = checkpoint_filter_fn(state_dict, model)
     for name, module in acm_modules(model):
         if f"{name}.fc1.weight" in state_dict:
@@ -56,7 +57,7 @@ def _convert_checkpoint(state_dict: dict[str, torch.Tensor], model: AcmVisionTra
         elif f"{name}.weight" in state_dict:
             split_linear(module, state_dict.pop(f"{name}.weight"), state_dict.pop(f"{name}.bias", None))
         for key, value in module.state_dict().items():
-            state_dict[f"{name}.{key}"] = value
+            state_dict.setdefault(f"{name}.{key}", value)
     return state_dict
 
 

@@ -12,12 +12,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from ..acm.phases import DEFAULT_BUDGET_WEIGHT, DEFAULT_ERROR_FACTOR
+
 __all__ = ["TrainConfig", "ConfigError", "load_config", "read_yaml_mapping", "add_config_arguments", "config_from_args",
            "FIELD_HELP", "MERGED_FIELDS", "YamlLoader"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+#: what a run trains towards: the task (plus halting and distillation terms), or one of the ACM conversion phases
+#: (Wójcik et al. 2023, §3.3), which train only the learners or only the gates against the original model
+OBJECTIVES = ("task", "module_distillation", "gate_labels")
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -88,7 +93,16 @@ FIELD_HELP = {
     "distill_weight": "weight of the distillation term: KL from the teacher's output to every halted or truncated "
                       "output, times distill_temperature^2 (0: off)",
     "distill_temperature": "softmax temperature of the distillation term, > 0",
-    "teacher": "teacher model folder for distillation (default: this model at full depth, without gradient)",
+    "teacher": "teacher model folder for distillation (default: this model at full depth, without gradient); the "
+               "original model of the ACM objectives",
+    "objective": "task (the task loss, plus halting and distillation terms), or an ACM conversion phase: "
+                 "module_distillation (the learners regress the teacher's replaced modules) or gate_labels (the gates "
+                 "learn the learner count each token needs)",
+    "acm_budget": "ACM models: target fraction of the ACM modules' FLOPs, in (0, 1]; adds the budget loss (acm "
+                  "gating) or sets the target rate (condnet gating); null: no budget term",
+    "acm_budget_weight": "weight of the ACM budget loss, >= 0",
+    "gate_error_factor": "objective gate_labels: a token's label is the smallest learner count after which one more "
+                         "learner cuts the error by less than this factor, >= 1",
     "seed": "random seed",
     "eval_thresholds": "thresholds evaluated after training, each in (0, 1]",
     "output_dir": "run folder: checkpoints, metrics, model/",
@@ -149,6 +163,10 @@ class TrainConfig:
     distill_weight: float = 0.0  # KL(teacher || student) weight, times T^2
     distill_temperature: float = 1.0
     teacher: Optional[str] = None  # teacher folder; default: the model itself at full depth
+    objective: str = "task"  # or an ACM phase: module_distillation, gate_labels
+    acm_budget: Optional[float] = None  # ACM: target fraction of the ACM modules' FLOPs
+    acm_budget_weight: float = DEFAULT_BUDGET_WEIGHT
+    gate_error_factor: float = DEFAULT_ERROR_FACTOR
     seed: int = 0
     # evaluation and output
     eval_thresholds: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -177,6 +195,7 @@ class TrainConfig:
             raise ConfigError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if self.distill_temperature <= 0:
             raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        self._check_objective()
         if self.freeze_exits and not self.freeze_backbone:
             raise ConfigError("freeze_exits needs freeze_backbone: true (it narrows what a frozen-backbone run trains)")
         if any(not 0 < t <= 1 for t in self.eval_thresholds):
@@ -204,6 +223,27 @@ class TrainConfig:
             raise ConfigError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if not self.output_dir:
             raise ConfigError("output_dir must be a folder path, got an empty string")
+
+    def _check_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.acm_budget is not None and not 0.0 < self.acm_budget <= 1.0:
+            raise ConfigError(f"acm_budget must be in (0, 1] (or null: no budget term), got {self.acm_budget}")
+        if self.acm_budget_weight < 0:
+            raise ConfigError(f"acm_budget_weight must be >= 0, got {self.acm_budget_weight}")
+        if self.gate_error_factor < 1.0:
+            raise ConfigError(f"gate_error_factor must be >= 1, got {self.gate_error_factor}")
+        if self.objective == "task":
+            return
+        if self.teacher is None:
+            raise ConfigError(f"objective: {self.objective} needs teacher: the folder of the original model whose "
+                              f"modules the ACM modules replace (in a conversion recipe, teacher: source)")
+        clashes = [name for name, on in (("freeze_backbone", self.freeze_backbone), ("anytime", self.anytime),
+                                         ("distill_weight", self.distill_weight > 0),
+                                         ("acm_budget", self.acm_budget is not None)) if on]
+        if clashes:
+            raise ConfigError(f"objective: {self.objective} decides what trains and against what; remove "
+                              f"{', '.join(clashes)} (they belong to objective: task)")
 
     def _check_types(self) -> None:
         hints = typing.get_type_hints(TrainConfig)

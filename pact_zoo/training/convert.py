@@ -13,6 +13,12 @@ Xin et al. 2020, with PACT's halting as the second):
 3. optionally ``end_to_end``: everything, at a small learning rate.
 
 Example: ``hub_configs/pact_minilm.rotten_tomatoes/convert_pact.yaml``.
+
+Width instead of depth, ACM (Wójcik et al. 2023, §3.3; :mod:`pact_zoo.training.acm_phases`): phase 1 builds an
+``acm_*`` model over the source's weights (its MLPs split into learners) and trains ``objective:
+module_distillation``, phase 2 ``objective: gate_labels``, phase 3 ``objective: task`` with ``acm_budget``;
+``teacher: source`` (in the recipe or a phase) names the source model, whatever ``--source`` says. Example:
+``hub_configs/acm_vit.fashion_mnist/convert.yaml``.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ __all__ = ["ConversionPlan", "load_conversion", "convert", "main"]
 
 #: summary of a conversion, written into its output_dir
 SUMMARY_FILE = "conversion.json"
+#: ``teacher:`` value that stands for the conversion's source model
+SOURCE_TEACHER = "source"
 
 
 class ConversionPlan:
@@ -58,8 +66,10 @@ def load_conversion(path: str, overrides: Optional[Dict[str, Any]] = None) -> Co
         raise ConfigError(f"{path}: every phase needs a distinct identifier-like name, got {names}")
     plan, previous = [], source
     for phase in phases:
-        fields = {k: v for k, v in phase.items() if k != "name"}
-        config = load_config(None, {**recipe, **fields, "pretrained_file": previous,
+        fields = {**recipe, **{k: v for k, v in phase.items() if k != "name"}}
+        if fields.get("teacher") == SOURCE_TEACHER:
+            fields["teacher"] = source
+        config = load_config(None, {**fields, "pretrained_file": previous,
                                     "output_dir": str(output_dir / phase["name"])})
         plan.append((phase["name"], config))
         previous = str(Path(config.output_dir) / MODEL_DIR)

@@ -40,7 +40,9 @@ from .run_dir import (
     CHECKPOINT_DIR, CHECKPOINT_PATTERN, CONFIG_FILE, FINAL_METRICS_FILE, METRICS_FILE, MODEL_DIR, STATE_FILE,
     clear_run, latest_checkpoint, plan_run,
 )
+from .acm_phases import acm_budget_term, acm_phase_loss, prepare_acm_objective
 from .distill import distillation_loss, freeze_norm_statistics, freeze_source_weights, teacher_logits
+from ..acm.phases import average_gradients
 from .io import load_model_folder
 from .tasks import build_task, halting_head_parameters
 
@@ -163,6 +165,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     with accelerator.main_process_first():
         num_classes = task.num_classes()
     model = task.build_model(num_classes)
+    phase_params = prepare_acm_objective(model, config)  # None unless an ACM phase's objective
     if config.freeze_backbone:
         trainable = freeze_source_weights(model, config.freeze_exits)
         accelerator.print(f"freeze_backbone: training {len(trainable)} of {len(list(model.parameters()))} tensors "
@@ -225,15 +228,22 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
             epochs_done = epoch + micro_step / max(1, micro_batches_per_epoch)
             tau_scale = min(1.0, epochs_done / config.tau_warmup_epochs) if config.tau_warmup_epochs > 0 else 1.0
             with accelerator.accumulate(model):
-                anytime = config.anytime and _anytime_batch(config, epoch, micro_step)
-                target = None
-                if config.distill_weight > 0:
-                    target = teacher_logits(lambda module: task.forward(module, batch), unwrapped, teacher)
-                with anytime_depth(unwrapped) if anytime else nullcontext():
-                    step = training_loss(unwrapped, lambda: task.forward(model, batch),
-                                         lambda logits: _sample_loss(logits, batch["labels"], target, config),
-                                         tau_scale)
-                loss, task_loss, cost = step.loss, step.task_loss, step.halting_loss
+                if phase_params is not None:  # learners or gates against the original model, no forward of ours
+                    loss = acm_phase_loss(config, unwrapped, teacher, lambda module: task.forward(module, batch))
+                    task_loss, cost = loss, loss.new_zeros(())
+                else:
+                    anytime = config.anytime and _anytime_batch(config, epoch, micro_step)
+                    target = None
+                    if config.distill_weight > 0:
+                        target = teacher_logits(lambda module: task.forward(module, batch), unwrapped, teacher)
+                    with anytime_depth(unwrapped) if anytime else nullcontext():
+                        step = training_loss(unwrapped, lambda: task.forward(model, batch),
+                                             lambda logits: _sample_loss(logits, batch["labels"], target, config),
+                                             tau_scale)
+                    loss, task_loss, cost = step.loss, step.task_loss, step.halting_loss
+                    if config.acm_budget is not None:
+                        budget = acm_budget_term(unwrapped, config)
+                        loss, cost = loss + budget, cost + budget
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise ConfigError(
@@ -241,6 +251,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                         f"{micro_step + 1}): the run diverged; lower lr (now {config.lr:g}), set max_grad_norm, "
                         f"or use mixed_precision: no")
                 accelerator.backward(loss)
+                if phase_params is not None and accelerator.sync_gradients:
+                    average_gradients(phase_params)  # no DDP forward ran: average across processes here
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()

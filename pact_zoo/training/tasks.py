@@ -15,6 +15,7 @@ from ..data import (
     SEQUENCE_CLASSIFICATION_DATASETS, collate_images, collate_sequences, image_transforms, load_image_dataset,
     load_sequence_splits, with_image_transform,
 )
+from ..acm.convert import acm_modules
 from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_report
 from .config import ConfigError, TrainConfig
 from .io import _folder_config
@@ -201,8 +202,10 @@ def build_task(config: TrainConfig):
 
 
 def halting_head_parameters(model: nn.Module) -> set[int]:
-    """``id`` of every halting-head parameter (they may get their own learning rate)."""
+    """``id`` of every halting-head parameter, ACM gates included (they may get their own learning rate)."""
     heads = [m for m in model.modules() if isinstance(m, (HaltingHead, VectorHaltingHead))]
-    heads += [stage.heads for _, stage in adaptive_stages(model) if stage.heads is not None]
-    heads += [stage.method_state for _, stage in adaptive_stages(model) if stage.method_state is not None]
+    heads += [module.gate for _, module in acm_modules(model)]
+    for _, stage in adaptive_stages(model):  # AdaptiveStage: its heads and method state (ACM modules have neither)
+        heads += [part for part in (getattr(stage, "heads", None), getattr(stage, "method_state", None))
+                  if part is not None]
     return {id(p) for head in heads for p in head.parameters()}
