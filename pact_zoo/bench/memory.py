@@ -103,6 +103,9 @@ def memory_probe(spec: dict) -> dict:
 
 
 def memory_probe_main() -> int:
+    from ..cli import import_plugins
+
+    import_plugins()  # the parent's --import modules (PACT_ZOO_IMPORT): a user's method or family
     spec = json.loads(sys.argv[1])
     print(_RESULT_PREFIX + json.dumps(memory_probe(spec)))
     return 0

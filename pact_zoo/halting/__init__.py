@@ -9,7 +9,7 @@ This package stays flat with single-dot imports: remote-code checkpoints copy it
 """
 from .method import (
     HALTING_METHODS, HaltingMethod, HaltingRecord, Knob, Mixture, StopDecision, check_choice, check_number,
-    check_threshold, get_halting_method, register_halting_method,
+    check_threshold, get_halting_method, register_halting_method, resolve_method,
 )
 from .act import ACTHalting, ACTMethod, act_halting
 from .pact import PACTMethod
@@ -39,7 +39,7 @@ __all__ = [
     "HALTING_METHODS", "halting_report", "HaltingConfig", "HaltingHead", "HaltingMethod", "HaltingRecord",
     "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "logistic_noise", "measure_flops", "Mixture", "module_flops_per_sample",
     "needs_rollout", "needs_task_loss", "NoHalting", "PACTMethod", "PatienceExit", "PolicyGradientMethod",
-    "PROFILE_INPUTS_METHOD", "recurrent_cell_flops", "register_halting_method", "RowCollector", "run_model",
+    "PROFILE_INPUTS_METHOD", "recurrent_cell_flops", "register_halting_method", "resolve_method", "RowCollector", "run_model",
     "self_critical_baseline", "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking",
     "StopDecision", "StoppingDistribution", "synthesize_halting", "take_rows", "ThresholdCalibration",
     "training_loss", "TrainingLoss", "truncated_depth", "TruncatedGeometricPrior", "validate_threshold",

@@ -241,6 +241,29 @@ def register_halting_method(cls: type["HaltingMethod"]) -> type["HaltingMethod"]
     return cls
 
 
+def resolve_method(method: Any, knobs: Optional[Mapping[str, Any]] = None) -> tuple[Any, dict[str, Any]]:
+    """A method given as a registered name, a registered :class:`HaltingMethod` subclass or an instance of one, as
+    ``(name, knobs)``: what a model's config saves. An instance's knob values join ``knobs`` (the same knob given
+    both ways with different values raises ValueError); a name passes through unchecked (:func:`get_halting_method`
+    checks it)."""
+    knobs = dict(knobs or {})
+    if isinstance(method, HaltingMethod):
+        for key, value in method.knob_values().items():
+            if key in knobs and knobs[key] != value:
+                raise ValueError(f"method {method!r} has {key}={value!r}, and {key}={knobs[key]!r} was given too; "
+                                 f"give the knob once")
+            knobs[key] = value
+        method_cls: type = type(method)
+    elif isinstance(method, type) and issubclass(method, HaltingMethod):
+        method_cls = method
+    else:
+        return method, knobs
+    if HALTING_METHODS._methods.get(method_cls.name) is not method_cls:
+        raise ValueError(f"method {method_cls.__name__} is not registered: decorate the class with "
+                         f"@pact_zoo.register_halting_method (a saved model names its method)")
+    return method_cls.name, knobs
+
+
 def get_halting_method(name: str) -> type["HaltingMethod"]:
     """The registered class of ``name``; ValueError that lists the registered names otherwise."""
     try:

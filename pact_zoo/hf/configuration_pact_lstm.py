@@ -14,12 +14,12 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 try:  # the one halting core (pact_zoo/halting)
-    from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig
+    from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig, resolve_method
     from pact_zoo.halting.method import OVER_TIME_TERMS
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
-    from .config import HALTING_METHODS, HaltingConfig
+    from .config import HALTING_METHODS, HaltingConfig, resolve_method
     from .method import OVER_TIME_TERMS
 
 _HALTING_DEFAULTS = HaltingConfig()
@@ -104,6 +104,9 @@ class PactLSTMConfig(PreTrainedConfig):
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
         if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
             raise ValueError(f"initializer_range must be > 0, got {self.initializer_range!r}")
+        if not isinstance(self.halting_method, str):  # a method class or instance: its registered name and knobs
+            self.halting_method, self.halting_knobs = resolve_method(
+                self.halting_method, self.halting_knobs if isinstance(self.halting_knobs, dict) else {})
         if self.halting_method not in HALTING_METHODS:
             raise ValueError(f"halting_method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
                              f"got {self.halting_method!r}")

@@ -7,11 +7,11 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..halting import INPUT_SHAPE_ATTR, adaptive_stages
+from ..halting import INPUT_SHAPE_ATTR, adaptive_stages, resolve_method
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["add_halting_heads_filter", "begin_forward", "check_image_input", "check_not_compact_export",
+__all__ = ["RecordsMethodByName", "add_halting_heads_filter", "begin_forward", "check_image_input", "check_not_compact_export",
            "halting_parameter_names", "is_tracing", "record_input_shape"]
 
 
@@ -118,3 +118,22 @@ def add_halting_heads_filter(state_dict: Dict[str, torch.Tensor], model: nn.Modu
             state_dict[key] = model_state[key]
     model.__dict__["newly_initialized_keys"] = new_heads
     return state_dict
+
+
+class RecordsMethodByName:
+    """Mixin of the timm families: ``timm.create_model`` records its keyword arguments on the model
+    (``_model_args``, which ``save_for_hf`` writes to ``config.json``); a halting ``method`` given as a class or an
+    instance is recorded as its registered name plus knobs, so that the model saves and reloads like one built by
+    name."""
+
+    @property
+    def _model_args(self) -> dict:
+        return self.__dict__.get("_recorded_model_args", {})
+
+    @_model_args.setter
+    def _model_args(self, value: dict) -> None:
+        value = dict(value)
+        if "method" in value:
+            method, value = resolve_method(value.pop("method"), value)
+            value["method"] = method
+        self.__dict__["_recorded_model_args"] = value

@@ -41,7 +41,7 @@ from torch import nn
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
 from ..halting.exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
 from ._checkpoint import build_model
-from ._helpers import add_halting_heads_filter, begin_forward
+from ._helpers import RecordsMethodByName, add_halting_heads_filter, begin_forward
 from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
 )
@@ -135,7 +135,7 @@ class ExitAwareHaltingHead(HaltingHead):
         return self.fc(torch.cat([features, certainty.to(features.dtype)], dim=-1)).squeeze(-1)
 
 
-class AdaptiveEfficientNet(EfficientNet):
+class AdaptiveEfficientNet(RecordsMethodByName, EfficientNet):
     """timm's EfficientNet / MobileNetV2 whose multi-block stages are adaptive stages with halting heads.
 
     Build it with a registered name (``pact_mobilenetv2_100``, ``pact_efficientnet_lite0``) or convert a timm

@@ -32,7 +32,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
 from .adaptive import SequentialAdaptiveStage, head_device_dtype, register_adaptive_family
 from ._checkpoint import build_model
-from ._helpers import add_halting_heads_filter, begin_forward
+from ._helpers import RecordsMethodByName, add_halting_heads_filter, begin_forward
 
 __all__ = ["AdaptiveResNet", "AdaptiveResNetStage", "MIN_INPUT_SIZE"]
 
@@ -45,7 +45,7 @@ STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 AdaptiveResNetStage = SequentialAdaptiveStage
 
 
-class AdaptiveResNet(ResNet):
+class AdaptiveResNet(RecordsMethodByName, ResNet):
     """timm's ResNet whose four stages are adaptive stages with halting heads.
 
     Args:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
 from ._checkpoint import build_model
-from ._helpers import add_halting_heads_filter, begin_forward
+from ._helpers import RecordsMethodByName, add_halting_heads_filter, begin_forward
 
 __all__ = ["CifarResNet", "PreActBasicUnit"]
 
@@ -79,7 +79,7 @@ class PreActBasicUnit(nn.Module):
         return shortcut + residual
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(RecordsMethodByName, nn.Module):
     """CIFAR pre-activation ResNet whose stages are adaptive stages.
 
     Args:

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..halting import HaltingConfig, HaltingHead, HaltingRecord
 from ._checkpoint import build_model
-from ._helpers import add_halting_heads_filter, begin_forward, is_tracing
+from ._helpers import RecordsMethodByName, add_halting_heads_filter, begin_forward, is_tracing
 from .adaptive import (
     SequentialAdaptiveStage, adaptive_from_timm, backbone_pretrained_cfg, head_device_dtype, register_adaptive_family,
 )
@@ -122,7 +122,7 @@ class ViTLayerExit(nn.Module):
         return self.head(pooled)
 
 
-class AdaptiveVisionTransformer(VisionTransformer):
+class AdaptiveVisionTransformer(RecordsMethodByName, VisionTransformer):
     """timm's VisionTransformer whose blocks form one adaptive stage with a halting head after every block but the
     last.
 
