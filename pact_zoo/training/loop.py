@@ -244,12 +244,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                     if config.acm_budget is not None:
                         budget = acm_budget_term(unwrapped, config)
                         loss, cost = loss + budget, cost + budget
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise ConfigError(
-                        f"the training loss is {loss_value} at step {global_step + 1} (epoch {epoch + 1}, batch "
-                        f"{micro_step + 1}): the run diverged; lower lr (now {config.lr:g}), set max_grad_norm, "
-                        f"or use mixed_precision: no")
+                _check_finite_loss(accelerator, float(loss.detach()), config,
+                                   f"step {global_step + 1} (epoch {epoch + 1}, batch {micro_step + 1})")
                 accelerator.backward(loss)
                 if phase_params is not None and accelerator.sync_gradients:
                     average_gradients(phase_params)  # no DDP forward ran: average across processes here
@@ -328,6 +324,23 @@ def _sample_loss(logits: torch.Tensor, labels: torch.Tensor, target: Optional[to
     if target is not None:
         loss = loss + config.distill_weight * distillation_loss(logits, target, config.distill_temperature)
     return loss
+
+
+def _check_finite_loss(accelerator, loss_value: float, config: TrainConfig, where: str) -> None:
+    """Raise ConfigError when the loss is NaN or inf; with several processes every process learns whether any of
+    them diverged and all raise together (one process alone would leave the others waiting in the next all-reduce)."""
+    if accelerator.num_processes == 1:
+        if math.isfinite(loss_value):
+            return
+        what = f"the training loss is {loss_value}"
+    else:
+        flags = accelerator.gather(torch.tensor([float(not math.isfinite(loss_value))], device=accelerator.device))
+        bad = [rank for rank, flag in enumerate(flags.tolist()) if flag]
+        if not bad:
+            return
+        what = f"the training loss is not finite on process {', '.join(map(str, bad))} of {len(flags)}"
+    raise ConfigError(f"{what} at {where}: the run diverged; lower lr (now {config.lr:g}), set max_grad_norm, or use "
+                      f"mixed_precision: no")
 
 
 def _anytime_batch(config: TrainConfig, epoch: int, micro_step: int) -> bool:
