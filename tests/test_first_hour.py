@@ -345,3 +345,15 @@ def test_torchvision_imagefolder_layout_explains_the_expected_one(tmp_path, caps
     line = _one_error_line(err)
     assert status == 2 and "holds class folders (cat, dog) but no train/ and test/ split folders" in line
     assert "<dir>/train/<class>/*.png and <dir>/test/<class>/*.png" in line
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_units_histogram_title_fits_its_figure(stages):
+    """The encoder's one-stage histogram kept its title inside the figure (it was cut off at 3 inches)."""
+    from pact_zoo.training.evaluate import units_histogram_figure
+
+    units = torch.randint(1, 7, (50, stages))
+    figure = units_histogram_figure(units, [6] * stages, "pact threshold 0.5 (the model's own rule)")
+    figure.canvas.draw()
+    title = figure._suptitle.get_window_extent()
+    assert 0 <= title.x0 and title.x1 <= figure.bbox.x1

@@ -155,14 +155,20 @@ def _plot_tradeoff(result: Dict[str, Any], path: Path, title: str) -> None:
     _save_figure(tradeoff_figure(result, title), path)
 
 
-def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: Path, rule: str) -> None:
+#: inches per stage panel of the units histogram, and the least width that holds its title on one line
+HISTOGRAM_PANEL_WIDTH, HISTOGRAM_MIN_WIDTH = 3.0, 5.5
+
+
+def units_histogram_figure(units: torch.Tensor, num_units: Sequence[int], rule: str):
+    """One histogram per stage of the units executed per sample (``units`` ``[N, S]``), as a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stages = units.shape[1]
-    fig, axes = plt.subplots(1, stages, figsize=(3 * stages, 3.0), squeeze=False)
+    width = max(HISTOGRAM_PANEL_WIDTH * stages, HISTOGRAM_MIN_WIDTH)
+    fig, axes = plt.subplots(1, stages, figsize=(width, 3.0), squeeze=False)
     for s in range(stages):
         ax = axes[0, s]
         bins = torch.arange(0.5, max(num_units[s], int(units[:, s].max())) + 1.5)
@@ -172,7 +178,11 @@ def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: P
     axes[0, 0].set_ylabel("samples")
     fig.suptitle(f"units executed per test sample at {rule}", fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, path)
+    return fig
+
+
+def _plot_units_histogram(units: torch.Tensor, num_units: Sequence[int], path: Path, rule: str) -> None:
+    _save_figure(units_histogram_figure(units, num_units, rule), path)
 
 
 def _plot_image_grid(images: Dict[int, Any], labels: Dict[int, str], fewest: list[int], most: list[int],
