@@ -21,7 +21,7 @@ from torch import nn
 
 from .module import AdaptiveWidth, GATINGS
 
-__all__ = ["acmize", "acmize_structure", "acm_modules", "split_ffn", "split_linear", "INITS",
+__all__ = ["acmize", "acmize_structure", "register_acm_converter", "MODEL_CONVERTERS", "acm_modules", "split_ffn", "split_linear", "INITS",
            "learner_parameters", "gate_parameters"]
 
 INITS = ("split", "random")
@@ -194,6 +194,16 @@ def acmize_structure(model: nn.Module, num_learners: int = 4, gating: str = "acm
     return model
 
 
+#: ``(matches(model), converter(model, **acmize_kwargs))`` pairs: models that :func:`acmize` turns into an ACM model
+#: class of their own (e.g. transformers BERT -> ``AcmBert*``, registered by :mod:`pact_zoo.hf`) instead of in place
+MODEL_CONVERTERS: list[tuple[Callable[[nn.Module], bool], Callable[..., nn.Module]]] = []
+
+
+def register_acm_converter(matches: Callable[[nn.Module], bool], converter: Callable[..., nn.Module]) -> None:
+    """Let :func:`acmize` hand models for which ``matches(model)`` is true to ``converter(model, **acmize_kwargs)``."""
+    MODEL_CONVERTERS.append((matches, converter))
+
+
 def _record_input_shape(module: nn.Module, args: tuple) -> None:
     from ..halting.report import INPUT_SHAPE_ATTR
     if args and isinstance(args[0], torch.Tensor):
@@ -222,12 +232,11 @@ def acmize(model: nn.Module, num_learners: int = 4, gating: str = "acm", attenti
         :func:`pact_zoo.halting_report`); for a transformers BERT model an ``AcmBert*`` model (saves and loads with
         ``from_pretrained`` / the Auto classes) holding the converted weights.
     """
-    from transformers import PreTrainedModel
-    if isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", None) in ("bert", "acm_bert"):
-        from ..hf.modeling_acm_bert import acm_bert_from_pretrained_model
-        return acm_bert_from_pretrained_model(model, num_learners=num_learners, gating=gating, attention=attention,
-                                              width_factor=width_factor, init=init,
-                                              attention_min_learners=attention_min_learners, **kwargs)
+    for matches, converter in MODEL_CONVERTERS:  # model classes of their own (pact_zoo.hf registers ACM-BERT)
+        if matches(model):
+            return converter(model, num_learners=num_learners, gating=gating, attention=attention,
+                             width_factor=width_factor, init=init, attention_min_learners=attention_min_learners,
+                             **kwargs)
     acmize_structure(model, num_learners, gating, attention, width_factor, init, attention_min_learners, **kwargs)
     if getattr(model, ACM_INPUT_SHAPE_HOOK, None) is None:
         model.__dict__[ACM_INPUT_SHAPE_HOOK] = model.register_forward_pre_hook(_record_input_shape)

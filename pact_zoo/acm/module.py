@@ -53,8 +53,9 @@ DEFAULT_GATE_HIDDEN, DEFAULT_GATE_DEPTH = 16, 2
 
 
 class ACMGating(HaltingMethod):
-    """The ACM gate's knobs and loss (not a registered stage method: it drives :class:`AdaptiveWidth` only). The
-    budget term is model-level (:func:`pact_zoo.acm.budget_loss`); this loss adds the record's terms only."""
+    """ACM gating (Wójcik et al. 2023): a per-token choice of k = min_learners..K learners. Owns the gate's train
+    and eval computation for :class:`AdaptiveWidth`; not a registered stage method. The budget term is model-level
+    (:func:`pact_zoo.acm.budget_loss`); this loss adds the record's terms only."""
 
     name = "acm"
     knobs = {
@@ -64,12 +65,78 @@ class ACMGating(HaltingMethod):
         "rule": Knob("cdf", check_choice(*EVAL_RULES), f"eval rule, one of {EVAL_RULES}"),
     }
     dense_training = True
+    #: the model-level budget loss (:func:`pact_zoo.acm.budget_loss`, eq. 5) is what trains this gating to a budget
+    budget_loss = True
+
+    def gate_outputs(self, num_learners: int, min_learners: int) -> int:
+        """Gate logits per token: one per choice k = min_learners..K."""
+        return num_learners + 1 - min_learners
+
+    def set_budget(self, beta: float) -> None:
+        """ACM reaches its budget through the budget loss, not a knob: nothing to set."""
+
+    def label_loss(self, module: "AdaptiveWidth", logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Phase 2: cross-entropy of the ``[N, C]`` gate logits towards the ``[N]`` learner counts."""
+        return F.cross_entropy(logits, labels - module.min_learners)
+
+    def train_forward(self, module: "AdaptiveWidth", flat: torch.Tensor):
+        """Straight-through Gumbel-softmax over k (Jang et al. 2017), every prefix computed (dense). Returns the
+        ``[N, D_out]`` output, ``[N]`` learner counts, ``[N]`` differentiable executed fraction and no extras."""
+        logits = module.gate_logits(flat)
+        sample = F.gumbel_softmax(logits, tau=self.temperature, hard=True)  # [N, C] one-hot, ST gradient
+        prefixes = module.all_prefixes(flat)[:, module.min_learners:]
+        out = torch.einsum("nc,nco->no", sample.to(prefixes.dtype), prefixes)
+        counts = torch.arange(module.min_learners, module.num_learners + 1, device=flat.device, dtype=sample.dtype)
+        cost = (sample * counts).sum(-1) / module.num_learners  # differentiable executed fraction (paper's budget)
+        units = sample.detach().argmax(-1) + module.min_learners
+        if module.keep_prefixes:
+            module.prefixes = prefixes
+        return out, units, cost, {}
+
+    def eval_forward(self, module: "AdaptiveWidth", flat: torch.Tensor, logits: torch.Tensor, masked: bool):
+        """The deterministic rule per token; ``masked``: every prefix computed and one picked (the reference)."""
+        k = self.choice(module, logits)
+        if masked:
+            prefixes = module.all_prefixes(flat)
+            out = prefixes.gather(1, k.view(-1, 1, 1).expand(-1, 1, prefixes.shape[-1])).squeeze(1)
+        else:
+            out = self.run_compact(module, flat, k)
+        return out, k, k.float() / module.num_learners, {}
+
+    def choice(self, module: "AdaptiveWidth", logits: torch.Tensor) -> torch.Tensor:
+        """``[N]`` learner counts by the deterministic rule (each token on its own)."""
+        if self.rule == "argmax":
+            choice = logits.argmax(-1)
+        elif self.threshold >= 1.0:  # every learner (a saturated float cdf reaches 1.0 early)
+            choice = torch.full(logits.shape[:1], logits.shape[-1] - 1, dtype=torch.long, device=logits.device)
+        else:  # smallest k with cumulative probability >= threshold
+            cdf = torch.softmax(logits, -1).cumsum(-1)
+            choice = (cdf < self.threshold).sum(-1).clamp(max=logits.shape[-1] - 1)
+        return choice + module.min_learners
+
+    @staticmethod
+    def run_compact(module: "AdaptiveWidth", flat: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Tokens grouped by k (one host synchronisation); group k runs the first k learners as one pair of GEMMs of
+        width k*h on its gathered rows; results are scattered back once."""
+        if flat.shape[0] == 0:  # an empty batch: no group to run
+            return module.prefix(flat, 0)
+        counts = torch.bincount(k, minlength=module.num_learners + 1).tolist()
+        order = torch.argsort(k, stable=True)
+        collector = RowCollector(flat.shape[0])
+        start = 0
+        for width, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = order[start:start + count]
+            start += count
+            collector.add(rows, module.prefix(take_rows(flat, rows), width))
+        return collector.assemble()
 
 
 class CondnetGating(PolicyGradientMethod):
     """Bengio et al. 2016 block gating: REINFORCE with the core's baselines and L_b / L_e / L_v regularisers
     (:class:`~pact_zoo.halting.PolicyGradientMethod`, reused as is); ``target_rate`` is the target fraction of
-    blocks on (the budget)."""
+    blocks on (the budget). Owns the gate's train and eval computation for :class:`AdaptiveWidth`."""
 
     name = "condnet"
     knobs = dict(PolicyGradientMethod.knobs,
@@ -78,14 +145,99 @@ class CondnetGating(PolicyGradientMethod):
                  lambda_b=Knob(1.0, check_number(0.0), "weight of L_b (per-block batch activation rate), >= 0"),
                  lambda_e=Knob(0.1, check_number(0.0), "weight of L_e (per-token activation rate), >= 0"),
                  lambda_v=Knob(0.1, check_number(0.0), "weight of L_v (variance bonus), >= 0"))
+    #: the budget is the REINFORCE target rate (:meth:`set_budget`), not the model-level budget loss
+    budget_loss = False
+
+    def gate_outputs(self, num_learners: int, min_learners: int) -> int:
+        """Gate logits per token: the on-logit of each of the K blocks."""
+        return num_learners
+
+    def set_budget(self, beta: float) -> None:
+        """The budget beta is L_b's target rate of blocks on."""
+        self.set_knob("target_rate", beta)
+
+    def label_loss(self, module: "AdaptiveWidth", logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Phase 2: binary cross-entropy of "block i on" = i < label, for ``[N, K]`` logits and ``[N]`` labels."""
+        blocks = torch.arange(module.num_learners, device=labels.device)
+        return F.binary_cross_entropy_with_logits(logits, (blocks < labels.unsqueeze(1)).to(logits.dtype))
+
+    def train_forward(self, module: "AdaptiveWidth", flat: torch.Tensor):
+        """Bernoulli blocks sampled per token; only the sampled (token, learner) pairs run (compact), the gate learns
+        by REINFORCE through the core's policy-gradient loss."""
+        logits = module.gate_logits(flat)
+        bound = logit_threshold(1.0 - CONDNET_PROB_CLIP)  # Bengio et al.: p in [0.01, 0.99]
+        logits = logits.clamp(-bound, bound)
+        run, log_prob = sampled_stop(logits)
+        run = self.force_min(module, run)
+        if module.min_learners:
+            log_prob = log_prob.clone()
+            log_prob[:, :module.min_learners] = 0.0
+        out = self.run_masked(module, flat, run) if flat.device.type == "meta" else self.run_compact(module, flat, run)
+        go = torch.sigmoid(logits)
+        # the core's regularisers, one "head" per block: L_b per block over tokens, L_e per token over blocks
+        terms = self.terms({"go": list(go.unbind(1))}, {"go_mean": go.mean(1)})
+        units = run.sum(1)
+        extra = {"terms": terms, "touch": zero_touch(module), "log_prob": log_prob.sum(1)}
+        return out, units, units.float() / module.num_learners, extra
+
+    def eval_forward(self, module: "AdaptiveWidth", flat: torch.Tensor, logits: torch.Tensor, masked: bool):
+        """Block i runs when p_i >= 1 - threshold (or, with ``decision="sample"``, Bengio's test-time sampling)."""
+        if module.decision == "sample":
+            bound = logit_threshold(1.0 - CONDNET_PROB_CLIP)
+            run = self.force_min(module, sampled_stop(logits.clamp(-bound, bound))[0])
+        else:  # p_i >= 1 - threshold, i.e. off-logit <= logit(threshold)
+            run = self.force_min(module, -logits <= logit_threshold(self.threshold))
+        out = self.run_masked(module, flat, run) if masked else self.run_compact(module, flat, run)
+        units = run.sum(1)
+        return out, units, units.float() / module.num_learners, {}
+
+    @staticmethod
+    def force_min(module: "AdaptiveWidth", run: torch.Tensor) -> torch.Tensor:
+        """``[N, K]`` blocks to run, with the first ``min_learners`` always on."""
+        if module.min_learners:
+            run = run.clone()
+            run[:, :module.min_learners] = True
+        return run
+
+    @staticmethod
+    def run_masked(module: "AdaptiveWidth", flat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
+        """Reference: every learner on every token, ``[N, K]`` ``run`` masks their ``[N, K, D_out]`` outputs."""
+        return torch.einsum("nk,nko->no", run.to(flat.dtype), module.learner_outputs(flat)) + module.b2
+
+    @staticmethod
+    def run_compact(module: "AdaptiveWidth", flat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
+        """Learner i runs on the gathered tokens that switched it on; its output is scattered (added) into ``b2``.
+        Differentiable (sampled training) and in place otherwise."""
+        h = module.hidden_features
+        grad = torch.is_grad_enabled()
+        out = module.b2.expand(flat.shape[0], -1)
+        out = out if grad else out.clone(memory_format=torch.contiguous_format)  # never b2 itself
+        for i in range(module.num_learners):
+            mask = run[:, i]
+            num = count_true(mask)
+            if num == 0:
+                continue
+            index = None if num == flat.shape[0] else split_rows(mask, num)[1]  # the rows that run learner i
+            rows = flat if index is None else take_rows(flat, index)
+            part = slice(i * h, (i + 1) * h)
+            hidden = module.act(F.linear(rows, module.w1[part], None if module.b1 is None else module.b1[part]))
+            y = hidden @ module.w2[part]
+            if index is None:
+                out = out + y if grad else out.add_(y)
+            else:
+                out = out.index_add(0, index, y) if grad else out.index_add_(0, index, y)
+        return out
+
+
+#: gating name -> the class that owns its computation
+GATING_CLASSES: dict[str, type[HaltingMethod]] = {"acm": ACMGating, "condnet": CondnetGating}
 
 
 def build_gating(gating: str, **knobs) -> HaltingMethod:
-    if gating == "acm":
-        return ACMGating(**knobs)
-    if gating == "condnet":
-        return CondnetGating(**knobs)
-    raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+    """The gating object of ``gating`` with its knobs."""
+    if gating not in GATING_CLASSES:
+        raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+    return GATING_CLASSES[gating](**knobs)
 
 
 def _gate_mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequential:
@@ -154,8 +306,8 @@ class AdaptiveWidth(nn.Module):
         self.w2 = nn.Parameter(torch.empty(width, out_features))
         self.b2 = nn.Parameter(torch.zeros(out_features))
         self.act = act_layer if act_layer is not None else nn.Identity()
-        choices = num_learners + 1 - min_learners if gating == "acm" else num_learners
-        self.gate = _gate_mlp(in_features, choices, gate_hidden, gate_depth)
+        self.gate = _gate_mlp(in_features, self.method.gate_outputs(num_learners, min_learners), gate_hidden,
+                              gate_depth)
         self.reset_parameters()
         # stage protocol (pact_zoo.halting.report)
         self.record: Optional[HaltingRecord] = None
@@ -216,13 +368,13 @@ class AdaptiveWidth(nn.Module):
         return tokens.sum(1), torch.full((units.shape[0],), full, dtype=torch.long), full, tokens
 
     # -- learners ------------------------------------------------------------------------------------------------------
-    def _learner_outputs(self, x: torch.Tensor) -> torch.Tensor:
+    def learner_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, K, D_out]`` output of every learner (no ``b2``)."""
         k, h = self.num_learners, self.hidden_features
         hidden = self.act(F.linear(x, self.w1, self.b1)).view(x.shape[0], k, h)
         return torch.einsum("nkh,kho->nko", hidden, self.w2.view(k, h, self.out_features))
 
-    def _prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Output of the first ``k`` learners on ``[n, D_in]`` rows: one pair of GEMMs of width ``k*h``."""
         if k == 0:
             return self.b2.expand(x.shape[0], -1)
@@ -233,7 +385,7 @@ class AdaptiveWidth(nn.Module):
     def all_prefixes(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
         """``[N, K+1, D_out]`` outputs of the first k learners, k = 0..K. ``detach``: each learner's gradient flows
         only through its own term (the paper's default phase-1 mode, a boosting-like greedy fit)."""
-        outputs = self._learner_outputs(x)
+        outputs = self.learner_outputs(x)
         if detach:
             cumulative = outputs.detach().cumsum(1) - outputs.detach() + outputs
         else:
@@ -246,28 +398,6 @@ class AdaptiveWidth(nn.Module):
         """``[N, C]``: ACM: logits over k = min_learners..K; condnet: on-logits of the K blocks."""
         return self.gate(x).float()
 
-    def _eval_choice(self, logits: torch.Tensor) -> torch.Tensor:
-        """ACM ``[N]`` learner counts by the deterministic rule (each token on its own)."""
-        if self.method.rule == "argmax":
-            choice = logits.argmax(-1)
-        elif self.method.threshold >= 1.0:  # every learner (a saturated float cdf reaches 1.0 early)
-            choice = torch.full(logits.shape[:1], logits.shape[-1] - 1, dtype=torch.long, device=logits.device)
-        else:  # smallest k with cumulative probability >= threshold
-            cdf = torch.softmax(logits, -1).cumsum(-1)
-            choice = (cdf < self.method.threshold).sum(-1).clamp(max=logits.shape[-1] - 1)
-        return choice + self.min_learners
-
-    def _eval_blocks(self, logits: torch.Tensor) -> torch.Tensor:
-        """condnet ``[N, K]`` bool: block i runs when p_i >= 1 - threshold, i.e. off-logit <= logit(threshold)."""
-        run = -logits <= logit_threshold(self.method.threshold)
-        return self._force_min(run)
-
-    def _force_min(self, run: torch.Tensor) -> torch.Tensor:
-        if self.min_learners:
-            run = run.clone()
-            run[:, :self.min_learners] = True
-        return run
-
     # -- forward -------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.fx.Proxy):  # FX tracing with any tracer: one leaf node, gated at run time
@@ -279,14 +409,17 @@ class AdaptiveWidth(nn.Module):
         if profiler is not None:  # FLOPs profiling: analytic (report_flops); keep the gate out of the base slot
             with profiler.slot(self, "unit", 0):
                 self.gate(flat)
-                out = self._prefix(flat, self.num_learners)
+                out = self.prefix(flat, self.num_learners)
             return out.reshape(shape[:-1] + (self.out_features,))
         if not self.halting:
             out, units, cost, extra = self._forward_static(flat)
         elif self.training and not self.rollout:
-            out, units, cost, extra = (self._train_acm(flat) if self.gating == "acm" else self._train_condnet(flat))
+            out, units, cost, extra = self.method.train_forward(self, flat)
         else:
-            out, units, cost, extra = self._forward_eval(flat)
+            # meta tensors (timm's device="meta" construction and shape checks) have no values to group tokens by
+            # (bincount, row counts): the masked path gives the same shapes
+            masked = self.execution == "masked" or flat.device.type == "meta"
+            out, units, cost, extra = self.method.eval_forward(self, flat, self.gate_logits(flat), masked)
         if "log_prob" in extra:  # per token -> per sample (the decisions of all its tokens)
             extra["log_prob"] = extra["log_prob"].view(rows_shape).sum(1)
         record = HaltingRecord(units_executed=units.view(rows_shape), cost=None if cost is None else
@@ -304,102 +437,5 @@ class AdaptiveWidth(nn.Module):
             out = prefixes.gather(1, k.view(-1, 1, 1).expand(-1, 1, prefixes.shape[-1])).squeeze(1)
             return out, k, None, {}
         width = self.truncate if self.truncate is not None and not self.full_depth else self.num_learners
-        out = self._prefix(flat, width)
+        out = self.prefix(flat, width)
         return out, torch.full((n,), width, dtype=torch.long, device=flat.device), None, {}
-
-    def _train_acm(self, flat: torch.Tensor):
-        """Straight-through Gumbel-softmax over k (Jang et al. 2017), every prefix computed (dense)."""
-        logits = self.gate_logits(flat)
-        sample = F.gumbel_softmax(logits, tau=self.method.temperature, hard=True)  # [N, C] one-hot, ST gradient
-        prefixes = self.all_prefixes(flat)[:, self.min_learners:]
-        out = torch.einsum("nc,nco->no", sample.to(prefixes.dtype), prefixes)
-        counts = torch.arange(self.min_learners, self.num_learners + 1, device=flat.device, dtype=sample.dtype)
-        cost = (sample * counts).sum(-1) / self.num_learners  # differentiable executed fraction (paper's budget)
-        units = sample.detach().argmax(-1) + self.min_learners
-        if self.keep_prefixes:
-            self.prefixes = prefixes
-        return out, units, cost, {}
-
-    def _train_condnet(self, flat: torch.Tensor):
-        """Bernoulli blocks sampled per token; only the sampled (token, learner) pairs run (compact), the gate learns
-        by REINFORCE through the core's policy-gradient loss."""
-        logits = self.gate_logits(flat)
-        bound = logit_threshold(1.0 - CONDNET_PROB_CLIP)  # Bengio et al.: p in [0.01, 0.99]
-        logits = logits.clamp(-bound, bound)
-        run, log_prob = sampled_stop(logits)
-        run = self._force_min(run)
-        if self.min_learners:
-            log_prob = log_prob.clone()
-            log_prob[:, :self.min_learners] = 0.0
-        out = self._masked_blocks(flat, run) if flat.device.type == "meta" else self._run_blocks(flat, run)
-        go = torch.sigmoid(logits)
-        # the core's regularisers, one "head" per block: L_b per block over tokens, L_e per token over blocks
-        terms = self.method.terms({"go": list(go.unbind(1))}, {"go_mean": go.mean(1)})
-        units = run.sum(1)
-        extra = {"terms": terms, "touch": zero_touch(self), "log_prob": log_prob.sum(1)}
-        return out, units, units.float() / self.num_learners, extra
-
-    def _forward_eval(self, flat: torch.Tensor):
-        logits = self.gate_logits(flat)
-        # meta tensors (timm's device="meta" construction and shape checks) have no values to group tokens by
-        # (bincount, row counts): the masked path gives the same shapes
-        masked = self.execution == "masked" or flat.device.type == "meta"
-        if self.gating == "acm":
-            k = self._eval_choice(logits)
-            if masked:
-                prefixes = self.all_prefixes(flat)
-                out = prefixes.gather(1, k.view(-1, 1, 1).expand(-1, 1, prefixes.shape[-1])).squeeze(1)
-            else:
-                out = self._run_prefixes(flat, k)
-            return out, k, k.float() / self.num_learners, {}
-        if self.decision == "sample":  # Bengio's test-time sampling
-            run = self._force_min(sampled_stop(logits.clamp(-logit_threshold(0.99), logit_threshold(0.99)))[0])
-        else:
-            run = self._eval_blocks(logits)
-        out = self._masked_blocks(flat, run) if masked else self._run_blocks(flat, run)
-        units = run.sum(1)
-        return out, units, units.float() / self.num_learners, {}
-
-    def _masked_blocks(self, flat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
-        """Condnet reference: every learner on every token, ``[N, K]`` ``run`` masks their ``[N, K, D_out]`` outputs."""
-        return torch.einsum("nk,nko->no", run.to(flat.dtype), self._learner_outputs(flat)) + self.b2
-
-    def _run_prefixes(self, flat: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Compact ACM: tokens grouped by k (one host synchronisation); group k runs the first k learners as one
-        pair of GEMMs of width k*h on its gathered rows; results are scattered back once."""
-        if flat.shape[0] == 0:  # an empty batch: no group to run
-            return self._prefix(flat, 0)
-        counts = torch.bincount(k, minlength=self.num_learners + 1).tolist()
-        order = torch.argsort(k, stable=True)
-        collector = RowCollector(flat.shape[0])
-        start = 0
-        for width, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows = order[start:start + count]
-            start += count
-            collector.add(rows, self._prefix(take_rows(flat, rows), width))
-        return collector.assemble()
-
-    def _run_blocks(self, flat: torch.Tensor, run: torch.Tensor) -> torch.Tensor:
-        """Compact condnet: learner i runs on the gathered tokens that switched it on; its output is scattered (added)
-        into ``b2``. Differentiable (sampled training) and in place otherwise."""
-        h = self.hidden_features
-        grad = torch.is_grad_enabled()
-        out = self.b2.expand(flat.shape[0], -1)
-        out = out if grad else out.clone(memory_format=torch.contiguous_format)  # never b2 itself
-        for i in range(self.num_learners):
-            mask = run[:, i]
-            num = count_true(mask)
-            if num == 0:
-                continue
-            index = None if num == flat.shape[0] else split_rows(mask, num)[1]  # the rows that run learner i
-            rows = flat if index is None else take_rows(flat, index)
-            part = slice(i * h, (i + 1) * h)
-            hidden = self.act(F.linear(rows, self.w1[part], None if self.b1 is None else self.b1[part]))
-            y = hidden @ self.w2[part]
-            if index is None:
-                out = out + y if grad else out.add_(y)
-            else:
-                out = out.index_add(0, index, y) if grad else out.index_add_(0, index, y)
-        return out

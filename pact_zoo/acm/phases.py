@@ -31,7 +31,7 @@ from .convert import acm_modules, gate_parameters, learner_parameters
 from .module import AdaptiveWidth
 
 __all__ = ["budget_loss", "distill_modules", "finetune", "gate_labels", "pretrain_gates", "prefix_errors",
-           "module_distillation_loss", "gate_label_loss", "average_gradients", "set_target_rate", "PHASE_OBJECTIVES",
+           "module_distillation_loss", "gate_label_loss", "average_gradients", "set_budget", "uses_budget_loss", "PHASE_OBJECTIVES",
            "default_forward", "check_batches", "check_beta", "DEFAULT_ERROR_FACTOR", "DEFAULT_BUDGET_WEIGHT"]
 
 #: Phase-2 label rule of the paper's code (``gating_error_factor``).
@@ -155,12 +155,7 @@ def gate_label_loss(model: nn.Module, original: nn.Module, batch: Any, forward: 
     for (module, _, _), (x, y) in zip(pairs, _capture(original, pairs, batch, forward)):
         with torch.no_grad():
             labels = gate_labels(module.all_prefixes(x), y, module.min_learners, error_factor)
-        logits = module.gate_logits(x)
-        if module.gating == "acm":
-            loss = loss + F.cross_entropy(logits, labels - module.min_learners)
-        else:
-            blocks = torch.arange(module.num_learners, device=labels.device)
-            loss = loss + F.binary_cross_entropy_with_logits(logits, (blocks < labels.unsqueeze(1)).to(logits.dtype))
+        loss = loss + module.method.label_loss(module, module.gate_logits(x), labels)
     return loss / len(pairs)
 
 
@@ -277,11 +272,16 @@ def budget_loss(model: nn.Module, beta: float) -> torch.Tensor:
     return (cost / full - beta).abs()
 
 
-def set_target_rate(model: nn.Module, beta: float) -> None:
-    """Set the target rate of every condnet-gated ACM module (Bengio et al. 2016, L_b) to ``beta``."""
+def set_budget(model: nn.Module, beta: float) -> None:
+    """Hand the budget ``beta`` to every ACM module's gating (condnet: its target rate, Bengio et al. 2016's L_b;
+    ACM gating reaches it through :func:`budget_loss` instead)."""
     for _, module in acm_modules(model):
-        if module.gating == "condnet":
-            module.method.set_knob("target_rate", beta)
+        module.method.set_budget(beta)
+
+
+def uses_budget_loss(model: nn.Module) -> bool:
+    """True when a module's gating is trained to its budget by :func:`budget_loss` (ACM gating)."""
+    return any(module.method.budget_loss for _, module in acm_modules(model))
 
 
 def finetune(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], torch.Tensor], beta: float,
@@ -315,7 +315,7 @@ def finetune(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], 
     modules = acm_modules(model)
     if not modules:
         raise ValueError("model has no ACM modules: call pact_zoo.acm.acmize first")
-    set_target_rate(model, beta)
+    set_budget(model, beta)
     forward_model = forward_model if forward_model is not None else model
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:
@@ -324,7 +324,7 @@ def finetune(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], 
             {"params": [p for p in params if id(p) not in gates], "lr": lr},
             {"params": [p for p in params if id(p) in gates], "lr": gate_lr if gate_lr is not None else lr}])
     backward = backward if backward is not None else (lambda loss: loss.backward())
-    uses_acm = any(m.gating == "acm" for _, m in modules)
+    uses_acm = uses_budget_loss(model)
     history = []
     for _ in range(epochs):
         model.train()

@@ -11,9 +11,10 @@ import copy
 from typing import Any
 
 import torch
-from transformers import BertForSequenceClassification, BertModel, BertPreTrainedModel
+from torch import nn
+from transformers import BertForSequenceClassification, BertModel, BertPreTrainedModel, PreTrainedModel
 
-from ..acm.convert import acm_modules, acmize_structure
+from ..acm.convert import acm_modules, acmize_structure, register_acm_converter
 from .configuration_acm_bert import AcmBertConfig
 
 __all__ = ["AcmBertModel", "AcmBertForSequenceClassification", "acm_bert_from_pretrained_model"]
@@ -88,3 +89,10 @@ def acm_bert_from_pretrained_model(model: BertPreTrainedModel, **acm_kwargs) -> 
     acm = target(config).to(next(model.parameters()).device)
     acm.load_state_dict(converted.state_dict())
     return acm.train(model.training)
+
+
+def _is_bert(model: nn.Module) -> bool:
+    return isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", None) in ("bert", "acm_bert")
+
+
+register_acm_converter(_is_bert, acm_bert_from_pretrained_model)

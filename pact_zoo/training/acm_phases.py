@@ -21,15 +21,17 @@ import torch
 from torch import nn
 
 from ..acm.convert import acm_modules
-from ..acm.phases import PHASE_OBJECTIVES, budget_loss, gate_label_loss, module_distillation_loss, set_target_rate
+from ..acm.phases import (
+    PHASE_OBJECTIVES, budget_loss, gate_label_loss, module_distillation_loss, set_budget, uses_budget_loss,
+)
 from .config import ConfigError, TrainConfig
 
 __all__ = ["prepare_acm_objective", "acm_phase_loss", "acm_budget_term"]
 
 
 def prepare_acm_objective(model: nn.Module, config: TrainConfig) -> Optional[list[nn.Parameter]]:
-    """Check that ``model`` has ACM modules when the config asks for an ACM objective or budget, set the condnet
-    target rate to ``acm_budget``, and for a phase objective leave only that phase's weights trainable.
+    """Check that ``model`` has ACM modules when the config asks for an ACM objective or budget, hand
+    ``acm_budget`` to the gatings (condnet: its target rate), and for a phase objective leave only that phase's weights trainable.
 
     Returns:
         the phase's parameters (learners or gates), or None for ``objective: task``.
@@ -41,7 +43,7 @@ def prepare_acm_objective(model: nn.Module, config: TrainConfig) -> Optional[lis
         raise ConfigError(f"{setting} needs a model with ACM modules (an acm_* model such as "
                           f"acm_vit_tiny_patch16_224, or one made with pact_zoo.acm.acmize), got {config.model}")
     if config.acm_budget is not None:
-        set_target_rate(model, config.acm_budget)
+        set_budget(model, config.acm_budget)
     if config.objective == "task":
         return None
     params = PHASE_OBJECTIVES[config.objective](model)
@@ -63,7 +65,7 @@ def acm_phase_loss(config: TrainConfig, model: nn.Module, original: nn.Module,
 
 def acm_budget_term(model: nn.Module, config: TrainConfig) -> torch.Tensor:
     """``acm_budget_weight`` times the budget loss of the last training forward (Wójcik et al. 2023, eq. 5) when a
-    module uses ACM gating; zero for condnet gating, whose budget is the REINFORCE target rate."""
-    if not any(module.gating == "acm" for _, module in acm_modules(model)):
+    module's gating is trained by it (ACM); zero for condnet gating, whose budget is the REINFORCE target rate."""
+    if not uses_budget_loss(model):
         return torch.zeros(())
     return config.acm_budget_weight * budget_loss(model, config.acm_budget)
