@@ -100,3 +100,25 @@ def test_method_instances_and_classes_save_by_name(tmp_path):
 
     with pytest.raises(ValueError, match="Unregistered is not registered"):
         timm.create_model("pact_resnet32", method=Unregistered(), **small)
+
+
+def test_a_family_registers_its_own_training_task():
+    from pact_zoo.training import load_config
+    from pact_zoo.training.tasks import TASKS, ImageClassificationTask, build_task, register_task
+
+    @register_task
+    class SpeechTask:
+        def __init__(self, config):
+            self.config = config
+
+        @classmethod
+        def handles(cls, config) -> bool:
+            return config.model == "my_speech_family"
+
+    try:
+        assert isinstance(build_task(load_config(None, {"model": "my_speech_family"})), SpeechTask)
+        assert isinstance(build_task(load_config(None, {"model": "pact_resnet32"})), ImageClassificationTask)
+    finally:
+        TASKS.remove(SpeechTask)
+    with pytest.raises(TypeError, match="needs a classmethod handles"):
+        register_task(object)

@@ -20,10 +20,22 @@ from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_r
 from .config import ConfigError, TrainConfig
 from .io import _folder_config
 
-__all__ = ["TaskData", "ImageClassificationTask", "SequenceClassificationTask", "SEQUENCE_MODELS", "build_task"]
+__all__ = ["TaskData", "ImageClassificationTask", "SequenceClassificationTask", "TASKS", "register_task",
+           "build_task"]
 
-#: Hugging Face model types the loop trains on generated sequence-classification tasks.
-SEQUENCE_MODELS = ("pact_lstm",)
+#: The training loop's tasks besides timm image classification (the fallback), tried in order: each class's
+#: ``handles(config)`` says whether it trains ``config.model``. A family with a task of its own joins with
+#: :func:`register_task`.
+TASKS: list[type] = []
+
+
+def register_task(task_cls: type) -> type:
+    """Class decorator: :func:`build_task` builds ``task_cls(config)`` for every config ``task_cls.handles``
+    accepts."""
+    if not callable(getattr(task_cls, "handles", None)):
+        raise TypeError(f"task class {task_cls.__name__} needs a classmethod handles(config) -> bool")
+    TASKS.append(task_cls)
+    return task_cls
 
 
 @dataclass
@@ -138,10 +150,17 @@ class ImageClassificationTask:
         return report.flops, report.units_executed, report.sample_full_flops
 
 
+@register_task
 class SequenceClassificationTask:
     """Hugging Face PACT-LSTM classifiers on generated sequence tasks (parity, MNIST-1D)."""
 
     kind = "sequence"
+
+    @classmethod
+    def handles(cls, config: TrainConfig) -> bool:
+        from ..hf import PactLSTMConfig
+
+        return config.model == PactLSTMConfig.model_type
 
     def __init__(self, config: TrainConfig) -> None:
         if config.dataset not in SEQUENCE_CLASSIFICATION_DATASETS:
@@ -192,12 +211,11 @@ class SequenceClassificationTask:
 
 
 def build_task(config: TrainConfig):
-    """The task for ``config.model``: PACT-LSTM sequence models, else timm image models."""
-    if config.model in SEQUENCE_MODELS:
-        return SequenceClassificationTask(config)
-    if config.model == "pact_encoder":  # text: pact_zoo/training/text_task.py
-        from .text_task import TextClassificationTask
-        return TextClassificationTask(config)
+    """The task for ``config.model``: the first of :data:`TASKS` that handles it, else timm image
+    classification."""
+    for task_cls in TASKS:
+        if task_cls.handles(config):
+            return task_cls(config)
     return ImageClassificationTask(config)
 
 

@@ -11,16 +11,14 @@ from torch import nn
 
 from ..data.text import DEFAULT_MAX_LENGTH, TextCollator, load_text_dataset, tokenize_split
 from .config import ConfigError, TrainConfig
-from .tasks import ImageClassificationTask, TaskData, _limit
+from .tasks import ImageClassificationTask, TaskData, _limit, register_task
 
-__all__ = ["TextClassificationTask", "TEXT_MODELS", "TEXT_DATASET_KWARGS"]
-
-#: ``model`` names of the recipes this task trains.
-TEXT_MODELS = ("pact_encoder",)
+__all__ = ["TextClassificationTask", "TEXT_DATASET_KWARGS"]
 #: Keys a text recipe may set in ``dataset_kwargs``.
 TEXT_DATASET_KWARGS = ("max_length", "text_column")
 
 
+@register_task
 class TextClassificationTask:
     """``pact_encoder`` on a text dataset (``parquet:<dir>`` or a hub id with ``text`` and ``label`` columns).
 
@@ -31,6 +29,12 @@ class TextClassificationTask:
     """
 
     kind = "text"
+
+    @classmethod
+    def handles(cls, config: TrainConfig) -> bool:
+        from ..hf import PactEncoderConfig
+
+        return config.model == PactEncoderConfig.model_type
 
     def __init__(self, config: TrainConfig) -> None:
         if not config.pretrained_file:
