@@ -18,6 +18,7 @@ from transformers import (
 )
 
 import pact_zoo
+from pact_zoo.halting.flops import torch_flop_counter_mapping
 from pact_zoo.hf import (
     SUPPORTED_ENCODERS, PactEncoderConfig, PactEncoderForSequenceClassification, PactEncoderForTokenClassification,
 )
@@ -171,7 +172,7 @@ def test_flops_per_sample_count_attention_and_real_length(kind):
     counted = []
     with pact_zoo.full_depth(model), torch.no_grad():
         for i, n in enumerate(LENGTHS):
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False, custom_mapping=torch_flop_counter_mapping()) as counter:
                 model(input_ids=ids[i:i + 1, :n])
             counted.append(counter.get_total_flops())
             assert pact_zoo.halting_report(model).flops.item() == pytest.approx(counted[-1], rel=0.02)

@@ -67,23 +67,6 @@ ATTENTION_FLOPS_PER_QK_CHANNEL = 4
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 
 
-def _register_cpu_sdpa_flops() -> None:
-    """``torch.utils.flop_counter`` counts the CUDA SDPA kernels but not the CPU one
-    (``aten._scaled_dot_product_flash_attention_for_cpu``): register torch's own SDPA formulas for it."""
-    from torch.utils import flop_counter
-
-    aten = torch.ops.aten
-    pairs = ((getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None), flop_counter.sdpa_flop),
-             (getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None),
-              flop_counter.sdpa_backward_flop))
-    for op, formula in pairs:
-        if op is not None and op not in flop_counter.flop_registry:
-            flop_counter.flop_registry[op] = formula
-
-
-_register_cpu_sdpa_flops()
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------------------------------
