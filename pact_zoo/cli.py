@@ -117,6 +117,8 @@ COMMANDS = {
     "convert": ("pact_zoo.training.convert",
                 "convert a trained model into an adaptive one: exits, then halting, in phases"),
     "evaluate": ("pact_zoo.training.evaluate", "accuracy and FLOPs at several thresholds, plots"),
+    "compare": ("pact_zoo.training.compare",
+                "train / convert / load several models, evaluate them on one split: a table, a JSON, a plot"),
     "export": ("pact_zoo.hub", "write a hub-ready folder (safetensors, config.json, model card)"),
     "quickstart": ("pact_zoo.quickstart", "train pact_resnet32 on the bundled digits, evaluate, export"),
     "benchmark": ("pact_zoo.bench.cli", "wall time, FLOPs and memory: adaptive vs full depth vs masked"),
