@@ -335,3 +335,20 @@ def test_depth_110_eval_equivalence(name):
         batch_out = model(x)
         for i in range(5):
             torch.testing.assert_close(model(x[i:i + 1]), batch_out[i:i + 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv2_050"])
+def test_a_model_made_adaptive_saves_and_reloads(tmp_path, backbone):
+    """make_adaptive on a plain timm model: the folder records how to rebuild it, and the reloaded model (knobs set
+    after make_adaptive included) computes what the saved one did."""
+    from pact_zoo.training.io import load_model_folder, save_model_folder
+
+    model = pact_zoo.make_adaptive(timm.create_model(backbone, num_classes=3), method="pact", tau=0.03).eval()
+    pact_zoo.set_threshold(model, 0.3)
+    save_model_folder(model, tmp_path / "m")
+    loaded = load_model_folder(tmp_path / "m")
+    assert loaded.halting_cfg == model.halting_cfg and loaded.halting_cfg.threshold == 0.3
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert pact_zoo.halting_report(loaded).units_executed.shape[0] == 2

@@ -94,7 +94,8 @@ def make_adaptive(
     ``efficientnet_b0`` ...) and ``VisionTransformer`` (``vit_*``, ``deit_*`` without a distillation token). The
     backbone keys and values are unchanged; the halting heads are new (bias ``halting_bias_init``, so that every
     unit runs at first) and their keys are in ``model.newly_initialized_keys``. Copy the model first
-    (``copy.deepcopy``) to keep the plain one.
+    (``copy.deepcopy``) to keep the plain one. ``pact_zoo.training.save_model_folder`` (and ``pact-zoo export``)
+    record these arguments beside timm's config, so ``pact_zoo.training.load_model_folder`` rebuilds the model.
 
     Args:
         model: a timm model instance of a supported class (not already adaptive).
@@ -131,11 +132,26 @@ def make_adaptive(
         raise TypeError(f"make_adaptive got unexpected keyword arguments {unknown} for {adaptive_cls.__name__}")
     model.__class__ = adaptive_cls
     model.add_halting(halting_cfg, halting_act_layer, **options)
+    # how to rebuild it from the plain architecture (pact_zoo.training.io saves it beside timm's config)
+    model.__dict__[MADE_ADAPTIVE_ATTR] = {**halting_cfg.to_dict(), "halting_act_layer": halting_act_layer,
+                                          "family_options": options}
     new_keys = sorted(halting_parameter_names(model))
     model.__dict__["newly_initialized_keys"] = new_keys
     if new_keys:
         _logger.info("Halting heads newly initialised: %d tensors (%s ...)", len(new_keys), new_keys[0])
     return model
+
+
+#: attribute (and config.json key) holding the make_adaptive arguments of a model made adaptive from a plain one
+MADE_ADAPTIVE_ATTR = "pact_zoo_make_adaptive"
+
+
+def remake_adaptive(model: nn.Module, spec: Dict[str, Any]) -> nn.Module:
+    """Apply the recorded :func:`make_adaptive` arguments ``spec`` (``model.pact_zoo_make_adaptive`` of the model
+    that was saved) to a freshly built plain ``model``."""
+    spec = dict(spec)
+    method, act, options = spec.pop("method"), spec.pop("halting_act_layer", None), spec.pop("family_options", {})
+    return make_adaptive(model, method, act, **spec, **options)
 
 
 def head_device_dtype(model: nn.Module) -> Dict[str, Any]:

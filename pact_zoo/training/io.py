@@ -11,6 +11,7 @@ from torch import nn
 
 from ..fileio import atomic_directory
 from ..models._checkpoint import check_safetensors
+from ..models.adaptive import MADE_ADAPTIVE_ATTR
 
 __all__ = ["save_model_folder", "load_model_folder", "is_timm_folder", "check_model_folder", "folder_model_name",
            "check_safetensors"]
@@ -77,6 +78,11 @@ def save_model_folder(model: nn.Module, path: PathLike) -> None:
 
         label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
         model_config = {}
+        made_adaptive = getattr(model, MADE_ADAPTIVE_ATTR, None)
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        if made_adaptive is not None and architecture not in _pact_zoo_models():
+            halting = getattr(model, "halting_cfg", None)  # knobs as they are now (set_threshold since)
+            model_config[MADE_ADAPTIVE_ATTR] = {**made_adaptive, **(halting.to_dict() if halting else {})}
         if label_names is not None and len(label_names) == getattr(model, "num_classes", None):
             model_config["label_names"] = list(label_names)  # config.json: timm's label_names, transformers' id2label
         save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
@@ -94,6 +100,9 @@ def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") 
 
         import pact_zoo  # noqa: F401  (registers the timm models)
 
+        config = _folder_config(path)
+        if MADE_ADAPTIVE_ATTR in config:  # a plain timm architecture made adaptive: rebuild it, then load
+            return _load_made_adaptive(path, config).to(device)
         return timm.create_model(f"local-dir:{path}", pretrained=True).to(device)
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -102,3 +111,29 @@ def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") 
     auto = AutoModelForTokenClassification if any("TokenClassification" in a for a in architectures) \
         else AutoModelForSequenceClassification
     return auto.from_pretrained(path).to(device)
+
+
+def _pact_zoo_models() -> set[str]:
+    from ..models import list_models
+
+    return set(list_models())
+
+
+def _load_made_adaptive(path: Path, config: dict) -> nn.Module:
+    """A folder of a timm model made adaptive with ``pact_zoo.make_adaptive``: the plain architecture built from
+    ``config.json``, made adaptive with the recorded arguments, then the weights (all keys must match)."""
+    import timm
+    from safetensors.torch import load_file
+
+    from ..models.adaptive import remake_adaptive
+
+    args = dict(config.get("model_args", {}))
+    if config.get("num_classes") is not None:
+        args["num_classes"] = config["num_classes"]
+    model = timm.create_model(config["architecture"], pretrained=False, **args)
+    remake_adaptive(model, config[MADE_ADAPTIVE_ATTR])
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    model.pretrained_cfg = {**model.pretrained_cfg, **config.get("pretrained_cfg", {})}
+    if config.get("label_names") is not None:
+        model.pretrained_cfg["label_names"] = config["label_names"]
+    return model.eval()
