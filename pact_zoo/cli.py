@@ -41,6 +41,10 @@ class ArgumentParser(argparse.ArgumentParser):
                           help="import this module first (repeatable): one that registers your halting method or "
                                "model family")
 
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(USAGE_ERROR_STATUS)
+
 
 def split_import_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """``argv`` without its ``--import MODULE`` / ``--import=MODULE`` flags, and the modules they name."""
@@ -78,10 +82,6 @@ def import_plugins(modules: Sequence[str] = ()) -> list[str]:
     if names:
         os.environ[IMPORT_ENV] = ",".join(names)
     return names
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
-        sys.exit(USAGE_ERROR_STATUS)
 
 
 def one_line(exc: BaseException) -> str:

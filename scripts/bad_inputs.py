@@ -224,7 +224,7 @@ def cases(f: dict, root: Path) -> List[Case]:
     train("lr_milestones scalar", ["lr_milestones", "List"], "--lr-milestones", "0.5")
     train("lr_milestones [1.5]", ["lr_milestones", "(0, 1)"], "--lr-milestones", "[1.5]")
     train("lr_gamma=0", ["lr_gamma"], "--lr-gamma", "0")
-    train("anytime_prob=1.5", ["anytime_prob", "(0, 1)"], "--anytime", "true", "--anytime-prob", "1.5")
+    train("anytime_prob=1.5", ["anytime_prob", "(0, 1]"], "--anytime", "true", "--anytime-prob", "1.5")
     train("anytime=maybe", ["anytime", "bool"], "--anytime", "maybe")
     train("max_train_samples=0", ["max_train_samples", ">= 1"], "--max-train-samples", "0")
     train("max_eval_samples=-3", ["max_eval_samples", ">= 1"], "--max-eval-samples", "-3")
@@ -259,7 +259,8 @@ def cases(f: dict, root: Path) -> List[Case]:
     train("pact_lstm on digits", ["digits", "parity"], "--model", "pact_lstm", "--model-kwargs", "{}")
     train("dataset_kwargs unknown", ["dataset_kwargs", "bogus"], "--model", "pact_lstm", "--model-kwargs",
           "{hidden_size: 8}", "--dataset", "parity", "--dataset-kwargs", "{bogus: 1}")
-    train("mixed_precision=fp16 on CPU (accelerate runs it)", [], "--mixed-precision", "fp16", expect="works")
+    train("mixed_precision=fp16 on CPU (refused: accelerate would train in fp32)", ["fp16", "GPU"], "--mixed-precision",
+          "fp16")
 
     # ---- evaluate
     def evaluate(name, keyword, *argv):

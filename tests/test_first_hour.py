@@ -357,3 +357,9 @@ def test_units_histogram_title_fits_its_figure(stages):
     figure.canvas.draw()
     title = figure._suptitle.get_window_extent()
     assert 0 <= title.x0 and title.x1 <= figure.bbox.x1
+
+
+@pytest.mark.parametrize("command", ["train", "convert", "evaluate", "export", "compare", "benchmark", "data"])
+def test_a_bad_flag_is_one_line_for_every_command(capsys, command):
+    status, _, err = _cli(capsys, command, "--no-such-flag", "1")
+    assert status == 2 and "--no-such-flag" in _one_error_line(err) and f"pact-zoo {command} --help" in err
