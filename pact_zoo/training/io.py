@@ -13,7 +13,7 @@ from ..fileio import atomic_directory
 from ..models._checkpoint import check_safetensors
 
 __all__ = ["save_model_folder", "load_model_folder", "is_timm_folder", "check_model_folder", "folder_model_name",
-           "check_safetensors"]
+           "check_safetensors", "hf_auto_class", "write_timm_config"]
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -75,15 +75,33 @@ def save_model_folder(model: nn.Module, path: PathLike) -> None:
             return
         from timm.models import save_for_hf
 
-        label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-        model_config = {}
-        if label_names is not None and len(label_names) == getattr(model, "num_classes", None):
-            model_config["label_names"] = list(label_names)  # config.json: timm's label_names, transformers' id2label
-        save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
-        config_path = tmp / "config.json"
-        config = json.loads(config_path.read_text())
-        config.get("model_args", {}).pop("num_classes", None)
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        save_for_hf(model, tmp, model_config=_timm_model_config(model), safe_serialization=True)
+        _drop_model_args_classes(tmp / "config.json")
+
+
+def _timm_model_config(model: nn.Module) -> dict:
+    """``model_config`` of timm's exports: the class names in ``model.pretrained_cfg["label_names"]``, if any."""
+    label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if label_names is not None and len(label_names) == getattr(model, "num_classes", None):
+        return {"label_names": list(label_names)}  # config.json: timm's label_names, transformers' id2label
+    return {}
+
+
+def _drop_model_args_classes(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    config.get("model_args", {}).pop("num_classes", None)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_timm_config(model: nn.Module, path: PathLike) -> None:
+    """Write the ``config.json`` :func:`save_model_folder` writes for a timm model (no weights), atomically."""
+    from timm.models._hub import save_config_for_hf
+
+    from ..fileio import atomic_path
+
+    with atomic_path(Path(path) / "config.json") as tmp:
+        save_config_for_hf(model, str(tmp), model_config=_timm_model_config(model))
+        _drop_model_args_classes(tmp)
 
 
 def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") -> nn.Module:
@@ -95,10 +113,14 @@ def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") 
         import pact_zoo  # noqa: F401  (registers the timm models)
 
         return timm.create_model(f"local-dir:{path}", pretrained=True).to(device)
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    return hf_auto_class(path).from_pretrained(path).to(device)
 
-    config = AutoConfig.from_pretrained(path)
-    architectures = config.architectures or []
-    auto = AutoModelForTokenClassification if any("TokenClassification" in a for a in architectures) \
+
+def hf_auto_class(path: PathLike) -> type:
+    """The transformers Auto class of a Hugging Face model folder: token or sequence classification, from the
+    ``architectures`` of its ``config.json``."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    architectures = _folder_config(path).get("architectures") or []
+    return AutoModelForTokenClassification if any("TokenClassification" in a for a in architectures) \
         else AutoModelForSequenceClassification
-    return auto.from_pretrained(path).to(device)
