@@ -292,3 +292,48 @@ def test_export_adapter_push_uploads_exactly_the_folder_with_the_card_metadata(t
     for name in shipped:  # the shipped Hugging Face adapters are this export's layout
         layout = {p.name for p in shipped_adapter(name).iterdir() if not p.name.endswith(".png")}
         assert layout == {name for name in files if not name.endswith(".png")}, name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+#: the folder under $PACT_ZOO_DATA that holds each shipped adapter's backbone (``pact-zoo data fetch ... --dest``)
+DATA_ENV = "PACT_ZOO_DATA"
+SHIPPED = {"minilm_rotten_tomatoes": "all-MiniLM-L6-v2", "efficientnet_lite0_fashion_mnist": "tf_efficientnet_lite0"}
+
+
+def _sample_check(folder: Path) -> dict:
+    from huggingface_hub import ModelCard
+
+    check = ModelCard.load(folder / "README.md").data.to_dict().get("pact_zoo_sample_check")
+    assert isinstance(check, dict) and {"sample", "rows", "correct", "flops_ratio", "data"} <= set(check), folder
+    return check
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_adapter_is_small_and_states_its_check(name):
+    folder = shipped_adapter(name)
+    assert sum(p.stat().st_size for p in folder.iterdir()) < ADAPTER_MAX_BYTES
+    check = _sample_check(folder)
+    assert (REPO / check["sample"]).is_file() and check["sample"].startswith("tests/data/")
+    assert f"({check['correct']} / {check['rows']})" in (folder / "README.md").read_text()
+    record = json.loads((folder / ADAPTER_CONFIG).read_text())
+    # fetched by its id; a recorded path is relative (the recipes' data/ folder), never this machine's
+    assert record["backbone"]["id"] and not Path(record["backbone"]["path"] or "").is_absolute()
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_adapter_reproduces_its_card_on_the_committed_sample(name, monkeypatch):
+    """The documented load (``pact_zoo.load_adapter``; the backbone from $PACT_ZOO_DATA instead of the hub, which
+    tests cannot reach), then the card's accuracy on the committed sample exactly and its FLOPs ratio."""
+    from pact_zoo.training.evaluate import evaluate_sample
+
+    root = os.environ.get(DATA_ENV)
+    if not root or not (Path(root) / SHIPPED[name]).exists():
+        pytest.skip(f"the backbone of {name} is not in the repository and tests have no network: set {DATA_ENV} to a "
+                    f"folder holding {SHIPPED[name]}/")
+    folder = shipped_adapter(name)
+    check = _sample_check(folder)
+    model = pact_zoo.load_adapter(folder, backbone=Path(root) / SHIPPED[name])
+    monkeypatch.chdir(REPO)  # the sample's paths are relative to the repository
+    result = evaluate_sample(model, check["data"])
+    assert (result["num_samples"], result["correct"]) == (check["rows"], check["correct"])
+    assert result["flops_ratio"] == pytest.approx(check["flops_ratio"], abs=1e-6)
