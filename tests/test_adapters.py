@@ -337,3 +337,14 @@ def test_shipped_adapter_reproduces_its_card_on_the_committed_sample(name, monke
     result = evaluate_sample(model, check["data"])
     assert (result["num_samples"], result["correct"]) == (check["rows"], check["correct"])
     assert result["flops_ratio"] == pytest.approx(check["flops_ratio"], abs=1e-6)
+
+
+def test_timm_adapter_over_another_architecture_says_so(tmp_path):
+    import timm
+
+    backbone = timm_backbone(tmp_path / "backbone")
+    save_timm_adapter(timm_converted(backbone), tmp_path / "adapter", backbone)
+    (tmp_path / "mobilenet").mkdir()
+    save_file(timm.create_model("mobilenetv2_100").state_dict(), str(tmp_path / "mobilenet" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"^backbone .*mobilenet.* does not fit pact_efficientnet_lite0: "):
+        load_timm_adapter(tmp_path / "adapter", backbone=tmp_path / "mobilenet")

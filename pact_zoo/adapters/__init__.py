@@ -63,7 +63,11 @@ def _timm_reference(model_name: str, model_args: dict, backbone: Optional[Path])
     import timm
 
     overlay = dict(file=str(backbone)) if backbone is not None else None
-    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_args).eval()
+    try:
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_args).eval()
+    except KeyError as exc:  # add_halting_heads_filter: the checkpoint's keys are another architecture's
+        raise ValueError(f"backbone {backbone or model_name} does not fit {model_name}: "
+                         f"{exc.args[0] if exc.args else exc}") from None
 
 
 def _timm_new_keys(model: nn.Module) -> set[str]:

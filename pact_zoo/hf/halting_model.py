@@ -116,9 +116,10 @@ class HaltingModelMixin:
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory must be a directory, got the file {save_directory}")
         if adapter_only:
-            if args or any(value not in (None, True) for key, value in kwargs.items() if key != "is_main_process"):
-                raise ValueError(f"save_pretrained(adapter_only=True) takes backbone_id= only, got "
-                                 f"{sorted(kwargs) or 'positional arguments'}")
+            other = sorted(set(kwargs) - {"is_main_process", "safe_serialization"})
+            if args or other:
+                raise ValueError(f"save_pretrained(adapter_only=True) takes backbone_id= and backbone= only, got "
+                                 f"{other or 'positional arguments'}")
             if kwargs.get("is_main_process", True):
                 self.save_adapter(save_directory, backbone_id=backbone_id, backbone=backbone)
             return
