@@ -14,6 +14,7 @@ from . import hf  # noqa: F401  (registers the transformers models)
 from . import acm  # noqa: F401  (per-token adaptive width: pact_zoo.acm)
 from .models import list_models
 from .models import make_adaptive
+from .adapters import load_adapter, save_adapter, shipped_adapter
 
 __version__ = "0.1.0"
 
@@ -23,5 +24,5 @@ __all__ = [
     "adaptive_stages", "full_depth", "halting_loss", "halting_report", "list_models", "register_halting_method",
     "set_decision", "set_execution", "set_threshold", "training_loss", "__version__",
     "ThresholdCalibration", "calibrate_threshold",
-    "make_adaptive",
+    "make_adaptive", "load_adapter", "save_adapter", "shipped_adapter",
 ]

@@ -3,6 +3,10 @@ filled from the evaluation JSON and the variant's card (``hub_configs/<variant>/
 
 timm folders load with ``timm.create_model("local-dir:<folder>", pretrained=True)`` and with transformers'
 ``AutoModelForImageClassification.from_pretrained(<folder>)``; Hugging Face folders with ``from_pretrained``.
+
+With ``--adapter-only`` (a model converted with its backbone frozen) the folder holds a halting adapter instead of
+``model.safetensors``: the new weights, the backbone's id and the hash of its weights (``pact_zoo.adapters``); it
+loads with ``pact_zoo.load_adapter(<folder>)``, which fetches the backbone.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ __all__ = ["export_folder", "build_model_card", "main", "CARD_TAGS"]
 
 CARD_TAGS = ["adaptive-computation", "pact"]
 #: card.yaml keys that fill the model card
-CARD_KEYS = ("model_name", "description", "dataset", "task", "tags", "license", "recipe")
+CARD_KEYS = ("model_name", "description", "dataset", "task", "tags", "license", "recipe", "base_model",
+             "sample_check")
 #: card.yaml keys kept as the variant's notes (architecture, results, ...) and not written into the card
 CARD_NOTE_KEYS = ("architecture", "backbone", "data_config", "halting", "library_name", "results", "status")
 #: files an export writes besides the model's own (weights, config) and the plots
@@ -65,8 +70,16 @@ def is_hub_dataset(name: str) -> bool:
 
 
 def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold: Optional[float],
-           model_name: str) -> str:
+           model_name: str, adapter: Optional[Dict[str, Any]] = None) -> str:
     knob = f"\npact_zoo.set_threshold(model, {threshold})  # speed/accuracy knob" if threshold is not None else ""
+    if adapter is not None:
+        backbone = adapter["backbone"]["id"] or adapter["backbone"]["path"]
+        hub = (f'model = pact_zoo.load_adapter(snapshot_download("{repo_id}"))  # from the hub' if repo_id else
+               f'# after uploading (pact-zoo export ... --adapter-only --push-to-hub <user>/{model_name}):\n'
+               f'# model = pact_zoo.load_adapter(snapshot_download("<user>/{model_name}"))')
+        return (f'import pact_zoo\nfrom huggingface_hub import snapshot_download\n'
+                f'model = pact_zoo.load_adapter("{folder_name}")  # this folder; fetches the backbone {backbone} '
+                f'(or pass backbone=<local folder>) and checks its hash\n{hub}{knob}')
     if timm_model:
         hub = (f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)  # from the hub' if repo_id else
                f'# after uploading (pact-zoo export ... --push-to-hub <user>/{model_name}):\n'
@@ -81,11 +94,16 @@ def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold
 
 def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_model: bool, model_name: str,
                      training_config: Optional[Dict[str, Any]] = None, repo_id: Optional[str] = None,
-                     folder_name: Optional[str] = None):
-    """A ``huggingface_hub.ModelCard`` with metadata (library, tags, datasets, metrics) and the trade-off table.
+                     folder_name: Optional[str] = None, adapter: Optional[Dict[str, Any]] = None,
+                     base_model: Optional[str] = None):
+    """A ``huggingface_hub.ModelCard`` with metadata (library, tags, datasets, base model, pipeline tag, metrics)
+    and the trade-off table.
 
-    ``datasets`` metadata is only set for hub dataset ids; the usage names ``repo_id`` when given, and the folder
-    (``folder_name``) for ``local-dir:`` loading."""
+    ``datasets`` metadata is only set for hub dataset ids; ``base_model`` is the card's, else the given one (the
+    source's or backbone's hub id). The usage names ``repo_id`` when given, and the folder (``folder_name``) for
+    local loading; ``adapter`` (a halting adapter's ``halting_adapter.json``) gives the adapter's usage. A card's
+    ``sample_check`` (the model's accuracy and FLOPs ratio on a committed sample of the test set) is written to the
+    metadata as ``pact_zoo_sample_check`` and stated in the text."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     default = evaluation["default"]
@@ -105,11 +123,13 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         pipeline_tag=task_type,
         eval_results=[EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset,
                                  metric_type=name, metric_value=float(value)) for name, value in metrics],
+        base_model=card.get("base_model", base_model),
         threshold=evaluation.get("threshold"),
         halting_methods=evaluation.get("methods"),
         full_depth_flops=float(full["mean_flops"]),
+        pact_zoo_sample_check=card.get("sample_check"),
     )
-    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"), model_name)
+    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"), model_name, adapter)
     plots = "\n".join(f"![{p}]({p})" for p in evaluation.get("plots", []))
     body = "\n".join([
         "---", data.to_yaml(), "---", "", f"# {model_name}", "",
@@ -123,6 +143,8 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         + (f"Evaluated on the {dataset!r} test split." if is_hub_dataset(dataset) else
            f"Evaluated on the test split of `{dataset}` (a pact_zoo dataset source, not a hub dataset)."), "",
         "```", format_table(evaluation), "```", "", plots, "",
+        *(_adapter_section(adapter) if adapter is not None else []),
+        *(_sample_section(card["sample_check"]) if card.get("sample_check") else []),
         "## Training recipe", "", "```yaml",
         yaml.safe_dump(training_config or card.get("recipe", {}), sort_keys=False).strip(), "```",
         "", "## Usage", "", "```python", usage, "```", "",
@@ -135,11 +157,33 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
     return ModelCard(body)
 
 
+def _adapter_section(adapter: Dict[str, Any]) -> list[str]:
+    backbone = adapter["backbone"]
+    return ["## Halting adapter", "",
+            f"Only the weights this model adds ({len(adapter['weights'])} tensors: halting heads, exits, classifier) "
+            f"are in this folder; the backbone `{backbone['id'] or backbone['path']}` is fetched when the model loads "
+            f"and must hash to `{backbone['sha256']}` (its tensors' names, dtypes, shapes and bytes), else loading "
+            f"stops with an error naming it.", ""]
+
+
+def _sample_section(check: Dict[str, Any]) -> list[str]:
+    return ["## Check on a committed test sample", "",
+            f"On `{check['sample']}` ({check['rows']} test rows, {check['indices']}): accuracy "
+            f"{100 * check['correct'] / check['rows']:.2f} % ({check['correct']} / {check['rows']}), FLOPs ratio "
+            f"{check['flops_ratio']:.4f} of full depth at threshold {check['threshold']:g}; the repository's tests "
+            f"reproduce both.", ""]
+
+
 def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = None, card_path: Optional[str] = None,
-                  model_name: Optional[str] = None, repo_id: Optional[str] = None) -> Path:
+                  model_name: Optional[str] = None, repo_id: Optional[str] = None, adapter_only: bool = False,
+                  backbone: Optional[str] = None, backbone_id: Optional[str] = None) -> Path:
     """Write the hub-ready folder atomically (folders 0755, files 0644 under the usual umask) and return its path.
 
-    ``repo_id`` (the upload target, if any) fills the card's usage."""
+    ``repo_id`` (the upload target, if any) fills the card's usage. With ``adapter_only`` the weights are a halting
+    adapter (``pact_zoo.save_adapter``): ``backbone`` is the backbone's local folder or file (needed for timm
+    models, checked against the model's backbone), ``backbone_id`` its hub id or timm ``name.tag``."""
+    if not adapter_only and (backbone is not None or backbone_id is not None):
+        raise ValueError("--backbone / --backbone-id are only read with --adapter-only")
     model_dir_path = check_model_folder(model_dir, "--model-dir")
     eval_path = Path(eval_dir) if eval_dir else model_dir_path.parent / "eval"
     if not (eval_path / "tradeoff.json").is_file():
@@ -152,9 +196,18 @@ def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = Non
     timm_model = is_timm_folder(model_dir_path)
     name = model_name or card.get("model_name") or Path(output_dir).name
     output = Path(output_dir)
+    adapter, base_model = None, _base_model(model)
     with atomic_directory(output) as tmp:
         weights = tmp / "weights"
-        save_model_folder(model, weights)
+        if adapter_only:
+            from .adapters import save_adapter
+            from .hf.halting_adapter import ADAPTER_CONFIG
+
+            save_adapter(model, weights, backbone=backbone, backbone_id=backbone_id)
+            adapter = json.loads((weights / ADAPTER_CONFIG).read_text())
+            base_model = _hub_model_id(adapter["backbone"]["id"], timm_model) or base_model
+        else:
+            save_model_folder(model, weights)
         for item in weights.iterdir():
             shutil.move(str(item), tmp / item.name)
         weights.rmdir()
@@ -167,8 +220,26 @@ def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = Non
         if training_config is not None:  # older runs recorded test-only fields
             training_config = {k: v for k, v in training_config.items() if k not in RETIRED_KEYS}
         build_model_card(card, evaluation, timm_model, name, training_config, repo_id=repo_id,
-                         folder_name=output.name).save(tmp / "README.md")
+                         folder_name=output.name, adapter=adapter, base_model=base_model).save(tmp / "README.md")
     return output
+
+
+def _hub_model_id(name: Optional[str], timm_model: bool) -> Optional[str]:
+    """A backbone's hub id: Hugging Face ids as they are, timm ``name.tag`` as ``timm/name.tag``; None for a local
+    path or no name."""
+    if not name or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return f"timm/{name}" if timm_model and "/" not in name else name
+
+
+def _base_model(model) -> Optional[str]:
+    """The hub id of the model a pact_zoo model was built from: the recorded backbone of a Hugging Face model,
+    timm's ``hf_hub_id`` of the pretrained cfg (for the adaptive timm families, their backbone's weights)."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        return _hub_model_id(getattr(config, "backbone_source", None), timm_model=False)
+    hub_id = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
+    return hub_id.rstrip("/") if hub_id else None
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -214,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True,
                         help="hub-ready folder to write: new, empty, or a previous export (replaced as a whole)")
     parser.add_argument("--model-name", help="name in the card (default: from the card, else the folder name)")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="write a halting adapter (the new weights, the backbone's id and hash) instead of the "
+                             "full weights: for a model converted with its backbone frozen")
+    parser.add_argument("--backbone", help="with --adapter-only: the backbone's local folder or .safetensors file")
+    parser.add_argument("--backbone-id",
+                        help="with --adapter-only: the backbone's hub id (org/name) or timm name.tag")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this hub repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")
     return parser
@@ -224,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)
     folder = export_folder(args.model_dir, args.output_dir, args.eval_dir, args.card, args.model_name,
-                           repo_id=args.push_to_hub)
+                           repo_id=args.push_to_hub, adapter_only=args.adapter_only, backbone=args.backbone,
+                           backbone_id=args.backbone_id)
     print(f"exported {folder}")
     if args.push_to_hub:
         print(f"pushed: {push_to_hub(folder, args.push_to_hub, args.private)}")

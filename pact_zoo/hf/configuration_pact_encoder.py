@@ -84,6 +84,9 @@ class PactEncoderConfig(PreTrainedConfig):
         new_weights (`list[str]`, *optional*):
             State-dict keys added on top of the source model (halting heads, exit classifiers, a new classifier):
             what ``freeze_backbone`` training updates. Set by ``from_backbone`` and ``convert_from``.
+        backbone_source (`str`, *optional*):
+            The folder or hub id ``from_backbone`` read the backbone from (kept by ``convert_from``): where
+            ``save_pretrained(..., adapter_only=True)`` points the adapter.
     """
 
     model_type = "pact_encoder"
@@ -98,6 +101,7 @@ class PactEncoderConfig(PreTrainedConfig):
     exit_classifiers: str = "shared"
     halting_features: str = "state"
     new_weights: list | None = None
+    backbone_source: str | None = None
 
     def __post_init__(self, **kwargs) -> None:
         for name, choices in (("pooling", POOLING_MODES), ("exit_classifiers", EXIT_CLASSIFIERS),

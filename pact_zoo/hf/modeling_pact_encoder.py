@@ -378,6 +378,7 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
             found = (sentence_transformers_pooling(backbone) if isinstance(backbone, (str, os.PathLike))
                      and Path(backbone).is_dir() else None)
             kwargs["pooling"] = found or "cls"
+        source_name = str(backbone) if isinstance(backbone, (str, os.PathLike)) else None
         if isinstance(backbone, (str, os.PathLike)):
             source = str(backbone)
             backbone = _load_backbone(source)
@@ -388,19 +389,11 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
                              f"got {type(backbone).__name__}")
         base = backbone.base_model
         check_encoder_type(base.config.model_type)
+        kwargs.setdefault("backbone_source", source_name)
         config = PactEncoderConfig(encoder=base.config.to_dict(), num_labels=num_labels,
                                    halting_method=halting_method, **kwargs)
         model = cls(config)
-        target = model.base_model.backbone
-        source = base.state_dict()
-        if getattr(target, "pooler", None) is None:  # heads that do not read the pooler (token classification)
-            source = {key: value for key, value in source.items() if not key.startswith("pooler.")}
-        result = target.load_state_dict(source, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"backbone weights do not fit a {base.config.model_type} encoder: unexpected "
-                             f"{result.unexpected_keys[:5]}")
-        prefix = f"{cls.base_model_prefix}.backbone." if model.base_model is not model else "backbone."
-        loaded = {prefix + key for key in source}
+        loaded = model._copy_backbone(base)
         classifier, own = getattr(backbone, "classifier", None), getattr(model, "classifier", None)
         same_head = type(backbone).__name__.endswith(cls._head_suffix) if cls._head_suffix else False
         if cls._head_suffix == "ForSequenceClassification":  # BERT-style: pooler -> dropout -> classifier
@@ -415,6 +408,40 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         logger.warning(f"{cls.__name__}.from_backbone: new weights (train them): {model.new_weights}")
         model.tokenizer = tokenizer
         return model
+
+    def _copy_backbone(self, base: PreTrainedModel) -> set[str]:
+        """Copy a plain encoder's weights (its base model) into this model's backbone, unchanged; returns their names
+        in this model's state dict. The pooler is left out where this model reads none."""
+        target = self.base_model.backbone
+        source = base.state_dict()
+        if getattr(target, "pooler", None) is None:  # heads that do not read the pooler (token classification)
+            source = {key: value for key, value in source.items() if not key.startswith("pooler.")}
+        try:
+            result = target.load_state_dict(source, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape
+            raise ValueError(f"backbone weights do not fit this {base.config.model_type} encoder: "
+                             f"{' '.join(str(exc).split())[:300]}") from None
+        if result.unexpected_keys:
+            raise ValueError(f"backbone weights do not fit a {base.config.model_type} encoder: unexpected "
+                             f"{result.unexpected_keys[:5]}")
+        prefix = self.adapter_backbone()[0]
+        return {prefix + key for key in source}
+
+    def adapter_backbone(self) -> tuple[str, nn.Module]:
+        """``(prefix, module)``: the pretrained encoder inside this model and its state-dict prefix."""
+        prefix = f"{self.base_model_prefix}.backbone." if self.base_model is not self else "backbone."
+        return prefix, self.base_model.backbone
+
+    def load_adapter_backbone(self, source: str) -> None:
+        """Load the plain encoder at ``source`` (folder or hub id) into this model's backbone; its tokenizer, if it
+        has one, becomes the model's."""
+        backbone = _load_backbone(source)
+        check_encoder_type(backbone.base_model.config.model_type)
+        self._copy_backbone(backbone.base_model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError):  # a backbone saved without its tokenizer
+            self.tokenizer = None
 
     @classmethod
     def convert_from(cls, source: Union[str, os.PathLike], **overrides: Any) -> "PactEncoderPreTrainedModel":

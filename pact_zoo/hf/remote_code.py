@@ -11,23 +11,33 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
 
-__all__ = ["atomic_copy", "remote_code_files", "write_remote_code"]
+__all__ = ["atomic_copy", "atomic_write", "remote_code_files", "write_remote_code"]
 
 
-def atomic_copy(source: Path, destination: Path) -> None:
-    """Copy ``source`` to ``destination`` through a temporary file in the same folder, then rename."""
+def atomic_write(destination: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary)`` into a temporary file in ``destination``'s folder, then rename it over ``destination``
+    (the usual 0644 under umask 022, not mkstemp's 0600)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        shutil.copyfile(source, temporary)
+        write(Path(temporary))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)
         os.replace(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_copy(source: Path, destination: Path) -> None:
+    """Copy ``source`` to ``destination`` through a temporary file in the same folder, then rename."""
+    atomic_write(destination, lambda temporary: shutil.copyfile(source, temporary))
 
 
 def _module_file(obj: Any) -> Path:

@@ -22,7 +22,7 @@ from .io import check_model_folder, folder_model_name, load_model_folder
 from .loop import evaluate_model
 from .tasks import build_task
 
-__all__ = ["evaluate_tradeoff", "main"]
+__all__ = ["evaluate_sample", "evaluate_tradeoff", "main"]
 
 TRADEOFF_JSON = "tradeoff.json"
 TRADEOFF_PLOT = "tradeoff.png"
@@ -265,6 +265,25 @@ def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
                                  for s in range(units.shape[1])]  # counts of 1, 2, ... units
     result["depth_spread"] = depth_spread(units)
     atomic_write_json(output_dir / TRADEOFF_JSON, result)
+    return result
+
+
+def evaluate_sample(model: nn.Module, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """Accuracy (with the count of correct rows), FLOPs ratio to full depth, mean units and depth spread of
+    ``model`` at its own rule on the eval split that the config ``fields`` (``model``, ``dataset``, ``data_files``,
+    ``eval_split``, ``image_size``, ``dataset_kwargs``, ...) describe: the check a shipped adapter's card states
+    for a committed sample of its test set."""
+    from .config import load_config
+
+    config = load_config(None, fields)
+    task = build_task(config)
+    data = task.load_data(model)
+    check_classes(model, data.class_names, config.dataset)
+    loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False, collate_fn=data.collate_fn)
+    result = evaluate_model(model.eval(), loader, task, keep_units=True)
+    units = result.pop("units")
+    result["correct"] = round(result["accuracy"] * result["num_samples"])
+    result["depth_spread"] = depth_spread(units)
     return result
 
 

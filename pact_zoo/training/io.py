@@ -14,7 +14,7 @@ from ..models._checkpoint import check_safetensors
 from ..models.adaptive import MADE_ADAPTIVE_ATTR
 
 __all__ = ["save_model_folder", "load_model_folder", "is_timm_folder", "check_model_folder", "folder_model_name",
-           "check_safetensors"]
+           "check_safetensors", "hf_auto_class", "write_timm_config"]
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -76,20 +76,40 @@ def save_model_folder(model: nn.Module, path: PathLike) -> None:
             return
         from timm.models import save_for_hf
 
-        label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-        model_config = {}
-        made_adaptive = getattr(model, MADE_ADAPTIVE_ATTR, None)
-        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-        if made_adaptive is not None and architecture not in _pact_zoo_models():
-            halting = getattr(model, "halting_cfg", None)  # knobs as they are now (set_threshold since)
-            model_config[MADE_ADAPTIVE_ATTR] = {**made_adaptive, **(halting.to_dict() if halting else {})}
-        if label_names is not None and len(label_names) == getattr(model, "num_classes", None):
-            model_config["label_names"] = list(label_names)  # config.json: timm's label_names, transformers' id2label
-        save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
-        config_path = tmp / "config.json"
-        config = json.loads(config_path.read_text())
-        config.get("model_args", {}).pop("num_classes", None)
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        save_for_hf(model, tmp, model_config=_timm_model_config(model), safe_serialization=True)
+        _drop_model_args_classes(tmp / "config.json")
+
+
+def _timm_model_config(model: nn.Module) -> dict:
+    """``model_config`` of timm's exports: the class names in ``model.pretrained_cfg["label_names"]``, if any, and
+    for a plain timm architecture made adaptive (``pact_zoo.make_adaptive``) the arguments that rebuild it."""
+    model_config = {}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    label_names = cfg.get("label_names")
+    if label_names is not None and len(label_names) == getattr(model, "num_classes", None):
+        model_config["label_names"] = list(label_names)  # config.json: timm's label_names, transformers' id2label
+    made_adaptive = getattr(model, MADE_ADAPTIVE_ATTR, None)
+    if made_adaptive is not None and cfg.get("architecture") not in _pact_zoo_models():
+        halting = getattr(model, "halting_cfg", None)  # knobs as they are now (set_threshold since)
+        model_config[MADE_ADAPTIVE_ATTR] = {**made_adaptive, **(halting.to_dict() if halting else {})}
+    return model_config
+
+
+def _drop_model_args_classes(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    config.get("model_args", {}).pop("num_classes", None)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_timm_config(model: nn.Module, path: PathLike) -> None:
+    """Write the ``config.json`` :func:`save_model_folder` writes for a timm model (no weights), atomically."""
+    from timm.models._hub import save_config_for_hf
+
+    from ..fileio import atomic_path
+
+    with atomic_path(Path(path) / "config.json") as tmp:
+        save_config_for_hf(model, str(tmp), model_config=_timm_model_config(model))
+        _drop_model_args_classes(tmp)
 
 
 def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") -> nn.Module:
@@ -104,13 +124,17 @@ def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") 
         if MADE_ADAPTIVE_ATTR in config:  # a plain timm architecture made adaptive: rebuild it, then load
             return _load_made_adaptive(path, config).to(device)
         return timm.create_model(f"local-dir:{path}", pretrained=True).to(device)
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    return hf_auto_class(path).from_pretrained(path).to(device)
 
-    config = AutoConfig.from_pretrained(path)
-    architectures = config.architectures or []
-    auto = AutoModelForTokenClassification if any("TokenClassification" in a for a in architectures) \
+
+def hf_auto_class(path: PathLike) -> type:
+    """The transformers Auto class of a Hugging Face model folder: token or sequence classification, from the
+    ``architectures`` of its ``config.json``."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    architectures = _folder_config(path).get("architectures") or []
+    return AutoModelForTokenClassification if any("TokenClassification" in a for a in architectures) \
         else AutoModelForSequenceClassification
-    return auto.from_pretrained(path).to(device)
 
 
 def _pact_zoo_models() -> set[str]:

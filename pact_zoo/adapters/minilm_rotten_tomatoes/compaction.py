@@ -1,0 +1,179 @@
+"""Compaction primitives: run a unit only on the rows that still need it.
+
+A *row* is whatever the first dimension of a state indexes: a sample of a ``[B, C, H, W]`` feature map or a
+``[B, H]`` recurrent state, or a token of a flattened ``[B*T, D]`` sequence. The compact loops of
+:class:`~pact_zoo.halting.AdaptiveStage` (and per-token modules) are written with four pieces:
+
+* :func:`count_true`: how many rows stop after a unit - the one host synchronisation per unit;
+* :func:`split_rows`: local positions of the rows that go on and of those that stop (no synchronisation);
+* :func:`take_rows`: gather rows of a state of any rank, keeping a channels_last layout;
+* :class:`ActiveRows`: the map from the compacted state back to the original rows, and
+  :class:`RowCollector`: finished rows as they leave, assembled into the ``[B, ...]`` output once;
+* :func:`bucket_size` / :func:`pad_rows`: round a sub-batch up to one of a few sizes (GPU: bounded shapes for
+  cuDNN autotuning and one CUDA graph per (unit, bucket)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+__all__ = ["ActiveRows", "CompactionCost", "RowCollector", "bucket_size", "count_true", "empty_rows", "pad_rows",
+           "split_rows", "take_rows"]
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def empty_rows(like: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Uninitialised ``[num_rows, ...]`` tensor shaped, typed and laid out (channels_last or not) like ``like``."""
+    memory_format = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
+    return torch.empty((num_rows,) + tuple(like.shape[1:]), dtype=like.dtype, device=like.device,
+                       memory_format=memory_format)
+
+
+def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` (``[A, ...]`` -> ``[len(rows), ...]``) in the layout of ``x``, with ``index_select`` (3-5x faster
+    than advanced indexing on CPU); a channels_last state is gathered as its contiguous NHWC view."""
+    if x.is_contiguous():
+        return x.index_select(0, rows)
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return x[rows]
+
+
+def count_true(mask: torch.Tensor) -> int:
+    """Number of True entries of a ``[A]`` bool mask: the one host synchronisation of a unit."""
+    return int(torch.count_nonzero(mask))  # one operator (sum of a bool mask is a cast and a reduction)
+
+
+def split_rows(stop: torch.Tensor, num_stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local positions of the continuing rows and of the stopping rows, each in order (no host synchronisation).
+
+    Args:
+        stop: ``[A]`` bool.
+        num_stop: ``count_true(stop)``.
+
+    Returns:
+        ``keep`` ``[A - num_stop]`` and ``stop_rows`` ``[num_stop]`` long.
+    """
+    if stop.device.type == "cpu":  # no device to synchronise with: two nonzero() beat a cast, a sort and slices
+        return torch.nonzero(~stop).view(-1), torch.nonzero(stop).view(-1)
+    order = torch.argsort(stop.to(torch.int8), stable=True)  # continuing rows first
+    num_keep = stop.shape[0] - num_stop
+    return order[:num_keep], order[num_keep:]
+
+
+def bucket_size(num_rows: int, buckets: tuple[int, ...]) -> int:
+    """The smallest of the ascending ``buckets`` that holds ``num_rows`` (``num_rows`` itself past the last one)."""
+    for size in buckets:
+        if size >= num_rows:
+            return size
+    return num_rows
+
+
+def pad_rows(x: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``[A, ...]`` -> ``[num_rows, ...]`` (``num_rows >= A``, same layout): the extra rows repeat row 0, so they
+    hold valid inputs (an all-zero attention mask, say, would not); their outputs are never read."""
+    if num_rows == x.shape[0]:
+        return x
+    out = empty_rows(x, num_rows)
+    out[:x.shape[0]].copy_(x)
+    out[x.shape[0]:].copy_(x[:1].expand((num_rows - x.shape[0],) + tuple(x.shape[1:])))
+    return out
+
+
+class ActiveRows:
+    """Which original rows a compacted state holds, in order. ``index`` is None while it holds all of them."""
+
+    def __init__(self, num_rows: int, device: torch.device) -> None:
+        self.num_rows = num_rows
+        self.device = device
+        self.index: Optional[torch.Tensor] = None
+
+    def original(self, local: torch.Tensor) -> torch.Tensor:
+        """Original row numbers of the ``local`` positions of the current state."""
+        return local if self.index is None else self.index.index_select(0, local)
+
+    def all(self) -> torch.Tensor:
+        """``[A]`` original row numbers of every row the current state holds."""
+        if self.index is None:
+            return torch.arange(self.num_rows, device=self.device)
+        return self.index
+
+    def keep(self, local: torch.Tensor) -> None:
+        """Only the ``local`` positions of the current state go on."""
+        self.index = local if self.index is None else self.index.index_select(0, local)
+
+    def add_into(self, out: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``out[rows] += values`` for the current rows (in place when no gradient is recorded)."""
+        differentiable = torch.is_grad_enabled() and (out.requires_grad or values.requires_grad)
+        if self.index is None:
+            return out + values if differentiable else out.add_(values)
+        return out.index_add(0, self.index, values) if differentiable else out.index_add_(0, self.index, values)
+
+
+class RowCollector:
+    """Finished rows of a ``[B, ...]`` result, collected as they leave and assembled once.
+
+    While no gradient is recorded every piece is freed as soon as it is copied into place (peak memory: one
+    result of B rows); with gradients the pieces are concatenated and put in order with one gather.
+    """
+
+    def __init__(self, num_rows: int) -> None:
+        self.num_rows = num_rows
+        self._rows: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def add(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """``rows`` ``[H]`` original row numbers and their ``[H, ...]`` values."""
+        self._rows.append(rows)
+        self._values.append(values)
+
+    def assemble(self) -> torch.Tensor:
+        """The ``[B, ...]`` result (every row must have been added once)."""
+        if len(self._rows) == 1 and self._rows[0].shape[0] == self.num_rows:
+            values = self._values[0]
+            rows = self._rows[0]
+            self._rows, self._values = [], []
+            if rows.device.type == "meta":
+                return values
+            inverse = torch.empty_like(rows).scatter_(0, rows, torch.arange(rows.shape[0], device=rows.device))
+            return take_rows(values, inverse)
+        if torch.is_grad_enabled() and any(v.requires_grad for v in self._values):
+            rows = torch.cat(self._rows)
+            values = torch.cat(self._values)
+            self._rows, self._values = [], []
+            inverse = torch.empty_like(rows).scatter_(0, rows, torch.arange(rows.shape[0], device=rows.device))
+            return values.index_select(0, inverse)
+        out = empty_rows(self._values[0], self.num_rows)
+        while self._rows:  # free every piece once it is in place
+            rows, values = self._rows.pop(), self._values.pop()
+            out.index_copy_(0, rows, values)
+            del values
+        return out
+
+
+@dataclass(frozen=True)
+class CompactionCost:
+    """Measured costs (seconds) that decide when dropping halted rows from a batch pays.
+
+    Attributes:
+        row_seconds: per unit of the stage, the marginal time of one more row in that unit.
+        gather_seconds: fixed time of one gather of the running rows (state, index and carry).
+        gather_row_seconds: time per gathered row.
+    """
+
+    row_seconds: Sequence[float]
+    gather_seconds: float
+    gather_row_seconds: float
+
+    def pays(self, unit: int, dead: int, live: int) -> bool:
+        """Whether to gather the ``live`` rows before unit ``unit`` now instead of running ``dead`` halted rows
+        through it: the dead rows' share of the unit against the gather (greedy: dead rows pile up until it pays)."""
+        return dead * self.row_seconds[unit] >= self.gather_seconds + live * self.gather_row_seconds

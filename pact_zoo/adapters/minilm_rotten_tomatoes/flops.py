@@ -1,0 +1,87 @@
+"""Analytic FLOPs of what actually ran (SACT ``flopsometer.py`` convention: 2 FLOPs per multiply-add of every
+convolution and linear layer; normalisation, pooling, activations and additions are not counted)."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["FlopsProfiler", "current_profiler", "module_flops_per_sample", "recurrent_cell_flops"]
+
+_ACTIVE: list["FlopsProfiler"] = []
+
+
+def recurrent_cell_flops(cell: nn.RNNCellBase) -> int:
+    """FLOPs of one step of an RNN / LSTM / GRU cell for one sample (its input and hidden matmuls)."""
+    return 2 * (cell.weight_ih.numel() + cell.weight_hh.numel())
+
+
+def module_flops_per_sample(module: nn.Module, output: torch.Tensor) -> int:
+    """FLOPs per sample of one call of a convolution, linear or recurrent-cell layer given its output."""
+    if isinstance(output, tuple):  # LSTMCell returns (h, c)
+        output = output[0]
+    batch = output.shape[0] if output.dim() > 1 else 1
+    if isinstance(module, nn.modules.conv._ConvNd):
+        kernel_macs = module.in_channels // module.groups * math.prod(module.kernel_size)
+        return 2 * (output.numel() // batch) * kernel_macs
+    if isinstance(module, nn.Linear):
+        return 2 * (output.numel() // batch) * module.in_features
+    if isinstance(module, nn.RNNCellBase):
+        return recurrent_cell_flops(module)
+    return 0
+
+
+_COUNTED = (nn.modules.conv._ConvNd, nn.Linear, nn.RNNCellBase)
+
+
+class FlopsProfiler:
+    """Attributes the per-sample FLOPs of one forward to slots: ``"base"`` or (stage, kind, index).
+
+    Used on a batch of one sample; adaptive stages switch to their dense path while it is active so every
+    unit and head runs once.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flops: dict = defaultdict(int)
+        self._slots: list = ["base"]
+        self._handles: list = []
+
+    def __enter__(self) -> "FlopsProfiler":
+        for module in self.model.modules():
+            if isinstance(module, _COUNTED):
+                self._handles.append(module.register_forward_hook(self._hook))
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.remove(self)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, module: nn.Module, inputs, output) -> None:
+        self.flops[self._slots[-1]] += module_flops_per_sample(module, output)
+
+    @contextmanager
+    def slot(self, stage: nn.Module, kind: str, index: int) -> Iterator[None]:
+        self._slots.append((id(stage), kind, index))
+        try:
+            yield
+        finally:
+            self._slots.pop()
+
+    def add(self, flops: int) -> None:
+        """Count ``flops`` per sample of an operation that is no module (e.g. attention matmuls) in the current slot."""
+        self.flops[self._slots[-1]] += int(flops)
+
+    def get(self, stage: nn.Module, kind: str, index: int) -> int:
+        return self.flops.get((id(stage), kind, index), 0)
+
+
+def current_profiler() -> Optional[FlopsProfiler]:
+    return _ACTIVE[-1] if _ACTIVE else None

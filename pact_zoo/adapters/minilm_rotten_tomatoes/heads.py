@@ -1,0 +1,179 @@
+"""Halting heads: the amortised inference network that outputs one halting logit per sample."""
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DEFAULT_HALTING_BIAS_INIT
+from .flops import current_profiler
+
+__all__ = ["HaltingHead", "VectorHaltingHead"]
+
+
+def _check_finite(logits: torch.Tensor, training: bool) -> torch.Tensor:
+    """In eval, NaN / inf halting logits (from non-finite weights) raise: the threshold rule would silently run
+    every unit (NaN never reaches a threshold)."""
+    if (not training and logits.device.type != "meta" and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not bool(torch.isfinite(logits).all())):
+        raise ValueError("halting head produced NaN or inf halting logits in eval: the model's weights (or the "
+                         "features from its units) are not finite; check the checkpoint")
+    return logits
+
+
+class HaltingHead(nn.Module):
+    """Halting head for NCHW features (SACT ``get_halting_proba``): global pool -> BN -> act -> Linear(C -> 1).
+
+    Args:
+        num_chs: channels C of the unit output.
+        act_layer: activation after the BN (SACT CIFAR: leaky ReLU 0.1; ImageNet: identity).
+        bias_init: initial bias of the linear layer (SACT: -3, so that every unit runs at the start).
+
+    Shape: ``[B, C, H, W]`` -> ``[B]`` halting logits. A training batch of one row (sampled-path training can
+    leave one row running) is normalised with the running statistics.
+
+    Without gradients in eval mode the head runs *folded* (:meth:`folded`): the pooling's 1/(HW) and the eval
+    BatchNorm become one affine map, and with an identity activation the whole head is one matrix-vector product
+    over the flattened feature map (~10x fewer operator calls; the logits agree to float rounding). The folded
+    weights are cached and rebuilt whenever a parameter or buffer is changed in place (``Tensor._version``: optimiser
+    steps, ``load_state_dict``, ``torch.no_grad()`` edits) or replaced, and dropped by ``train()`` / ``eval()`` and
+    ``.to()``. An edit through ``.data`` bypasses the version counter: call ``eval()`` after one.
+    """
+
+    def __init__(
+            self,
+            num_chs: int,
+            act_layer: Optional[Type[nn.Module]] = None,
+            bias_init: float = DEFAULT_HALTING_BIAS_INIT,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.bias_init = bias_init
+        self.norm = nn.BatchNorm1d(num_chs, **dd)
+        self.act = act_layer() if act_layer is not None else nn.Identity()
+        self.fc = nn.Linear(num_chs, 1, **dd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.fc.reset_parameters()
+        nn.init.constant_(self.fc.bias, self.bias_init)
+
+    def _fold_key(self) -> list:
+        norm, fc = self._modules["norm"], self._modules["fc"]
+        tensors = (norm._parameters["weight"], norm._parameters["bias"], norm._buffers["running_mean"],
+                   norm._buffers["running_var"], fc._parameters["weight"], fc._parameters["bias"])
+        # compared by identity and in-place version; inference tensors have no version counter (-1: never cached)
+        return [(t, -1 if t.is_inference() else t._version) for t in tensors]
+
+    def _can_fold(self, x: torch.Tensor) -> bool:
+        if self.training or torch.is_grad_enabled() or x.dim() != 4 or x.shape[0] == 0:  # no rows: nothing to fold
+            return False
+        modules = self._modules
+        norm, fc, act = modules["norm"], modules["fc"], modules["act"]
+        return (norm._buffers["running_mean"] is not None and norm._parameters["weight"] is not None
+                and norm._parameters["bias"] is not None and x.dtype == fc._parameters["weight"].dtype
+                and current_profiler() is None and not torch.is_autocast_enabled(x.device.type)
+                and not (norm._forward_hooks or norm._forward_pre_hooks or fc._forward_hooks
+                         or fc._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks)
+                and not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()))
+
+    def train(self, mode: bool = True) -> "HaltingHead":
+        self.__dict__.pop("_folded", None)
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .half(): parameters get new storage
+        self.__dict__.pop("_folded", None)
+        return super()._apply(fn, recurse)
+
+    @torch.no_grad()
+    def folded(self, height: int, width: int, channels_last: bool) -> dict[str, torch.Tensor]:
+        """Eval-mode head as ``{"scale", "shift", "weight", "bias"}`` for an ``H x W`` input: ``act(sum_hw(x) *
+        scale + shift) . weight + bias``; with an identity activation also ``"flat"`` ``[C*H*W]`` (NCHW order, or
+        NHWC for ``channels_last``) and ``"flat_bias"`` with ``logit = x.flatten(1) . flat + flat_bias``. Cached."""
+        key = self._fold_key()
+        cache = self.__dict__.get("_folded")
+        if cache is None or any(t is not u or v != w or v < 0 for (t, v), (u, w) in zip(key, cache[0])):
+            cache = (key, {})
+            self.__dict__["_folded"] = cache
+        entry = cache[1].get((height, width, channels_last))
+        if entry is None:
+            norm, fc = self.norm, self.fc
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            entry = {"scale": scale / (height * width), "shift": shift, "weight": fc.weight[0].clone(),
+                     "bias": fc.bias.clone()}
+            if isinstance(self.act, nn.Identity):  # Linear(BN(mean(x))) = <x, w * scale / HW> + b + <w, shift>
+                per_channel = fc.weight[0] * entry["scale"]
+                flat = per_channel.repeat(height * width) if channels_last else per_channel.repeat_interleave(
+                    height * width)
+                entry["flat"] = flat.contiguous()
+                entry["flat_bias"] = fc.bias + (fc.weight[0] * shift).sum()
+            cache[1][(height, width, channels_last)] = entry
+        return entry
+
+    def _forward_folded(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        batch, channels, height, width = x.shape
+        if x.is_contiguous():
+            channels_last, view = False, x.view(batch, -1)
+        elif x.is_contiguous(memory_format=torch.channels_last):
+            channels_last, view = True, x.permute(0, 2, 3, 1).reshape(batch, -1)
+        else:
+            return None
+        fold = self.folded(height, width, channels_last)
+        if "flat" in fold:
+            return torch.addmv(fold["flat_bias"], view, fold["flat"])
+        if channels_last:
+            pooled = view.view(batch, height * width, channels).sum(1)
+        else:
+            pooled = view.view(batch, channels, height * width).sum(2)
+        return torch.addmv(fold["bias"], self.act(torch.addcmul(fold["shift"], pooled, fold["scale"])),
+                           fold["weight"])
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C]``: global pool -> BN -> act, what the linear layer reads (unfolded path)."""
+        pooled = x.mean(dim=(2, 3))
+        if self.training and pooled.shape[0] == 1:  # one row has no batch statistics: use the running ones
+            normed = F.batch_norm(pooled, self.norm.running_mean, self.norm.running_var, self.norm.weight,
+                                  self.norm.bias, training=False, eps=self.norm.eps)
+        else:
+            normed = self.norm(pooled)
+        return self.act(normed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._can_fold(x):
+            logits = self._forward_folded(x)
+            if logits is not None:
+                return _check_finite(logits, self.training)
+        return _check_finite(self.fc(self.pooled_features(x)).squeeze(-1), self.training)
+
+
+class VectorHaltingHead(nn.Module):
+    """Halting head for vector states (Graves 2016 h = sigmoid(W s + b)): Linear(H -> 1).
+
+    Shape: ``[B, H]`` -> ``[B]`` halting logits.
+    """
+
+    def __init__(
+            self,
+            hidden_size: int,
+            bias_init: float = DEFAULT_HALTING_BIAS_INIT,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.bias_init = bias_init
+        self.fc = nn.Linear(hidden_size, 1, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.fc.reset_parameters()
+        nn.init.constant_(self.fc.bias, self.bias_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _check_finite(self.fc(x).squeeze(-1), self.training)
