@@ -15,8 +15,9 @@ import pact_zoo
 from pact_zoo.halting import adaptive_stages
 from pact_zoo.hub import SAMPLE_EVAL_JSON, export_folder
 from pact_zoo.pretrained import SHIPPED_TAGS, shipped_folder
-from pact_zoo.training import load_config, load_model_folder
-from pact_zoo.training.evaluate import evaluate_image_sample, load_image_sample, run_evaluation
+from pact_zoo.training import load_model_folder
+from pact_zoo.training.evaluate import evaluate_image_sample, evaluate_tradeoff, load_image_sample
+from pact_zoo.training.tasks import ImageClassificationTask
 from pact_zoo.training.io import save_model_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,12 +91,13 @@ def test_shipped_tags_are_listed_within_budget_and_plain_names_stay_plain():
         shipped_folder("pact_resnet32.cifar10")
 
 
-def test_export_writes_the_sample_result_and_the_tag_usage(tmp_path, reset_accelerate):
+def test_export_writes_the_sample_result_and_the_tag_usage(tmp_path):
     model = timm.create_model("pact_resnet32", layers=(2, 2, 2), channels=(4, 8, 8), tau=0.05).eval()
     save_model_folder(model, tmp_path / "run" / "model")
-    config = load_config(None, dict(model="pact_resnet32", dataset="digits", max_eval_samples=24, eval_batch_size=24,
-                                    eval_thresholds=[0.5], output_dir=str(tmp_path / "run")))
-    run_evaluation(model, config, tmp_path / "run" / "eval")
+    batch = {"pixel_values": torch.randn(8, 3, 32, 32), "labels": torch.randint(0, 10, (8,))}
+    (tmp_path / "run" / "eval").mkdir()
+    (tmp_path / "run" / "eval" / "tradeoff.json").write_text(json.dumps(
+        evaluate_tradeoff(model, ImageClassificationTask, [batch], [0.5])))
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "sample.npz", images=rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
              labels=rng.integers(0, 10, 12))
