@@ -20,7 +20,7 @@ import yaml
 
 from .cli import ArgumentParser, one_line
 from .training.config import RETIRED_KEYS
-from .training.evaluate import format_table
+from .training.evaluate import evaluate_image_sample, format_table, load_image_sample
 from .fileio import atomic_directory
 from .training.io import check_model_folder, is_timm_folder, load_model_folder, save_model_folder
 
@@ -29,11 +29,13 @@ __all__ = ["export_folder", "build_model_card", "main", "CARD_TAGS"]
 CARD_TAGS = ["adaptive-computation", "pact"]
 #: card.yaml keys that fill the model card
 CARD_KEYS = ("model_name", "description", "dataset", "task", "tags", "license", "recipe", "base_model",
-             "sample_check")
+             "sample_check", "pretrained_tag", "sample")
 #: card.yaml keys kept as the variant's notes (architecture, results, ...) and not written into the card
 CARD_NOTE_KEYS = ("architecture", "backbone", "data_config", "halting", "library_name", "results", "status")
 #: files an export writes besides the model's own (weights, config) and the plots
 EXPORT_MARKERS = ("README.md", "tradeoff.json")
+#: the card's ``sample`` result: accuracy and FLOPs ratio on a small committed test sample
+SAMPLE_EVAL_JSON = "sample_eval.json"
 
 
 def _load_card(path: Optional[str]) -> Dict[str, Any]:
@@ -70,7 +72,7 @@ def is_hub_dataset(name: str) -> bool:
 
 
 def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold: Optional[float],
-           model_name: str, adapter: Optional[Dict[str, Any]] = None) -> str:
+           model_name: str, adapter: Optional[Dict[str, Any]] = None, pretrained_tag: Optional[str] = None) -> str:
     knob = f"\npact_zoo.set_threshold(model, {threshold})  # speed/accuracy knob" if threshold is not None else ""
     if adapter is not None:
         backbone = adapter["backbone"]["id"] or adapter["backbone"]["path"]
@@ -80,6 +82,9 @@ def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold
         return (f'import pact_zoo\nfrom huggingface_hub import snapshot_download\n'
                 f'model = pact_zoo.load_adapter("{folder_name}")  # this folder; fetches the backbone {backbone} '
                 f'(or pass backbone=<local folder>) and checks its hash\n{hub}{knob}')
+    if timm_model and pretrained_tag:
+        return (f'import pact_zoo, timm\nmodel = timm.create_model("{pretrained_tag}", pretrained=True)  '
+                f'# shipped with pact_zoo: offline{knob}')
     if timm_model:
         hub = (f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)  # from the hub' if repo_id else
                f'# after uploading (pact-zoo export ... --push-to-hub <user>/{model_name}):\n'
@@ -92,18 +97,37 @@ def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold
             f'# {"the hub repo" if repo_id else "this folder, or its hub repo once uploaded"}{knob}')
 
 
+def _image_sample_section(card: Dict[str, Any], sample_eval: Optional[Dict[str, Any]]) -> list[str]:
+    """The card's lines on the committed image sample the export evaluated (none without one)."""
+    if sample_eval is None:
+        return []
+    sample = card["sample"]
+    rule = "full depth" if sample_eval["threshold"] is None else f"threshold {sample_eval['threshold']:g}"
+    return [
+        "## Accuracy on the committed test sample", "",
+        f"On {sample.get('description', 'the sample')} (`{sample['path']}`), at the model's own rule ({rule}): "
+        f"**{sample_eval['correct']} / {sample_eval['num_samples']} correct = {100 * sample_eval['accuracy']:.2f} %**, "
+        f"FLOPs ratio {sample_eval['flops_ratio']:.4f} of full depth, units per stage "
+        + " / ".join(f"{u:.2f}" for u in sample_eval["mean_units"]) + ". Preprocessing: timm's "
+        "`resolve_data_config(model=model)` + `create_transform(...)` on each image converted to RGB, one batch. "
+        f"The numbers are in `{SAMPLE_EVAL_JSON}`; pact_zoo's tests reload this model and reproduce them.", "",
+    ]
+
+
 def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_model: bool, model_name: str,
                      training_config: Optional[Dict[str, Any]] = None, repo_id: Optional[str] = None,
                      folder_name: Optional[str] = None, adapter: Optional[Dict[str, Any]] = None,
-                     base_model: Optional[str] = None):
+                     base_model: Optional[str] = None, sample_eval: Optional[Dict[str, Any]] = None):
     """A ``huggingface_hub.ModelCard`` with metadata (library, tags, datasets, base model, pipeline tag, metrics)
     and the trade-off table.
 
     ``datasets`` metadata is only set for hub dataset ids; ``base_model`` is the card's, else the given one (the
-    source's or backbone's hub id). The usage names ``repo_id`` when given, and the folder (``folder_name``) for
-    local loading; ``adapter`` (a halting adapter's ``halting_adapter.json``) gives the adapter's usage. A card's
-    ``sample_check`` (the model's accuracy and FLOPs ratio on a committed sample of the test set) is written to the
-    metadata as ``pact_zoo_sample_check`` and stated in the text."""
+    source's or backbone's hub id). The usage names the card's ``pretrained_tag`` (a tag shipped with pact_zoo) when
+    given, else ``repo_id`` when given, and the folder (``folder_name``) for local loading; ``adapter`` (a halting
+    adapter's ``halting_adapter.json``) gives the adapter's usage. A card's ``sample_check`` (the model's accuracy and
+    FLOPs ratio on a committed sample of the test set, measured beforehand) is written to the metadata as
+    ``pact_zoo_sample_check`` and stated in the text; ``sample_eval`` (:func:`~pact_zoo.training.evaluate.
+    evaluate_image_sample` on the card's ``sample``, measured by the export) adds the same for an image sample."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     default = evaluation["default"]
@@ -129,7 +153,8 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         full_depth_flops=float(full["mean_flops"]),
         pact_zoo_sample_check=card.get("sample_check"),
     )
-    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"), model_name, adapter)
+    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"), model_name, adapter,
+                   card.get("pretrained_tag"))
     plots = "\n".join(f"![{p}]({p})" for p in evaluation.get("plots", []))
     body = "\n".join([
         "---", data.to_yaml(), "---", "", f"# {model_name}", "",
@@ -140,11 +165,13 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         f"accuracy {100 * default['accuracy']:.2f} % (full depth {100 * full['accuracy']:.2f} %).", "",
         "Full depth is the same trained weights with every unit run and no halting head (`pact_zoo.full_depth`): "
         "the top of the budget range, not a separately trained network. "
-        + (f"Evaluated on the {dataset!r} test split." if is_hub_dataset(dataset) else
-           f"Evaluated on the test split of `{dataset}` (a pact_zoo dataset source, not a hub dataset)."), "",
+        + (f"Evaluated on the {dataset!r} test split" if is_hub_dataset(dataset) else
+           f"Evaluated on the test split of `{dataset}` (a pact_zoo dataset source, not a hub dataset)")
+        + (f", {full['num_samples']:,} images." if "num_samples" in full else "."), "",
         "```", format_table(evaluation), "```", "", plots, "",
         *(_adapter_section(adapter) if adapter is not None else []),
         *(_sample_section(card["sample_check"]) if card.get("sample_check") else []),
+        *_image_sample_section(card, sample_eval),
         "## Training recipe", "", "```yaml",
         yaml.safe_dump(training_config or card.get("recipe", {}), sort_keys=False).strip(), "```",
         "", "## Usage", "", "```python", usage, "```", "",
@@ -194,6 +221,12 @@ def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = Non
     _check_output_dir(Path(output_dir))
     model = load_model_folder(model_dir_path)
     timm_model = is_timm_folder(model_dir_path)
+    sample_eval = None
+    if card.get("sample") is not None:
+        if not (isinstance(card["sample"], dict) and "path" in card["sample"]):
+            raise ValueError(f"--card {card_path}: 'sample' must be a mapping with 'path' (a .npz of 'images' and "
+                             f"'labels') and an optional 'description', got {card['sample']!r}")
+        sample_eval = evaluate_image_sample(model, *load_image_sample(card["sample"]["path"]))
     name = model_name or card.get("model_name") or Path(output_dir).name
     output = Path(output_dir)
     adapter, base_model = None, _base_model(model)
@@ -219,8 +252,12 @@ def export_folder(model_dir: str, output_dir: str, eval_dir: Optional[str] = Non
         training_config = json.loads(train_config_path.read_text()) if train_config_path.is_file() else None
         if training_config is not None:  # older runs recorded test-only fields
             training_config = {k: v for k, v in training_config.items() if k not in RETIRED_KEYS}
+        if sample_eval is not None:
+            (tmp / SAMPLE_EVAL_JSON).write_text(json.dumps(dict(sample_eval, sample=card["sample"]["path"]),
+                                                           indent=2) + "\n")
         build_model_card(card, evaluation, timm_model, name, training_config, repo_id=repo_id,
-                         folder_name=output.name, adapter=adapter, base_model=base_model).save(tmp / "README.md")
+                         folder_name=output.name, adapter=adapter, base_model=base_model,
+                         sample_eval=sample_eval).save(tmp / "README.md")
     return output
 
 

@@ -197,9 +197,10 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path):
 
 
 def _recipes(folder: Path) -> list:
-    """A hub config's training recipes: ``train.yaml``, or every recipe of a multi-run folder (``pact.yaml``, ...)."""
+    """A hub config's training recipes: ``train.yaml`` (plus ``pretrained.yaml``, the recipe of a shipped pretrained
+    tag), or every recipe of a multi-run folder (``pact.yaml``, ...)."""
     if (folder / "train.yaml").is_file():
-        return [folder / "train.yaml"]
+        return [folder / "train.yaml"] + [p for p in [folder / "pretrained.yaml"] if p.is_file()]
     return sorted(p for p in folder.glob("*.yaml") if p.name != "card.yaml")
 
 

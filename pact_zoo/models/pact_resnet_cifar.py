@@ -20,6 +20,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..halting import AdaptiveStage, HaltingConfig, HaltingHead
+from ..pretrained import FASHION_MNIST_CLASSES, keep_untagged_default, shipped_cfg, shipped_model_args
 from ._checkpoint import build_model
 from ._helpers import RecordsMethodByName, add_halting_heads_filter, begin_forward
 
@@ -249,6 +250,8 @@ class CifarResNet(RecordsMethodByName, nn.Module):
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    # a shipped tag (e.g. "pact_resnet32.fashion_mnist") builds the model with the halting knobs it was trained with
+    kwargs = {**shipped_model_args(variant, kwargs.get("pretrained_cfg")), **kwargs}
     return build_model(
         CifarResNet,
         variant,
@@ -269,21 +272,33 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
+def _fashion_mnist_cfg(name: str) -> Dict[str, Any]:
+    """A shipped Fashion-MNIST tag: its weights file, the class names; 28x28 grey images are read as RGB and resized
+    to the CIFAR input size, normalised with the CIFAR mean / std (as in training: ``hub_configs/<name>/``)."""
+    return shipped_cfg(name, label_names=FASHION_MNIST_CLASSES)
+
+
+default_cfgs = keep_untagged_default(generate_default_cfgs({
     **{f"resnet{6 * n + 2}_cifar": _cfg(paper_ids="arXiv:1603.05027",
                                         paper_name="Identity Mappings in Deep Residual Networks")
        for n in (1, 2, 3)},
     "resnet32_cifar": _cfg(paper_ids="arXiv:1603.05027", paper_name="Identity Mappings in Deep Residual Networks"),
     "resnet110_cifar": _cfg(paper_ids="arXiv:1603.05027", paper_name="Identity Mappings in Deep Residual Networks"),
     "pact_resnet32": _cfg(),
+    "pact_resnet32.fashion_mnist": _cfg(**_fashion_mnist_cfg("pact_resnet32.fashion_mnist")),
     "pact_resnet110": _cfg(),
     "act_resnet32": _cfg(paper_ids="arXiv:1612.02297", paper_name="Spatially Adaptive Computation Time"),
+    "act_resnet32.fashion_mnist": _cfg(paper_ids="arXiv:1612.02297", paper_name="Spatially Adaptive Computation Time",
+                                       **_fashion_mnist_cfg("act_resnet32.fashion_mnist")),
     "act_resnet110": _cfg(paper_ids="arXiv:1612.02297", paper_name="Spatially Adaptive Computation Time"),
     "pg_resnet32": _cfg(paper_ids="arXiv:1511.06297",
                         paper_name="Conditional Computation in Neural Networks for faster models"),
+    "pg_resnet32.fashion_mnist": _cfg(paper_ids="arXiv:1511.06297",
+                                      paper_name="Conditional Computation in Neural Networks for faster models",
+                                      **_fashion_mnist_cfg("pg_resnet32.fashion_mnist")),
     "pg_resnet110": _cfg(paper_ids="arXiv:1511.06297",
                          paper_name="Conditional Computation in Neural Networks for faster models"),
-})
+}))
 
 
 @register_model

@@ -20,9 +20,9 @@ from .config import TrainConfig, add_config_arguments, config_from_args
 from ..fileio import atomic_path, atomic_write_json
 from .io import check_model_folder, folder_model_name, load_model_folder
 from .loop import evaluate_model
-from .tasks import build_task
+from .tasks import ImageClassificationTask, build_task
 
-__all__ = ["evaluate_sample", "evaluate_tradeoff", "main"]
+__all__ = ["evaluate_image_sample", "evaluate_sample", "evaluate_tradeoff", "load_image_sample", "main"]
 
 TRADEOFF_JSON = "tradeoff.json"
 TRADEOFF_PLOT = "tradeoff.png"
@@ -76,6 +76,51 @@ def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Se
                    points[0] if points else full)
     return {"methods": sorted(methods), "threshold": own_threshold, "points": points, "full_depth": full,
             "default": default}
+
+
+def load_image_sample(path: str) -> tuple[Any, Any]:
+    """``images`` ``[N, H, W]`` (grey) or ``[N, H, W, C]`` uint8 and ``labels`` ``[N]`` class ids from a ``.npz``
+    file (read without pickle), e.g. the committed test sample ``tests/data/fashion_mnist_test_first300.npz``."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image sample not found: {path} (a .npz with arrays 'images' and 'labels')")
+    with np.load(path, allow_pickle=False) as data:
+        if not {"images", "labels"} <= set(data.files):
+            raise ValueError(f"image sample {path} must hold arrays 'images' and 'labels', got {sorted(data.files)}")
+        images, labels = data["images"], data["labels"]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or labels.shape != images.shape[:1]:
+        raise ValueError(f"image sample {path}: 'images' must be uint8 [N, H, W] or [N, H, W, C] and 'labels' [N], "
+                         f"got {images.dtype} {images.shape} and {labels.shape}")
+    return images, labels
+
+
+def evaluate_image_sample(model: nn.Module, images: Any, labels: Any) -> Dict[str, Any]:
+    """Accuracy, correct count, FLOPs ratio and mean units per stage of ``model`` at its own rule on a small image
+    sample, preprocessed as a user would: timm's ``resolve_data_config`` + ``create_transform`` (eval) on each
+    ``PIL`` image converted to the model's channels. One batch, so the result does not depend on a batch size.
+
+    Args:
+        images: uint8 ``[N, H, W]`` (grey) or ``[N, H, W, C]`` pixels.
+        labels: ``[N]`` class ids.
+    """
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from ..data.images import collate_images
+
+    data_config = resolve_data_config(model=model)
+    transform = create_transform(**data_config)
+    mode = "RGB" if data_config["input_size"][0] == 3 else "L"
+    rows = [{"pixel_values": transform(Image.fromarray(image).convert(mode)), "labels": int(label)}
+            for image, label in zip(images, labels)]
+    result = evaluate_model(model, DataLoader(rows, batch_size=len(rows), collate_fn=collate_images),
+                            ImageClassificationTask)
+    stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive]
+    threshold = stages[0].method.threshold if stages and stages[0].method.has_threshold else None
+    return {"num_samples": result["num_samples"], "correct": round(result["accuracy"] * result["num_samples"]),
+            "accuracy": result["accuracy"], "flops_ratio": result["flops_ratio"],
+            "mean_units": result["mean_units"], "threshold": threshold}
 
 
 #: threshold labels closer than this (fraction of the axes) to an already placed label are left out
