@@ -127,3 +127,17 @@ def test_acm_objectives_refuse_models_without_acm_modules(tmp_path, reset_accele
         train(load_config(None, dict(COMMON, model="pact_vit_tiny_patch16_224", model_kwargs=dict(VIT, method="none"),
                                      acm_budget=0.5,
                                      output_dir=str(tmp_path / "run"))))
+
+
+def test_acm_vit_recipes_load():
+    from pathlib import Path
+
+    from pact_zoo.training.compare import load_comparison
+    from pact_zoo.training.convert import load_conversion
+
+    folder = Path(__file__).resolve().parents[1] / "hub_configs" / "acm_vit.fashion_mnist"
+    assert load_config(str(folder / "source.yaml")).model == "pact_vit_tiny_patch16_224"
+    phases = load_conversion(str(folder / "convert.yaml")).phases
+    assert [config.objective for _, config in phases] == ["module_distillation", "gate_labels", "task"]
+    assert all(config.teacher == "out/acm_vit.fashion_mnist/source/model" for _, config in phases)
+    assert [e.kind for e in load_comparison(str(folder / "compare.yaml")).entries] == ["model_dir", "convert"]
