@@ -140,4 +140,20 @@ def test_acm_vit_recipes_load():
     phases = load_conversion(str(folder / "convert.yaml")).phases
     assert [config.objective for _, config in phases] == ["module_distillation", "gate_labels", "task"]
     assert all(config.teacher == "out/acm_vit.fashion_mnist/source/model" for _, config in phases)
-    assert [e.kind for e in load_comparison(str(folder / "compare.yaml")).entries] == ["model_dir", "convert"]
+    assert [e.kind for e in load_comparison(str(folder / "compare.yaml")).entries] == ["model_dir", "convert", "model_dir"]
+
+
+def test_a_timm_conversion_resumes_from_model_folders(tmp_path, reset_accelerate):
+    """Phases read model folders as pretrained_file; a resumed conversion's recipe matches the saved one (the task
+    used to write the folder's weights file into the saved recipe, so --resume refused its own run)."""
+    from pact_zoo.training.convert import convert, load_conversion
+
+    source = _source(tmp_path)
+    recipe = dict(COMMON, model="acm_vit_tiny_patch16_224", model_kwargs=dict(VIT, num_learners=2),
+                  source=source, teacher="source", output_dir=str(tmp_path / "converted"),
+                  phases=[dict(name="learners", objective="module_distillation", lr=1e-3)])
+    (tmp_path / "convert.yaml").write_text(json.dumps(recipe))
+    convert(load_conversion(str(tmp_path / "convert.yaml")))
+    saved = json.loads((tmp_path / "converted" / "learners" / "train_config.json").read_text())
+    assert saved["pretrained_file"] == source
+    convert(load_conversion(str(tmp_path / "convert.yaml")), resume=True)  # finished: a no-op, not a refusal

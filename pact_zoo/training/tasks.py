@@ -67,17 +67,20 @@ class ImageClassificationTask:
 
             raise ConfigError(f"unknown model {config.model!r}; pact_zoo models: {', '.join(pact_zoo.list_models())} "
                               f"(any timm model name also works)")
+        #: the checkpoint file of ``pretrained_file`` (a model folder's weights); the config keeps what was written,
+        #: so that a resumed run's recipe still matches the saved one
+        self.pretrained_path: Optional[str] = config.pretrained_file
         if config.pretrained_file is not None:
             import os
 
             from .io import WEIGHTS_FILE, check_safetensors
 
             if os.path.isdir(config.pretrained_file):  # a model folder (a run's model/, a conversion phase's source)
-                config.pretrained_file = os.path.join(config.pretrained_file, WEIGHTS_FILE)
-            if not os.path.isfile(config.pretrained_file):
-                raise FileNotFoundError(f"pretrained_file not found: {config.pretrained_file}")
-            if config.pretrained_file.endswith(".safetensors"):
-                check_safetensors(config.pretrained_file, "pretrained_file ")
+                self.pretrained_path = os.path.join(config.pretrained_file, WEIGHTS_FILE)
+            if not os.path.isfile(self.pretrained_path):
+                raise FileNotFoundError(f"pretrained_file not found: {self.pretrained_path}")
+            if self.pretrained_path.endswith(".safetensors"):
+                check_safetensors(self.pretrained_path, "pretrained_file ")
         self._splits = None
 
     def _load_splits(self):
@@ -97,9 +100,9 @@ class ImageClassificationTask:
         kwargs = dict(self.config.model_kwargs)
         kwargs.setdefault("num_classes", num_classes)
         try:
-            if self.config.pretrained_file:
-                overlay = dict(file=self.config.pretrained_file)
-                folder = Path(self.config.pretrained_file).parent
+            if self.pretrained_path:
+                overlay = dict(file=self.pretrained_path)
+                folder = Path(self.pretrained_path).parent
                 if (folder / "config.json").is_file():  # a model folder: its classifier is kept when the classes match
                     saved_classes = _folder_config(folder).get("num_classes")
                     if saved_classes is not None:
@@ -112,7 +115,7 @@ class ImageClassificationTask:
             raise ConfigError(f"model_kwargs {self.config.model_kwargs}: {self.config.model} rejects them "
                               f"({exc})") from None
         except KeyError as exc:  # a checkpoint whose keys do not match the model (add_halting_heads_filter)
-            raise ConfigError(f"pretrained_file {self.config.pretrained_file}: {exc.args[0] if exc.args else exc}") \
+            raise ConfigError(f"pretrained_file {self.pretrained_path}: {exc.args[0] if exc.args else exc}") \
                 from None
 
     def load_data(self, model: nn.Module) -> TaskData:
