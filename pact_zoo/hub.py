@@ -84,17 +84,30 @@ def _usage(timm_model: bool, folder_name: str, repo_id: Optional[str], threshold
                 f'(or pass backbone=<local folder>) and checks its hash\n{hub}{knob}')
     if timm_model and pretrained_tag:
         return (f'import pact_zoo, timm\nmodel = timm.create_model("{pretrained_tag}", pretrained=True)  '
-                f'# shipped with pact_zoo: offline{knob}')
+                f'# shipped with pact_zoo: offline{knob}{TIMM_PREDICT}')
     if timm_model:
         hub = (f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)  # from the hub' if repo_id else
                f'# after uploading (pact-zoo export ... --push-to-hub <user>/{model_name}):\n'
                f'# model = timm.create_model("hf-hub:<user>/{model_name}", pretrained=True)')
         return (f'import pact_zoo, timm\nmodel = timm.create_model("local-dir:{folder_name}", pretrained=True)  '
-                f'# this folder\n{hub}{knob}')
+                f'# this folder (its path from where you run, or an absolute path)\n{hub}{knob}{TIMM_PREDICT}')
     source = repo_id or folder_name
-    return ('import pact_zoo\nfrom transformers import AutoModelForSequenceClassification\n'
+    return ('import pact_zoo\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n'
             f'model = AutoModelForSequenceClassification.from_pretrained("{source}")  '
-            f'# {"the hub repo" if repo_id else "this folder, or its hub repo once uploaded"}{knob}')
+            f'# {"the hub repo" if repo_id else "this folder (its path from where you run), or its hub repo"}'
+            f'{knob}\ntokenizer = AutoTokenizer.from_pretrained("{source}")  # saved with the model\n'
+            'logits = model(**tokenizer(["an unexpectedly moving film"], return_tensors="pt")).logits\n'
+            'print(model.config.id2label[int(logits.argmax())])  # the class names of the training data')
+
+
+#: what a timm card's usage adds after the load: the preprocessing the model was trained with, and the class names
+TIMM_PREDICT = (
+    "\n\nfrom PIL import Image\n"
+    "config = timm.data.resolve_data_config(model=model)  # input size, mean / std the model was trained with\n"
+    "transform = timm.data.create_transform(**config)\n"
+    'logits = model.eval()(transform(Image.open("image.png").convert("RGB")).unsqueeze(0))\n'
+    'names = model.pretrained_cfg.get("label_names")  # the class names of the training data, when it had them\n'
+    "print(names[int(logits.argmax())] if names else int(logits.argmax()))")
 
 
 def _image_sample_section(card: Dict[str, Any], sample_eval: Optional[Dict[str, Any]]) -> list[str]:

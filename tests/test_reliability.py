@@ -203,6 +203,16 @@ def test_export_card_modes_and_offline_push(run, tmp_path, capsys, monkeypatch):
     final = json.loads((folder / "final_metrics.json").read_text())
     assert ModelCard.load(hub / "README.md").data.to_dict()["full_depth_flops"] == final["full_flops"] \
         == result["full_depth"]["mean_flops"]
+    # the card's usage runs as written, from the folder that holds the export: load, preprocess, class name
+    from PIL import Image
+
+    usage = card.split("## Usage")[1].split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    Image.new("L", (8, 8), 128).save(tmp_path / "image.png")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(compile(usage, "card usage", "exec"), {})
+    assert printed.getvalue().strip() in {str(i) for i in range(10)} | set(
+        json.loads((hub / "config.json").read_text()).get("label_names", []))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(ConnectionError, match="--push-to-hub me/x: HF_HUB_OFFLINE.*hub.*folder"):
         push_to_hub(hub, "me/x")
