@@ -425,3 +425,17 @@ def test_two_process_cpu_fine_tune(tmp_path, launch_env):
     assert {"tokenizer.json", "config.json", "model.safetensors"} <= set(os.listdir(out / "model"))
     reloaded = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert reloaded.config.halting_method == "policy_gradient"
+
+
+def test_synthetic_heads_from_token_inputs_spread_depth():
+    """synthesize_halting places the heads on given model inputs (a token model) instead of generated images."""
+    from pact_zoo.halting import synthesize_halting
+
+    model = adaptive("bert", "pact")
+    ids, mask = padded_batch(lengths=(7, 3, 5, 1, 7, 2) * 4, seed=1)
+    synthesize_halting(model, seed=0, input_shape=None, inputs={"input_ids": ids, "attention_mask": mask})
+    with torch.no_grad():
+        layers = model(input_ids=ids, attention_mask=mask).layers_executed
+    assert len(set(layers.tolist())) == LAYERS, "every depth 1..L should occur"
+    with pytest.raises(ValueError, match="exactly one of input_shape"):
+        synthesize_halting(model, seed=0, input_shape=(4,), inputs={"input_ids": ids})
