@@ -27,18 +27,9 @@ from pact_zoo.fileio import atomic_write_json
 from pact_zoo.halting import FlopsTally, synthesize_halting
 from pact_zoo.hf import PactEncoderForSequenceClassification
 
-from encoder_experiment import plain_hf_twin  # scripts/ (this file's folder) is on sys.path
+from encoder_experiment import _batches, _inputs, plain_hf_twin  # scripts/ (this file's folder) is on sys.path
 
 CONFIGS = ("trimmed", "untrimmed", "full_depth", "hf_bert")
-
-
-def _batches(rows, collate, batch_size):
-    return [collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-            for start in range(0, len(rows), batch_size)]
-
-
-def _inputs(batch):
-    return {k: v for k, v in batch.items() if k != "labels"}
 
 
 @torch.inference_mode()
@@ -128,7 +119,8 @@ def main() -> None:
             times = time_round_robin(runs, args.warmup, args.repeats, contexts=contexts, clock=clock)
         medians = {name: statistics.median(values) for name, values in times.items()}
         flops = results["flops"]["flops_ratio"]
-        entry = {"threads": count, "times_s": times, "load_average_before": before, "load_average_after": load_average(),
+        entry = {"threads": count, "times_s": times, "load_average_before": before,
+                 "load_average_after": load_average(),
                  "ms_per_review": {n: 1e3 * t / len(timing_rows) for n, t in medians.items()},
                  "time_ratio": {n: medians[n] / medians["full_depth"] for n in medians},
                  "efficiency": {n: medians[n] / medians["full_depth"] / flops for n in ("trimmed", "untrimmed")},
@@ -136,8 +128,8 @@ def main() -> None:
         results["clocks"][clock] = entry
         print(clock, count, "threads:", {n: round(v, 3) for n, v in entry["ms_per_review"].items()},
               "efficiency", {n: round(v, 3) for n, v in entry["efficiency"].items()},
-              "trimmed/hf", round(entry["trimmed_vs_hf_bert"], 3), "load", before[0], "->", entry["load_average_after"][0],
-              flush=True)
+              "trimmed/hf", round(entry["trimmed_vs_hf_bert"], 3), "load", before[0], "->",
+              entry["load_average_after"][0], flush=True)
     results["platform"]["load_average_end"] = load_average()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -321,9 +321,9 @@ def test_cli_both_clocks_with_their_threads_and_load(tmp_path, capsys):
     """--clock both (the default): wall time at the given threads, then process CPU time at one thread, each with its
     medians, ratios against full depth and the 1-minute load before and after, in the JSON and the printed table."""
     out = tmp_path / "bench.json"
-    rc = benchmark.main(TINY_ARGS + ["--threads", "2", "--repeats", "2", "--threshold", "0.5", "--synthetic-halting", "0",
-                                "--batch-sizes", "1,2", "--modes", "adaptive,full", "--no-memory", "--no-training",
-                                "--output", str(out)])
+    rc = benchmark.main(TINY_ARGS + ["--threads", "2", "--repeats", "2", "--threshold", "0.5",
+                                     "--synthetic-halting", "0", "--batch-sizes", "1,2", "--modes", "adaptive,full",
+                                     "--no-memory", "--no-training", "--output", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["clock"] == "both"

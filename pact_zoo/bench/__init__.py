@@ -76,13 +76,13 @@ from .train_step import (
 
 __all__ = [
     "allocator_peak_bytes", "benchmark_eval", "benchmark_training", "BOTH_CLOCKS", "build_parser",
-    "build_training_networks", "clock_settings", "CLOCK_CHOICES", "CLOCKS", "copy_weights", "create_model", "DEFAULT_EVAL_MODES", "DEFAULT_OUTPUT_DIR", "DEFAULT_SEQ_LEN",
-    "DEFAULT_TRAIN_NETWORKS", "default_output_path", "describe", "EFFICIENCY_TARGETS", "EVAL_HEADER", "EVAL_MODES",
-    "executed_flops", "execution", "format_clock_row", "format_eval_row", "format_profile", "format_report", "format_training",
-    "halting_stages", "head_methods", "HF_PREFIX", "INPUT_KINDS", "input_shape_of", "InputSpec", "load_average",
-    "machine_info", "main", "main_output", "make_batches", "measure_memory", "medians", "MEMORY_PROBE_ENV",
-    "memory_networks", "memory_probe", "parse_buckets", "plain_method", "profile_eval", "resolve_inputs",
-    "run_model", "SAMPLED_HEAD_WEIGHT_SCALE", "set_compaction_costs", "set_synthetic_heads", "Stopwatch",
-    "threads", "time_round_robin", "train_networks", "TRAIN_STEP_TARGET", "twin_kwargs", "TWIN_VARIANTS", "twins",
-    "write_json_atomic",
+    "build_training_networks", "clock_settings", "CLOCK_CHOICES", "CLOCKS", "copy_weights", "create_model",
+    "DEFAULT_EVAL_MODES", "DEFAULT_OUTPUT_DIR", "DEFAULT_SEQ_LEN", "DEFAULT_TRAIN_NETWORKS", "default_output_path",
+    "describe", "EFFICIENCY_TARGETS", "EVAL_HEADER", "EVAL_MODES", "executed_flops", "execution", "format_clock_row",
+    "format_eval_row", "format_profile", "format_report", "format_training", "halting_stages", "head_methods",
+    "HF_PREFIX", "INPUT_KINDS", "input_shape_of", "InputSpec", "load_average", "machine_info", "main", "main_output",
+    "make_batches", "measure_memory", "medians", "MEMORY_PROBE_ENV", "memory_networks", "memory_probe",
+    "parse_buckets", "plain_method", "profile_eval", "resolve_inputs", "run_model", "SAMPLED_HEAD_WEIGHT_SCALE",
+    "set_compaction_costs", "set_synthetic_heads", "Stopwatch", "threads", "time_round_robin", "train_networks",
+    "TRAIN_STEP_TARGET", "twin_kwargs", "TWIN_VARIANTS", "twins", "write_json_atomic",
 ]
