@@ -315,3 +315,29 @@ def test_compared_networks_come_from_the_method_registry():
     assert set(heads) | {"model", "plain", "pg", "pg_batch_mean"} == set(bench.train_networks())
     assert set(heads) | {"plain"} == set(bench.memory_networks())
     assert set(benchmark.DEFAULT_TRAIN_NETWORKS) <= set(benchmark.TRAIN_NETWORKS)
+
+
+def test_cli_both_clocks_with_their_threads_and_load(tmp_path, capsys):
+    """--clock both (the default): wall time at the given threads, then process CPU time at one thread, each with its
+    medians, ratios against full depth and the 1-minute load before and after, in the JSON and the printed table."""
+    out = tmp_path / "bench.json"
+    rc = benchmark.main(TINY_ARGS + ["--threads", "2", "--repeats", "2", "--threshold", "0.5",
+                                     "--synthetic-halting", "0", "--batch-sizes", "1,2", "--modes", "adaptive,full",
+                                     "--no-memory", "--no-training", "--output", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["clock"] == "both"
+    assert result["clocks"] == [{"clock": "wall", "threads": 2}, {"clock": "process", "threads": 1}]
+    for record in result["eval"]:
+        assert list(record["clocks"]) == ["wall", "process"]
+        wall, process = record["clocks"]["wall"], record["clocks"]["process"]
+        assert (wall["threads"], process["threads"]) == (2, 1) and record["threads"] == 2
+        assert record["median_s"] == wall["median_s"] and record["efficiency"] == wall["efficiency"]
+        for timing in (wall, process):
+            assert set(timing["median_s"]) == {"adaptive", "full"} and len(timing["times_s"]["full"]) == 2
+            assert timing["efficiency"] == pytest.approx(timing["median_s"]["adaptive"] / timing["median_s"]["full"]
+                                                         / record["flops_ratio"])
+            assert len(timing["load_average_before"]) == 3 and len(timing["load_average_after"]) == 3
+    assert torch.get_num_threads() == 2  # the run's thread count is restored after the one-thread timing
+    printed = capsys.readouterr().out
+    assert "process CPU time, 1 thread" in printed and "wall time, 2 threads" in printed and "load" in printed

@@ -198,3 +198,114 @@ def test_cuda_graphs_equal_eager():
             assert torch.equal(stage.record.units_executed, units)
         set_execution(stage, "masked")
         torch.testing.assert_close(stage(x, context), expected, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The lone-row loop: a batch of one, and the last row left of a batch, run without split, gather or count
+WIDTH, NUM_UNITS, SHARP = 5, 6, 40.0
+
+
+class CountingUnit(nn.Module):
+    """Adds 1 to feature 0 (the units run so far) and a nonlinear update to features 2.. (the output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step = torch.zeros(WIDTH)
+        step[0] = 1.0
+        update = torch.tanh(self.fc(x))
+        update = torch.cat([torch.zeros_like(update[:, :2]), update[:, 2:]], dim=1)
+        return x + step + update
+
+
+def depth_stage(method: str) -> AdaptiveStage:
+    """Heads whose logit is SHARP * (units run - target + 1/2), the target depth being feature 1 of the input: under
+    every head method (threshold rule, ACT's accumulated probability) a row stops after exactly its target units."""
+    from pact_zoo.halting import VectorHaltingHead
+
+    torch.manual_seed(0)
+    heads = [VectorHaltingHead(WIDTH) for _ in range(NUM_UNITS - 1)]
+    with torch.no_grad():
+        for head in heads:
+            head.fc.weight.zero_()
+            head.fc.weight[0, 0], head.fc.weight[0, 1] = SHARP, -SHARP
+            head.fc.bias.fill_(SHARP / 2)
+    return AdaptiveStage([CountingUnit() for _ in range(NUM_UNITS)], heads, method=method).eval()
+
+
+def _head_methods() -> list[str]:
+    from pact_zoo.halting import HALTING_METHODS
+
+    return [name for name, cls in HALTING_METHODS.items() if cls.uses_heads and not cls.reads_exits]
+
+
+@pytest.mark.parametrize("method", _head_methods())
+@pytest.mark.parametrize("targets", [[3], [6], [1, 4], [1, 2, 6, 2, 1, 4]],
+                         ids=["alone-stops-early", "alone-to-the-end", "last-row-stops-early", "last-row-to-the-end"])
+def test_lone_row_loop_equals_masked(method, targets):
+    """Outputs, units and costs of the lone-row loop (a batch of one, and the last row left of a batch, which the
+    targets make run several units alone) equal the masked path's."""
+    stage = depth_stage(method)
+    x = torch.randn(len(targets), WIDTH)
+    x[:, 0] = 0.0
+    x[:, 1] = torch.tensor(targets, dtype=torch.float32)
+    with torch.inference_mode():
+        compact = stage(x)
+        record = stage.record
+        stage.execution = "masked"
+        masked = stage(x)
+    assert record.units_executed.tolist() == targets
+    assert torch.equal(record.units_executed, stage.record.units_executed)
+    torch.testing.assert_close(compact, masked, atol=1e-5, rtol=0)
+    torch.testing.assert_close(record.cost, stage.record.cost, atol=1e-5, rtol=0)
+
+
+def test_lone_row_threshold_rule_compares_as_the_tensor_rule():
+    """lone_row_threshold is the threshold rounded as the float32 comparison rounds it: a logit equal to
+    float32(logit(t)) stops under both rules, whatever the rounding direction."""
+    from pact_zoo.halting import HALTING_METHODS
+    from pact_zoo.halting.pact import greedy_stop
+
+    for name, cls in HALTING_METHODS.items():
+        method = cls()
+        if method.lone_row_threshold("greedy") is None:
+            continue
+        for threshold in (0.3, 0.5, 0.7, 0.99, 1.0):
+            method.set_knob("threshold", threshold)
+            limit = method.lone_row_threshold("greedy")
+            below = torch.nextafter(torch.tensor([limit]), torch.tensor([-float("inf")]))
+            for value in (torch.tensor([limit]), below):
+                assert bool(greedy_stop(value, threshold)) == (value.item() >= limit), (name, threshold)
+        assert method.lone_row_threshold("sample") is None, name
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_eval_head_rejects_non_finite_logits(rows):
+    head = random_head()
+    with torch.no_grad():
+        head.fc.bias.fill_(float("nan"))
+    with torch.no_grad(), pytest.raises(ValueError, match="NaN or inf"):
+        head(torch.randn(rows, CHS, 3, 3))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def test_padding_trim_cuts_to_the_used_span_and_restores():
+    from pact_zoo.halting.compaction import PaddingTrim
+
+    mask = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0]])  # columns 1..3 used
+    state = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    trim = PaddingTrim(6)
+    cut, cut_mask = trim.trim(state, mask)
+    assert (trim.start, trim.stop) == (1, 4)
+    assert torch.equal(cut, state[:, 1:4]) and torch.equal(cut_mask, mask[:, 1:4])
+    restored = trim.restore(cut)
+    assert torch.equal(restored[:, 1:4], state[:, 1:4]) and not restored[:, [0, 4, 5]].any()
+    cut, cut_mask = trim.trim(cut[1:], cut_mask[1:])  # a later compaction narrows the span further
+    assert (trim.start, trim.stop) == (2, 4) and torch.equal(cut, state[1:, 2:4])
+    full = PaddingTrim(6)
+    same_state, same_mask = full.trim(state, torch.ones(2, 6, dtype=torch.long))
+    assert same_state is state and full.restore(same_state) is state
+    with pytest.raises(ValueError, match="mask"):
+        PaddingTrim(6).trim(state, mask[:, :5])

@@ -164,6 +164,82 @@ def test_token_classification_compact_equals_masked_and_trains():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def _left_padded(ids, mask):
+    """The rows of a right-padded batch moved to the right end (left padding)."""
+    lengths = mask.sum(1)
+    width = mask.shape[1]
+    ids_left, mask_left = torch.zeros_like(ids), torch.zeros_like(mask)
+    for i, n in enumerate(lengths.tolist()):
+        ids_left[i, width - n:], mask_left[i, width - n:] = ids[i, :n], 1
+    return ids_left, mask_left
+
+
+def length_heads(model, min_lengths=(5, 3)):
+    """Halting heads that stop, after layer n + 1, the rows with at least ``min_lengths[n]`` real tokens (logits
+    +-20): the long rows leave first, so every compacted sub-batch is shorter than the one before."""
+    for head, limit in zip(model.base_model.stage.heads, min_lengths):
+        head.forward = lambda x, mask=None, limit=limit: (mask.sum(1) >= limit).float() * 40.0 - 20.0
+    return model.eval()
+
+
+def _unit_lengths(model):
+    """Sequence lengths the encoder layers see (forward pre-hooks on the stage's units)."""
+    seen, hooks = [], []
+    for unit in model.base_model.stage.units:
+        hooks.append(unit.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1])))
+    return seen, hooks
+
+
+@pytest.mark.parametrize("padding, pooling", [("right", "cls"), ("right", "mean"), ("right", "max"),
+                                              ("left", "mean"), ("left", "max")])
+@pytest.mark.parametrize("method", ["pact", "act"])
+def test_trimmed_sub_batches_equal_untrimmed_and_masked(padding, pooling, method):
+    """Every compacted sub-batch cut to its own longest row (and its mask with it) gives the logits, depths and
+    real-position states of the untrimmed sub-batches and of the masked path; a padded batch of one is cut too."""
+    model = length_heads(adaptive("bert", method, pooling=pooling))
+    ids, mask = padded_batch(lengths=(7, 3, 5, 1, 7, 2, 2))
+    if padding == "left":
+        ids, mask = _left_padded(ids, mask)
+    stage = model.base_model.stage
+    assert stage.trim_padding, "the encoder family trims by default"
+    results = {}
+    with torch.inference_mode():
+        for name in ("trimmed", "untrimmed", "masked"):
+            stage.trim_padding = name == "trimmed"
+            pact_zoo.set_execution(model, "masked" if name == "masked" else "compact")
+            seen, hooks = _unit_lengths(model)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            for hook in hooks:
+                hook.remove()
+            results[name] = (logits, hidden, stage.record.units_executed.clone(), min(seen))
+            alone = model(input_ids=ids[3:4], attention_mask=mask[3:4]).logits  # one token, padded to 7
+            results[name] += (alone, stage.record.units_executed.clone())
+    trimmed = results["trimmed"]
+    assert trimmed[2].tolist() == [1, 2, 1, 3, 1, 3, 3] and trimmed[5].tolist() == [3]
+    assert trimmed[3] == 2 and results["untrimmed"][3] == ids.shape[1], "the last layer runs on 2 positions"
+    real = mask.bool()
+    for name in ("untrimmed", "masked"):
+        other = results[name]
+        torch.testing.assert_close(trimmed[0], other[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(trimmed[1][real], other[1][real], rtol=0, atol=1e-5)
+        assert torch.equal(trimmed[2], other[2]) and torch.equal(trimmed[5], other[5])
+        torch.testing.assert_close(trimmed[4], other[4], rtol=0, atol=1e-5)
+    if method == "pact" and padding == "right":  # the one-token row ended in a 2-position sub-batch
+        assert not trimmed[1][3, 2:].any() and results["untrimmed"][1][3, 2:].abs().sum() > 0
+
+
+def test_token_classification_trimmed_equals_untrimmed():
+    model = length_heads(adaptive("bert", "pact", cls=PactEncoderForTokenClassification))
+    ids, mask = padded_batch()
+    stage = model.base_model.stage
+    with torch.inference_mode():
+        trimmed = model(input_ids=ids, attention_mask=mask).logits
+        stage.trim_padding = False
+        untrimmed = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(trimmed[mask.bool()], untrimmed[mask.bool()], rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["bert", "distilbert"])
 def test_flops_per_sample_count_attention_and_real_length(kind):
@@ -350,3 +426,17 @@ def test_two_process_cpu_fine_tune(tmp_path, launch_env):
     assert {"tokenizer.json", "config.json", "model.safetensors"} <= set(os.listdir(out / "model"))
     reloaded = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert reloaded.config.halting_method == "policy_gradient"
+
+
+def test_synthetic_heads_from_token_inputs_spread_depth():
+    """synthesize_halting places the heads on given model inputs (a token model) instead of generated images."""
+    from pact_zoo.halting import synthesize_halting
+
+    model = adaptive("bert", "pact")
+    ids, mask = padded_batch(lengths=(7, 3, 5, 1, 7, 2) * 4, seed=1)
+    synthesize_halting(model, seed=0, input_shape=None, inputs={"input_ids": ids, "attention_mask": mask})
+    with torch.no_grad():
+        layers = model(input_ids=ids, attention_mask=mask).layers_executed
+    assert len(set(layers.tolist())) == LAYERS, "every depth 1..L should occur"
+    with pytest.raises(ValueError, match="exactly one of input_shape"):
+        synthesize_halting(model, seed=0, input_shape=(4,), inputs={"input_ids": ids})

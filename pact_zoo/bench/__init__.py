@@ -64,21 +64,25 @@ from .networks import (
     HF_PREFIX, SAMPLED_HEAD_WEIGHT_SCALE, TWIN_VARIANTS, copy_weights, create_model, describe, halting_stages,
     head_methods, plain_method, set_synthetic_heads, twin_kwargs, twins,
 )
-from .report import EVAL_HEADER, format_eval_row, format_profile, format_report, format_training, write_json_atomic
-from .timing import CLOCKS, Stopwatch, medians, time_round_robin
+from .report import (
+    EVAL_HEADER, format_clock_row, format_eval_row, format_profile, format_report, format_training, write_json_atomic,
+)
+from .timing import (
+    BOTH_CLOCKS, CLOCK_CHOICES, CLOCKS, Stopwatch, clock_settings, medians, threads, time_round_robin,
+)
 from .train_step import (
     DEFAULT_TRAIN_NETWORKS, TRAIN_STEP_TARGET, benchmark_training, build_training_networks, train_networks,
 )
 
 __all__ = [
-    "allocator_peak_bytes", "benchmark_eval", "benchmark_training", "build_parser", "build_training_networks",
-    "CLOCKS", "copy_weights", "create_model", "DEFAULT_EVAL_MODES", "DEFAULT_OUTPUT_DIR", "DEFAULT_SEQ_LEN",
-    "DEFAULT_TRAIN_NETWORKS", "default_output_path", "describe", "EFFICIENCY_TARGETS", "EVAL_HEADER", "EVAL_MODES",
-    "executed_flops", "execution", "format_eval_row", "format_profile", "format_report", "format_training",
-    "halting_stages", "head_methods", "HF_PREFIX", "INPUT_KINDS", "input_shape_of", "InputSpec", "load_average",
-    "machine_info", "main", "main_output", "make_batches", "measure_memory", "medians", "MEMORY_PROBE_ENV",
-    "memory_networks", "memory_probe", "parse_buckets", "plain_method", "profile_eval", "resolve_inputs",
-    "run_model", "SAMPLED_HEAD_WEIGHT_SCALE", "set_compaction_costs", "set_synthetic_heads", "Stopwatch",
-    "time_round_robin", "train_networks", "TRAIN_STEP_TARGET", "twin_kwargs", "TWIN_VARIANTS", "twins",
-    "write_json_atomic",
+    "allocator_peak_bytes", "benchmark_eval", "benchmark_training", "BOTH_CLOCKS", "build_parser",
+    "build_training_networks", "clock_settings", "CLOCK_CHOICES", "CLOCKS", "copy_weights", "create_model",
+    "DEFAULT_EVAL_MODES", "DEFAULT_OUTPUT_DIR", "DEFAULT_SEQ_LEN", "DEFAULT_TRAIN_NETWORKS", "default_output_path",
+    "describe", "EFFICIENCY_TARGETS", "EVAL_HEADER", "EVAL_MODES", "executed_flops", "execution", "format_clock_row",
+    "format_eval_row", "format_profile", "format_report", "format_training", "halting_stages", "head_methods",
+    "HF_PREFIX", "INPUT_KINDS", "input_shape_of", "InputSpec", "load_average", "machine_info", "main", "main_output",
+    "make_batches", "measure_memory", "medians", "MEMORY_PROBE_ENV", "memory_networks", "memory_probe",
+    "parse_buckets", "plain_method", "profile_eval", "resolve_inputs", "run_model", "SAMPLED_HEAD_WEIGHT_SCALE",
+    "set_compaction_costs", "set_synthetic_heads", "Stopwatch", "threads", "time_round_robin", "train_networks",
+    "TRAIN_STEP_TARGET", "twin_kwargs", "TWIN_VARIANTS", "twins", "write_json_atomic",
 ]

@@ -20,7 +20,7 @@ from .machine import load_average, machine_info
 from .memory import measure_memory, memory_specs
 from .networks import HF_PREFIX, create_model, halting_stages, head_methods, plain_network, set_synthetic_heads
 from .report import EVAL_HEADER, clock_name, format_profile, format_report, write_json_atomic
-from .timing import CLOCKS
+from .timing import BOTH_CLOCKS, CLOCK_CHOICES, clock_settings
 from .train_step import DEFAULT_TRAIN_NETWORKS, benchmark_training, build_training_networks, train_networks
 
 __all__ = ["main", "build_parser", "parse_buckets", "default_output_path", "memory_networks", "DEFAULT_OUTPUT_DIR"]
@@ -140,9 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "for powers of two to 64, then multiples of 64); none by default")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="with --buckets on a CUDA device: replay one CUDA graph per (unit, bucket)")
-    parser.add_argument("--clock", default="wall", choices=CLOCKS,
-                        help="wall time, or this process's CPU time (CPU only; robust to a loaded machine with "
-                             "--threads 1)")
+    parser.add_argument("--clock", default=BOTH_CLOCKS, choices=CLOCK_CHOICES,
+                        help="both (default): the eval modes timed with wall time at --threads (or the default "
+                             "threads), then with this process's CPU time at 1 thread (robust to a loaded machine), "
+                             "each with the load average before and after; wall or process: that clock only, at "
+                             "--threads (the training step uses wall time under both; a CUDA device: wall)")
     parser.add_argument("--compaction-cost", default=None, type=_positive_int, metavar="BATCH",
                         help="measure each stage's compaction cost model at this batch size (units on 1 and BATCH "
                              "rows, gathers) and compact only when it pays; default: compact at every halt")
@@ -193,12 +195,15 @@ def _check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available")
-    if device.type == "cuda" and args.clock != "wall":
+    if device.type == "cuda" and args.clock == "process":
         raise ValueError("--clock process is for CPU runs (a CUDA device is timed with CUDA events)")
     buckets = parse_buckets(args.buckets)
     if args.cuda_graphs and (buckets is None or device.type != "cuda"):
         raise ValueError("--cuda-graphs needs --buckets and --device cuda")
-    return dict(checked, device=device, buckets=buckets)
+    # the eval clock(s), and the one clock of the training step: both -> wall time (a CUDA device: CUDA events only)
+    eval_clock = "wall" if device.type == "cuda" and args.clock == BOTH_CLOCKS else args.clock
+    return dict(checked, device=device, buckets=buckets, eval_clock=eval_clock,
+                step_clock="wall" if args.clock == BOTH_CLOCKS else args.clock)
 
 
 def _calibrate(model: nn.Module, inputs, args: argparse.Namespace) -> Optional[dict]:
@@ -267,7 +272,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "model": args.model, "model_kwargs": kwargs, "method": method.name, "knobs": method.knob_values(),
         "threshold": threshold, "synthetic_halting": args.synthetic_halting, "calibration": calibration,
         "input_shape": list(shape), "inputs": inputs.kind, "channels_last": args.channels_last,
-        "device": str(device), "threads": threads, "clock": args.clock,
+        "device": str(device), "threads": threads, "clock": checked["eval_clock"],
+        "clocks": [{"clock": name, "threads": count}
+                   for name, count in clock_settings(checked["eval_clock"], threads)],
         "buckets": None if buckets is None else list(buckets), "cuda_graphs": args.cuda_graphs,
         "compaction_costs": compaction_costs,
         "warmup": args.warmup, "repeats": args.repeats, "plain_model": args.plain_model,
@@ -276,15 +283,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_report(result))
 
     if not args.no_eval:
-        print(f"\neval {clock_name(args.clock)} (median of repeats; efficiency = time ratio / FLOPs ratio)\n"
-              + EVAL_HEADER)
+        print(f"\neval {clock_name(checked['eval_clock'])} (median of repeats; efficiency = time ratio / FLOPs "
+              f"ratio)\n" + EVAL_HEADER)
         plain = None
         if "plain" in checked["modes"]:
             plain = plain_network(model, args.model, kwargs, args.plain_model, args.seed, args.device)
             plain = plain.to(memory_format=torch.channels_last) if args.channels_last else plain
         result["eval"] = benchmark_eval(model, inputs, args.batch_sizes, args.warmup, args.repeats,
                                         args.min_samples, args.seed, args.channels_last, checked["modes"],
-                                        plain=plain, device=args.device, clock=args.clock)
+                                        plain=plain, device=args.device, clock=checked["eval_clock"])
         del plain
     if args.profile_batch_size is not None:
         result["profile"] = profile_eval(model, inputs, args.profile_batch_size, args.seed, args.device)
@@ -309,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                            args.channels_last)
         result["training"] = benchmark_training(networks, inputs, args.train_batch_size, args.train_warmup,
                                                 args.train_repeats, args.seed, args.channels_last, args.device,
-                                                clock=args.clock)
+                                                clock=checked["step_clock"])
         del networks
     result["platform"]["load_average_end"] = load_average()
     print("\n" + format_report(result))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from ..fileio import atomic_write_json
 
-__all__ = ["EVAL_HEADER", "format_eval_row", "format_training", "format_profile", "format_report", "clock_name",
-           "write_json_atomic"]
+__all__ = ["EVAL_HEADER", "format_eval_row", "format_clock_row", "format_training", "format_profile", "format_report",
+           "clock_name", "write_json_atomic"]
 
 
 def format_eval_row(record: dict) -> str:
@@ -22,6 +22,22 @@ def format_eval_row(record: dict) -> str:
             f"{'' if target is None else f'<= {target:.2f}':>8} {verdict:<6}"
             + ("" if plain is None else f" plain {plain:.3f} ms/smp, eff vs plain "
                                         f"{record.get('efficiency_vs_plain', float('nan')):.3f}"))
+
+
+def _load(values) -> str:
+    return "n/a" if not values else f"{values[0]:.2f}"
+
+
+def format_clock_row(timing: dict) -> str:
+    """One timing of a batch size (a clock at a thread count): ms per sample, efficiency and the 1-minute load."""
+    med = timing["median_ms_per_sample"]
+    times = ", ".join(f"{mode} {ms:.3f}" for mode, ms in med.items())
+    eff, vs_plain = timing.get("efficiency"), timing.get("efficiency_vs_plain")
+    return (f"{timing['batch_size']:>6} {clock_name(timing['clock'])}, {timing['threads']} thread"
+            f"{'' if timing['threads'] == 1 else 's'}: {times} ms/sample; efficiency "
+            f"{'-' if eff is None else f'{eff:.3f}'}"
+            + ("" if vs_plain is None else f" (vs plain {vs_plain:.3f})")
+            + f"; load {_load(timing['load_average_before'])} -> {_load(timing['load_average_after'])}")
 
 
 EVAL_HEADER = (f"{'batch':>6} {'adaptive':>11} {'full':>9} {'masked':>10} {'FLOPs':>7} {'time':>7} "
@@ -58,7 +74,8 @@ def format_profile(profile: dict) -> str:
 
 
 def clock_name(clock: str) -> str:
-    return "wall time" if clock == "wall" else "process CPU time"
+    names = {"wall": "wall time", "process": "process CPU time", "both": "wall time (then process CPU time, 1 thread)"}
+    return names.get(clock, clock)
 
 
 def _format_memory(result: dict) -> list[str]:
@@ -94,6 +111,8 @@ def format_report(result: dict) -> str:
         lines += ["", f"eval {clock_name(result.get('clock', 'wall'))} (median of repeats; efficiency = time ratio / "
                       "FLOPs ratio)", EVAL_HEADER]
         lines += [format_eval_row(r) for r in result["eval"]]
+        lines += ["", "every clock (median of interleaved repeats; 1-minute load average before -> after)"]
+        lines += [format_clock_row(timing) for r in result["eval"] for timing in r.get("clocks", {}).values()]
         lines += [f"batch {r['batch_size']}: units run {r['units_fraction']:.3f}, "
                   f"{r['distinct_depth_patterns']} distinct depth patterns"
                   + ("" if "time_vs_plain" not in r else

@@ -6,13 +6,40 @@ import contextlib
 import gc
 import statistics
 import time
-from typing import Any, Callable, ContextManager, Mapping, Optional
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional
 
 import torch
 
-__all__ = ["CLOCKS", "Stopwatch", "synchronize", "time_round_robin", "medians"]
+__all__ = ["CLOCKS", "CLOCK_CHOICES", "BOTH_CLOCKS", "Stopwatch", "clock_settings", "synchronize", "threads",
+           "time_round_robin", "medians"]
 
 CLOCKS = ("wall", "process")
+#: ``--clock``: one of :data:`CLOCKS`, or ``"both"``: wall time with the default threads and process CPU time with one.
+BOTH_CLOCKS = "both"
+CLOCK_CHOICES = CLOCKS + (BOTH_CLOCKS,)
+#: Threads of the process-clock timing of ``"both"``: one thread is not charged for the time other jobs hold the core.
+PROCESS_CLOCK_THREADS = 1
+
+
+def clock_settings(clock: str, default_threads: int) -> list[tuple[str, int]]:
+    """``(clock, threads)`` of each timing a ``--clock`` value asks for: ``"both"`` gives wall time with
+    ``default_threads`` and process CPU time with :data:`PROCESS_CLOCK_THREADS`, the first being the primary one."""
+    if clock == BOTH_CLOCKS:
+        return [("wall", default_threads), ("process", PROCESS_CLOCK_THREADS)]
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCK_CHOICES}, got {clock!r}")
+    return [(clock, default_threads)]
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """``torch.set_num_threads(count)`` for the duration of the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def synchronize(device: torch.device) -> None:

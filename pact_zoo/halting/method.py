@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Optional
 
+import numpy
 import torch
 from torch import nn
 
 __all__ = [
     "HALTING_METHODS", "HaltingMethod", "HaltingRecord", "Knob", "Mixture", "OVER_TIME_TERMS", "StopDecision",
     "get_halting_method", "register_halting_method", "check_number", "check_choice", "check_threshold",
-    "logit_threshold",
+    "logit_threshold", "float32",
 ]
 
 
@@ -70,6 +71,12 @@ def logit_threshold(threshold: float) -> float:
     if threshold >= 1.0:
         return math.inf
     return math.log(threshold) - math.log1p(-threshold)
+
+
+def float32(value: float) -> float:
+    """``value`` rounded to float32, as a comparison of a float32 tensor with the Python number ``value`` rounds it
+    (``logits >= value`` compares ``logits >= float32(value)``)."""
+    return float(numpy.float32(value))
 
 
 @dataclass(frozen=True)
@@ -401,6 +408,13 @@ class HaltingMethod:
         halting logits. May replace entries of ``carry`` (``[A]`` tensors) and append batch-level statistics to
         ``log`` (read back by :meth:`terms`)."""
         raise NotImplementedError
+
+    def lone_row_threshold(self, mode: str) -> Optional[float]:
+        """The halting logit at and above which a row stops, for a rule that in ``mode`` is exactly ``stop = logits
+        >= c`` on the float32 logits with no carry (PACT and policy gradient in ``"greedy"`` mode): c, already rounded
+        as the tensor comparison rounds it (:func:`float32`). The stage then decides a lone running row with one
+        Python comparison instead of tensor operators. None (the default): the stage calls :meth:`decide`."""
+        return None
 
     def last_weight(self, carry: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
         """Accumulating methods: ``[A]`` weight of the last unit's state for the rows that reach it."""

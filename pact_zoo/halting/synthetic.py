@@ -5,7 +5,7 @@ without training set the heads with :func:`synthesize_halting` - the one definit
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -54,9 +54,9 @@ def calibrate_batchnorm(model: nn.Module, input_shape: Sequence[int], seed: int,
 
 
 @torch.no_grad()
-def synthesize_halting(model: nn.Module, seed: int, input_shape: Sequence[int],
+def synthesize_halting(model: nn.Module, seed: int, input_shape: Optional[Sequence[int]],
                        num_samples: int = DEFAULT_NUM_SAMPLES, weight_scale: float = DEFAULT_WEIGHT_SCALE,
-                       calibrate_norms: bool = False) -> None:
+                       calibrate_norms: bool = False, inputs: Optional[Mapping[str, torch.Tensor]] = None) -> None:
     """Set reproducible halting heads under which each sample's depth is spread over the units.
 
     For every halting stage, in order: the head weights are drawn from ``N(0, weight_scale^2 / C)`` with a
@@ -76,17 +76,30 @@ def synthesize_halting(model: nn.Module, seed: int, input_shape: Sequence[int],
         weight_scale: std of the head logits' random directions (larger: more confident heads).
         calibrate_norms: first set the backbone BatchNorm statistics from generated inputs
             (:func:`calibrate_batchnorm`), as for an untrained network that should behave like a trained one.
+        inputs: real inputs to place the biases on instead of generated images, as the keyword arguments of one
+            model call (e.g. ``{"input_ids": [N, T], "attention_mask": [N, T]}`` for a token model); then
+            ``input_shape`` and ``num_samples`` are not used.
     """
     from .report import set_threshold
 
     stages = [stage for _, stage in adaptive_stages(model) if isinstance(stage, AdaptiveStage) and stage.halting]
     if not stages:
         raise ValueError("synthesize_halting needs a model with halting stages (a method with heads)")
+    if (inputs is None) == (input_shape is None):
+        raise ValueError("synthesize_halting needs exactly one of input_shape (generated images) and inputs")
     if calibrate_norms:
+        if input_shape is None:
+            raise ValueError("calibrate_norms generates images: pass input_shape")
         calibrate_batchnorm(model, input_shape, seed, num_samples)
     generator = torch.Generator().manual_seed(int(seed))
     param = next(model.parameters())
-    inputs = torch.randn((num_samples,) + tuple(input_shape), generator=generator).to(param.device, param.dtype)
+    if inputs is None:
+        images = torch.randn((num_samples,) + tuple(input_shape), generator=generator).to(param.device, param.dtype)
+        call = {"x": images}
+        num_samples = images.shape[0]
+    else:
+        call = dict(inputs)
+        num_samples = next(iter(call.values())).shape[0]
     for stage in stages:
         for head in stage.heads:
             fc = head.fc
@@ -106,7 +119,7 @@ def synthesize_halting(model: nn.Module, seed: int, input_shape: Sequence[int],
                     lambda _m, args, _out, index=index: captured.__setitem__(index, args[0].detach())))
             try:
                 with torch.inference_mode():
-                    model(inputs)
+                    model(call["x"]) if inputs is None else model(**call)
             finally:
                 for hook in hooks:
                     hook.remove()

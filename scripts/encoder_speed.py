@@ -1,0 +1,141 @@
+"""Encoder speed on real review lengths: length-trimmed compact sub-batches vs untrimmed vs full depth vs
+transformers' own ``BertForSequenceClassification``.
+
+all-MiniLM-L6-v2 (a 6-layer BERT) as a PACT-Encoder with [CLS] pooling (so that at full depth it is exactly
+``BertForSequenceClassification``'s computation: same weights, same pooler and classifier), fresh halting heads set
+by :func:`pact_zoo.halting.synthesize_halting` on validation reviews (each review's depth spread over the layers,
+about half of the FLOPs), Rotten Tomatoes test reviews at their natural lengths, each batch padded to its own
+longest review. Timed round robin (:func:`pact_zoo.bench.time_round_robin`), medians of the repeats, with both clocks
+of the benchmark: wall time at the default threads and process CPU time at one thread, the 1-minute load average
+before and after each. Efficiency = (time / full-depth time) / (FLOPs / full-depth FLOPs), FLOPs from
+``pact_zoo.halting_report`` (each review at its own length).
+
+    PYTHONPATH=$PWD python scripts/encoder_speed.py --out out/encoder_speed
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+import pact_zoo
+from pact_zoo.bench import clock_settings, copy_weights, load_average, machine_info, threads, time_round_robin
+from pact_zoo.data.text import TextCollator, load_text_dataset, tokenize_split
+from pact_zoo.fileio import atomic_write_json
+from pact_zoo.halting import FlopsTally, synthesize_halting
+from pact_zoo.hf import PactEncoderForSequenceClassification
+
+from encoder_experiment import _batches, _inputs, plain_hf_twin  # scripts/ (this file's folder) is on sys.path
+
+CONFIGS = ("trimmed", "untrimmed", "full_depth", "hf_bert")
+
+
+@torch.inference_mode()
+def _flops_and_accuracy(model, batches) -> dict:
+    tally, correct, count = FlopsTally(), 0, 0
+    for batch in batches:
+        logits = model(**_inputs(batch)).logits
+        tally.add_report(pact_zoo.halting_report(model))
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        count += batch["labels"].numel()
+    return {"flops_ratio": tally.ratio, "mean_flops": tally.flops_sum / count, "accuracy": correct / count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="/work/data/all-MiniLM-L6-v2")
+    parser.add_argument("--dataset", default="parquet:/work/data/rotten_tomatoes")
+    parser.add_argument("--max-length", type=int, default=128, help="truncation (the reviews are shorter)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--timing-samples", type=int, default=256, help="first N test reviews timed")
+    parser.add_argument("--head-samples", type=int, default=256, help="validation reviews the heads are set on")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--clock", default="both", help="both, wall or process (pact_zoo.bench clocks)")
+    parser.add_argument("--out", default="out/encoder_speed")
+    args = parser.parse_args()
+
+    load_start = load_average()
+    model = PactEncoderForSequenceClassification.from_backbone(args.backbone, num_labels=2, pooling="cls").eval()
+    plain = PactEncoderForSequenceClassification.from_backbone(args.backbone, num_labels=2, pooling="cls",
+                                                               halting_method="none")
+    copy_weights(model, plain)  # the backbone, pooler and classifier of the adaptive model, without its heads
+    twin = plain_hf_twin(plain)
+    del plain
+    tokenizer = model.tokenizer
+    collate = TextCollator(tokenizer)
+    test = load_text_dataset(args.dataset, eval_split="test")
+    rows = tokenize_split(test.eval, tokenizer, test.text_column, test.label_column, args.max_length)
+    validation = load_text_dataset(args.dataset, eval_split="validation")
+    head_rows = tokenize_split(validation.eval.select(range(args.head_samples)), tokenizer, validation.text_column,
+                               validation.label_column, args.max_length)
+    head_batch = _inputs(collate([head_rows[i] for i in range(len(head_rows))]))
+    synthesize_halting(model, seed=0, input_shape=None, inputs=head_batch)
+    stage = model.pact_encoder.stage
+
+    timing_rows = rows.select(range(min(args.timing_samples, len(rows))))
+    batches = _batches(timing_rows, collate, args.batch_size)
+    lengths = [int(b["attention_mask"].sum(1).max()) for b in batches]
+    results = {"platform": dict(machine_info("cpu"), load_average=load_start), "args": vars(args),
+               "batch_lengths": lengths, "mean_review_tokens": float(sum(int(b["attention_mask"].sum()) for b in
+                                                                           batches) / len(timing_rows))}
+    results["flops"] = _flops_and_accuracy(model, batches)
+    results["test_set"] = _flops_and_accuracy(model, _batches(rows, collate, args.batch_size))
+    with torch.inference_mode():  # the full-depth model is transformers' computation
+        batch = _inputs(batches[0])
+        with pact_zoo.full_depth(model):
+            ours = model(**batch).logits
+        results["full_depth_vs_hf_max_abs_diff"] = float((ours - twin(**batch).logits).abs().max())
+        stage.trim_padding = False
+        untrimmed = model(**batch).logits
+        stage.trim_padding = True
+        results["trimmed_vs_untrimmed_max_abs_diff"] = float((model(**batch).logits - untrimmed).abs().max())
+
+    def run(network):
+        def go():
+            with torch.inference_mode():
+                for batch in batches:
+                    network(**_inputs(batch))
+        return go
+
+    def trim(enabled: bool):
+        class Switch:
+            def __enter__(self):
+                stage.trim_padding = enabled
+
+            def __exit__(self, *exc):
+                stage.trim_padding = True
+        return Switch()
+
+    runs = {"trimmed": run(model), "untrimmed": run(model), "full_depth": run(model), "hf_bert": run(twin)}
+    contexts = {"trimmed": lambda: trim(True), "untrimmed": lambda: trim(False),
+                "full_depth": lambda: pact_zoo.full_depth(model)}
+    results["clocks"] = {}
+    for clock, count in clock_settings(args.clock, torch.get_num_threads()):
+        before = load_average()
+        with threads(count):
+            times = time_round_robin(runs, args.warmup, args.repeats, contexts=contexts, clock=clock)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        flops = results["flops"]["flops_ratio"]
+        entry = {"threads": count, "times_s": times, "load_average_before": before,
+                 "load_average_after": load_average(),
+                 "ms_per_review": {n: 1e3 * t / len(timing_rows) for n, t in medians.items()},
+                 "time_ratio": {n: medians[n] / medians["full_depth"] for n in medians},
+                 "efficiency": {n: medians[n] / medians["full_depth"] / flops for n in ("trimmed", "untrimmed")},
+                 "trimmed_vs_hf_bert": medians["trimmed"] / medians["hf_bert"]}
+        results["clocks"][clock] = entry
+        print(clock, count, "threads:", {n: round(v, 3) for n, v in entry["ms_per_review"].items()},
+              "efficiency", {n: round(v, 3) for n, v in entry["efficiency"].items()},
+              "trimmed/hf", round(entry["trimmed_vs_hf_bert"], 3), "load", before[0], "->",
+              entry["load_average_after"][0], flush=True)
+    results["platform"]["load_average_end"] = load_average()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    print({k: v for k, v in results.items() if k not in ("clocks", "platform")})
+
+
+if __name__ == "__main__":
+    main()
