@@ -45,8 +45,10 @@ def _flops_and_accuracy(model, batches) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="/work/data/all-MiniLM-L6-v2")
-    parser.add_argument("--dataset", default="parquet:/work/data/rotten_tomatoes")
+    parser.add_argument("--backbone", default="data/all-MiniLM-L6-v2",
+                        help="the backbone folder (pact-zoo data fetch minilm --dest data)")
+    parser.add_argument("--dataset", default="parquet:data/rotten_tomatoes",
+                        help="test and validation reviews (pact-zoo data fetch rotten_tomatoes --dest data)")
     parser.add_argument("--max-length", type=int, default=128, help="truncation (the reviews are shorter)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--timing-samples", type=int, default=256, help="first N test reviews timed")
