@@ -24,6 +24,7 @@ from torch import nn
 from ..hf.halting_adapter import (
     backbone_source, check_backbone_hash, is_adapter_folder, read_adapter, tensors_sha256, write_adapter,
 )
+from ..models._helpers import newly_initialized_state_keys
 
 __all__ = ["load_adapter", "load_timm_adapter", "save_adapter", "save_timm_adapter", "shipped_adapter",
            "shipped_adapters"]
@@ -70,19 +71,6 @@ def _timm_reference(model_name: str, model_args: dict, backbone: Optional[Path])
                          f"{exc.args[0] if exc.args else exc}") from None
 
 
-def _timm_new_keys(model: nn.Module) -> set[str]:
-    """State-dict keys a timm adaptive model built over a backbone checkpoint did not read from it: its fresh halting
-    heads and exits (``newly_initialized_keys``) and its classifier where timm dropped the checkpoint's (other
-    number of classes)."""
-    new = set(getattr(model, "newly_initialized_keys", None) or [])
-    classes = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
-    if classes is not None and classes != getattr(model, "num_classes", None):
-        classifier = model.get_classifier()
-        prefix = next(name for name, module in model.named_modules() if module is classifier)
-        new |= {f"{prefix}.{key}" for key in classifier.state_dict()}
-    return new
-
-
 def save_timm_adapter(model: nn.Module, folder: PathLike, backbone: PathLike,
                       backbone_id: Optional[str] = None) -> Path:
     """Write a halting adapter of a timm adaptive model converted with its backbone frozen: ``config.json`` (timm's,
@@ -106,7 +94,7 @@ def save_timm_adapter(model: nn.Module, folder: PathLike, backbone: PathLike,
     path = _backbone_file(backbone)
     model_name = model.pretrained_cfg.get("architecture") or type(model).__name__
     reference = _timm_reference(model_name, get_model_args(model), path)
-    new = _timm_new_keys(reference)
+    new = newly_initialized_state_keys(reference) or set()
     state, base = model.state_dict(), reference.state_dict()
     if set(state) != set(base):
         raise ValueError(f"save_timm_adapter: the model's weights differ in name from {model_name} over {path}: "

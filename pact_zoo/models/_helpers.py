@@ -11,8 +11,9 @@ from ..halting import INPUT_SHAPE_ATTR, adaptive_stages, resolve_method
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["RecordsMethodByName", "add_halting_heads_filter", "begin_forward", "check_image_input", "check_not_compact_export",
-           "halting_parameter_names", "is_tracing", "record_input_shape"]
+__all__ = ["add_halting_heads_filter", "begin_forward", "check_image_input", "check_not_compact_export",
+           "halting_parameter_names", "is_tracing", "newly_initialized_state_keys", "record_input_shape",
+           "RecordsMethodByName"]
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: bool,
@@ -137,3 +138,19 @@ class RecordsMethodByName:
             method, value = resolve_method(value.pop("method"), value)
             value["method"] = method
         self.__dict__["_recorded_model_args"] = value
+
+
+def newly_initialized_state_keys(model: nn.Module) -> Optional[set[str]]:
+    """State-dict keys a timm model built over a checkpoint did not read from it: its ``newly_initialized_keys`` (fresh
+    halting heads, exits) and its classifier where timm dropped the checkpoint's (another number of classes); None for
+    a model that was not built over a checkpoint."""
+    loaded_new = getattr(model, "newly_initialized_keys", None)
+    if loaded_new is None:
+        return None
+    new = set(loaded_new)
+    classes = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
+    if classes is not None and classes != getattr(model, "num_classes", None):
+        classifier = model.get_classifier()
+        prefix = next(name for name, module in model.named_modules() if module is classifier)
+        new |= {f"{prefix}.{key}" for key in classifier.state_dict()}
+    return new

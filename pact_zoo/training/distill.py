@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..halting import eval_mode, full_depth
+from ..models._helpers import newly_initialized_state_keys
 from .tasks import halting_head_parameters
 
 __all__ = ["freeze_source_weights", "freeze_norm_statistics", "distillation_loss", "teacher_logits"]
@@ -28,15 +29,9 @@ def _new_weight_names(model: nn.Module) -> set[str]:
     names = getattr(model, "new_weights", None)
     if names is not None:
         return set(names)
-    loaded_new = getattr(model, "newly_initialized_keys", None)
+    loaded_new = newly_initialized_state_keys(model)
     if loaded_new is not None:  # a timm model built with fresh heads / exits over a checkpoint
-        new = set(loaded_new)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        if cfg.get("num_classes") is not None and cfg.get("num_classes") != getattr(model, "num_classes", None):
-            classifier = model.get_classifier()  # timm dropped the checkpoint's classifier: it is new too
-            ids = {id(p) for p in classifier.parameters()}
-            new |= {name for name, p in model.named_parameters() if id(p) in ids}
-        return {name for name, _ in model.named_parameters() if name in new}
+        return {name for name, _ in model.named_parameters() if name in loaded_new}
     heads = halting_head_parameters(model)
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     classifier_ids = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
