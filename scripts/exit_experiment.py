@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ from pact_zoo.fileio import atomic_write_json
 from pact_zoo.halting import adaptive_stages, full_depth, set_threshold, truncated_depth
 from pact_zoo.hf import PactEncoderForSequenceClassification
 from pact_zoo.training.config import load_config
-from pact_zoo.training.evaluate import depth_spread
+from pact_zoo.training.evaluate import depth_spread, standard_error
 from pact_zoo.training.io import is_timm_folder, load_model_folder
 from pact_zoo.training.loop import evaluate_model
 from pact_zoo.training.tasks import ImageClassificationTask
@@ -99,7 +98,7 @@ def _point(model, task, loader, **extra) -> dict:
     return dict(accuracy=accuracy, flops_ratio=metrics["flops_ratio"], mean_flops=metrics["mean_flops"],
                 mean_layers=metrics["mean_units"][0], layers_std=spread["std"][0],
                 away_from_mode=spread["away_from_mode"][0], layers_histogram=histogram,
-                std_error=math.sqrt(accuracy * (1 - accuracy) / metrics["num_samples"]), **extra)
+                std_error=standard_error(accuracy, metrics["num_samples"]), **extra)
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ import pact_zoo
 from pact_zoo.halting import anytime_depth
 from pact_zoo.halting.distributions import StoppingDistribution
 from pact_zoo.hf import PactLSTMConfig, PactLSTMForSequenceClassification
+from pact_zoo.training.evaluate import standard_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -356,7 +357,7 @@ def evaluate(model, split: Split, batch_size: int, decision: str = "greedy", thr
     long = lengths > lengths.median()
     wrong = ~correct
     return {
-        "accuracy": round(acc, 4), "accuracy_se": round(math.sqrt(acc * (1 - acc) / n), 4), "n": n,
+        "accuracy": round(acc, 4), "accuracy_se": round(standard_error(acc, n), 4), "n": n,
         "steps_per_frame": round(float(steps.mean()), 3), "steps_per_frame_std": round(float(steps.std()), 3),
         "steps_per_frame_quantiles": [round(float(q), 3) for q in torch.quantile(steps, torch.tensor(
             [0.05, 0.25, 0.5, 0.75, 0.95]))],

@@ -21,14 +21,13 @@ MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..cli import ArgumentParser
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
 from .config import ConfigError, load_config, read_yaml_mapping
-from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
+from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation, standard_error
 from .io import check_model_folder, folder_model_name, load_model_folder
 from .run_dir import MODEL_DIR
 
@@ -138,16 +137,10 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     return Comparison(entries, evaluation, baseline, out)
 
 
-def _evaluate(entry: ComparisonEntry, evaluation: Dict[str, Any]) -> Dict[str, Any]:
-    model_dir = entry.model_dir()
+def _evaluate(entry: ComparisonEntry, model_dir: Path, evaluation: Dict[str, Any]) -> Dict[str, Any]:
     model = load_model_folder(model_dir)
     config = load_config(None, {**evaluation, "model": folder_model_name(model_dir)})
     return run_evaluation(model, config, entry.eval_dir, entry.thresholds)
-
-
-def standard_error(accuracy: float, count: int) -> float:
-    """Binomial standard error of an accuracy measured on ``count`` samples."""
-    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / max(count, 1))
 
 
 def comparison_rows(results: Dict[str, Dict[str, Any]], baseline: Optional[str]) -> List[Dict[str, Any]]:
@@ -219,15 +212,16 @@ def comparison_figure(rows: List[Dict[str, Any]], title: str):
 
 def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     """Make and evaluate every entry, then write the JSON, the table and the plot; returns the JSON's content."""
-    results = {}
+    results, model_dirs = {}, {}
     for entry in comparison.entries:
         print(f"== {entry.name}: {entry.kind} {entry.path}", flush=True)
         entry.make(overwrite)
-        results[entry.name] = _evaluate(entry, comparison.evaluation)
+        model_dirs[entry.name] = entry.model_dir()
+        results[entry.name] = _evaluate(entry, model_dirs[entry.name], comparison.evaluation)
     rows = comparison_rows(results, comparison.baseline)
     summary = {"evaluation": comparison.evaluation, "baseline": comparison.baseline,
                "entries": {e.name: {"kind": e.kind, "path": e.path, "overrides": e.overrides,
-                                    "model_dir": str(e.model_dir()), "tradeoff": str(e.eval_dir / TRADEOFF_JSON)}
+                                    "model_dir": str(model_dirs[e.name]), "tradeoff": str(e.eval_dir / TRADEOFF_JSON)}
                            for e in comparison.entries},
                "rows": rows}
     out = comparison.output_dir

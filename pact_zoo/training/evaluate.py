@@ -7,6 +7,7 @@ that used the fewest and the most units.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -22,7 +23,8 @@ from .io import check_model_folder, folder_model_name, load_model_folder
 from .loop import evaluate_model
 from .tasks import ImageClassificationTask, build_task
 
-__all__ = ["evaluate_image_sample", "evaluate_sample", "evaluate_tradeoff", "load_image_sample", "main"]
+__all__ = ["evaluate_image_sample", "evaluate_sample", "evaluate_tradeoff", "load_image_sample", "main",
+           "standard_error"]
 
 TRADEOFF_JSON = "tradeoff.json"
 TRADEOFF_PLOT = "tradeoff.png"
@@ -43,6 +45,11 @@ def depth_spread(units: torch.Tensor) -> Dict[str, list]:
     modes = [int(torch.bincount(units[:, s]).argmax()) for s in range(units.shape[1])]
     return {"std": [float(units[:, s].double().std(unbiased=False)) for s in range(units.shape[1])],
             "away_from_mode": [float((units[:, s] != modes[s]).double().mean()) for s in range(units.shape[1])]}
+
+
+def standard_error(accuracy: float, count: int) -> float:
+    """Binomial standard error of an accuracy measured on ``count`` samples."""
+    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / max(count, 1))
 
 
 def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Sequence[float]) -> Dict[str, Any]:
