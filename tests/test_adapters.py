@@ -320,6 +320,18 @@ def test_shipped_adapter_is_small_and_states_its_check(name):
     assert record["backbone"]["id"] and not Path(record["backbone"]["path"] or "").is_absolute()
 
 
+def test_shipped_remote_code_is_the_packages():
+    """The MiniLM adapter's remote code (for ``trust_remote_code=True`` without pact_zoo) is a copy of the package's
+    files: when one of them changes, refresh the copies (no retraining): ``write_remote_code(shipped_adapter(
+    "minilm_rotten_tomatoes"), PactEncoderForSequenceClassification.remote_code_files())`` from
+    ``pact_zoo.hf.remote_code``."""
+    folder = shipped_adapter("minilm_rotten_tomatoes")
+    files = PactEncoderForSequenceClassification.remote_code_files()
+    assert sorted(f.name for f in files) == sorted(p.name for p in folder.glob("*.py"))
+    stale = [f.name for f in files if (folder / f.name).read_bytes() != f.read_bytes()]
+    assert not stale, f"stale remote-code copies in {folder}: {stale} (see this test's docstring)"
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_adapter_reproduces_its_card_on_the_committed_sample(name, monkeypatch):
     """The documented load (``pact_zoo.load_adapter``; the backbone from $PACT_ZOO_DATA instead of the hub, which

@@ -10,7 +10,9 @@ A *row* is whatever the first dimension of a state indexes: a sample of a ``[B, 
 * :class:`ActiveRows`: the map from the compacted state back to the original rows, and
   :class:`RowCollector`: finished rows as they leave, assembled into the ``[B, ...]`` output once;
 * :func:`bucket_size` / :func:`pad_rows`: round a sub-batch up to one of a few sizes (GPU: bounded shapes for
-  cuDNN autotuning and one CUDA graph per (unit, bucket)).
+  cuDNN autotuning and one CUDA graph per (unit, bucket));
+* :class:`PaddingTrim`: a padded sequence sub-batch cut to the positions its own rows use (their longest row), and
+  the finished rows padded back to the full length.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["ActiveRows", "CompactionCost", "RowCollector", "bucket_size", "count_true", "empty_rows", "pad_rows",
-           "split_rows", "take_rows"]
+__all__ = ["ActiveRows", "CompactionCost", "PaddingTrim", "RowCollector", "bucket_size", "count_true", "empty_rows",
+           "pad_rows", "split_rows", "take_rows"]
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -85,6 +87,48 @@ def pad_rows(x: torch.Tensor, num_rows: int) -> torch.Tensor:
     return out
 
 
+class PaddingTrim:
+    """Keeps a padded sequence sub-batch cut to the span of positions that hold a real token in any of its rows.
+
+    A compacted sub-batch holds fewer rows than the batch, so its longest row is often shorter than the batch's: the
+    positions past it (right padding) or before it (left padding) are padding in every row, and attention masked to
+    the real tokens gives every real position the same state with or without them. :meth:`trim` cuts the state and
+    the mask to the span ``[start, stop)`` of the full length T (positions are kept in order, so absolute position
+    embeddings, added before, stay right); :meth:`restore` pads a finished ``[A, t, ...]`` piece back to ``[A, T,
+    ...]`` with zeros at the positions it no longer held (padding: no pooling reads it).
+
+    Args:
+        length: T, the full sequence length of the batch.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.start, self.stop = 0, length
+
+    def trim(self, state: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[A, t, ...]`` state and ``[A, t]`` mask (1 = real) of the current span -> both cut to the span of
+        positions real in some row (one host synchronisation; unchanged when every position is used)."""
+        if state.shape[:2] != mask.shape:
+            raise ValueError(f"a trimmed state must be [rows, positions, ...] with a [rows, positions] mask, got "
+                             f"state {tuple(state.shape)} and mask {tuple(mask.shape)}")
+        used = torch.nonzero(mask.any(0)).view(-1)
+        if used.shape[0] == 0:  # no real token (cannot happen for validated inputs): keep the span
+            return state, mask
+        first, last = torch.stack([used[0], used[-1]]).tolist()
+        if first == 0 and last == mask.shape[1] - 1:
+            return state, mask
+        self.start, self.stop = self.start + first, self.start + last + 1
+        return state[:, first:last + 1].contiguous(), mask[:, first:last + 1].contiguous()
+
+    def restore(self, piece: torch.Tensor) -> torch.Tensor:
+        """``[A, stop - start, ...]`` -> ``[A, T, ...]``, zeros outside the span."""
+        if self.start == 0 and self.stop == self.length:
+            return piece
+        out = piece.new_zeros((piece.shape[0], self.length) + tuple(piece.shape[2:]))
+        out[:, self.start:self.stop] = piece
+        return out
+
+
 class ActiveRows:
     """Which original rows a compacted state holds, in order. ``index`` is None while it holds all of them."""
 
@@ -141,7 +185,7 @@ class RowCollector:
             values = self._values[0]
             rows = self._rows[0]
             self._rows, self._values = [], []
-            if rows.device.type == "meta":
+            if rows.device.type == "meta" or self.num_rows == 1:  # one row is in order
                 return values
             inverse = torch.empty_like(rows).scatter_(0, rows, torch.arange(rows.shape[0], device=rows.device))
             return take_rows(values, inverse)

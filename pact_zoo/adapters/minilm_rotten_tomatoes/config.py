@@ -6,12 +6,12 @@ from typing import Any
 
 from .act import ACTMethod
 from .exits import ConfidenceExit, EntropyExit, PatienceExit
-from .method import HALTING_METHODS, HaltingMethod, check_threshold, get_halting_method
+from .method import HALTING_METHODS, HaltingMethod, check_threshold, get_halting_method, resolve_method
 from .none import NoHalting
 from .pact import COST_ESTIMATORS, PACTMethod
 from .policy_gradient import PolicyGradientMethod
 
-__all__ = ["HaltingConfig", "HALTING_METHODS", "COST_ESTIMATORS", "BUILTIN_METHODS", "validate_threshold",
+__all__ = ["HaltingConfig", "HALTING_METHODS", "COST_ESTIMATORS", "BUILTIN_METHODS", "validate_threshold", "resolve_method",
            "DEFAULT_HALTING_BIAS_INIT"]
 
 #: The methods that ship with pact_zoo (registered on import); users add theirs with ``register_halting_method``.
@@ -29,7 +29,8 @@ class HaltingConfig:
     """A halting method's name and knobs, plus the heads' bias init: what a model hands to its stages.
 
     Args:
-        method: a registered method name (``pact_zoo.halting.HALTING_METHODS``).
+        method: a registered method name (``pact_zoo.halting.HALTING_METHODS``), class, or an instance of one (its
+            knob values are the knobs).
         halting_bias_init: initial bias of every halting head.
         **knobs: the method's knobs (e.g. PACT: ``tau``, ``temperature``, ``threshold``, ``cost_estimator``);
             missing ones take the method's defaults, unknown ones raise ValueError naming the method's knobs.
@@ -38,8 +39,9 @@ class HaltingConfig:
     **knobs}`` a model's kwargs take.
     """
 
-    def __init__(self, method: str = "pact", halting_bias_init: float = DEFAULT_HALTING_BIAS_INIT,
-                 **knobs: Any) -> None:
+    def __init__(self, method: str | HaltingMethod | type[HaltingMethod] = "pact",
+                 halting_bias_init: float = DEFAULT_HALTING_BIAS_INIT, **knobs: Any) -> None:
+        method, knobs = resolve_method(method, knobs)
         self.method_cls: type[HaltingMethod] = get_halting_method(method)
         if not (isinstance(halting_bias_init, (int, float)) and not isinstance(halting_bias_init, bool)
                 and math.isfinite(halting_bias_init)):

@@ -15,11 +15,11 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 try:  # the one halting core (pact_zoo/halting)
-    from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig
+    from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig, resolve_method
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
-    from .config import HALTING_METHODS, HaltingConfig
+    from .config import HALTING_METHODS, HaltingConfig, resolve_method
 
 _HALTING_DEFAULTS = HaltingConfig()
 
@@ -108,6 +108,9 @@ class PactEncoderConfig(PreTrainedConfig):
                               ("halting_features", HALTING_FEATURES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not isinstance(self.halting_method, str):  # a method class or instance: its registered name and knobs
+            self.halting_method, self.halting_knobs = resolve_method(
+                self.halting_method, self.halting_knobs if isinstance(self.halting_knobs, dict) else {})
         if self.halting_method not in HALTING_METHODS:
             raise ValueError(f"halting_method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
                              f"got {self.halting_method!r}")

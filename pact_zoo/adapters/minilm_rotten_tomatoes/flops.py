@@ -2,6 +2,7 @@
 convolution and linear layer; normalisation, pooling, activations and additions are not counted)."""
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from contextlib import contextmanager
@@ -10,7 +11,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-__all__ = ["FlopsProfiler", "current_profiler", "module_flops_per_sample", "recurrent_cell_flops"]
+__all__ = ["FlopsProfiler", "current_profiler", "module_flops_per_sample", "recurrent_cell_flops",
+           "torch_flop_counter_mapping"]
 
 _ACTIVE: list["FlopsProfiler"] = []
 
@@ -85,3 +87,21 @@ class FlopsProfiler:
 
 def current_profiler() -> Optional[FlopsProfiler]:
     return _ACTIVE[-1] if _ACTIVE else None
+
+
+def torch_flop_counter_mapping() -> dict:
+    """Formulas to pass as ``torch.utils.flop_counter.FlopCounterMode(custom_mapping=...)`` for kernels torch's
+    counter misses: the CPU kernel of scaled-dot-product attention (``aten._scaled_dot_product_flash_attention_for_
+    cpu`` and its backward; torch counts the CUDA ones), with torch's own SDPA formulas. Nothing global changes."""
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    pairs = ((getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None), flop_counter.sdpa_flop),
+             (getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None),
+              flop_counter.sdpa_backward_flop))
+    mapping = {}
+    for op, formula in pairs:
+        if op is not None and op not in flop_counter.flop_registry:
+            mapping[op] = functools.partial(formula)  # already shape-wrapped: the counter must not wrap it again
+            mapping[op]._get_raw = True
+    return mapping

@@ -1,6 +1,7 @@
 """Halting heads: the amortised inference network that outputs one halting logit per sample."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Type
 
 import torch
@@ -13,12 +14,21 @@ from .flops import current_profiler
 __all__ = ["HaltingHead", "VectorHaltingHead"]
 
 
+def _all_finite(logits: torch.Tensor) -> bool:
+    """Whether every entry is finite, with one host read: a lone value directly, else the sum in float64 (NaN and
+    inf propagate through it; float32 values cannot overflow it), which is fewer operators than ``isfinite().all()``
+    (a composite of four)."""
+    if logits.numel() == 1:
+        return math.isfinite(logits.item())
+    return math.isfinite(logits.sum(dtype=torch.float64).item())
+
+
 def _check_finite(logits: torch.Tensor, training: bool) -> torch.Tensor:
     """In eval, NaN / inf halting logits (from non-finite weights) raise: the threshold rule would silently run
     every unit (NaN never reaches a threshold)."""
     if (not training and logits.device.type != "meta" and not torch.jit.is_scripting()
             and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not bool(torch.isfinite(logits).all())):
+            and not _all_finite(logits)):
         raise ValueError("halting head produced NaN or inf halting logits in eval: the model's weights (or the "
                          "features from its units) are not finite; check the checkpoint")
     return logits
@@ -91,11 +101,11 @@ class HaltingHead(nn.Module):
         self.__dict__.pop("_folded", None)
         return super()._apply(fn, recurse)
 
-    @torch.no_grad()
     def folded(self, height: int, width: int, channels_last: bool) -> dict[str, torch.Tensor]:
         """Eval-mode head as ``{"scale", "shift", "weight", "bias"}`` for an ``H x W`` input: ``act(sum_hw(x) *
         scale + shift) . weight + bias``; with an identity activation also ``"flat"`` ``[C*H*W]`` (NCHW order, or
-        NHWC for ``channels_last``) and ``"flat_bias"`` with ``logit = x.flatten(1) . flat + flat_bias``. Cached."""
+        NHWC for ``channels_last``) and ``"flat_bias"`` with ``logit = x.flatten(1) . flat + flat_bias``. Cached
+        (a hit runs no gradient-mode switch: this is called once per executed unit)."""
         key = self._fold_key()
         cache = self.__dict__.get("_folded")
         if cache is None or any(t is not u or v != w or v < 0 for (t, v), (u, w) in zip(key, cache[0])):
@@ -103,37 +113,47 @@ class HaltingHead(nn.Module):
             self.__dict__["_folded"] = cache
         entry = cache[1].get((height, width, channels_last))
         if entry is None:
-            norm, fc = self.norm, self.fc
-            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            shift = norm.bias - norm.running_mean * scale
-            entry = {"scale": scale / (height * width), "shift": shift, "weight": fc.weight[0].clone(),
-                     "bias": fc.bias.clone()}
-            if isinstance(self.act, nn.Identity):  # Linear(BN(mean(x))) = <x, w * scale / HW> + b + <w, shift>
-                per_channel = fc.weight[0] * entry["scale"]
-                flat = per_channel.repeat(height * width) if channels_last else per_channel.repeat_interleave(
-                    height * width)
-                entry["flat"] = flat.contiguous()
-                entry["flat_bias"] = fc.bias + (fc.weight[0] * shift).sum()
+            with torch.no_grad():
+                entry = self._fold(height, width, channels_last)
             cache[1][(height, width, channels_last)] = entry
+        return entry
+
+    def _fold(self, height: int, width: int, channels_last: bool) -> dict[str, torch.Tensor]:
+        """The folded head for an ``H x W`` input (uncached; :meth:`folded` caches it)."""
+        norm, fc = self.norm, self.fc
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        entry = {"scale": scale / (height * width), "shift": shift, "weight": fc.weight[0].clone(),
+                 "bias": fc.bias.clone()}
+        if isinstance(self.act, nn.Identity):  # Linear(BN(mean(x))) = <x, w * scale / HW> + b + <w, shift>
+            per_channel = fc.weight[0] * entry["scale"]
+            flat = per_channel.repeat(height * width) if channels_last else per_channel.repeat_interleave(
+                height * width)
+            entry["flat"] = flat.contiguous()
+            entry["flat_bias"] = fc.bias + (fc.weight[0] * shift).sum()
         return entry
 
     def _forward_folded(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         batch, channels, height, width = x.shape
         if x.is_contiguous():
-            channels_last, view = False, x.view(batch, -1)
+            channels_last = False
         elif x.is_contiguous(memory_format=torch.channels_last):
-            channels_last, view = True, x.permute(0, 2, 3, 1).reshape(batch, -1)
+            channels_last = True
         else:
             return None
         fold = self.folded(height, width, channels_last)
         if "flat" in fold:
+            view = x.permute(0, 2, 3, 1).reshape(batch, -1) if channels_last else x.view(batch, -1)
             return torch.addmv(fold["flat_bias"], view, fold["flat"])
         if channels_last:
-            pooled = view.view(batch, height * width, channels).sum(1)
+            pooled = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels).sum(1)
         else:
-            pooled = view.view(batch, channels, height * width).sum(2)
-        return torch.addmv(fold["bias"], self.act(torch.addcmul(fold["shift"], pooled, fold["scale"])),
-                           fold["weight"])
+            pooled = x.sum((2, 3))
+        normed = torch.addcmul(fold["shift"], pooled, fold["scale"])
+        act = self._modules["act"]
+        # the leaky ReLU of the CIFAR heads without its module call (hooks on it disable folding)
+        activated = F.leaky_relu(normed, act.negative_slope) if type(act) is nn.LeakyReLU else act(normed)
+        return torch.addmv(fold["bias"], activated, fold["weight"])
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, C]``: global pool -> BN -> act, what the linear layer reads (unfolded path)."""

@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Optional
 
+import numpy
 import torch
 from torch import nn
 
 __all__ = [
     "HALTING_METHODS", "HaltingMethod", "HaltingRecord", "Knob", "Mixture", "OVER_TIME_TERMS", "StopDecision",
     "get_halting_method", "register_halting_method", "check_number", "check_choice", "check_threshold",
-    "logit_threshold",
+    "logit_threshold", "float32",
 ]
 
 
@@ -70,6 +71,12 @@ def logit_threshold(threshold: float) -> float:
     if threshold >= 1.0:
         return math.inf
     return math.log(threshold) - math.log1p(-threshold)
+
+
+def float32(value: float) -> float:
+    """``value`` rounded to float32, as a comparison of a float32 tensor with the Python number ``value`` rounds it
+    (``logits >= value`` compares ``logits >= float32(value)``)."""
+    return float(numpy.float32(value))
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,29 @@ def register_halting_method(cls: type["HaltingMethod"]) -> type["HaltingMethod"]
     return cls
 
 
+def resolve_method(method: Any, knobs: Optional[Mapping[str, Any]] = None) -> tuple[Any, dict[str, Any]]:
+    """A method given as a registered name, a registered :class:`HaltingMethod` subclass or an instance of one, as
+    ``(name, knobs)``: what a model's config saves. An instance's knob values join ``knobs`` (the same knob given
+    both ways with different values raises ValueError); a name passes through unchecked (:func:`get_halting_method`
+    checks it)."""
+    knobs = dict(knobs or {})
+    if isinstance(method, HaltingMethod):
+        for key, value in method.knob_values().items():
+            if key in knobs and knobs[key] != value:
+                raise ValueError(f"method {method!r} has {key}={value!r}, and {key}={knobs[key]!r} was given too; "
+                                 f"give the knob once")
+            knobs[key] = value
+        method_cls: type = type(method)
+    elif isinstance(method, type) and issubclass(method, HaltingMethod):
+        method_cls = method
+    else:
+        return method, knobs
+    if HALTING_METHODS._methods.get(method_cls.name) is not method_cls:
+        raise ValueError(f"method {method_cls.__name__} is not registered: decorate the class with "
+                         f"@pact_zoo.register_halting_method (a saved model names its method)")
+    return method_cls.name, knobs
+
+
 def get_halting_method(name: str) -> type["HaltingMethod"]:
     """The registered class of ``name``; ValueError that lists the registered names otherwise."""
     try:
@@ -378,6 +408,13 @@ class HaltingMethod:
         halting logits. May replace entries of ``carry`` (``[A]`` tensors) and append batch-level statistics to
         ``log`` (read back by :meth:`terms`)."""
         raise NotImplementedError
+
+    def lone_row_threshold(self, mode: str) -> Optional[float]:
+        """The halting logit at and above which a row stops, for a rule that in ``mode`` is exactly ``stop = logits
+        >= c`` on the float32 logits with no carry (PACT and policy gradient in ``"greedy"`` mode): c, already rounded
+        as the tensor comparison rounds it (:func:`float32`). The stage then decides a lone running row with one
+        Python comparison instead of tensor operators. None (the default): the stage calls :meth:`decide`."""
+        return None
 
     def last_weight(self, carry: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
         """Accumulating methods: ``[A]`` weight of the last unit's state for the rows that reach it."""

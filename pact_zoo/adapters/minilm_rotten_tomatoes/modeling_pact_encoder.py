@@ -8,8 +8,9 @@ classifier reads the method's mixture of the layer outputs (PACT: the Concrete r
 distribution, Figurnov, Sobolev, Vetrov 2018, arXiv:1712.00386; ACT: Graves 2016's mean-field weights,
 arXiv:1603.08983); in evaluation each sample stops at its own layer and halted samples leave the batch: their hidden
 states **and** their attention-mask rows (the stage's per-row ``context``), so the layers that follow run on the
-samples still going only. The halting math is the core's (``pact_zoo.halting``): this file wires the backbone's
-embeddings and layers into it.
+samples still going only, each sub-batch cut to its own longest row (``AdaptiveStage.trim_padding``: short reviews
+do not pay for the batch's longest one; padding positions of the output are zero there). The halting math is the
+core's (``pact_zoo.halting``): this file wires the backbone's embeddings and layers into it.
 
 Why [CLS]: the halting head sees the state only (the stage hands the mask to the units, not to the heads), and the
 classifier reads [CLS] too, so the head judges the very vector the prediction comes from.
@@ -65,23 +66,6 @@ AUTO_MAP_CLASSES = {
 ATTENTION_FLOPS_PER_QK_CHANNEL = 4
 #: Files :meth:`PactEncoderPreTrainedModel.from_pretrained` looks for to reload a saved tokenizer.
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
-
-
-def _register_cpu_sdpa_flops() -> None:
-    """``torch.utils.flop_counter`` counts the CUDA SDPA kernels but not the CPU one
-    (``aten._scaled_dot_product_flash_attention_for_cpu``): register torch's own SDPA formulas for it."""
-    from torch.utils import flop_counter
-
-    aten = torch.ops.aten
-    pairs = ((getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None), flop_counter.sdpa_flop),
-             (getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None),
-              flop_counter.sdpa_backward_flop))
-    for op, formula in pairs:
-        if op is not None and op not in flop_counter.flop_registry:
-            flop_counter.flop_registry[op] = formula
-
-
-_register_cpu_sdpa_flops()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -575,6 +559,8 @@ class PactEncoderModel(PactEncoderPreTrainedModel):
                                             exit_features=exit_features, bias_init=halting.halting_bias_init)
                      for layer in range(1, len(units))]
         self.stage = AdaptiveStage(units, heads, method=halting if heads is not None else "none")
+        # compact eval cuts every sub-batch to its own longest row (the layers attend under the mask only)
+        self.stage.trim_padding = True
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -14,14 +14,15 @@ q(n) ~ exp(-(loss_n + tau n) / beta): the logits stay near the threshold and dep
 """
 from __future__ import annotations
 
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .distributions import StoppingDistribution
 from .method import (
-    HaltingMethod, Knob, Mixture, StopDecision, check_choice, check_number, check_threshold, logit_threshold,
-    register_halting_method,
+    HaltingMethod, Knob, Mixture, StopDecision, check_choice, check_number, check_threshold, float32,
+    logit_threshold, register_halting_method,
 )
 
 __all__ = ["PACTMethod", "COST_ESTIMATORS", "greedy_stop", "sampled_stop"]
@@ -86,6 +87,9 @@ class PACTMethod(HaltingMethod):
         steps = dist.greedy_steps(self.threshold)
         return Mixture(weights=one_hot_steps(steps, num_units, dist.halting_logits.dtype), units_executed=steps,
                        cost=steps.to(torch.float32))
+
+    def lone_row_threshold(self, mode: str) -> Optional[float]:
+        return float32(logit_threshold(self.threshold)) if mode == "greedy" else None  # the rule of greedy_stop
 
     def decide(self, index: int, logits: torch.Tensor, carry: dict, mode: str, log: dict) -> StopDecision:
         if mode == "sample":  # exact samples of z ~ q(z | x)

@@ -27,7 +27,7 @@ from torch import nn
 
 from .method import (
     HaltingMethod, HaltingRecord, Knob, Mixture, StopDecision, check_choice, check_number, check_threshold,
-    register_halting_method,
+    float32, logit_threshold, register_halting_method,
 )
 from .pact import greedy_stop, one_hot_steps, sampled_stop
 from .distributions import StoppingDistribution
@@ -102,6 +102,9 @@ class PolicyGradientMethod(HaltingMethod):
             carry["go_sum"] = torch.zeros(batch_size, device=device)
             carry["go_count"] = torch.zeros(batch_size, device=device)
         return carry
+
+    def lone_row_threshold(self, mode: str) -> Optional[float]:
+        return None if mode == "sample" else float32(logit_threshold(self.threshold))  # the rule of greedy_stop
 
     def decide(self, index: int, logits: torch.Tensor, carry: dict, mode: str, log: dict) -> StopDecision:
         if mode != "sample":

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - exercised only where timm is absent
         return module
 
 from .compaction import (
-    ActiveRows, CompactionCost, RowCollector, bucket_size, count_true, pad_rows, split_rows, take_rows,
+    ActiveRows, CompactionCost, PaddingTrim, RowCollector, bucket_size, count_true, pad_rows, split_rows, take_rows,
 )
 from .config import HaltingConfig
 from .flops import current_profiler
@@ -144,6 +144,12 @@ class AdaptiveStage(nn.Module):
             unit where a row halts). With it, greedy eval of a method that takes the state at the stop keeps halted
             rows in the batch (dead, their outputs already taken) until dropping them pays
             (:func:`measure_compaction_cost`); outputs and depths are those of immediate compaction.
+        trim_padding: the state is a padded sequence batch ``[B, T, ...]`` and ``context`` its ``[B, T]`` attention
+            mask (1 = real token): compact forwards cut every sub-batch to the positions its own rows use, at the start
+            and after every compaction (:class:`~pact_zoo.halting.compaction.PaddingTrim`), and pad the finished rows
+            back to T with zeros (padding positions: no pooling reads them). Real positions get the states of the
+            untrimmed batch; the units must treat masked positions as absent (attention under the mask). Off by
+            default; set by sequence models (the encoder family).
         rollout: training-mode forward under the deterministic rule, no record of log-probabilities
             (:func:`~pact_zoo.halting.self_critical_baseline`).
         keep_unit_outputs: the dense path also keeps every unit's output and the method's weights in the record
@@ -157,6 +163,7 @@ class AdaptiveStage(nn.Module):
     exits_are_heads: bool = False
     cuda_graphs: bool = False
     compaction_cost: Optional[CompactionCost] = None
+    trim_padding: bool = False
 
     def __init__(
             self,
@@ -208,6 +215,7 @@ class AdaptiveStage(nn.Module):
         self.buckets = None
         self.cuda_graphs = False
         self.compaction_cost = None
+        self.trim_padding = False
         self.record: Optional[HaltingRecord] = None
         self._graphs: dict[tuple, tuple] = {}
 
@@ -406,17 +414,57 @@ class AdaptiveStage(nn.Module):
         Methods that take the state at the stop (PACT, policy gradient) keep each stopped row's final state as it
         is (one piece per unit) and assemble the output once: memory is one stage state of B rows, with no
         accumulator (PACT's memory claim). Accumulating methods (ACT) add w_n x_n of the running rows to the output.
+
+        A lone running row (a batch of one, or the last row left of a batch) takes a lean loop: no split, gather or
+        count, one host read per unit (for a rule that is a threshold on the logit,
+        :meth:`~pact_zoo.halting.HaltingMethod.lone_row_threshold`, one Python comparison instead of tensor
+        operators), and the loop ends when the row stops. With
+        :attr:`trim_padding` the sub-batch is cut to its own longest row at the start and after every compaction.
         """
         method = self.method if method is None else method
-        state = self._run_unit_compact(0, x, context)
+        num_units, last_unit = len(self.units), len(self.units) - 1
+        profiler = current_profiler()
+        trim: Optional[PaddingTrim] = None
+        if self.trim_padding and context is not None and self.exits is None:
+            trim = PaddingTrim(x.shape[1])
+            x, context = trim.trim(x, context)
+        units = list(self.units)
+        direct = (self.buckets is None and profiler is None
+                  and not (self.grad_checkpointing and self.training and torch.is_grad_enabled()))
+
+        def run(n: int, state: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+            if not direct:
+                return self._run_unit_compact(n, state, context)
+            return units[n](state) if context is None else units[n](state, context)
+
+        heads = list(self.decision_heads) if method.uses_heads else []
+        with_context = [context is not None and getattr(head, "uses_context", False) for head in heads]
+
+        def head_logits(n: int, state: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+            if profiler is not None:
+                return self._halting_logit(n, state, context)
+            return (heads[n](state, context) if with_context[n] else heads[n](state)).float()
+
+        state = run(0, x, context)
         batch_size, device = state.shape[0], state.device
         active = ActiveRows(batch_size, device)
-        steps = torch.full((batch_size,), self.num_units, dtype=torch.long, device=device)
+        steps = torch.full((batch_size,), num_units, dtype=torch.long, device=device)
         carry = method.start(batch_size, device, mode)
         log: dict[str, list] = defaultdict(list)
         pieces = RowCollector(batch_size)
         values: dict[str, RowCollector] = {}
         out: Optional[torch.Tensor] = None
+        limit = method.lone_row_threshold(mode) if method.uses_heads else None
+
+        def accumulate(n: int, state: torch.Tensor, context: Optional[torch.Tensor], logits: Optional[torch.Tensor],
+                       weight: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+            """ACT: adds w_n times this unit's output (its exit's, with exits) of the running rows to ``out``."""
+            unit_out = self._stop_output(n, state, context, logits)
+            contribution = unit_out * _rows(weight, unit_out)
+            if trim is not None:
+                contribution = trim.restore(contribution)
+            return contribution if out is None else active.add_into(out, contribution)
+
         # deferred compaction (compaction_cost set): halted rows may stay in the state as dead rows (their output is
         # taken when they halt, their decisions are ignored) until a gather pays; greedy, non-accumulating only
         cost_model = self.compaction_cost
@@ -424,26 +472,47 @@ class AdaptiveStage(nn.Module):
                  and not torch.is_grad_enabled())
         live: Optional[torch.Tensor] = None  # [A] bool: rows of the state still running; None: every row
         num_live = batch_size
-        last, logits = self.num_units - 1, None  # the unit whose state the loop ends with, its decision logits
-        for n in range(self.num_units):
+        last, logits = last_unit, None  # the unit whose state the loop ends with, its decision logits
+        n = 0
+        while n < num_units:
             num_rows = state.shape[0]
             logits = None
-            if n < self.num_units - 1:
-                logits = self._halting_logit(n, state, context) if method.uses_heads else None
-                decision = method.decide(n, logits, carry, mode, log)
-                stop, weight = decision.stop, decision.weight
-                if live is not None:
-                    stop = stop & live
-                num_stop = count_true(stop)
+            if num_rows == 1 and live is None:  # a lone row: run on until it stops, one host read per unit
+                stops = False
+                while n < last_unit:
+                    logits = head_logits(n, state, context) if method.uses_heads else None
+                    if limit is not None:
+                        stops, weight = logits.item() >= limit, None
+                    else:
+                        decision = method.decide(n, logits, carry, mode, log)
+                        stops, weight = bool(decision.stop.item()), decision.weight
+                    if method.accumulates:
+                        out = accumulate(n, state, context, logits, weight, out)
+                    if stops:
+                        break
+                    n += 1
+                    state = run(n, state, context)
+                if not stops:  # the last unit
+                    logits = None
+                    if method.accumulates:
+                        out = accumulate(n, state, context, None, method.last_weight(carry), out)
+                stop, num_stop = None, 1
             else:
-                stop, weight, num_stop = None, method.last_weight(carry), num_live
-            if method.accumulates:  # ACT: the weighted sum of every unit's output (its exit's, with exits)
-                unit_out = self._stop_output(n, state, context, logits)
-                contribution = unit_out * _rows(weight, unit_out)
-                out = contribution if out is None else active.add_into(out, contribution)
-            if num_stop == 0 and n < self.num_units - 1:  # (at the last unit every live row stops, also of none)
-                state = self._run_unit_compact(n + 1, state, context)
-                continue
+                if n < last_unit:
+                    logits = head_logits(n, state, context) if method.uses_heads else None
+                    decision = method.decide(n, logits, carry, mode, log)
+                    stop, weight = decision.stop, decision.weight
+                    if live is not None:
+                        stop = stop & live
+                    num_stop = count_true(stop)
+                else:
+                    stop, weight, num_stop = None, method.last_weight(carry), num_live
+                if method.accumulates:
+                    out = accumulate(n, state, context, logits, weight, out)
+                if num_stop == 0 and n < last_unit:  # (at the last unit every live row stops, also of none)
+                    n += 1
+                    state = run(n, state, context)
+                    continue
             if num_stop == num_live:
                 keep = None
                 halted = (torch.arange(num_rows, device=device) if live is None
@@ -463,9 +532,10 @@ class AdaptiveStage(nn.Module):
                 last = n
                 break
             if not method.accumulates:
-                pieces.add(halted_rows, self._stop_output(
+                piece = self._stop_output(
                     n, take_rows(state, halted), None if context is None else take_rows(context, halted),
-                    None if logits is None else take_rows(logits, halted)))
+                    None if logits is None else take_rows(logits, halted))
+                pieces.add(halted_rows, piece if trim is None else trim.restore(piece))
             num_live -= num_stop
             if defer and not cost_model.pays(n + 1, num_rows - num_live, num_live):
                 live = ~stop if live is None else live & ~stop  # the halted rows stay, dead
@@ -474,9 +544,12 @@ class AdaptiveStage(nn.Module):
                 carry = {key: value.index_select(0, keep) for key, value in carry.items()}
                 if context is not None:
                     context = take_rows(context, keep)
+                    if trim is not None:
+                        state, context = trim.trim(state, context)
                 active.keep(keep)
                 live = None
-            state = self._run_unit_compact(n + 1, state, context)
+            n += 1
+            state = run(n, state, context)
         if not method.accumulates:
             if live is not None:
                 rows = torch.nonzero(live).view(-1)
@@ -484,6 +557,8 @@ class AdaptiveStage(nn.Module):
                 context = None if context is None else take_rows(context, rows)
                 logits = None if logits is None else take_rows(logits, rows)
             final = self._stop_output(last, state, context, logits)
+            if trim is not None:
+                final = trim.restore(final)
             if pieces:
                 pieces.add(active.all() if live is None else active.original(rows), final)
                 out = pieces.assemble()
@@ -491,7 +566,7 @@ class AdaptiveStage(nn.Module):
                 out = final
         del state
         row_values = {key: collector.assemble() for key, collector in values.items()}
-        record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=self.num_units,
+        record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=num_units,
                                method=method, log_prob=row_values.pop("log_prob", None),
                                heads_ran=method.uses_heads)
         if mode in ("sample", "uniform") and self.training and torch.is_grad_enabled():
