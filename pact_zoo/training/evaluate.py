@@ -24,7 +24,7 @@ from .loop import evaluate_model
 from .tasks import ImageClassificationTask, build_task
 
 __all__ = ["evaluate_image_sample", "evaluate_sample", "evaluate_tradeoff", "load_image_sample", "main",
-           "standard_error"]
+           "sample_check", "standard_error"]
 
 TRADEOFF_JSON = "tradeoff.json"
 TRADEOFF_PLOT = "tradeoff.png"
@@ -103,9 +103,8 @@ def load_image_sample(path: str) -> tuple[Any, Any]:
 
 
 def evaluate_image_sample(model: nn.Module, images: Any, labels: Any) -> Dict[str, Any]:
-    """Accuracy, correct count, FLOPs ratio and mean units per stage of ``model`` at its own rule on a small image
-    sample, preprocessed as a user would: timm's ``resolve_data_config`` + ``create_transform`` (eval) on each
-    ``PIL`` image converted to the model's channels. One batch, so the result does not depend on a batch size.
+    """:func:`sample_check` of ``model`` on a small image sample, preprocessed as a user would: timm's
+    ``resolve_data_config`` + ``create_transform`` (eval) on each ``PIL`` image converted to the model's channels. One batch, so the result does not depend on a batch size.
 
     Args:
         images: uint8 ``[N, H, W]`` (grey) or ``[N, H, W, C]`` pixels.
@@ -121,13 +120,20 @@ def evaluate_image_sample(model: nn.Module, images: Any, labels: Any) -> Dict[st
     mode = "RGB" if data_config["input_size"][0] == 3 else "L"
     rows = [{"pixel_values": transform(Image.fromarray(image).convert(mode)), "labels": int(label)}
             for image, label in zip(images, labels)]
-    result = evaluate_model(model, DataLoader(rows, batch_size=len(rows), collate_fn=collate_images),
-                            ImageClassificationTask)
+    return sample_check(model, DataLoader(rows, batch_size=len(rows), collate_fn=collate_images),
+                        ImageClassificationTask)
+
+
+def sample_check(model: nn.Module, loader: DataLoader, task) -> Dict[str, Any]:
+    """The numbers a card states for a committed sample: :func:`evaluate_model`'s accuracy, FLOPs and mean units at
+    the model's own rule, plus the count of correct rows, the depth spread and the threshold the rule used."""
+    result = evaluate_model(model.eval(), loader, task, keep_units=True)
+    units = result.pop("units")
     stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive]
-    threshold = stages[0].method.threshold if stages and stages[0].method.has_threshold else None
-    return {"num_samples": result["num_samples"], "correct": round(result["accuracy"] * result["num_samples"]),
-            "accuracy": result["accuracy"], "flops_ratio": result["flops_ratio"],
-            "mean_units": result["mean_units"], "threshold": threshold}
+    result["correct"] = round(result["accuracy"] * result["num_samples"])
+    result["depth_spread"] = depth_spread(units)
+    result["threshold"] = stages[0].method.threshold if stages and stages[0].method.has_threshold else None
+    return result
 
 
 #: threshold labels closer than this (fraction of the axes) to an already placed label are left out
@@ -321,8 +327,7 @@ def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
 
 
 def evaluate_sample(model: nn.Module, fields: Dict[str, Any]) -> Dict[str, Any]:
-    """Accuracy (with the count of correct rows), FLOPs ratio to full depth, mean units and depth spread of
-    ``model`` at its own rule on the eval split that the config ``fields`` (``model``, ``dataset``, ``data_files``,
+    """:func:`sample_check` of ``model`` on the eval split that the config ``fields`` (``model``, ``dataset``, ``data_files``,
     ``eval_split``, ``image_size``, ``dataset_kwargs``, ...) describe: the check a shipped adapter's card states
     for a committed sample of its test set."""
     from .config import load_config
@@ -332,11 +337,7 @@ def evaluate_sample(model: nn.Module, fields: Dict[str, Any]) -> Dict[str, Any]:
     data = task.load_data(model)
     check_classes(model, data.class_names, config.dataset)
     loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False, collate_fn=data.collate_fn)
-    result = evaluate_model(model.eval(), loader, task, keep_units=True)
-    units = result.pop("units")
-    result["correct"] = round(result["accuracy"] * result["num_samples"])
-    result["depth_spread"] = depth_spread(units)
-    return result
+    return sample_check(model, loader, task)
 
 
 def _rule_name(result: Dict[str, Any]) -> str:
