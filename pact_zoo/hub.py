@@ -29,7 +29,7 @@ __all__ = ["export_folder", "build_model_card", "main", "CARD_TAGS"]
 CARD_TAGS = ["adaptive-computation", "pact"]
 #: card.yaml keys that fill the model card
 CARD_KEYS = ("model_name", "description", "dataset", "task", "tags", "license", "recipe", "base_model",
-             "sample_check", "pretrained_tag", "sample")
+             "sample_check", "pretrained_tag", "sample", "usage")
 #: card.yaml keys kept as the variant's notes (architecture, results, ...) and not written into the card
 CARD_NOTE_KEYS = ("architecture", "backbone", "data_config", "halting", "library_name", "results", "status")
 #: files an export writes besides the model's own (weights, config) and the plots
@@ -140,7 +140,9 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
     adapter's ``halting_adapter.json``) gives the adapter's usage. A card's ``sample_check`` (the model's accuracy and
     FLOPs ratio on a committed sample of the test set, measured beforehand) is written to the metadata as
     ``pact_zoo_sample_check`` and stated in the text; ``sample_eval`` (:func:`~pact_zoo.training.evaluate.
-    evaluate_image_sample` on the card's ``sample``, measured by the export) adds the same for an image sample."""
+    evaluate_image_sample` on the card's ``sample``, measured by the export) adds the same for an image sample. A
+    card's ``usage`` (Python source) replaces the generated usage, for models whose inputs are not a tokenizer's or
+    timm's (e.g. the PACT-LSTM on feature frames)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     default = evaluation["default"]
@@ -166,8 +168,8 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         full_depth_flops=float(full["mean_flops"]),
         pact_zoo_sample_check=card.get("sample_check"),
     )
-    usage = _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"), model_name, adapter,
-                   card.get("pretrained_tag"))
+    usage = card.get("usage") or _usage(timm_model, folder_name or model_name, repo_id, evaluation.get("threshold"),
+                                        model_name, adapter, card.get("pretrained_tag"))
     plots = "\n".join(f"![{p}]({p})" for p in evaluation.get("plots", []))
     body = "\n".join([
         "---", data.to_yaml(), "---", "", f"# {model_name}", "",
@@ -180,7 +182,8 @@ def build_model_card(card: Dict[str, Any], evaluation: Dict[str, Any], timm_mode
         "the top of the budget range, not a separately trained network. "
         + (f"Evaluated on the {dataset!r} test split" if is_hub_dataset(dataset) else
            f"Evaluated on the test split of `{dataset}` (a pact_zoo dataset source, not a hub dataset)")
-        + (f", {full['num_samples']:,} images." if "num_samples" in full else "."), "",
+        + (f", {full['num_samples']:,} {'images' if timm_model else 'examples'}." if "num_samples" in full else "."),
+        "",
         "```", format_table(evaluation), "```", "", plots, "",
         *(_adapter_section(adapter) if adapter is not None else []),
         *(_sample_section(card["sample_check"]) if card.get("sample_check") else []),

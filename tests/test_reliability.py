@@ -164,6 +164,24 @@ def test_broken_model_folders_are_named(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ export
+def test_card_usage_key_replaces_the_generated_usage(tmp_path):
+    """Models whose inputs are neither a tokenizer's nor timm's (the PACT-LSTM on feature frames) state their own
+    usage in the card YAML; the generated tokenizer usage would be wrong for them."""
+    from pact_zoo.hub import _load_card, build_model_card
+
+    point = dict(rule="pact", threshold=0.5, accuracy=0.9, num_samples=10, mean_flops=1e6, flops_ratio=0.5,
+                 mean_units=[2.0])
+    evaluation = dict(methods=["pact"], threshold=0.5, points=[point], default=point,
+                      full_depth=dict(point, rule="full_depth", threshold=None, mean_flops=2e6, flops_ratio=1.0))
+    (tmp_path / "card.yaml").write_text("model_name: frames\nusage: |\n  model(inputs_embeds=frames)\n")
+    card = build_model_card(_load_card(str(tmp_path / "card.yaml")), evaluation, False, "frames")
+    usage = str(card).split("## Usage")[1]
+    assert "model(inputs_embeds=frames)" in usage and "AutoTokenizer" not in usage
+    assert "10 examples" in str(card)
+    generated = build_model_card({}, evaluation, False, "frames")
+    assert "AutoTokenizer" in str(generated).split("## Usage")[1]
+
+
 def test_export_card_modes_and_offline_push(run, tmp_path, capsys, monkeypatch):
     from huggingface_hub import ModelCard
 
