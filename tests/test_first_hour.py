@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,7 +41,7 @@ def _tiny_text_dict():
 
 
 @pytest.fixture
-def fake_sources(monkeypatch):
+def fake_sources(monkeypatch, tmp_path_factory):
     """Offline stand-ins for the hub and timm downloads; records what was asked for."""
     calls = []
 
@@ -65,6 +66,16 @@ def fake_sources(monkeypatch):
     monkeypatch.setattr(fetch_module, "load_hub_dataset", load_hub_dataset)
     monkeypatch.setattr(fetch_module, "download_hub_folder", download_hub_folder)
     monkeypatch.setattr(fetch_module, "timm_state_dict", timm_state_dict)
+
+    def uea_source_folder(name):
+        calls.append(name)
+        folder = Path(tmp_path_factory.mktemp("uea"))
+        header = "@problemName Toy\n@classLabel true a b\n@data\n"
+        for split, rows in (("TRAIN", ["1,2,3:4,5,6:a", "2,3:1,1:b"]), ("TEST", ["0,1:1,0:b"])):
+            (folder / f"{name}_{split}.ts").write_text(header + "\n".join(rows) + "\n")
+        return folder
+
+    monkeypatch.setattr(fetch_module, "uea_source_folder", uea_source_folder)
     return calls
 
 
@@ -78,8 +89,9 @@ def test_data_fetch_writes_the_layout_the_recipes_read(fake_sources, tmp_path, c
     status, out, err = _cli(capsys, "data", "fetch", "all", "--dest", str(dest))
     assert status == 0, err
     assert fake_sources == ["zalando-datasets/fashion_mnist", "cornell-movie-review-data/rotten_tomatoes",
-                            "sentence-transformers/all-MiniLM-L6-v2", "tf_efficientnet_lite0", "mobilenetv2_100"]
-    assert [line.split(": ")[1].split(" ")[0] for line in out.splitlines()] == ["fetching", "wrote"] * 5, out
+                            "sentence-transformers/all-MiniLM-L6-v2", "tf_efficientnet_lite0", "mobilenetv2_100",
+                            "JapaneseVowels"]
+    assert [line.split(": ")[1].split(" ")[0] for line in out.splitlines()] == ["fetching", "wrote"] * 6, out
     assert sorted(p.name for p in (dest / "fashion_mnist").iterdir()) == ["test.parquet", "train.parquet"]
     assert sorted(p.name for p in (dest / "rotten_tomatoes").iterdir()) == [
         "test.parquet", "train.parquet", "validation.parquet"]
@@ -101,6 +113,10 @@ def test_data_fetch_writes_the_layout_the_recipes_read(fake_sources, tmp_path, c
     assert images.train[0][images.image_column].size == (28, 28)
     text = load_text_dataset(f"parquet:{dest / 'rotten_tomatoes'}")
     assert len(text.train) == 4 and "text" in text.train.column_names
+    from pact_zoo.data.uea import load_uea_splits
+
+    train, test, names = load_uea_splits("JapaneseVowels", folder=dest / "japanese_vowels")  # no sktime needed
+    assert (len(train), len(test), names) == (2, 1, ["a", "b"]) and np.asarray(train[0]["inputs_embeds"]).shape == (3, 2)
 
     # a complete entry is skipped; --force fetches it again
     fake_sources.clear()

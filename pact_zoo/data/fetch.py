@@ -14,6 +14,8 @@ minilm               all-MiniLM-L6-v2/                    hub model sentence-tra
 efficientnet_lite0   tf_efficientnet_lite0/               timm tf_efficientnet_lite0 ImageNet weights
                      model.safetensors
 mobilenetv2_100      mobilenetv2_100/model.safetensors    timm mobilenetv2_100 ImageNet weights
+japanese_vowels      japanese_vowels/JapaneseVowels_      the UEA archive's .ts files in the sktime wheel
+                     {TRAIN,TEST}.ts                      (``pip install "pact-zoo[uea]"``; no network)
 ==================== ==================================== ==================================================
 
 Image parquet files have the columns ``image`` (``{bytes, path}`` structs of PNG bytes) and ``label``; text ones
@@ -129,6 +131,24 @@ def _timm_writer(model_name: str) -> Callable[[DataEntry, Path], None]:
     return write
 
 
+def uea_source_folder(name: str) -> Path:
+    """Folder of the ``.ts`` files of the UEA set ``name`` (the sktime wheel's copy; see :mod:`pact_zoo.data.uea`)."""
+    from .uea import uea_dataset_path
+
+    return uea_dataset_path(name)
+
+
+def _uea_writer(name: str) -> Callable[[DataEntry, Path], None]:
+    def write(entry: DataEntry, folder: Path) -> None:
+        source = uea_source_folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file_name in entry.files:
+            with atomic_path(folder / file_name) as tmp:
+                shutil.copyfile(source / file_name, tmp)
+
+    return write
+
+
 ENTRIES: dict[str, DataEntry] = {entry.name: entry for entry in (
     DataEntry("fashion_mnist", "fashion_mnist", ("train.parquet", "test.parquet"),
               "hub dataset zalando-datasets/fashion_mnist", _write_fashion_mnist),
@@ -141,6 +161,9 @@ ENTRIES: dict[str, DataEntry] = {entry.name: entry for entry in (
               "timm.create_model('tf_efficientnet_lite0', pretrained=True)", _timm_writer("tf_efficientnet_lite0")),
     DataEntry("mobilenetv2_100", "mobilenetv2_100", ("model.safetensors",),
               "timm.create_model('mobilenetv2_100', pretrained=True)", _timm_writer("mobilenetv2_100")),
+    DataEntry("japanese_vowels", "japanese_vowels", ("JapaneseVowels_TRAIN.ts", "JapaneseVowels_TEST.ts"),
+              "the UEA archive's .ts files in the sktime wheel (pip install \"pact-zoo[uea]\")",
+              _uea_writer("JapaneseVowels")),
 )}
 
 
