@@ -43,6 +43,8 @@ from pact_zoo.hf import PactLSTMConfig, PactLSTMForSequenceClassification
 from pact_zoo.training.evaluate import standard_error
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the text task's map from the tokenizer's ids to the model's compact vocabulary, written beside a card
+TOKEN_REMAP = "token_remap.safetensors"
 
 
 def loadavg() -> str:
@@ -105,22 +107,48 @@ def synthetic_task(data: dict, seed: int) -> dict[str, Any]:
         return Split(inputs, torch.tensor(labels))
 
     train, test = make(data.get("train_samples", 1000)), make(data.get("test_samples", 1000))
-    return {"train": train, "test": test, "num_labels": classes, "input_size": channels, "vocab_size": None,
+    validation = make(data.get("validation_samples", 500))
+    return {"train": train, "validation": validation, "test": test, "num_labels": classes, "input_size": channels,
+            "vocab_size": None,
             "description": f"generated: {classes} classes, {channels} channels"}
+
+
+def stratified_holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split ``split`` into (rest, held-out) with ``round(fraction * n_c)`` examples of every class c held out, drawn
+    with ``seed`` (fixed apart from the training seed, so every variant and seed trains on the same examples)."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for label in split.labels.unique().tolist():
+        members = torch.nonzero(split.labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held += members[:round(fraction * len(members))].tolist()
+    held_set = set(held)
+    rest = [i for i in range(len(split)) if i not in held_set]
+    held.sort()
+
+    def pick(index: list[int]) -> Split:
+        return Split([split.inputs[i] for i in index], split.labels[torch.tensor(index)])
+
+    return pick(rest), pick(held)
 
 
 def vowels_task(data: dict, seed: int) -> dict[str, Any]:
     from pact_zoo.data.uea import load_uea_splits
 
-    train, test, names = load_uea_splits(data.get("name", "JapaneseVowels"))
+    folder = data.get("folder")  # written by `pact-zoo data fetch japanese_vowels --dest data`; else the wheel's
+    train, test, names = load_uea_splits(data.get("name", "JapaneseVowels"),
+                                         folder=None if folder is None else ROOT / folder)
 
     def to_split(ds) -> Split:
         return Split([torch.tensor(np.asarray(x), dtype=torch.float32) for x in ds["inputs_embeds"]],
                      torch.tensor(ds["labels"]))
 
-    tr, te = to_split(train), to_split(test)
-    return {"train": tr, "test": te, "num_labels": len(names), "input_size": tr.inputs[0].shape[1],
-            "vocab_size": None, "description": f"UEA {data.get('name', 'JapaneseVowels')} (sktime wheel)"}
+    full, te = to_split(train), to_split(test)
+    tr, va = stratified_holdout(full, data.get("validation_fraction", 0.25), data.get("split_seed", 0))
+    return {"train": tr, "validation": va, "test": te, "num_labels": len(names), "input_size": tr.inputs[0].shape[1],
+            "vocab_size": None, "description": f"UEA {data.get('name', 'JapaneseVowels')} ({folder or 'sktime wheel'}): "
+                                               f"{len(tr)} train / {len(va)} validation (held out of the archive's "
+                                               f"train split) / {len(te)} test"}
 
 
 def rotten_tomatoes_task(data: dict, seed: int) -> dict[str, Any]:
@@ -131,12 +159,15 @@ def rotten_tomatoes_task(data: dict, seed: int) -> dict[str, Any]:
 
     from pact_zoo.data.text import load_text_dataset, tokenize_split
 
-    splits = load_text_dataset(f"parquet:{ROOT / data.get('path', 'data/rotten_tomatoes')}",
-                               eval_split=data.get("eval_split", "test"))
+    source = f"parquet:{ROOT / data.get('path', 'data/rotten_tomatoes')}"
+    splits = load_text_dataset(source, eval_split=data.get("eval_split", "test"))
+    validation_splits = load_text_dataset(source, eval_split=data.get("validation_split", "validation"))
     tokenizer = AutoTokenizer.from_pretrained(ROOT / data.get("tokenizer", "data/all-MiniLM-L6-v2"))
     max_length = data.get("max_length", 64)
     train = tokenize_split(splits.train, tokenizer, splits.text_column, splits.label_column, max_length)
     test = tokenize_split(splits.eval, tokenizer, splits.text_column, splits.label_column, max_length)
+    validation = tokenize_split(validation_splits.eval, tokenizer, splits.text_column, splits.label_column,
+                                max_length)
     counts = np.bincount(np.concatenate([np.asarray(x) for x in train["input_ids"]]),
                          minlength=tokenizer.vocab_size)
     keep = np.nonzero(counts >= data.get("min_count", 1))[0]
@@ -150,10 +181,11 @@ def rotten_tomatoes_task(data: dict, seed: int) -> dict[str, Any]:
         return Split([torch.from_numpy(remap[np.asarray(x)]) for x in rows["input_ids"]],
                      torch.tensor(rows["labels"]))
 
-    tr, te = to_split(train), to_split(test)
-    return {"train": tr, "test": te, "num_labels": splits.num_classes, "input_size": None,
-            "vocab_size": len(keep) + 2, "pad_token_id": 0,
-            "description": f"Rotten Tomatoes parquet ({len(tr)} train / {len(te)} {data.get('eval_split', 'test')}), "
+    tr, va, te = to_split(train), to_split(validation), to_split(test)
+    return {"train": tr, "validation": va, "test": te, "num_labels": splits.num_classes, "input_size": None,
+            "vocab_size": len(keep) + 2, "pad_token_id": 0, "token_remap": torch.from_numpy(remap),
+            "description": f"Rotten Tomatoes parquet ({len(tr)} train / {len(va)} validation / {len(te)} "
+                           f"{data.get('eval_split', 'test')}), "
                            f"MiniLM tokenizer ids, max_length {max_length}, vocabulary {len(keep) + 2}"}
 
 
@@ -392,7 +424,7 @@ def _parse_value(text: str):
 
 def run(recipe: dict, task_name: str, patterns: Optional[list[str]], overrides: dict, diagnose_every: int,
         output: Optional[Path], thresholds: Optional[list[float]], ladder: bool = False,
-        seed: Optional[int] = None) -> dict[str, Any]:
+        seed: Optional[int] = None, save_dir: Optional[Path] = None) -> dict[str, Any]:
     spec = copy.deepcopy(recipe["tasks"][task_name])
     suffix = "" if seed is None or seed == recipe.get("seed", 0) else f"#seed{seed}"  # extra seeds: own rows
     seed = recipe.get("seed", 0) if seed is None else seed
@@ -425,8 +457,16 @@ def run(recipe: dict, task_name: str, patterns: Optional[list[str]], overrides: 
         if stage.adaptive and stage.method.has_threshold and thresholds:
             entry["eval_thresholds"] = {f"{t:g}": evaluate(model, task["test"], options.get("eval_batch_size", 256),
                                                            threshold=t) for t in thresholds}
+        if "validation" in task:  # what the choices of tau, threshold and recipe are made on
+            entry["eval_validation"] = evaluate(model, task["validation"], options.get("eval_batch_size", 256))
+            if stage.adaptive and stage.method.has_threshold and thresholds:
+                entry["eval_thresholds_validation"] = {
+                    f"{t:g}": evaluate(model, task["validation"], options.get("eval_batch_size", 256), threshold=t)
+                    for t in thresholds}
         entry["description"] = task["description"]
         name = name + suffix
+        if save_dir is not None:
+            model.save_pretrained(save_dir / task_name / name.replace("@", "_").replace("#", "_"))
         task_results[name] = entry
         e = entry["eval"]
         print(f"[{task_name}/{name}] acc {e['accuracy']:.4f} ± {e['accuracy_se']:.4f} steps/frame "
@@ -527,6 +567,68 @@ def results_table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _family(entry: dict) -> str:
+    config = entry["config"]
+    method = config.get("halting_method", "pact")
+    if method == "none":
+        return "lstm (1 step)" if config.get("max_ponder_steps") == 1 else "lstm (every step)"
+    return method
+
+
+def _candidates(name: str, entry: dict) -> list[tuple[str, dict, dict]]:
+    """Every (label, validation result, test result) a choice can pick from one trained model: its own rule and
+    every evaluated threshold."""
+    if "eval_validation" not in entry:
+        return []
+    out = [(name, entry["eval_validation"], entry["eval"])]
+    for t, val in entry.get("eval_thresholds_validation", {}).items():
+        out.append((f"{name}, threshold {t}", val, entry["eval_thresholds"][t]))
+    return out
+
+
+def selection_table(rows: dict[str, Any], max_steps: float) -> str:
+    """The choices made on the validation split only, and their test results: per method the model and rule with
+    the best validation accuracy, and the best one whose validation steps per frame are at most half of M (ties:
+    fewer steps). Extra seeds of a chosen variant (``<variant>#seed<n>``, same rule) give the test mean ± std."""
+    seed0 = {n: e for n, e in rows.items() if "#seed" not in n}
+    families: dict[str, list] = {}
+    for name, entry in seed0.items():
+        families.setdefault(_family(entry), []).extend(_candidates(name, entry))
+    lines = ["| method | choice (made on validation) | budget | validation accuracy % | validation steps / frame | "
+             "test accuracy % ± s.e. | test steps / frame | test FLOPs vs every step | test over seeds (n): "
+             "accuracy %, steps |", "|" + "---|" * 9]
+    chosen = {}
+    for family, candidates in families.items():
+        for budget, limit in (("any", float("inf")), ("≤ M/2 steps", max_steps / 2)):
+            pool = [c for c in candidates if c[1]["steps_per_frame"] <= limit]
+            if not pool or (budget != "any" and family.startswith("lstm")):
+                continue
+            label, val, test = max(pool, key=lambda c: (c[1]["accuracy"], -c[1]["steps_per_frame"]))
+            chosen[(family, budget)] = (label, test)
+            variant, _, rule = label.partition(", threshold ")
+            seeds = [test]
+            for other, entry in rows.items():
+                if other.startswith(variant + "#seed"):
+                    seeds.append(entry["eval_thresholds"][rule] if rule else entry["eval"])
+            acc = np.array([100 * e["accuracy"] for e in seeds])
+            steps = np.array([e["steps_per_frame"] for e in seeds])
+            over = (f"{acc.mean():.1f} ± {acc.std(ddof=1):.1f}, {steps.mean():.2f} ± {steps.std(ddof=1):.2f} "
+                    f"({len(seeds)})" if len(seeds) > 1 else "—")
+            lines.append(f"| {family} | {label} | {budget} | {100 * val['accuracy']:.1f} | "
+                         f"{val['steps_per_frame']:.2f} | {_pct(test)} | {test['steps_per_frame']:.2f} | "
+                         f"{test['flops_vs_every_step']:.3f} | {over} |")
+    every = chosen.get(("lstm (every step)", "any"))
+    pact = chosen.get(("pact", "≤ M/2 steps"))
+    if every and pact:
+        gap = 100 * (pact[1]["accuracy"] - every[1]["accuracy"])
+        lines += ["", f"Goal \"a PACT model within 0.5 points of the every-step LSTM at ≤ 0.5 of its steps\", "
+                      f"chosen on validation: {pact[0]} at {pact[1]['steps_per_frame']:.2f} steps on test, "
+                      f"{gap:+.1f} points against the every-step LSTM's test accuracy: "
+                      f"**{'met' if gap >= -0.5 and pact[1]['steps_per_frame'] <= max_steps / 2 else 'missed'}** "
+                      f"(one seed; see the seeds column)."]
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, Any], tasks: list[str], path: Path) -> None:
     """Accuracy against steps per frame and against measured FLOPs (relative to every frame running M steps), one
     row per task; PACT's threshold sweep of each model as a dotted line from its own point."""
@@ -588,7 +690,8 @@ def plot(results: dict[str, Any], tasks: list[str], path: Path) -> None:
 
 
 def diagnosis_summary(results: dict[str, Any]) -> str:
-    """One row per change of the diagnosis: steps per frame (mean ± std over inputs) and accuracy on every task."""
+    """One row per change of the diagnosis: steps per frame (mean ± std over inputs) and test accuracy on every
+    task, with the validation accuracy the recipe is chosen on where the run had a validation split."""
     tasks = [k for k in results if k.endswith("_diagnosis")]
     names = list(dict.fromkeys(n for t in tasks for n in results[t]))
     lines = ["| change | " + " | ".join(f"{t.removesuffix('_diagnosis')}: steps / frame, accuracy %" for t in tasks)
@@ -597,8 +700,10 @@ def diagnosis_summary(results: dict[str, Any]) -> str:
         cells = []
         for t in tasks:
             e = results[t].get(name, {}).get("eval")
+            val = results[t].get(name, {}).get("eval_validation")
             cells.append("—" if e is None else f"{e['steps_per_frame']:.2f} ± {e['steps_per_frame_std']:.2f}, "
-                                               f"{_pct(e)}")
+                                               f"{_pct(e)}" + ("" if val is None else
+                                                               f" (validation {100 * val['accuracy']:.1f})"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -639,6 +744,9 @@ def report(results_path: Path, markdown_path: Path, plot_path: Optional[Path]) -
             parts += [f"### {key}", "", diagnosis_table(rows), ""]
         else:
             parts += [f"### {key}", "", results_table({n: r for n, r in rows.items() if "#seed" not in n}), ""]
+            selection = selection_table(rows, max(e["config"].get("max_ponder_steps", 1) for e in rows.values()))
+            if any("eval_validation" in e for e in rows.values()):
+                parts += [f"### {key}: chosen on the validation split", "", selection, ""]
             seeds = seeds_table(rows)
             if seeds:
                 parts += [f"### {key}: extra seeds", "", seeds, ""]
@@ -649,6 +757,62 @@ def report(results_path: Path, markdown_path: Path, plot_path: Optional[Path]) -
         if tasks:
             plot(results, tasks, plot_path)
     print("\n".join(parts))
+
+
+def _tradeoff_point(result: dict, rule: str, threshold: Optional[float], full_mflops: float) -> dict[str, Any]:
+    """One of :func:`evaluate`'s results as a point of pact_zoo's ``tradeoff.json`` (the model card's table)."""
+    return {"rule": rule, "threshold": threshold, "accuracy": result["accuracy"], "num_samples": result["n"],
+            "mean_flops": result["mflops"] * 1e6, "flops_ratio": result["mflops"] / full_mflops,
+            "mean_units": [result["steps_per_frame"]]}
+
+
+def write_card(recipe: dict, task_name: str, variant: str, save_dir: Path, card_path: Path, out_dir: Path,
+               results_path: Path, thresholds: list[float]) -> None:
+    """A hub folder for one saved model (``--save-dir``): the model, and its card measured again on the test split
+    (its own rule, every threshold and full depth: the same weights at M steps, no halting head) through pact_zoo's
+    card builder, with the validation choice table and the accuracy-against-cost plot of the task."""
+    from pact_zoo.hub import _load_card, build_model_card
+
+    spec = recipe["tasks"][task_name]
+    seed = recipe.get("seed", 0)
+    torch.set_num_threads(recipe.get("threads", 1))
+    task = TASKS[spec.get("loader", task_name)](spec.get("data", {}), seed)
+    model = PactLSTMForSequenceClassification.from_pretrained(
+        save_dir / task_name / variant.replace("@", "_").replace("#", "_")).eval()
+    batch_size = spec["train"].get("eval_batch_size", 256)
+    with pact_zoo.full_depth(model):
+        full = evaluate(model, task["test"], batch_size)
+    method = _stages(model)[0].method
+    own = evaluate(model, task["test"], batch_size)
+    rule = model.config.halting_method
+    points = [_tradeoff_point(own, rule, method.threshold, full["mflops"])]
+    points += [_tradeoff_point(evaluate(model, task["test"], batch_size, threshold=t), rule, t, full["mflops"])
+               for t in thresholds if t != method.threshold]
+    points.sort(key=lambda point: point["threshold"])
+    evaluation = {"methods": [rule], "threshold": method.threshold, "points": points,
+                  "full_depth": _tradeoff_point(full, "full_depth", None, full["mflops"]),
+                  "default": points[[p["threshold"] for p in points].index(method.threshold)],
+                  "plots": [f"{task_name}_tradeoff.png"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # the folder the card's usage loads: weights, config, remote code
+    (out_dir / "tradeoff.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+    if "token_remap" in task:  # tokenizer id -> the model's compact vocabulary id, for the card's usage
+        from safetensors.torch import save_file
+
+        save_file({"token_remap": task["token_remap"]}, str(out_dir / TOKEN_REMAP))
+    results = json.loads(results_path.read_text())
+    plot(results, [task_name], out_dir / f"{task_name}_tradeoff.png")
+    card = _load_card(str(card_path))
+    rows = results[task_name]
+    card["description"] = (card.get("description", "").strip() + "\n\n" + task["description"] + ".\n\n"
+                           "### Every method on this task, chosen on the validation split\n\n"
+                           + selection_table(rows, max(e["config"].get("max_ponder_steps", 1) for e in rows.values())))
+    recipe_summary = {"script": "scripts/pact_lstm_real.py", "config": "hub_configs/pact_lstm.real/experiment.yaml",
+                      "task": task_name, "variant": variant, "model": {**spec["model"]},
+                      "train": {**spec["train"], **recipe["tasks"][task_name].get("train", {})}}
+    build_model_card(card, evaluation, False, card.get("model_name", variant), recipe_summary,
+                     folder_name=out_dir.name).save(out_dir / "README.md")
+    print(f"wrote {out_dir / 'README.md'}, {out_dir / 'tradeoff.json'} and the plot")
 
 
 def main() -> None:
@@ -663,6 +827,8 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=None,
                         help="also evaluate threshold methods at these thresholds")
     parser.add_argument("--output", type=Path, default=None, help="merge the results into this JSON file")
+    parser.add_argument("--save-dir", type=Path, default=None,
+                        help="save every trained model (save_pretrained) under SAVE_DIR/<task>/<variant>")
     parser.add_argument("--seed", type=int, default=None,
                         help="train with this seed instead of the recipe's (rows are named <variant>#seed<n>)")
     parser.add_argument("--ladder", action="store_true",
@@ -670,7 +836,14 @@ def main() -> None:
     parser.add_argument("--report", type=Path, nargs="+", default=None, metavar=("RESULTS_JSON", "MARKDOWN"),
                         help="only write the tables (and --plot) from a results JSON: RESULTS_JSON MARKDOWN")
     parser.add_argument("--plot", type=Path, default=None, help="with --report: the accuracy-vs-cost plot")
+    parser.add_argument("--card", nargs=4, default=None, metavar=("VARIANT", "CARD_YAML", "RESULTS_JSON", "OUT_DIR"),
+                        help="with --task and --save-dir: write the model card of a saved variant (test split)")
     args = parser.parse_args()
+    if args.card:
+        variant, card_yaml, results_json, out_dir = args.card
+        write_card(yaml.safe_load(args.config.read_text()), args.task, variant, args.save_dir, Path(card_yaml),
+                   Path(out_dir), Path(results_json), args.thresholds or [0.3, 0.4, 0.5, 0.6, 0.7])
+        return
     if args.report:
         report(args.report[0], args.report[1], args.plot)
         return
@@ -684,7 +857,7 @@ def main() -> None:
         overrides.setdefault(scope, {})[field] = _parse_value(value)
     start = time.perf_counter()
     run(recipe, args.task, args.variants, overrides, args.diagnose, args.output, args.thresholds, args.ladder,
-        args.seed)
+        args.seed, args.save_dir)
     print(f"total {time.perf_counter() - start:.0f} s, load {loadavg()}")
 
 
