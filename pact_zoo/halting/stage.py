@@ -20,12 +20,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-try:  # timm's FX tracing treats the stage as a leaf; the core itself does not need timm (remote-code checkpoints)
-    from timm.layers import register_notrace_module
-except ImportError:  # pragma: no cover - exercised only where timm is absent
-    def register_notrace_module(module: type) -> type:
-        return module
-
+from .adaptive_module import AdaptiveModule, register_notrace_module
 from .bucketing import DEFAULT_BUCKETS, BucketedUnits, set_bucketing
 from .compact import forward_compact, row_weights, with_touch, zero_touch
 from .compaction import CompactionCost, measure_compaction_cost
@@ -80,7 +75,7 @@ class _UniformDepth(HaltingMethod):
 
 
 @register_notrace_module
-class AdaptiveStage(BucketedUnits, nn.Module):
+class AdaptiveStage(BucketedUnits, AdaptiveModule):
     """A sequence of units whose depth each sample chooses.
 
     Args:
@@ -174,17 +169,11 @@ class AdaptiveStage(BucketedUnits, nn.Module):
         self.exits = nn.ModuleList(exits) if exits is not None else None
         self.method_state = self.method.make_state()
         self.execution = execution
-        self.decision = "greedy"
-        self.full_depth = False
-        self.truncate: Optional[int] = None
-        self.anytime = False
-        self.rollout = False
         self.grad_checkpointing = False
         self.buckets = None
         self.cuda_graphs = False
         self.compaction_cost = None
         self.trim_padding = False
-        self.record: Optional[HaltingRecord] = None
         self._graphs: dict[tuple, tuple] = {}
 
     def __setstate__(self, state: dict) -> None:
@@ -207,18 +196,6 @@ class AdaptiveStage(BucketedUnits, nn.Module):
     def adaptive(self) -> bool:
         """True when the stage has halting heads or exits to decide from (its method halts)."""
         return self.method.uses_heads and self.decision_heads is not None
-
-    @property
-    def halting(self) -> bool:
-        """True when the next forward's depth comes from the halting heads (adaptive, and not switched to full,
-        truncated or anytime depth)."""
-        return (self.adaptive and not self.full_depth and self.truncate is None and not self._anytime_forward)
-
-    @property
-    def _anytime_forward(self) -> bool:
-        """True when the next forward runs a uniform depth per row and no head: training under ``anytime`` or under
-        a method that trains that way (``anytime_training``)."""
-        return self.training and (self.anytime or self.method.anytime_training)
 
     def extra_repr(self) -> str:
         knobs = "".join(f", {k}={v!r}" for k, v in self.method.knob_values().items())
@@ -265,10 +242,6 @@ class AdaptiveStage(BucketedUnits, nn.Module):
             return logits
         return self._exit_output(n, state, context)
 
-    def _keep(self, record: HaltingRecord) -> None:
-        if current_profiler() is None:  # a profiling run leaves the user's record alone
-            self.record = record
-
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Args:
             x: ``[B, ...]`` stage input.
@@ -278,8 +251,7 @@ class AdaptiveStage(BucketedUnits, nn.Module):
             ``[B, ...]`` stage output (the shape the units produce).
         """
         if isinstance(x, torch.fx.Proxy):  # FX tracing with any tracer: the stage is one leaf node, it halts at run time
-            args = (x,) if context is None else (x, context)
-            return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), args, {})
+            return self._fx_leaf(x) if context is None else self._fx_leaf(x, context)
         if self.truncate is not None:
             return self._forward_all(x, context, self.truncate)
         if self._anytime_forward:
