@@ -282,8 +282,6 @@ class AdaptiveWidth(AdaptiveModule):
     counts for ``[B, T, D]`` inputs (``[N, 1]`` for 2-d inputs).
     """
 
-    adaptive_stage_protocol = True
-
     def __init__(self, in_features: int, hidden_features: int, num_learners: int = 4,
                  out_features: Optional[int] = None, act_layer: Optional[nn.Module] = None, gating: str = "acm",
                  min_learners: int = 0, bias: bool = True, gate_hidden: int = DEFAULT_GATE_HIDDEN,
