@@ -108,3 +108,22 @@ def test_deprecated_hook_names_still_import_and_warn_once(name, value):
         assert getattr(pact_zoo.halting.report, name) == value  # once per process
     with pytest.raises(AttributeError):
         pact_zoo.halting.no_such_name
+
+
+def test_model_outputs_give_depth_under_the_core_name():
+    """``units_executed`` (HaltingRecord, HaltingReport) reads each family's own depth field; keys and tuples keep
+    the family's names."""
+    from pact_zoo.hf import (
+        PactEncoderModelOutput, PactEncoderSequenceClassifierOutput, PactEncoderTokenClassifierOutput,
+        PactLSTMModelOutput, PactLSTMSequenceClassifierOutput, PactLSTMTokenClassifierOutput,
+    )
+
+    layers, steps = torch.tensor([2, 3]), torch.tensor([[1, 2], [3, 0]])
+    for cls in (PactEncoderModelOutput, PactEncoderSequenceClassifierOutput, PactEncoderTokenClassifierOutput):
+        output = cls(ponder_cost=layers.float(), layers_executed=layers)
+        assert output.units_executed is layers and list(output.keys()) == ["ponder_cost", "layers_executed"]
+        assert output.to_tuple() == (output.ponder_cost, layers)
+    for cls in (PactLSTMModelOutput, PactLSTMSequenceClassifierOutput, PactLSTMTokenClassifierOutput):
+        output = cls(ponder_steps=steps)
+        assert output.units_executed is steps and list(output.keys()) == ["ponder_steps"]
+    assert PactEncoderModelOutput().units_executed is None

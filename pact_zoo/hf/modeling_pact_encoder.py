@@ -51,7 +51,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
 from .backbones import load_backbone, pool_tokens, sentence_transformers_pooling
-from .halting_model import HaltingModelMixin
+from .halting_model import HaltingModelMixin, UnitsExecutedOutput
 from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
 from .remote_code import remote_code_files as shared_remote_code_files
 
@@ -73,15 +73,18 @@ TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 # Outputs
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
-class PactEncoderModelOutput(ModelOutput):
+class PactEncoderModelOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactEncoderModel`.
 
     Args:
         last_hidden_state: ``[B, T, H]`` state where each sample stopped (training: the method's mixture over layers).
         ponder_cost: ``[B]`` per-sample halting cost (PACT: relaxed sum_n n w_n or E_q[z] in training, N in eval;
             ACT: N + R; ``"none"``: layers run, not part of the loss).
-        layers_executed: ``[B]`` long, encoder layers run per sample.
+        layers_executed: ``[B]`` long, encoder layers run per sample (also read as ``units_executed``, the halting
+            core's name).
     """
+
+    units_field = "layers_executed"
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
@@ -89,7 +92,7 @@ class PactEncoderModelOutput(ModelOutput):
 
 
 @dataclass
-class PactEncoderSequenceClassifierOutput(ModelOutput):
+class PactEncoderSequenceClassifierOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactEncoderForSequenceClassification`.
 
     Args:
@@ -98,6 +101,8 @@ class PactEncoderSequenceClassifierOutput(ModelOutput):
         ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
     """
 
+    units_field = "layers_executed"
+
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
@@ -105,7 +110,7 @@ class PactEncoderSequenceClassifierOutput(ModelOutput):
 
 
 @dataclass
-class PactEncoderTokenClassifierOutput(ModelOutput):
+class PactEncoderTokenClassifierOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactEncoderForTokenClassification`.
 
     Args:
@@ -113,6 +118,8 @@ class PactEncoderTokenClassifierOutput(ModelOutput):
         logits: ``[B, T, num_labels]``.
         ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
     """
+
+    units_field = "layers_executed"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
