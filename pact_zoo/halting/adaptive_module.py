@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-try:  # timm's FX tracing treats adaptive modules as leaves; the core itself does not need timm (remote-code checkpoints)
+try:  # timm's FX tracing treats adaptive modules as leaves; the core does not need timm (remote-code checkpoints)
     from timm.layers import register_notrace_module
 except ImportError:  # pragma: no cover - exercised only where timm is absent
     def register_notrace_module(module: type) -> type:

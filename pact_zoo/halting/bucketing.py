@@ -81,11 +81,11 @@ class BucketedUnits:
 
 def set_bucketing(model: nn.Module, buckets: Optional[Sequence[int]] = DEFAULT_BUCKETS,
                   cuda_graphs: bool = False) -> None:
-    """Bucketed compact eval for every :class:`~pact_zoo.halting.AdaptiveStage` of ``model``: each unit runs on the running rows padded
-    up to the next of ``buckets`` (ascending sizes; None switches bucketing off), so that a GPU sees a few shapes
-    (cuDNN autotuning, compiled graphs); with ``cuda_graphs`` one CUDA graph per (unit, bucket) is captured on first
-    use and replayed. Outputs and depths are those of unbucketed compaction (a padded row is never read; eval
-    normalisation is per row). Only gradient-free eval forwards are bucketed."""
+    """Bucketed compact eval for every :class:`~pact_zoo.halting.AdaptiveStage` of ``model``: each unit runs on the
+    running rows padded up to the next of ``buckets`` (ascending sizes; None switches bucketing off), so that a GPU
+    sees a few shapes (cuDNN autotuning, compiled graphs); with ``cuda_graphs`` one CUDA graph per (unit, bucket) is
+    captured on first use and replayed. Outputs and depths are those of unbucketed compaction (a padded row is never
+    read; eval normalisation is per row). Only gradient-free eval forwards are bucketed."""
     if buckets is not None:
         buckets = tuple(int(b) for b in buckets)
         if not buckets or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
