@@ -21,8 +21,12 @@ except ImportError:  # pragma: no cover - exercised only where timm is absent
 
 from .flops import current_profiler
 from .method import HaltingMethod, HaltingRecord
+from .protocols import warn_deprecated
 
-__all__ = ["AdaptiveModule", "register_notrace_module"]
+__all__ = ["AdaptiveModule", "is_adaptive_module", "register_notrace_module"]
+
+#: Deprecated class attribute: a module that adapted per row without this base set it to True.
+_LEGACY_ATTR = "adaptive_stage_protocol"
 
 
 class AdaptiveModule(nn.Module):
@@ -88,3 +92,13 @@ class AdaptiveModule(nn.Module):
         tracer = args[0].tracer
         return tracer.create_proxy("call_module", tracer.path_of_module(self), tuple(args), {})
 
+
+def is_adaptive_module(module: nn.Module) -> bool:
+    """True for an :class:`AdaptiveModule` (or a class that sets the deprecated ``adaptive_stage_protocol = True``)."""
+    if isinstance(module, AdaptiveModule):
+        return True
+    if getattr(type(module), _LEGACY_ATTR, False):
+        warn_deprecated(_LEGACY_ATTR, f"{type(module).__name__}.adaptive_stage_protocol is deprecated: subclass "
+                                      "pact_zoo.halting.AdaptiveModule")
+        return True
+    return False

@@ -22,14 +22,22 @@ from typing import Any, Optional, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["FlopsAccountedModule", "LengthProfiledModel", "ProfiledModel", "record_input_shape",
-           "recorded_input_shape"]
+__all__ = ["FlopsAccountedModule", "LengthProfiledModel", "ProfiledModel", "deprecated_hook_name",
+           "record_input_shape", "recorded_input_shape"]
 
 #: Where :func:`record_input_shape` keeps the shape (the instance's ``__dict__``; not a state-dict entry).
 _INPUT_SHAPE_KEY = "_halting_input_shape"
 #: Deprecated public attribute of the same shape (set by user models that followed the earlier docs).
 _LEGACY_INPUT_SHAPE_ATTR = "halting_input_shape"
 _WARNED: set[str] = set()
+#: The string names the report's hooks had before these protocols (and :class:`AdaptiveModule`): still importable
+#: from :mod:`.report` and the package, with a DeprecationWarning.
+_DEPRECATED_HOOK_NAMES = {
+    "INPUT_SHAPE_ATTR": ("halting_input_shape", "record_input_shape(self, x) in forward"),
+    "PROFILE_INPUTS_METHOD": ("halting_profile_inputs", "the ProfiledModel protocol"),
+    "SAMPLE_LENGTHS_METHOD": ("halting_sample_lengths", "the LengthProfiledModel protocol"),
+    "STAGE_PROTOCOL_ATTR": ("adaptive_stage_protocol", "a subclass of AdaptiveModule"),
+}
 
 
 def warn_deprecated(key: str, message: str) -> None:
@@ -37,6 +45,15 @@ def warn_deprecated(key: str, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         warnings.warn(message, DeprecationWarning, stacklevel=3)
+
+
+def deprecated_hook_name(module: str, name: str) -> str:
+    """The value of the deprecated constant ``name`` (a module's ``__getattr__``); AttributeError for other names."""
+    if name not in _DEPRECATED_HOOK_NAMES:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    value, replacement = _DEPRECATED_HOOK_NAMES[name]
+    warn_deprecated(name, f"pact_zoo.halting.{name} is deprecated: use {replacement} (pact_zoo.halting.protocols)")
+    return value
 
 
 @runtime_checkable

@@ -9,10 +9,12 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .adaptive_module import AdaptiveModule
+from .adaptive_module import AdaptiveModule, is_adaptive_module
 from .config import validate_threshold
 from .flops import _COUNTED, FlopsProfiler
-from .protocols import FlopsAccountedModule, LengthProfiledModel, ProfiledModel, recorded_input_shape, warn_deprecated
+from .protocols import (
+    FlopsAccountedModule, LengthProfiledModel, ProfiledModel, deprecated_hook_name, recorded_input_shape,
+)
 from .stage import DECISION_MODES, EXECUTION_MODES
 
 __all__ = [
@@ -23,35 +25,9 @@ __all__ = [
     "training_loss", "truncated_depth",
 ]
 
-#: Deprecated names of the report's hooks (strings), replaced by the typed protocols of :mod:`.protocols` and by
-#: :class:`~pact_zoo.halting.adaptive_module.AdaptiveModule`; still importable, with a DeprecationWarning.
-_DEPRECATED_HOOK_NAMES = {
-    "INPUT_SHAPE_ATTR": ("halting_input_shape", "record_input_shape(self, x) in forward"),
-    "PROFILE_INPUTS_METHOD": ("halting_profile_inputs", "the ProfiledModel protocol"),
-    "SAMPLE_LENGTHS_METHOD": ("halting_sample_lengths", "the LengthProfiledModel protocol"),
-    "STAGE_PROTOCOL_ATTR": ("adaptive_stage_protocol", "a subclass of AdaptiveModule"),
-}
-#: Deprecated class attribute: a module that adapts per row without subclassing AdaptiveModule set it to True.
-_LEGACY_STAGE_ATTR = "adaptive_stage_protocol"
-
 
 def __getattr__(name: str) -> Any:
-    if name in _DEPRECATED_HOOK_NAMES:
-        value, replacement = _DEPRECATED_HOOK_NAMES[name]
-        warn_deprecated(name, f"pact_zoo.halting.{name} is deprecated: use {replacement} "
-                              "(pact_zoo.halting.protocols)")
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _is_adaptive_module(module: nn.Module) -> bool:
-    if isinstance(module, AdaptiveModule):
-        return True
-    if getattr(type(module), _LEGACY_STAGE_ATTR, False):
-        warn_deprecated(_LEGACY_STAGE_ATTR, f"{type(module).__name__}.adaptive_stage_protocol is deprecated: "
-                                            "subclass pact_zoo.halting.AdaptiveModule")
-        return True
-    return False
+    return deprecated_hook_name(__name__, name)  # the string names of the hooks, before the protocols
 
 
 @dataclass
@@ -111,7 +87,7 @@ def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveModule]]:
     :class:`AdaptiveStage` modules, including non-halting ones, and per-token width modules), in module order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return [(name, m) for name, m in model.named_modules() if _is_adaptive_module(m)]
+    return [(name, m) for name, m in model.named_modules() if is_adaptive_module(m)]
 
 
 def _records(model: nn.Module, what: str) -> list[tuple[str, AdaptiveModule]]:
