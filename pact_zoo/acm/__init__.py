@@ -7,8 +7,9 @@
 * :func:`distill_modules`, :func:`pretrain_gates`, :func:`finetune` - the paper's three phases;
   :func:`convert` runs them in sequence.
 
-ACM modules speak the stage protocol of the halting core: ``pact_zoo.halting_report`` (FLOPs per sample and per
-token), ``set_threshold`` / ``calibrate_threshold`` (the budget knob), ``set_execution``, ``full_depth`` work on them.
+ACM modules are adaptive modules of the halting core (``AdaptiveModule``, as the depth stages are):
+``pact_zoo.halting_report`` (FLOPs per sample and per token), ``set_threshold`` / ``calibrate_threshold`` (the budget
+knob), ``set_execution``, ``full_depth`` work on them.
 """
 from .module import ACMGating, AdaptiveWidth, CondnetGating, EVAL_RULES, GATINGS
 from .convert import INITS, acm_modules, acmize, acmize_structure, gate_parameters, learner_parameters

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..halting.protocols import record_input_shape
 from .module import AdaptiveWidth, GATINGS
 
 __all__ = ["acmize", "acmize_structure", "register_acm_converter", "MODEL_CONVERTERS", "acm_modules", "split_ffn", "split_linear", "INITS",
@@ -205,9 +206,8 @@ def register_acm_converter(matches: Callable[[nn.Module], bool], converter: Call
 
 
 def _record_input_shape(module: nn.Module, args: tuple) -> None:
-    from ..halting.report import INPUT_SHAPE_ATTR
     if args and isinstance(args[0], torch.Tensor):
-        setattr(module, INPUT_SHAPE_ATTR, tuple(args[0].shape[1:]))
+        record_input_shape(module, args[0])
 
 
 def acmize(model: nn.Module, num_learners: int = 4, gating: str = "acm", attention: bool = False,

@@ -15,9 +15,10 @@ Two gatings (``gating=``):
 
 Evaluation runs each learner only on the tokens that use it, on the flattened ``[N, D]`` tokens with the core's
 compaction primitives (``"compact"``), or computes every learner and masks (``"masked"``, the reference). A token's
-output and its learner count depend on that token alone. The module speaks the stage protocol of
-:mod:`pact_zoo.halting.report`, so ``halting_report``, ``set_threshold``, ``calibrate_threshold``, ``halting_loss``,
-``full_depth``, ``truncated_depth`` and ``set_execution`` work on ACMized models unchanged.
+output and its learner count depend on that token alone. The module is an
+:class:`~pact_zoo.halting.adaptive_module.AdaptiveModule`, as the depth stages are, so ``halting_report``,
+``set_threshold``, ``calibrate_threshold``, ``halting_loss``, ``full_depth``, ``truncated_depth`` and
+``set_execution`` work on ACMized models unchanged.
 
 Weight layout (packed): learner i owns rows ``i*h:(i+1)*h`` of ``w1`` ``[K*h, D_in]``, ``b1`` ``[K*h]`` and
 ``w2`` ``[K*h, D_out]``; ``b2`` ``[D_out]`` is shared (it is the output of k = 0, as in the paper's code). The first k
@@ -38,7 +39,8 @@ from ..halting.method import HaltingMethod, HaltingRecord, Knob, check_choice, c
     logit_threshold
 from ..halting.pact import sampled_stop
 from ..halting.policy_gradient import BASELINES, PolicyGradientMethod
-from ..halting.stage import register_notrace_module, zero_touch
+from ..halting.adaptive_module import AdaptiveModule, register_notrace_module
+from ..halting.compact import zero_touch
 
 __all__ = ["AdaptiveWidth", "ACMGating", "CondnetGating", "GATINGS", "EVAL_RULES", "build_gating"]
 
@@ -258,7 +260,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 @register_notrace_module  # timm's FX tracing keeps the module whole: its per-token gating runs at run time
-class AdaptiveWidth(nn.Module):
+class AdaptiveWidth(AdaptiveModule):
     """K learners ``D_in -> h -> D_out`` whose outputs add up, with a per-token gate.
 
     Args:
@@ -279,8 +281,6 @@ class AdaptiveWidth(nn.Module):
     Shapes: ``forward(x)`` with ``x`` ``[..., D_in]`` returns ``[..., D_out]``; the record holds ``[B, T]`` learner
     counts for ``[B, T, D]`` inputs (``[N, 1]`` for 2-d inputs).
     """
-
-    adaptive_stage_protocol = True
 
     def __init__(self, in_features: int, hidden_features: int, num_learners: int = 4,
                  out_features: Optional[int] = None, act_layer: Optional[nn.Module] = None, gating: str = "acm",
@@ -309,14 +309,6 @@ class AdaptiveWidth(nn.Module):
         self.gate = _gate_mlp(in_features, self.method.gate_outputs(num_learners, min_learners), gate_hidden,
                               gate_depth)
         self.reset_parameters()
-        # stage protocol (pact_zoo.halting.report)
-        self.record: Optional[HaltingRecord] = None
-        self.execution = "compact"
-        self.decision = "greedy"
-        self.full_depth = False
-        self.truncate: Optional[int] = None
-        self.anytime = False
-        self.rollout = False
         self.keep_prefixes = False  # phase 1/2: keep every prefix output of the last forward in ``self.prefixes``
         self.prefixes: Optional[torch.Tensor] = None
 
@@ -329,19 +321,16 @@ class AdaptiveWidth(nn.Module):
             nn.init.zeros_(self.b1)
         nn.init.zeros_(self.b2)
 
-    # -- stage protocol ----------------------------------------------------------------------------------------------
+    # -- AdaptiveModule ------------------------------------------------------------------------------------------------
     @property
     def num_units(self) -> int:
         return self.num_learners
 
     @property
-    def adaptive(self) -> bool:
-        return True
-
-    @property
-    def halting(self) -> bool:
-        """The gate runs in this forward (not under full_depth / truncated_depth / anytime)."""
-        return not (self.full_depth or self.truncate is not None or self.anytime)
+    def _anytime_forward(self) -> bool:
+        """Under ``anytime`` (in any mode) no gate runs: training draws a uniform width per token, eval runs full
+        width (:meth:`_forward_static`)."""
+        return self.anytime
 
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.num_learners} x {self.hidden_features} -> {self.out_features}, "
@@ -401,7 +390,7 @@ class AdaptiveWidth(nn.Module):
     # -- forward -------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.fx.Proxy):  # FX tracing with any tracer: one leaf node, gated at run time
-            return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
+            return self._fx_leaf(x)
         shape = x.shape
         rows_shape = (shape[0], shape[1]) if x.dim() >= 3 else (shape[0], 1)
         flat = x.reshape(-1, shape[-1])
@@ -424,7 +413,7 @@ class AdaptiveWidth(nn.Module):
             extra["log_prob"] = extra["log_prob"].view(rows_shape).sum(1)
         record = HaltingRecord(units_executed=units.view(rows_shape), cost=None if cost is None else
                                cost.view(rows_shape).mean(1), num_units=self.num_learners, method=self.method, **extra)
-        self.record = record
+        self._keep(record)
         return out.reshape(shape[:-1] + (self.out_features,))
 
     def _forward_static(self, flat: torch.Tensor):

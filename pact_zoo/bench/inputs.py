@@ -48,13 +48,13 @@ class InputSpec:
 
 
 def _takes_tokens(model: nn.Module) -> bool:
-    """True when the model's ``halting_profile_inputs()`` protocol feeds ``input_ids`` (a token model)."""
-    from ..halting.report import PROFILE_INPUTS_METHOD
+    """True when the model's ``halting_profile_inputs()`` (:class:`~pact_zoo.halting.ProfiledModel`) feeds
+    ``input_ids`` (a token model)."""
+    from ..halting.protocols import ProfiledModel
 
-    profile = getattr(model, PROFILE_INPUTS_METHOD, None)
-    if not callable(profile):
+    if not isinstance(model, ProfiledModel):
         return False
-    _, kwargs = profile()
+    _, kwargs = model.halting_profile_inputs()
     return "input_ids" in kwargs
 
 

@@ -21,27 +21,37 @@ from .compaction import ActiveRows, RowCollector, count_true, empty_rows, split_
 from .distributions import StoppingDistribution, TruncatedGeometricPrior, logistic_noise, stick_breaking
 from .flops import FlopsProfiler, module_flops_per_sample, recurrent_cell_flops
 from .heads import HaltingHead, VectorHaltingHead
+from .protocols import FlopsAccountedModule, LengthProfiledModel, ProfiledModel, record_input_shape
 from .report import (
-    INPUT_SHAPE_ATTR, PROFILE_INPUTS_METHOD, HaltingReport, TrainingLoss, adaptive_stages, anytime_depth, eval_mode,
+    HaltingReport, TrainingLoss, adaptive_stages, anytime_depth, eval_mode,
     training_loss, full_depth, halting_cost, halting_loss,
     halting_report, needs_rollout, needs_task_loss, self_critical_baseline, set_decision, set_execution,
     set_threshold, truncated_depth,
 )
+from .adaptive_module import AdaptiveModule
 from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
 from .calibrate import FlopsTally, ThresholdCalibration, calibrate_threshold, measure_flops, run_model
 from .synthetic import calibrate_batchnorm, synthesize_halting
 
 __all__ = [
-    "act_halting", "ACTHalting", "ActiveRows", "ACTMethod", "adaptive_stages", "AdaptiveStage", "anytime_depth",
-    "calibrate_batchnorm", "calibrate_threshold", "check_choice", "check_number", "check_threshold", "ConfidenceExit",
-    "COST_ESTIMATORS", "count_true", "DECISION_MODES", "empty_rows", "EntropyExit", "eval_mode", "EXECUTION_MODES",
-    "exit_certainty", "ExitRule", "FlopsProfiler", "FlopsTally", "full_depth", "get_halting_method", "halting_cost", "halting_loss",
+    "act_halting", "ACTHalting", "ActiveRows", "ACTMethod", "adaptive_stages", "AdaptiveModule", "AdaptiveStage",
+    "anytime_depth", "calibrate_batchnorm", "calibrate_threshold", "check_choice", "check_number",
+    "check_threshold", "ConfidenceExit", "COST_ESTIMATORS", "count_true", "DECISION_MODES", "empty_rows",
+    "EntropyExit", "eval_mode", "EXECUTION_MODES", "exit_certainty", "ExitRule", "FlopsAccountedModule",
+    "FlopsProfiler", "FlopsTally", "full_depth", "get_halting_method", "halting_cost", "halting_loss",
     "HALTING_METHODS", "halting_report", "HaltingConfig", "HaltingHead", "HaltingMethod", "HaltingRecord",
-    "HaltingReport", "INPUT_SHAPE_ATTR", "Knob", "logistic_noise", "measure_flops", "Mixture", "module_flops_per_sample",
-    "needs_rollout", "needs_task_loss", "NoHalting", "PACTMethod", "PatienceExit", "PolicyGradientMethod",
-    "PROFILE_INPUTS_METHOD", "recurrent_cell_flops", "register_halting_method", "resolve_method", "RowCollector", "run_model",
-    "self_critical_baseline", "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking",
-    "StopDecision", "StoppingDistribution", "synthesize_halting", "take_rows", "ThresholdCalibration",
-    "training_loss", "TrainingLoss", "truncated_depth", "TruncatedGeometricPrior", "validate_threshold",
-    "VectorHaltingHead",
+    "HaltingReport", "Knob", "LengthProfiledModel", "logistic_noise", "measure_flops", "Mixture",
+    "module_flops_per_sample", "needs_rollout", "needs_task_loss", "NoHalting", "PACTMethod", "PatienceExit",
+    "PolicyGradientMethod", "ProfiledModel", "record_input_shape", "recurrent_cell_flops",
+    "register_halting_method", "resolve_method", "RowCollector", "run_model", "self_critical_baseline",
+    "set_decision", "set_execution", "set_threshold", "split_rows", "stick_breaking", "StopDecision",
+    "StoppingDistribution", "synthesize_halting", "take_rows", "ThresholdCalibration", "training_loss",
+    "TrainingLoss", "truncated_depth", "TruncatedGeometricPrior", "validate_threshold", "VectorHaltingHead",
 ]
+
+
+def __getattr__(name: str):
+    """Deprecated names of the report's hooks (:mod:`.report`), with a DeprecationWarning."""
+    from . import report
+
+    return getattr(report, name)

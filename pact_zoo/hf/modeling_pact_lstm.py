@@ -51,7 +51,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .report import halting_loss
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_lstm import PactLSTMConfig
-from .halting_model import HaltingModelMixin
+from .halting_model import HaltingModelMixin, UnitsExecutedOutput
 from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
 from .remote_code import remote_code_files as shared_remote_code_files
 
@@ -71,17 +71,20 @@ AUTO_MAP_CLASSES = {
 # Outputs
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
-class PactLSTMModelOutput(ModelOutput):
+class PactLSTMModelOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactLSTMModel`.
 
     Args:
         last_hidden_state: ``[B, T, H]`` hidden state of the top layer after each time step (zero at padding).
         ponder_cost: ``[B]`` per-sequence ponder cost sum_layers sum_t rho_t (PACT: relaxed sum_n n w_n or E_q[z] in
             training, N in eval; ACT: N + R; ``"none"``: executed steps, not part of the loss).
-        ponder_steps: ``[B, T]`` long, cell applications at each time step summed over layers (0 at padding).
+        ponder_steps: ``[B, T]`` long, cell applications at each time step summed over layers (0 at padding; also
+            read as ``units_executed``, the halting core's name).
         hidden_states: with ``output_hidden_states``: the input features ``[B, T, input_size]`` and every layer's
             output ``[B, T, H]``.
     """
+
+    units_field = "ponder_steps"
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
@@ -90,7 +93,7 @@ class PactLSTMModelOutput(ModelOutput):
 
 
 @dataclass
-class PactLSTMSequenceClassifierOutput(ModelOutput):
+class PactLSTMSequenceClassifierOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactLSTMForSequenceClassification`.
 
     Args:
@@ -98,6 +101,8 @@ class PactLSTMSequenceClassifierOutput(ModelOutput):
         logits: ``[B, num_labels]`` read from the top layer's state at each sequence's last real step.
         ponder_cost, ponder_steps, hidden_states: as in :class:`PactLSTMModelOutput`.
     """
+
+    units_field = "ponder_steps"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
@@ -107,7 +112,7 @@ class PactLSTMSequenceClassifierOutput(ModelOutput):
 
 
 @dataclass
-class PactLSTMTokenClassifierOutput(ModelOutput):
+class PactLSTMTokenClassifierOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactLSTMForTokenClassification`.
 
     Args:
@@ -115,6 +120,8 @@ class PactLSTMTokenClassifierOutput(ModelOutput):
         logits: ``[B, T, num_labels]``, one prediction per time step.
         ponder_cost, ponder_steps, hidden_states: as in :class:`PactLSTMModelOutput`.
     """
+
+    units_field = "ponder_steps"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None

@@ -7,7 +7,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..halting import INPUT_SHAPE_ATTR, adaptive_stages, resolve_method
+from ..halting import adaptive_stages, resolve_method
+from ..halting.protocols import record_input_shape
 
 _logger = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, training: b
 def is_tracing(x: object) -> bool:
     """True when ``x`` is a ``torch.fx`` tracing proxy (symbolic tracing: shapes and values are unknown)."""
     return isinstance(x, torch.fx.Proxy)
-
-
-def record_input_shape(model: nn.Module, x: torch.Tensor) -> None:
-    """Keep the per-sample input shape ``[C, H, W]`` of the last forward for :func:`pact_zoo.halting_report`
-    (not while FX-tracing: a proxy has no shape)."""
-    if not is_tracing(x):
-        setattr(model, INPUT_SHAPE_ATTR, tuple(x.shape[1:]))
 
 
 def check_not_compact_export(model: nn.Module) -> None:

@@ -118,7 +118,7 @@ def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") 
     if is_timm_folder(path):
         import timm
 
-        import pact_zoo  # noqa: F401  (registers the timm models)
+        from .. import models  # noqa: F401  (registers the timm models)
 
         config = _folder_config(path)
         if MADE_ADAPTIVE_ATTR in config:  # a plain timm architecture made adaptive: rebuild it, then load
