@@ -12,7 +12,8 @@ A *row* is whatever the first dimension of a state indexes: a sample of a ``[B, 
 * :func:`bucket_size` / :func:`pad_rows`: round a sub-batch up to one of a few sizes (GPU: bounded shapes for
   cuDNN autotuning and one CUDA graph per (unit, bucket));
 * :class:`PaddingTrim`: a padded sequence sub-batch cut to the positions its own rows use (their longest row), and
-  the finished rows padded back to the full length.
+  the finished rows padded back to the full length;
+* :class:`CompactionCost` / :func:`measure_compaction_cost`: when dropping halted rows pays (deferred compaction).
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+from torch import nn
 
 __all__ = ["ActiveRows", "CompactionCost", "PaddingTrim", "RowCollector", "bucket_size", "count_true", "empty_rows",
-           "pad_rows", "split_rows", "take_rows"]
+           "measure_compaction_cost", "pad_rows", "split_rows", "take_rows"]
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -221,3 +223,56 @@ class CompactionCost:
         """Whether to gather the ``live`` rows before unit ``unit`` now instead of running ``dead`` halted rows
         through it: the dead rows' share of the unit against the gather (greedy: dead rows pile up until it pays)."""
         return dead * self.row_seconds[unit] >= self.gather_seconds + live * self.gather_row_seconds
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    import statistics
+    import time
+
+    times = []
+    for _ in range(repeats + 1):  # the first call warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+@torch.inference_mode()
+def measure_compaction_cost(stage: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                            repeats: int = 5) -> CompactionCost:
+    """Measure on ``x``'s device what compaction costs and saves in ``stage`` (eval mode, full depth).
+
+    Args:
+        stage: an :class:`~pact_zoo.halting.AdaptiveStage`.
+        x: ``[B, ...]`` stage input, B >= 2 (the batch size the cost model is for).
+        context: optional ``[B, ...]`` per-row context of the units.
+        repeats: timed calls per measurement (median).
+
+    Returns:
+        per unit, the marginal time of a row, ``(t(B rows) - t(1 row)) / (B - 1)``; the fixed and per-row time of
+        gathering the running rows (state and index), from gathers of 1 and B - 1 rows of every unit's input.
+    """
+    batch = x.shape[0]
+    if batch < 2:
+        raise ValueError(f"x must hold at least 2 rows to measure a per-row cost, got {batch}")
+    device = x.device
+    row_seconds, gather_one, gather_many = [], [], []
+    one, many = torch.zeros(1, dtype=torch.long, device=device), torch.arange(batch - 1, device=device)
+    state = x
+    for n in range(stage.num_units):
+        ctx_one = None if context is None else context[:1]
+        full = _median_seconds(lambda: stage._run_unit(n, state, context), device, repeats)
+        single = _median_seconds(lambda: stage._run_unit(n, state[:1], ctx_one), device, repeats)
+        row_seconds.append(max(full - single, 0.0) / (batch - 1))
+        gather_one.append(_median_seconds(lambda: (take_rows(state, one), many.index_select(0, one)), device, repeats))
+        gather_many.append(_median_seconds(lambda: (take_rows(state, many), many.index_select(0, many)), device,
+                                           repeats))
+        state = stage._run_unit(n, state, context)
+    one_s, many_s = sum(gather_one) / len(gather_one), sum(gather_many) / len(gather_many)
+    per_row = max(many_s - one_s, 0.0) / max(batch - 2, 1)
+    return CompactionCost(row_seconds=tuple(row_seconds), gather_seconds=max(one_s - per_row, 0.0),
+                          gather_row_seconds=per_row)

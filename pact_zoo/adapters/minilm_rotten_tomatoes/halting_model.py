@@ -32,13 +32,28 @@ from .halting_adapter import (
 )
 from .remote_code import atomic_write, write_remote_code
 
-__all__ = ["HaltingModelMixin"]
+__all__ = ["HaltingModelMixin", "UnitsExecutedOutput"]
 
 logger = logging.get_logger(__name__)
 
 #: keyword arguments of ``from_pretrained`` (as the Auto classes pass them) that a local adapter folder does not need
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "subfolder", "revision", "token",
                "code_revision", "trust_remote_code", "adapter_kwargs")
+
+
+class UnitsExecutedOutput:
+    """Mixin of the models' outputs: :attr:`units_executed`, the depth each sample ran under the name the halting core
+    gives it (``HaltingRecord.units_executed``, ``HaltingReport.units_executed``). The family's own field, named in
+    ``units_field``, stays the output's key (encoder: ``layers_executed`` ``[B]``; LSTM: ``ponder_steps``
+    ``[B, T]``)."""
+
+    #: the output field that holds the units executed
+    units_field = ""
+
+    @property
+    def units_executed(self) -> Any:
+        """The units executed per sample (``[B]``) or per sample and time step (``[B, T]``), or None."""
+        return getattr(self, self.units_field)
 
 
 class HaltingModelMixin:

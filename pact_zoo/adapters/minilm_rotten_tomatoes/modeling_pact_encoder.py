@@ -50,7 +50,8 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .report import halting_loss
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
-from .halting_model import HaltingModelMixin
+from .backbones import load_backbone, pool_tokens, sentence_transformers_pooling
+from .halting_model import HaltingModelMixin, UnitsExecutedOutput
 from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
 from .remote_code import remote_code_files as shared_remote_code_files
 
@@ -72,15 +73,18 @@ TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 # Outputs
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
-class PactEncoderModelOutput(ModelOutput):
+class PactEncoderModelOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactEncoderModel`.
 
     Args:
         last_hidden_state: ``[B, T, H]`` state where each sample stopped (training: the method's mixture over layers).
         ponder_cost: ``[B]`` per-sample halting cost (PACT: relaxed sum_n n w_n or E_q[z] in training, N in eval;
             ACT: N + R; ``"none"``: layers run, not part of the loss).
-        layers_executed: ``[B]`` long, encoder layers run per sample.
+        layers_executed: ``[B]`` long, encoder layers run per sample (also read as ``units_executed``, the halting
+            core's name).
     """
+
+    units_field = "layers_executed"
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
@@ -88,7 +92,7 @@ class PactEncoderModelOutput(ModelOutput):
 
 
 @dataclass
-class PactEncoderSequenceClassifierOutput(ModelOutput):
+class PactEncoderSequenceClassifierOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactEncoderForSequenceClassification`.
 
     Args:
@@ -97,6 +101,8 @@ class PactEncoderSequenceClassifierOutput(ModelOutput):
         ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
     """
 
+    units_field = "layers_executed"
+
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
@@ -104,7 +110,7 @@ class PactEncoderSequenceClassifierOutput(ModelOutput):
 
 
 @dataclass
-class PactEncoderTokenClassifierOutput(ModelOutput):
+class PactEncoderTokenClassifierOutput(UnitsExecutedOutput, ModelOutput):
     """Output of :class:`PactEncoderForTokenClassification`.
 
     Args:
@@ -112,6 +118,8 @@ class PactEncoderTokenClassifierOutput(ModelOutput):
         logits: ``[B, T, num_labels]``.
         ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
     """
+
+    units_field = "layers_executed"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
@@ -122,12 +130,6 @@ class PactEncoderTokenClassifierOutput(ModelOutput):
 # --------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------------------------
-def _submodule(module: nn.Module, path: str) -> nn.Module:
-    for name in path.split("."):
-        module = getattr(module, name)
-    return module
-
-
 class PactEncoderLayerUnit(nn.Module):
     """One backbone encoder layer as a unit of the :class:`AdaptiveStage`: ``(hidden, mask) -> hidden``.
 
@@ -160,50 +162,6 @@ class PactEncoderLayerUnit(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layer={self.index}"
-
-
-#: Files a sentence-transformers folder describes its pooling with (``modules.json`` names the pooling module's folder).
-SENTENCE_TRANSFORMERS_MODULES, SENTENCE_TRANSFORMERS_POOLING = "modules.json", "sentence_transformers.models.Pooling"
-#: sentence-transformers pooling flags -> pooling mode of this family
-_SENTENCE_POOLING_FLAGS = (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
-                           ("pooling_mode_max_tokens", "max"))
-
-
-def pool_tokens(hidden: torch.Tensor, mask: Optional[torch.Tensor], mode: str) -> torch.Tensor:
-    """``[B, T, H]`` states -> ``[B, H]``: the first token (``"cls"``), or the mean / max over the real tokens of
-    ``mask`` ``[B, T]`` (1 = real; any padding side)."""
-    if mode == "cls":
-        return hidden[:, 0]
-    if mask is None:
-        return hidden.mean(1) if mode == "mean" else hidden.amax(1)
-    real = mask.to(hidden.dtype).unsqueeze(-1)
-    if mode == "mean":
-        return (hidden * real).sum(1) / real.sum(1).clamp(min=1.0)
-    return hidden.masked_fill(real == 0, torch.finfo(hidden.dtype).min).amax(1)
-
-
-def sentence_transformers_pooling(folder: Union[str, os.PathLike]) -> Optional[str]:
-    """The pooling a sentence-transformers folder was trained with (``"mean"``, ``"cls"``, ``"max"``), from its
-    ``modules.json`` and pooling ``config.json``; None when the folder has no pooling module."""
-    import json
-
-    folder = Path(folder)
-    modules_file = folder / SENTENCE_TRANSFORMERS_MODULES
-    if not modules_file.is_file():
-        return None
-    for module in json.loads(modules_file.read_text()):
-        if module.get("type") != SENTENCE_TRANSFORMERS_POOLING:
-            continue
-        config_file = folder / module.get("path", "") / "config.json"
-        if not config_file.is_file():
-            raise ValueError(f"{modules_file} names a pooling module without its config {config_file}")
-        flags = json.loads(config_file.read_text())
-        for flag, mode in _SENTENCE_POOLING_FLAGS:
-            if flags.get(flag):
-                return mode
-        raise ValueError(f"{config_file}: unsupported sentence-transformers pooling {flags}; pact_encoder pools by "
-                         "cls, mean or max")
-    return None
 
 
 class _ExitReader:
@@ -288,30 +246,6 @@ def remote_code_files() -> list[Path]:
         core=(HaltingConfig, exit_certainty_features, current_profiler, VectorHaltingHead, AdaptiveStage, halting_loss))
 
 
-def _looks_like_path(source: str) -> bool:
-    """True for a string that can only be a local path (absolute, ``./``, ``../``, ``~``, or more than one ``/``),
-    not a hub id (``name`` or ``org/name``)."""
-    return (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
-            or (os.sep != "/" and os.sep in source))
-
-
-def _load_backbone(source: str) -> PreTrainedModel:
-    """``AutoModel.from_pretrained(source)`` with a one-line error that says when ``source`` is no local folder."""
-    if not Path(source).expanduser().exists() and _looks_like_path(source):
-        raise FileNotFoundError(f"backbone folder not found: {source} (a local path that does not exist)")
-    try:
-        return AutoModel.from_pretrained(source)
-    except OSError as exc:
-        if Path(source).expanduser().exists():
-            raise
-        from huggingface_hub import constants
-
-        offline = " (the hub is offline: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OSError(f"backbone {source!r} is not a local folder (no such path) and could not be loaded as a hub "
-                      f"id{offline}: {reason}") from None
-
-
 class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
     """Weight init, ``from_backbone`` and ``convert_from`` shared by the PACT-Encoder models; halting knobs, losses and
     remote-code saving come from :class:`HaltingModelMixin`."""
@@ -382,7 +316,7 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         source_name = str(backbone) if isinstance(backbone, (str, os.PathLike)) else None
         if isinstance(backbone, (str, os.PathLike)):
             source = str(backbone)
-            backbone = _load_backbone(source)
+            backbone = load_backbone(source)
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(source)
         if not isinstance(backbone, PreTrainedModel):
@@ -436,7 +370,7 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
     def load_adapter_backbone(self, source: str) -> None:
         """Load the plain encoder at ``source`` (folder or hub id) into this model's backbone; its tokenizer, if it
         has one, becomes the model's."""
-        backbone = _load_backbone(source)
+        backbone = load_backbone(source)
         check_encoder_type(backbone.base_model.config.model_type)
         self._copy_backbone(backbone.base_model)
         try:
@@ -547,7 +481,7 @@ class PactEncoderModel(PactEncoderPreTrainedModel):
         self.backbone = AutoModel.from_config(config.encoder, **({"add_pooling_layer": add_pooling_layer}
                                                                   if pooled else {}))
         self._projection = projection
-        layers = _submodule(self.backbone, layer_path)
+        layers = self.backbone.get_submodule(layer_path)
         halting: HaltingConfig = config.halting_config
         units = [PactEncoderLayerUnit(layers, n, self.backbone.config) for n in range(len(layers))]
         heads = None

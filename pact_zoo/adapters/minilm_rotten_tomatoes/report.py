@@ -9,35 +9,25 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from .adaptive_module import AdaptiveModule, is_adaptive_module
 from .config import validate_threshold
 from .flops import _COUNTED, FlopsProfiler
-from .stage import DECISION_MODES, EXECUTION_MODES, AdaptiveStage
+from .protocols import (
+    FlopsAccountedModule, LengthProfiledModel, ProfiledModel, deprecated_hook_name, recorded_input_shape,
+)
+from .stage import DECISION_MODES, EXECUTION_MODES
 
 __all__ = [
     "HaltingReport", "TrainingLoss", "adaptive_stages", "anytime_depth", "eval_mode", "full_depth", "halting_cost",
     "halting_loss",
     "halting_report",
     "needs_rollout", "needs_task_loss", "self_critical_baseline", "set_decision", "set_execution", "set_threshold",
-    "training_loss", "truncated_depth", "INPUT_SHAPE_ATTR", "PROFILE_INPUTS_METHOD", "SAMPLE_LENGTHS_METHOD",
-    "STAGE_PROTOCOL_ATTR",
+    "training_loss", "truncated_depth",
 ]
 
-#: Image models set this attribute (the ``[C, H, W]`` per-sample input shape of the last forward) so that
-#: :func:`halting_report` can profile one sample.
-INPUT_SHAPE_ATTR = "halting_input_shape"
-#: Other models define this method: ``model.halting_profile_inputs() -> (args, kwargs)`` of a one-sample forward
-#: that applies every stage once (e.g. a one-step sequence for a recurrent model).
-PROFILE_INPUTS_METHOD = "halting_profile_inputs"
-#: Models whose per-sample FLOPs depend on each sample's length (transformer encoders: linear layers ~ T, attention
-#: ~ T^2) also define ``model.halting_sample_lengths() -> [B]`` (real tokens per sample of the last forward, or
-#: None); :func:`halting_report` then profiles ``halting_profile_inputs(length)`` once per distinct length.
-SAMPLE_LENGTHS_METHOD = "halting_sample_lengths"
-#: A module that adapts its computation per row without being an AdaptiveStage (per-token width: pact_zoo.acm) joins
-#: this API by setting this class attribute to True. It provides what the API reads from a stage (``record``,
-#: ``method``, ``adaptive``, ``halting``, ``execution``, ``decision``, ``num_units`` and the ``full_depth`` /
-#: ``truncate`` / ``anytime`` / ``rollout`` switches) and its own FLOPs account ``report_flops() -> (flops [B],
-#: sample_full_flops [B], full_flops, token_flops [B, T] or None)`` of the last forward.
-STAGE_PROTOCOL_ATTR = "adaptive_stage_protocol"
+
+def __getattr__(name: str) -> Any:
+    return deprecated_hook_name(__name__, name)  # the string names of the hooks, before the protocols
 
 
 @dataclass
@@ -54,8 +44,9 @@ class HaltingReport:
             sequences with padding).
         num_units: ``S`` stage depths L.
         stage_names: ``S`` module names of the stages.
-        token_flops: ``[B, T]`` long FLOPs per token of the per-token modules (:data:`STAGE_PROTOCOL_ATTR`),
-            summed over them, or None when the model has none.
+        token_flops: ``[B, T]`` long FLOPs per token of the modules that count their own FLOPs
+            (:class:`~pact_zoo.halting.protocols.FlopsAccountedModule`), summed over them, or None when the model has
+            none.
     """
 
     units_executed: torch.Tensor
@@ -91,15 +82,15 @@ class HaltingReport:
                 f"of {self.full_flops / 1e6:.4g} MFLOPs at full depth), mean units per stage {units or '-'})")
 
 
-def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveStage]]:
-    """All :class:`AdaptiveStage` modules of ``model`` (including non-halting ones), in module order."""
+def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveModule]]:
+    """All adaptive modules of ``model`` (:class:`~pact_zoo.halting.adaptive_module.AdaptiveModule`: the
+    :class:`AdaptiveStage` modules, including non-halting ones, and per-token width modules), in module order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, AdaptiveStage) or getattr(type(m), STAGE_PROTOCOL_ATTR, False)]
+    return [(name, m) for name, m in model.named_modules() if is_adaptive_module(m)]
 
 
-def _records(model: nn.Module, what: str) -> list[tuple[str, AdaptiveStage]]:
+def _records(model: nn.Module, what: str) -> list[tuple[str, AdaptiveModule]]:
     stages = adaptive_stages(model)
     for name, stage in stages:
         if stage.record is None:
@@ -263,31 +254,43 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 # --------------------------------------------------------------------------------------------------------------------
 # FLOPs report
 # --------------------------------------------------------------------------------------------------------------------
-def _profiled_root(model: nn.Module) -> nn.Module:
+def _profile_inputs(module: nn.Module) -> Optional[Callable[..., tuple[tuple, dict[str, Any]]]]:
+    """``([length]) -> (args, kwargs)`` of ``module``'s one-sample forward, or None when it gives none."""
+    if isinstance(module, ProfiledModel):
+        return module.halting_profile_inputs
+    shape = recorded_input_shape(module)
+    if shape is None:
+        return None
+
+    def zeros() -> tuple[tuple, dict[str, Any]]:
+        param = next(module.parameters())
+        return (torch.zeros((1,) + shape, dtype=param.dtype, device=param.device),), {}
+
+    return zeros
+
+
+def _profiled_root(model: nn.Module) -> tuple[nn.Module, Callable[..., tuple[tuple, dict[str, Any]]]]:
     for module in model.modules():
-        if callable(getattr(module, PROFILE_INPUTS_METHOD, None)) or getattr(module, INPUT_SHAPE_ATTR, None):
-            return module
-    raise RuntimeError(f"no profiling input: halting_report profiles models that record their per-sample input "
-                       f"shape (attribute {INPUT_SHAPE_ATTR!r}, set by the pact_zoo timm families in forward_features) "
-                       f"or define {PROFILE_INPUTS_METHOD}() (the pact_zoo Hugging Face models); call such a model "
-                       "first")
+        inputs = _profile_inputs(module)
+        if inputs is not None:
+            return module, inputs
+    raise RuntimeError("no profiling input: halting_report profiles models that record their per-sample input shape "
+                       "(pact_zoo.halting.record_input_shape, called by the pact_zoo timm families in "
+                       "forward_features) or implement halting_profile_inputs() (pact_zoo.halting.ProfiledModel: the "
+                       "pact_zoo Hugging Face models); call such a model first")
 
 
-def _profile(root: nn.Module, stages: list[tuple[str, AdaptiveStage]], length: Optional[int] = None
+def _profile(root: nn.Module, inputs: Callable[..., tuple[tuple, dict[str, Any]]],
+             stages: list[tuple[str, AdaptiveModule]], length: Optional[int] = None
              ) -> tuple[int, list[list[int]], list[list[int]], list[list[int]]]:
     """Per-sample FLOPs of the non-adaptive part, of every unit, of every head and of every exit, profiled once per
     input shape on one sample (every stage runs its dense path once under the profiler and leaves its record alone);
-    ``length``: the sample's length, for models with :data:`SAMPLE_LENGTHS_METHOD`."""
+    ``inputs``: the root's one-sample inputs (:func:`_profile_inputs`); ``length``: the sample's length, for
+    :class:`~pact_zoo.halting.protocols.LengthProfiledModel` models."""
     param = next(root.parameters())
-    if callable(getattr(root, PROFILE_INPUTS_METHOD, None)):
-        method = getattr(root, PROFILE_INPUTS_METHOD)
-        args, kwargs = method() if length is None else method(length)
-        shape = tuple((k, tuple(v.shape)) for k, v in kwargs.items() if isinstance(v, torch.Tensor))
-        shape += tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
-    else:
-        shape = tuple(getattr(root, INPUT_SHAPE_ATTR))
-        args = (torch.zeros((1,) + shape, dtype=param.dtype, device=param.device),)
-        kwargs = {}
+    args, kwargs = inputs() if length is None else inputs(length)
+    shape = tuple((k, tuple(v.shape)) for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+    shape += tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
     signature = (shape, param.dtype, param.device.type, tuple(s.adaptive for _, s in stages),
                  tuple((type(m).__name__, tuple(getattr(m, "weight").shape) if hasattr(m, "weight") else ())
                        for m in root.modules() if isinstance(m, _COUNTED)))
@@ -320,23 +323,22 @@ def halting_report(model: nn.Module) -> HaltingReport:
     units = [stage.record.units_executed.cpu() for _, stage in stages]
     if len({u.shape[0] for u in units}) != 1:
         raise RuntimeError("stages recorded different batch sizes: they did not all run in the last forward")
-    root = _profiled_root(model)
+    root, inputs = _profiled_root(model)
     batch_size = units[0].shape[0]
-    lengths = getattr(root, SAMPLE_LENGTHS_METHOD, None)
-    lengths = lengths() if callable(lengths) else None
+    lengths = root.halting_sample_lengths() if isinstance(root, LengthProfiledModel) else None
     if lengths is None:  # every sample costs the same per unit
         groups = [(None, torch.ones(batch_size, dtype=torch.bool))]
     else:  # one profile per distinct sample length
         lengths = lengths.detach().cpu().long()
         if tuple(lengths.shape) != (batch_size,):
-            raise RuntimeError(f"{SAMPLE_LENGTHS_METHOD}() gave shape {tuple(lengths.shape)}, expected ({batch_size},)")
+            raise RuntimeError(f"halting_sample_lengths() gave shape {tuple(lengths.shape)}, expected ({batch_size},)")
         groups = [(int(n), lengths == n) for n in torch.unique(lengths)]
     flops = torch.zeros(batch_size, dtype=torch.long)
     sample_full = torch.zeros(batch_size, dtype=torch.long)
     full = 0
     token_flops = None
     for s, (_, stage) in enumerate(stages):
-        if getattr(type(stage), STAGE_PROTOCOL_ATTR, False):  # its own account (e.g. per-token width)
+        if isinstance(stage, FlopsAccountedModule):  # its own account (e.g. per-token width)
             stage_flops, stage_sample_full, stage_full, tokens = stage.report_flops()
             flops += stage_flops
             sample_full += stage_sample_full
@@ -345,12 +347,12 @@ def halting_report(model: nn.Module) -> HaltingReport:
                 token_flops = tokens if token_flops is None else token_flops + tokens
     protocol_full = full
     for length, rows in groups:
-        base, unit_flops, head_flops, exit_flops = _profile(root, stages, length)
+        base, unit_flops, head_flops, exit_flops = _profile(root, inputs, stages, length)
         flops[rows] += base
         sample_full[rows] += base
         group_full = base
         for s, (_, stage) in enumerate(stages):
-            if getattr(type(stage), STAGE_PROTOCOL_ATTR, False):
+            if isinstance(stage, FlopsAccountedModule):
                 continue
             per_step = units[s] if units[s].dim() == 2 else units[s].unsqueeze(1)  # [B, T] applications
             per_step = per_step[rows]

@@ -6,13 +6,13 @@ The stage has two loops and no method-specific branch; it asks its :class:`~pact
   (training of dense methods such as PACT's Concrete mixture and ACT; the ``"masked"`` eval reference, the way SACT
   and its peers evaluate; FLOPs profiling, meta tensors and tracing);
 * the **compact** loop decides after every unit which rows stop; stopped rows leave the batch, so a halted sample
-  costs nothing (evaluation of every method, and sampled-path training of methods such as policy gradient).
+  costs nothing (evaluation of every method, and sampled-path training of methods such as policy gradient). It lives
+  in :mod:`.compact`; its bucketed, CUDA-graph unit runs in :mod:`.bucketing`.
 
 Every forward leaves one :class:`~pact_zoo.halting.HaltingRecord` in :attr:`AdaptiveStage.record`.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from contextlib import nullcontext
 from typing import Any, Optional, Sequence, Union
 
@@ -20,15 +20,10 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-try:  # timm's FX tracing treats the stage as a leaf; the core itself does not need timm (remote-code checkpoints)
-    from timm.layers import register_notrace_module
-except ImportError:  # pragma: no cover - exercised only where timm is absent
-    def register_notrace_module(module: type) -> type:
-        return module
-
-from .compaction import (
-    ActiveRows, CompactionCost, PaddingTrim, RowCollector, bucket_size, count_true, pad_rows, split_rows, take_rows,
-)
+from .adaptive_module import AdaptiveModule, register_notrace_module
+from .bucketing import DEFAULT_BUCKETS, BucketedUnits, set_bucketing
+from .compact import forward_compact, row_weights, with_touch, zero_touch
+from .compaction import CompactionCost, measure_compaction_cost
 from .config import HaltingConfig
 from .flops import current_profiler
 from .method import HaltingMethod, HaltingRecord, StopDecision, get_halting_method
@@ -40,22 +35,6 @@ __all__ = ["AdaptiveStage", "EXECUTION_MODES", "DECISION_MODES", "DEFAULT_BUCKET
 EXECUTION_MODES = ("compact", "masked")
 #: Eval stop decisions: ``"greedy"`` (the method's deterministic rule) or ``"sample"`` (sampled stops).
 DECISION_MODES = ("greedy", "sample")
-#: Sub-batch sizes of bucketed eval (:func:`set_bucketing`): powers of two up to 64, then multiples of 64.
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64) + tuple(range(128, 4097, 64))
-
-
-def _split_live(stop: torch.Tensor, live: torch.Tensor, num_keep: int, num_stop: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Local positions of the live rows that go on and of those that stop (``stop`` is within ``live``), in order;
-    one stable sort, no host synchronisation."""
-    key = stop.to(torch.int8) + 2 * (~live).to(torch.int8)  # going on 0, stopping 1, dead 2
-    order = torch.argsort(key, stable=True)
-    return order[:num_keep], order[num_keep:num_keep + num_stop]
-
-
-def _rows(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """View ``[B]`` weights so they broadcast against a ``[B, ...]`` state, in the state's dtype."""
-    return weights.to(like.dtype).view((-1,) + (1,) * (like.dim() - 1))
 
 
 def _build_method(method: Union[str, HaltingMethod, HaltingConfig], knobs: dict[str, Any]) -> HaltingMethod:
@@ -71,22 +50,8 @@ def _build_method(method: Union[str, HaltingMethod, HaltingConfig], knobs: dict[
     return get_halting_method(method)(**knobs)
 
 
-def zero_touch(module: nn.Module) -> Optional[torch.Tensor]:
-    """A zero-valued scalar that depends on every trainable parameter of ``module`` (None if it has none), including
-    those its submodules use without registering them (``referenced_parameters()``, e.g. an exit that is the model's
-    own head)."""
-    params = list(module.parameters())
-    for sub in module.modules():
-        referenced = getattr(sub, "referenced_parameters", None)
-        if callable(referenced):
-            params.extend(referenced())
-    params = [p.reshape(-1)[0] for p in params if p.requires_grad]
-    return torch.stack(params).sum() * 0.0 if params else None
 
 
-def _with_touch(out: torch.Tensor, touch: Optional[torch.Tensor]) -> torch.Tensor:
-    """``out`` made to depend on the parameters behind a :func:`zero_touch` (value unchanged)."""
-    return out if touch is None else out + touch.to(out.dtype)
 
 
 class _UniformDepth(HaltingMethod):
@@ -110,7 +75,7 @@ class _UniformDepth(HaltingMethod):
 
 
 @register_notrace_module
-class AdaptiveStage(nn.Module):
+class AdaptiveStage(BucketedUnits, AdaptiveModule):
     """A sequence of units whose depth each sample chooses.
 
     Args:
@@ -158,10 +123,8 @@ class AdaptiveStage(nn.Module):
     """
 
     # class-level defaults: a stage unpickled from before these options existed still runs
-    buckets: Optional[tuple[int, ...]] = None
     keep_unit_outputs: bool = False
     exits_are_heads: bool = False
-    cuda_graphs: bool = False
     compaction_cost: Optional[CompactionCost] = None
     trim_padding: bool = False
 
@@ -206,17 +169,11 @@ class AdaptiveStage(nn.Module):
         self.exits = nn.ModuleList(exits) if exits is not None else None
         self.method_state = self.method.make_state()
         self.execution = execution
-        self.decision = "greedy"
-        self.full_depth = False
-        self.truncate: Optional[int] = None
-        self.anytime = False
-        self.rollout = False
         self.grad_checkpointing = False
         self.buckets = None
         self.cuda_graphs = False
         self.compaction_cost = None
         self.trim_padding = False
-        self.record: Optional[HaltingRecord] = None
         self._graphs: dict[tuple, tuple] = {}
 
     def __setstate__(self, state: dict) -> None:
@@ -240,18 +197,6 @@ class AdaptiveStage(nn.Module):
         """True when the stage has halting heads or exits to decide from (its method halts)."""
         return self.method.uses_heads and self.decision_heads is not None
 
-    @property
-    def halting(self) -> bool:
-        """True when the next forward's depth comes from the halting heads (adaptive, and not switched to full,
-        truncated or anytime depth)."""
-        return (self.adaptive and not self.full_depth and self.truncate is None and not self._anytime_forward)
-
-    @property
-    def _anytime_forward(self) -> bool:
-        """True when the next forward runs a uniform depth per row and no head: training under ``anytime`` or under
-        a method that trains that way (``anytime_training``)."""
-        return self.training and (self.anytime or self.method.anytime_training)
-
     def extra_repr(self) -> str:
         knobs = "".join(f", {k}={v!r}" for k, v in self.method.knob_values().items())
         return f"method={self.method.name!r}, num_units={self.num_units}{knobs}"
@@ -267,51 +212,6 @@ class AdaptiveStage(nn.Module):
                 return torch.utils.checkpoint.checkpoint(unit, x, context, use_reentrant=False)
             return unit(x) if context is None else unit(x, context)
 
-    def _run_unit_compact(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        """:meth:`_run_unit` of the compact loop: padded to a bucket (and replayed as a CUDA graph) when asked."""
-        if self.buckets is None or self.training or torch.is_grad_enabled() or current_profiler() is not None:
-            return self._run_unit(n, x, context)
-        rows = x.shape[0]
-        size = bucket_size(rows, self.buckets)
-        if self.cuda_graphs and x.is_cuda:
-            return self._replay_graph(n, size, x, context)
-        if size == rows:
-            return self._run_unit(n, x, context)
-        out = self._run_unit(n, pad_rows(x, size), None if context is None else pad_rows(context, size))
-        return out[:rows]
-
-    def _replay_graph(self, n: int, size: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        """Unit ``n`` on ``x`` (``[A, ...]``, A <= size) through the CUDA graph captured for (n, size)."""
-        key = (n, size, tuple(x.shape[1:]), x.dtype, None if context is None else tuple(context.shape[1:]))
-        graphs = self.__dict__.setdefault("_graphs", {})
-        entry = graphs.get(key)
-        if entry is None:
-            entry = self._capture_graph(n, size, x, context)
-            graphs[key] = entry
-        graph, static_x, static_context, static_out = entry
-        rows = x.shape[0]
-        static_x[:rows].copy_(x)  # rows past A keep earlier valid inputs: their outputs are never read
-        if context is not None:
-            static_context[:rows].copy_(context)
-        graph.replay()
-        return static_out[:rows].clone()  # the next replay overwrites the static output
-
-    def _capture_graph(self, n: int, size: int, x: torch.Tensor, context: Optional[torch.Tensor]) -> tuple:
-        static_x = pad_rows(x, size).clone()
-        static_context = None if context is None else pad_rows(context, size).clone()
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up outside the capture (cuDNN autotuning, lazy initialisation)
-                self._run_unit(n, static_x, static_context)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        pool = self.__dict__.get("_graph_pool")
-        if pool is None:
-            pool = self.__dict__["_graph_pool"] = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=pool):
-            static_out = self._run_unit(n, static_x, static_context)
-        return graph, static_x, static_context, static_out
 
     def _halting_logit(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Head ``n`` on the state ``x``: ``[B]`` halting logits (or ``[B, C]`` exit logits). Heads with
@@ -342,10 +242,6 @@ class AdaptiveStage(nn.Module):
             return logits
         return self._exit_output(n, state, context)
 
-    def _keep(self, record: HaltingRecord) -> None:
-        if current_profiler() is None:  # a profiling run leaves the user's record alone
-            self.record = record
-
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Args:
             x: ``[B, ...]`` stage input.
@@ -355,8 +251,7 @@ class AdaptiveStage(nn.Module):
             ``[B, ...]`` stage output (the shape the units produce).
         """
         if isinstance(x, torch.fx.Proxy):  # FX tracing with any tracer: the stage is one leaf node, it halts at run time
-            args = (x,) if context is None else (x, context)
-            return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), args, {})
+            return self._fx_leaf(x) if context is None else self._fx_leaf(x, context)
         if self.truncate is not None:
             return self._forward_all(x, context, self.truncate)
         if self._anytime_forward:
@@ -385,7 +280,7 @@ class AdaptiveStage(nn.Module):
         self._keep(HaltingRecord(units_executed=units, cost=None, num_units=self.num_units, method=self.method))
         out = self._stop_output(num_units - 1, x, context)
         if self.exits is not None and self.training and torch.is_grad_enabled():  # exits that did not run (DDP)
-            out = _with_touch(out, zero_touch(self.exits))
+            out = with_touch(out, zero_touch(self.exits))
         return out
 
     def _forward_dense(self, x: torch.Tensor, context: Optional[torch.Tensor], training: bool) -> torch.Tensor:
@@ -399,9 +294,9 @@ class AdaptiveStage(nn.Module):
         halting_logits = (torch.stack(logits, dim=1) if logits
                           else x.new_zeros(x.shape[0], 0, dtype=torch.float32))
         mix = self.method.mixture(halting_logits, training)
-        out = states[0] * _rows(mix.weights[:, 0], states[0])
+        out = states[0] * row_weights(mix.weights[:, 0], states[0])
         for n in range(1, self.num_units):  # addcmul: one operator and one temporary per unit, not two
-            out = torch.addcmul(out, states[n], _rows(mix.weights[:, n], states[n]))
+            out = torch.addcmul(out, states[n], row_weights(mix.weights[:, n], states[n]))
         self._keep(HaltingRecord(units_executed=mix.units_executed, cost=mix.cost, num_units=self.num_units,
                                  method=self.method, log_prob=mix.log_prob, terms=mix.terms, heads_ran=True,
                                  weights=mix.weights, unit_outputs=states if self.keep_unit_outputs else None))
@@ -409,243 +304,6 @@ class AdaptiveStage(nn.Module):
 
     def _forward_compact(self, x: torch.Tensor, context: Optional[torch.Tensor], mode: str,
                          method: Optional[HaltingMethod] = None) -> torch.Tensor:
-        """Decide after every unit; stopped rows leave the batch. One host synchronisation per unit.
-
-        Methods that take the state at the stop (PACT, policy gradient) keep each stopped row's final state as it
-        is (one piece per unit) and assemble the output once: memory is one stage state of B rows, with no
-        accumulator (PACT's memory claim). Accumulating methods (ACT) add w_n x_n of the running rows to the output.
-
-        A lone running row (a batch of one, or the last row left of a batch) takes a lean loop: no split, gather or
-        count, one host read per unit (for a rule that is a threshold on the logit,
-        :meth:`~pact_zoo.halting.HaltingMethod.lone_row_threshold`, one Python comparison instead of tensor
-        operators), and the loop ends when the row stops. With
-        :attr:`trim_padding` the sub-batch is cut to its own longest row at the start and after every compaction.
-        """
-        method = self.method if method is None else method
-        num_units, last_unit = len(self.units), len(self.units) - 1
-        profiler = current_profiler()
-        trim: Optional[PaddingTrim] = None
-        if self.trim_padding and context is not None and self.exits is None:
-            trim = PaddingTrim(x.shape[1])
-            x, context = trim.trim(x, context)
-        units = list(self.units)
-        direct = (self.buckets is None and profiler is None
-                  and not (self.grad_checkpointing and self.training and torch.is_grad_enabled()))
-
-        def run(n: int, state: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-            if not direct:
-                return self._run_unit_compact(n, state, context)
-            return units[n](state) if context is None else units[n](state, context)
-
-        heads = list(self.decision_heads) if method.uses_heads else []
-        with_context = [context is not None and getattr(head, "uses_context", False) for head in heads]
-
-        def head_logits(n: int, state: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-            if profiler is not None:
-                return self._halting_logit(n, state, context)
-            return (heads[n](state, context) if with_context[n] else heads[n](state)).float()
-
-        state = run(0, x, context)
-        batch_size, device = state.shape[0], state.device
-        active = ActiveRows(batch_size, device)
-        steps = torch.full((batch_size,), num_units, dtype=torch.long, device=device)
-        carry = method.start(batch_size, device, mode)
-        log: dict[str, list] = defaultdict(list)
-        pieces = RowCollector(batch_size)
-        values: dict[str, RowCollector] = {}
-        out: Optional[torch.Tensor] = None
-        limit = method.lone_row_threshold(mode) if method.uses_heads else None
-
-        def accumulate(n: int, state: torch.Tensor, context: Optional[torch.Tensor], logits: Optional[torch.Tensor],
-                       weight: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
-            """ACT: adds w_n times this unit's output (its exit's, with exits) of the running rows to ``out``."""
-            unit_out = self._stop_output(n, state, context, logits)
-            contribution = unit_out * _rows(weight, unit_out)
-            if trim is not None:
-                contribution = trim.restore(contribution)
-            return contribution if out is None else active.add_into(out, contribution)
-
-        # deferred compaction (compaction_cost set): halted rows may stay in the state as dead rows (their output is
-        # taken when they halt, their decisions are ignored) until a gather pays; greedy, non-accumulating only
-        cost_model = self.compaction_cost
-        defer = (cost_model is not None and not method.accumulates and mode == "greedy"
-                 and not torch.is_grad_enabled())
-        live: Optional[torch.Tensor] = None  # [A] bool: rows of the state still running; None: every row
-        num_live = batch_size
-        last, logits = last_unit, None  # the unit whose state the loop ends with, its decision logits
-        n = 0
-        while n < num_units:
-            num_rows = state.shape[0]
-            logits = None
-            if num_rows == 1 and live is None:  # a lone row: run on until it stops, one host read per unit
-                stops = False
-                while n < last_unit:
-                    logits = head_logits(n, state, context) if method.uses_heads else None
-                    if limit is not None:
-                        stops, weight = logits.item() >= limit, None
-                    else:
-                        decision = method.decide(n, logits, carry, mode, log)
-                        stops, weight = bool(decision.stop.item()), decision.weight
-                    if method.accumulates:
-                        out = accumulate(n, state, context, logits, weight, out)
-                    if stops:
-                        break
-                    n += 1
-                    state = run(n, state, context)
-                if not stops:  # the last unit
-                    logits = None
-                    if method.accumulates:
-                        out = accumulate(n, state, context, None, method.last_weight(carry), out)
-                stop, num_stop = None, 1
-            else:
-                if n < last_unit:
-                    logits = head_logits(n, state, context) if method.uses_heads else None
-                    decision = method.decide(n, logits, carry, mode, log)
-                    stop, weight = decision.stop, decision.weight
-                    if live is not None:
-                        stop = stop & live
-                    num_stop = count_true(stop)
-                else:
-                    stop, weight, num_stop = None, method.last_weight(carry), num_live
-                if method.accumulates:
-                    out = accumulate(n, state, context, logits, weight, out)
-                if num_stop == 0 and n < last_unit:  # (at the last unit every live row stops, also of none)
-                    n += 1
-                    state = run(n, state, context)
-                    continue
-            if num_stop == num_live:
-                keep = None
-                halted = (torch.arange(num_rows, device=device) if live is None
-                          else torch.nonzero(live if stop is None else stop).view(-1))
-            elif live is None:
-                keep, halted = split_rows(stop, num_stop)
-            else:
-                keep, halted = _split_live(stop, live, num_live - num_stop, num_stop)
-            halted_rows = active.original(halted)
-            if keep is None and active.index is None and live is None:
-                steps.fill_(n + 1)
-            else:
-                steps.index_fill_(0, halted_rows, n + 1)
-            for key, value in method.finish(n + 1, carry, halted).items():
-                values.setdefault(key, RowCollector(batch_size)).add(halted_rows, value)
-            if keep is None:
-                last = n
-                break
-            if not method.accumulates:
-                piece = self._stop_output(
-                    n, take_rows(state, halted), None if context is None else take_rows(context, halted),
-                    None if logits is None else take_rows(logits, halted))
-                pieces.add(halted_rows, piece if trim is None else trim.restore(piece))
-            num_live -= num_stop
-            if defer and not cost_model.pays(n + 1, num_rows - num_live, num_live):
-                live = ~stop if live is None else live & ~stop  # the halted rows stay, dead
-            else:
-                state = take_rows(state, keep)
-                carry = {key: value.index_select(0, keep) for key, value in carry.items()}
-                if context is not None:
-                    context = take_rows(context, keep)
-                    if trim is not None:
-                        state, context = trim.trim(state, context)
-                active.keep(keep)
-                live = None
-            n += 1
-            state = run(n, state, context)
-        if not method.accumulates:
-            if live is not None:
-                rows = torch.nonzero(live).view(-1)
-                state = take_rows(state, rows)
-                context = None if context is None else take_rows(context, rows)
-                logits = None if logits is None else take_rows(logits, rows)
-            final = self._stop_output(last, state, context, logits)
-            if trim is not None:
-                final = trim.restore(final)
-            if pieces:
-                pieces.add(active.all() if live is None else active.original(rows), final)
-                out = pieces.assemble()
-            else:  # no row left early: the final output is the output, in order
-                out = final
-        del state
-        row_values = {key: collector.assemble() for key, collector in values.items()}
-        record = HaltingRecord(units_executed=steps, cost=row_values.pop("cost", None), num_units=num_units,
-                               method=method, log_prob=row_values.pop("log_prob", None),
-                               heads_ran=method.uses_heads)
-        if mode in ("sample", "uniform") and self.training and torch.is_grad_enabled():
-            record.terms = method.terms(log, row_values)
-            # units no row reached get no gradient; a zero-valued touch keeps every parameter in the graph (DDP)
-            record.touch = zero_touch(self)
-            out = _with_touch(out, record.touch)  # the output itself depends on every parameter (DDP)
-        self._keep(record)
-        return out
-
-
-def _median_seconds(fn, device: torch.device, repeats: int) -> float:
-    import statistics
-    import time
-
-    times = []
-    for _ in range(repeats + 1):  # the first call warms up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
-
-
-@torch.inference_mode()
-def measure_compaction_cost(stage: AdaptiveStage, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                            repeats: int = 5) -> CompactionCost:
-    """Measure on ``x``'s device what compaction costs and saves in ``stage`` (eval mode, full depth).
-
-    Args:
-        stage: the stage.
-        x: ``[B, ...]`` stage input, B >= 2 (the batch size the cost model is for).
-        context: optional ``[B, ...]`` per-row context of the units.
-        repeats: timed calls per measurement (median).
-
-    Returns:
-        per unit, the marginal time of a row, ``(t(B rows) - t(1 row)) / (B - 1)``; the fixed and per-row time of
-        gathering the running rows (state and index), from gathers of 1 and B - 1 rows of every unit's input.
-    """
-    batch = x.shape[0]
-    if batch < 2:
-        raise ValueError(f"x must hold at least 2 rows to measure a per-row cost, got {batch}")
-    device = x.device
-    row_seconds, gather_one, gather_many = [], [], []
-    one, many = torch.zeros(1, dtype=torch.long, device=device), torch.arange(batch - 1, device=device)
-    state = x
-    for n in range(stage.num_units):
-        ctx_one = None if context is None else context[:1]
-        full = _median_seconds(lambda: stage._run_unit(n, state, context), device, repeats)
-        single = _median_seconds(lambda: stage._run_unit(n, state[:1], ctx_one), device, repeats)
-        row_seconds.append(max(full - single, 0.0) / (batch - 1))
-        gather_one.append(_median_seconds(lambda: (take_rows(state, one), many.index_select(0, one)), device, repeats))
-        gather_many.append(_median_seconds(lambda: (take_rows(state, many), many.index_select(0, many)), device,
-                                           repeats))
-        state = stage._run_unit(n, state, context)
-    one_s, many_s = sum(gather_one) / len(gather_one), sum(gather_many) / len(gather_many)
-    per_row = max(many_s - one_s, 0.0) / max(batch - 2, 1)
-    return CompactionCost(row_seconds=tuple(row_seconds), gather_seconds=max(one_s - per_row, 0.0),
-                          gather_row_seconds=per_row)
-
-
-def set_bucketing(model: nn.Module, buckets: Optional[Sequence[int]] = DEFAULT_BUCKETS,
-                  cuda_graphs: bool = False) -> None:
-    """Bucketed compact eval for every :class:`AdaptiveStage` of ``model``: each unit runs on the running rows padded
-    up to the next of ``buckets`` (ascending sizes; None switches bucketing off), so that a GPU sees a few shapes
-    (cuDNN autotuning, compiled graphs); with ``cuda_graphs`` one CUDA graph per (unit, bucket) is captured on first
-    use and replayed. Outputs and depths are those of unbucketed compaction (a padded row is never read; eval
-    normalisation is per row). Only gradient-free eval forwards are bucketed."""
-    if buckets is not None:
-        buckets = tuple(int(b) for b in buckets)
-        if not buckets or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
-            raise ValueError(f"buckets must be ascending distinct integers >= 1, got {buckets!r}")
-    if cuda_graphs and buckets is None:
-        raise ValueError("cuda_graphs needs buckets (one graph per (unit, bucket))")
-    for module in model.modules():
-        if isinstance(module, AdaptiveStage) or (hasattr(module, "buckets") and hasattr(module, "_graphs")):
-            module.buckets = buckets
-            module.cuda_graphs = cuda_graphs
-            module._graphs = {}
+        """The compact loop (:func:`~pact_zoo.halting.compact.forward_compact`): decide after every unit; stopped
+        rows leave the batch."""
+        return forward_compact(self, x, context, mode, method)
