@@ -62,9 +62,64 @@ def test_folded_head_follows_weight_changes():
     head.fc.weight = nn.Parameter(torch.randn(1, CHS))  # replaced
     with torch.inference_mode():
         torch.testing.assert_close(head(x), reference_logits(head, x), atol=1e-5, rtol=1e-5)
-    head.fc.bias.data.fill_(5.0)  # .data bypasses the version counter: eval() drops the cache
-    head.eval()
+    head.fc.bias.data.fill_(5.0)  # .data bypasses the version counter: seen without eval()
     with torch.inference_mode():
+        torch.testing.assert_close(head(x), reference_logits(head, x), atol=1e-5, rtol=1e-5)
+
+
+def fresh_copy(head: HaltingHead) -> HaltingHead:
+    """A newly built head with ``head``'s current weights and activation (no cache)."""
+    twin = HaltingHead(CHS, act_layer=type(head.act) if not isinstance(head.act, nn.Identity) else None)
+    twin.act = head.act
+    twin.norm.eps = head.norm.eps
+    twin.load_state_dict(head.state_dict())
+    return twin.eval()
+
+
+EDITS = {
+    "data_mul": lambda head: head.fc.weight.data.mul_(2.0),
+    "data_copy": lambda head: head.norm.running_var.data.copy_(torch.rand(CHS) + 0.5),
+    "data_of_every_tensor": lambda head: [t.data.add_(0.25) for t in (*head.parameters(), *head.buffers())
+                                          if t.is_floating_point()],
+    "data_assigned": lambda head: setattr(head.norm.bias, "data", torch.randn(CHS)),
+    "no_grad_copy": lambda head: head.norm.weight.copy_(torch.rand(CHS) + 0.5),
+    "load_state_dict": lambda head: head.load_state_dict(random_head(bias=-2.0).state_dict()),
+    "numpy_view": lambda head: head.fc.bias.detach().numpy().__setitem__(0, 4.0),
+    "eps": lambda head: setattr(head.norm, "eps", 0.5),
+    "act_replaced": lambda head: setattr(head, "act", nn.LeakyReLU(0.2)),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize("act_layer", [None, lambda: nn.LeakyReLU(0.1)], ids=["identity", "leaky_relu"])
+def test_folded_head_is_never_stale(edit, mode, act_layer):
+    """Any edit of the weights after the folded cache was filled (``.data`` included, which bypasses the version
+    counter) is seen by the next eval call: the output equals a freshly built head's."""
+    head = random_head(act_layer)
+    x = torch.randn(3, CHS, 4, 5)
+    context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    with context():
+        before = head(x)  # fills the cache
+        assert head.__dict__.get("_folded") is not None
+    with torch.no_grad():
+        EDITS[edit](head)
+    with context():
+        after = head(x)
+        expected = fresh_copy(head)(x)
+    assert not torch.allclose(before, expected)  # the edit changed the logits
+    torch.testing.assert_close(after, expected, atol=1e-6, rtol=0)
+
+
+def test_folded_head_caches_weights_made_in_inference_mode():
+    """Weights created inside ``inference_mode`` (no version counter) are folded once and reused."""
+    with torch.inference_mode():
+        head = random_head()
+        x = torch.randn(2, CHS, 3, 3)
+        head(x)
+        first = head.folded(3, 3, False)
+        head(x)
+        assert head.folded(3, 3, False) is first
         torch.testing.assert_close(head(x), reference_logits(head, x), atol=1e-5, rtol=1e-5)
 
 

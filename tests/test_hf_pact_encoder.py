@@ -363,6 +363,40 @@ def test_remote_code_loads_without_pact_zoo(tmp_path):
     assert result.returncode == 0 and "REMOTE_OK" in result.stdout, result.stdout + result.stderr
 
 
+REMOTE_PIPELINE = textwrap.dedent("""
+    import builtins
+    import sys
+    sys.modules["pact_zoo"] = None  # the package is installed (editable) in this venv: block it
+
+    def no_prompt(*args, **kwargs):
+        raise SystemExit(f"PROMPTED: {args}")  # not an Exception: transformers' prompt code cannot swallow it
+
+    builtins.input = no_prompt
+    from transformers import pipeline
+    classify = pipeline("text-classification", model=sys.argv[1], trust_remote_code=True, device="cpu")
+    assert classify.model.__class__.__module__.startswith("transformers_modules."), classify.model.__class__
+    results = classify(["the movie was very good", "dull"])
+    assert [r["label"] in {"neg", "neutral", "pos"} for r in results] == [True, True], results
+    print("PIPELINE_OK")
+""")
+
+
+def test_pipeline_with_trust_remote_code_runs_without_pact_zoo_and_without_a_prompt(tmp_path):
+    """``pipeline(..., trust_remote_code=True)`` on a saved folder where pact_zoo is not importable: no ``[y/N]``
+    prompt (stdin closed, ``input`` exits), the remote classes and the saved tokenizer are used."""
+    model = adaptive(tokenizer=tiny_tokenizer(), id2label={0: "neg", 1: "neutral", 2: "pos"})
+    model.save_pretrained(tmp_path / "checkpoint")
+    (tmp_path / "classify.py").write_text(REMOTE_PIPELINE)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-I", str(tmp_path / "classify.py"), str(tmp_path / "checkpoint")],
+                            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "PIPELINE_OK" in result.stdout, output
+    assert "[y/N]" not in output and "custom code" not in output, output
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 def _text_folder(tmp_path: Path) -> tuple[Path, Path]:
     """A tiny BERT backbone folder with its tokenizer, and a parquet text dataset (train / test)."""

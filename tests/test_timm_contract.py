@@ -173,6 +173,29 @@ def test_local_dir_checkpoint_errors_name_the_file(tmp_path, name, kwargs, damag
                           **kwargs)
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("pact_resnet32", dict(layers=(1, 1, 1), channels=(4, 8, 8))),
+    ("pact_vit_tiny_patch16_224", dict(img_size=32, embed_dim=32, num_heads=2, depth=2)),
+    ("pact_mobilenetv2_100", {}),
+])
+@pytest.mark.parametrize("num_classes", [0, 5])
+def test_pretrained_weights_load_with_other_classes_and_channels(tmp_path, name, kwargs, num_classes):
+    """timm's test_model_load_pretrained: ``pretrained=True, in_chans=1, num_classes=5`` and ``num_classes=0`` (no
+    classifier, whose checkpoint keys timm drops after the family's filter)."""
+    torch.manual_seed(0)
+    source = timm.create_model(name, **kwargs)
+    weights = tmp_path / "model.pth"
+    torch.save(source.state_dict(), weights)
+    model = timm.create_model(name, pretrained=True, in_chans=1, num_classes=num_classes,
+                              pretrained_cfg_overlay=dict(file=str(weights)), **kwargs).eval()
+    state = model.state_dict()
+    key = next(k for k in state if k.endswith(".weight") and k in source.state_dict()
+               and state[k].shape == source.state_dict()[k].shape and state[k].ndim > 1)
+    torch.testing.assert_close(state[key], source.state_dict()[key])  # the weights were read
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, *INPUT[1:])).shape == ((2, num_classes) if num_classes else (2, model.num_features))
+
+
 def test_missing_and_corrupt_files_through_pretrained_cfg_overlay(tmp_path):
     kwargs = dict(layers=(1, 1, 1), channels=(4, 8, 8), num_classes=3)
     missing = tmp_path / "nowhere.safetensors"

@@ -88,15 +88,29 @@ def halting_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
+def _classifier_keys_timm_drops(model: nn.Module) -> set[str]:
+    """The classifier keys timm's ``load_pretrained`` removes from a checkpoint after the ``pretrained_filter_fn``:
+    those of ``pretrained_cfg["classifier"]`` when the model's ``num_classes`` differs from the cfg's."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifiers = cfg.get("classifier")
+    if classifiers is None or getattr(model, "num_classes", None) == cfg.get("num_classes"):
+        return set()
+    names = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    return {f"{name}.{suffix}" for name in names for suffix in ("weight", "bias")}
+
+
 def add_halting_heads_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm ``pretrained_filter_fn``: accept a checkpoint of the backbone (plain model) for an adaptive model.
 
     Halting-head keys missing from ``state_dict`` are filled with the model's fresh initialisation and
-    reported. Any other missing or unexpected key raises a KeyError that names it.
+    reported. The checkpoint's classifier (``pretrained_cfg["classifier"]``) may be absent from a model built with
+    another ``num_classes`` (``num_classes=0``: no classifier): timm's ``load_pretrained`` drops it after this
+    filter. Any other missing or unexpected key raises a KeyError that names it.
     """
     model_state = model.state_dict()
     head_keys = halting_parameter_names(model)
-    unexpected = sorted(k for k in state_dict if k not in model_state)
+    dropped = _classifier_keys_timm_drops(model)
+    unexpected = sorted(k for k in state_dict if k not in model_state and k not in dropped)
     missing = sorted(k for k in model_state if k not in state_dict and k not in head_keys
                      and not k.endswith("num_batches_tracked"))  # absent from older (torchvision) checkpoints
     if unexpected or missing:
