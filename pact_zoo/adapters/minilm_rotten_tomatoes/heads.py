@@ -48,9 +48,11 @@ class HaltingHead(nn.Module):
     Without gradients in eval mode the head runs *folded* (:meth:`folded`): the pooling's 1/(HW) and the eval
     BatchNorm become one affine map, and with an identity activation the whole head is one matrix-vector product
     over the flattened feature map (~10x fewer operator calls; the logits agree to float rounding). The folded
-    weights are cached and rebuilt whenever a parameter or buffer is changed in place (``Tensor._version``: optimiser
-    steps, ``load_state_dict``, ``torch.no_grad()`` edits) or replaced, and dropped by ``train()`` / ``eval()`` and
-    ``.to()``. An edit through ``.data`` bypasses the version counter: call ``eval()`` after one.
+    weights are cached with a copy of the values they were built from (the BN's weight, bias, running statistics and
+    ``eps``, the linear layer's weight and bias, the activation module); every call compares the current values with
+    that copy (one concatenation and one comparison) and rebuilds on any difference, so an edit of any kind (optimiser
+    steps, ``load_state_dict``, ``torch.no_grad()`` edits, edits through ``.data``, replaced parameters) is seen by
+    the next call. ``train()`` / ``eval()`` and ``.to()`` drop the cache.
     """
 
     def __init__(
@@ -74,12 +76,13 @@ class HaltingHead(nn.Module):
         self.fc.reset_parameters()
         nn.init.constant_(self.fc.bias, self.bias_init)
 
-    def _fold_key(self) -> list:
+    def _fold_sources(self) -> torch.Tensor:
+        """``[4C + 2]``: the current values the folded head is built from (BN weight, bias, running mean, running
+        variance, linear weight, linear bias), read from the live tensors, so that no edit (``.data`` included,
+        which bypasses ``Tensor._version``) goes unseen."""
         norm, fc = self._modules["norm"], self._modules["fc"]
-        tensors = (norm._parameters["weight"], norm._parameters["bias"], norm._buffers["running_mean"],
-                   norm._buffers["running_var"], fc._parameters["weight"], fc._parameters["bias"])
-        # compared by identity and in-place version; inference tensors have no version counter (-1: never cached)
-        return [(t, -1 if t.is_inference() else t._version) for t in tensors]
+        return torch.cat((norm._parameters["weight"], norm._parameters["bias"], norm._buffers["running_mean"],
+                          norm._buffers["running_var"], fc._parameters["weight"].reshape(-1), fc._parameters["bias"]))
 
     def _can_fold(self, x: torch.Tensor) -> bool:
         if self.training or torch.is_grad_enabled() or x.dim() != 4 or x.shape[0] == 0:  # no rows: nothing to fold
@@ -105,17 +108,20 @@ class HaltingHead(nn.Module):
         """Eval-mode head as ``{"scale", "shift", "weight", "bias"}`` for an ``H x W`` input: ``act(sum_hw(x) *
         scale + shift) . weight + bias``; with an identity activation also ``"flat"`` ``[C*H*W]`` (NCHW order, or
         NHWC for ``channels_last``) and ``"flat_bias"`` with ``logit = x.flatten(1) . flat + flat_bias``. Cached
-        (a hit runs no gradient-mode switch: this is called once per executed unit)."""
-        key = self._fold_key()
+        (a hit runs no gradient-mode switch: this is called once per executed unit); the cache is used only while the
+        values it was built from are unchanged (:meth:`_fold_sources`, compared exactly: NaN weights rebuild it)."""
+        sources = self._fold_sources() if not torch.is_grad_enabled() else self._fold_sources().detach()
+        act, eps = self._modules["act"], self._modules["norm"].eps
         cache = self.__dict__.get("_folded")
-        if cache is None or any(t is not u or v != w or v < 0 for (t, v), (u, w) in zip(key, cache[0])):
-            cache = (key, {})
+        if (cache is None or cache[1] is not act or cache[2] != eps or cache[0].dtype != sources.dtype
+                or not torch.equal(cache[0], sources)):
+            cache = (sources, act, eps, {})
             self.__dict__["_folded"] = cache
-        entry = cache[1].get((height, width, channels_last))
+        entry = cache[3].get((height, width, channels_last))
         if entry is None:
             with torch.no_grad():
                 entry = self._fold(height, width, channels_last)
-            cache[1][(height, width, channels_last)] = entry
+            cache[3][(height, width, channels_last)] = entry
         return entry
 
     def _fold(self, height: int, width: int, channels_last: bool) -> dict[str, torch.Tensor]:

@@ -421,19 +421,21 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         if dropped:
             logger.warning(f"{cls.__name__}.convert_from: source weights without a place in the new model: {dropped}")
         if any((folder / name).is_file() for name in TOKENIZER_FILES):
-            model.tokenizer = AutoTokenizer.from_pretrained(folder)
+            model.tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
         return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``; a local folder's saved tokenizer is attached (saved again with the
-        model)."""
+        model). The tokenizer is read with the model's config: ``AutoTokenizer`` would otherwise read ``config.json``
+        through ``AutoConfig`` without ``trust_remote_code`` (which the Auto classes do not pass on), and where the
+        model runs as remote code (pact_zoo not installed) that asks ``[y/N]`` on the terminal."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if isinstance(model, PactEncoderPreTrainedModel) and model.config.new_weights is not None:
             model.new_weights = list(model.config.new_weights)
         folder = Path(str(pretrained_model_name_or_path))
         if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
-            model.tokenizer = AutoTokenizer.from_pretrained(folder)
+            model.tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)
         return model
 
     auto_map_classes = AUTO_MAP_CLASSES
