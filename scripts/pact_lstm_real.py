@@ -145,7 +145,8 @@ def vowels_task(data: dict, seed: int) -> dict[str, Any]:
 
     full, te = to_split(train), to_split(test)
     tr, va = stratified_holdout(full, data.get("validation_fraction", 0.25), data.get("split_seed", 0))
-    return {"train": tr, "validation": va, "test": te, "num_labels": len(names), "input_size": tr.inputs[0].shape[1],
+    return {"train": tr, "validation": va, "test": te, "num_labels": len(names), "class_names": list(names),
+            "input_size": tr.inputs[0].shape[1],
             "vocab_size": None, "description": f"UEA {data.get('name', 'JapaneseVowels')} ({folder or 'sktime wheel'}): "
                                                f"{len(tr)} train / {len(va)} validation (held out of the archive's "
                                                f"train split) / {len(te)} test"}
@@ -182,7 +183,8 @@ def rotten_tomatoes_task(data: dict, seed: int) -> dict[str, Any]:
                      torch.tensor(rows["labels"]))
 
     tr, va, te = to_split(train), to_split(validation), to_split(test)
-    return {"train": tr, "validation": va, "test": te, "num_labels": splits.num_classes, "input_size": None,
+    return {"train": tr, "validation": va, "test": te, "num_labels": splits.num_classes,
+            "class_names": list(splits.class_names), "input_size": None,
             "vocab_size": len(keep) + 2, "pad_token_id": 0, "token_remap": torch.from_numpy(remap),
             "description": f"Rotten Tomatoes parquet ({len(tr)} train / {len(va)} validation / {len(te)} "
                            f"{data.get('eval_split', 'test')}), "
@@ -206,7 +208,10 @@ def build(task: dict, model: dict, variant: dict) -> PactLSTMForSequenceClassifi
     else:
         fields["input_size"] = task["input_size"]
     fields.pop("embedding_size", None)
-    return PactLSTMForSequenceClassification(PactLSTMConfig(num_labels=task["num_labels"], **fields))
+    names = task.get("class_names") or [str(i) for i in range(task["num_labels"])]
+    return PactLSTMForSequenceClassification(PactLSTMConfig(num_labels=task["num_labels"], **fields,
+                                                             id2label=dict(enumerate(names)),
+                                                             label2id={n: i for i, n in enumerate(names)}))
 
 
 def _forward(model, batch: dict, labels: bool = True):
@@ -803,6 +808,9 @@ def write_card(recipe: dict, task_name: str, variant: str, save_dir: Path, card_
         save_dir / task_name / variant.replace("@", "_").replace("#", "_")).eval()
     if chosen_threshold:
         model.set_threshold(float(chosen_threshold))  # saved with the config: the folder's default rule
+    if task.get("class_names"):  # runs saved before the names were recorded
+        model.config.id2label = dict(enumerate(task["class_names"]))
+        model.config.label2id = {name: i for i, name in enumerate(task["class_names"])}
     batch_size = spec["train"].get("eval_batch_size", 256)
     with pact_zoo.full_depth(model):
         full = evaluate(model, task["test"], batch_size)
