@@ -6,7 +6,7 @@ from .halting import (
     HALTING_METHODS, ACTHalting, AdaptiveStage, HaltingConfig, HaltingHead, HaltingMethod, HaltingReport,
     StoppingDistribution, TruncatedGeometricPrior, VectorHaltingHead, act_halting, adaptive_stages, full_depth,
     halting_loss, halting_report, register_halting_method, set_decision, set_execution, set_threshold,
-    training_loss,
+    set_unit_compile, training_loss,
 )
 from .halting.calibrate import ThresholdCalibration, calibrate_threshold
 from . import models  # noqa: F401  (registers the timm models)
@@ -22,7 +22,7 @@ __all__ = [
     "ACTHalting", "AdaptiveStage", "HALTING_METHODS", "HaltingConfig", "HaltingHead", "HaltingMethod",
     "HaltingReport", "StoppingDistribution", "TruncatedGeometricPrior", "VectorHaltingHead", "act_halting",
     "adaptive_stages", "full_depth", "halting_loss", "halting_report", "list_models", "register_halting_method",
-    "set_decision", "set_execution", "set_threshold", "training_loss", "__version__",
+    "set_decision", "set_execution", "set_threshold", "set_unit_compile", "training_loss", "__version__",
     "ThresholdCalibration", "calibrate_threshold",
     "make_adaptive", "load_adapter", "save_adapter", "shipped_adapter",
 ]

@@ -140,8 +140,66 @@ def test_export_masked_path_and_clear_error_for_compact(name):
     torch.testing.assert_close(out, compact, atol=1e-5, rtol=0)  # masked and compact give the same outputs
 
 
+@pytest.mark.parametrize("name", ["pact_resnet32", "pact_vit_tiny_patch16_224"])
+def test_torch_compile_eval_runs_compiled_units_and_halts_per_row(name):
+    """Under torch.compile each stage leaves the graph, runs its compact loop eagerly and calls every unit compiled on
+    its own: outputs, depths and reported FLOPs are eager compact evaluation's, and rows that stop skip units."""
+    from torch._dynamo.testing import CompileCounter
+
+    model, _ = build(name)
+    x = torch.randn(16, *tiny(name)[1])
+    with torch.no_grad():
+        expected = model(x)
+        eager_report = pact_zoo.halting_report(model)
+    counter = CompileCounter()
+    pact_zoo.set_unit_compile(model, {"backend": counter, "dynamic": True})
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        out = compiled(x)
+        report = pact_zoo.halting_report(model)
+        again = compiled(x[:5])  # another batch size: no recompilation of the units (dynamic batch dimension)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(again, expected[:5], atol=1e-5, rtol=0)
+    assert counter.frame_count >= 1  # the units ran compiled
+    frames = counter.frame_count
+    with torch.no_grad():
+        compiled(x)
+    assert counter.frame_count == frames
+    with torch.no_grad():
+        compiled(x)
+    report = pact_zoo.halting_report(model)
+    assert torch.equal(report.units_executed, eager_report.units_executed)
+    assert 1 < len(report.units_executed.sum(1).unique())  # depth varies per row: the compact loop ran
+    torch.testing.assert_close(report.flops, eager_report.flops)
+    assert float(report.flops.sum()) < float(report.sample_full_flops.sum())
+
+    pact_zoo.set_unit_compile(model, None)  # the dense path under compile: every unit runs, same outputs
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="options must be a dict"):
+        pact_zoo.set_unit_compile(model, "eager")
+
+
+def test_compiled_units_are_not_pickled():
+    import copy
+
+    model, x = build("pact_resnet32")
+    pact_zoo.set_unit_compile(model, {"backend": "eager", "dynamic": True})
+    with torch.no_grad():
+        torch.compile(model, backend="eager")(x)
+    stages = [stage for _, stage in pact_zoo.adaptive_stages(model)]
+    assert all("_compiled_units" in stage.__dict__ for stage in stages)
+    clone = copy.deepcopy(model)
+    assert not any("_compiled_units" in stage.__dict__ for _, stage in pact_zoo.adaptive_stages(clone))
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), model(x))
+
+
 def test_torch_compile_eval_and_train():
     model, x = build("pact_vit_tiny_patch16_224")
+    pact_zoo.set_unit_compile(model, {"backend": "eager", "dynamic": True})
     compiled = torch.compile(model, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
@@ -154,3 +212,5 @@ def test_torch_compile_eval_and_train():
     heads = [p for _, s in pact_zoo.adaptive_stages(model) for p in s.heads.parameters()]
     assert all(p.grad is not None for p in model.parameters())
     assert any(p.grad.abs().sum() > 0 for p in heads)
+    for rows in (3, 2):  # a smaller last batch: dynamo recompiles with a symbolic batch size (Concrete noise too)
+        assert torch.isfinite(compiled(x[:rows])).all()

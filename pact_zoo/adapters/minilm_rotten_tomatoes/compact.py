@@ -72,7 +72,7 @@ def forward_compact(stage: nn.Module, x: torch.Tensor, context: Optional[torch.T
     if stage.trim_padding and context is not None and stage.exits is None:
         trim = PaddingTrim(x.shape[1])
         x, context = trim.trim(x, context)
-    units = list(stage.units)
+    units = stage.unit_callables() if hasattr(stage, "unit_callables") else list(stage.units)
     direct = (stage.buckets is None and profiler is None
               and not (stage.grad_checkpointing and stage.training and torch.is_grad_enabled()))
 

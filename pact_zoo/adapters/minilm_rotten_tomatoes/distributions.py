@@ -44,7 +44,10 @@ def stick_breaking(stop: torch.Tensor) -> torch.Tensor:
 def logistic_noise(shape: torch.Size, *, device: torch.device, generator: Optional[torch.Generator] = None,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Logistic noise log u - log(1 - u), u ~ U(0, 1) clamped to [1e-6, 1 - 1e-6]."""
-    u = torch.rand(shape, device=device, dtype=dtype, generator=generator)
+    # no generator argument unless one is given: torch.rand's generator overload takes no symbolic sizes, which
+    # torch.compile passes once it treats the batch dimension as dynamic
+    u = (torch.rand(shape, device=device, dtype=dtype) if generator is None
+         else torch.rand(shape, device=device, dtype=dtype, generator=generator))
     u = u.clamp(UNIFORM_CLAMP, 1.0 - UNIFORM_CLAMP)
     return torch.log(u) - torch.log1p(-u)
 

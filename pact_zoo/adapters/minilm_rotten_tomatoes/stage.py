@@ -24,6 +24,7 @@ from .adaptive_module import AdaptiveModule, register_notrace_module
 from .bucketing import DEFAULT_BUCKETS, BucketedUnits, set_bucketing
 from .compact import forward_compact, row_weights, with_touch, zero_touch
 from .compaction import CompactionCost, measure_compaction_cost
+from .compiled import CompiledUnits
 from .config import HaltingConfig
 from .flops import current_profiler
 from .method import HaltingMethod, HaltingRecord, StopDecision, get_halting_method
@@ -75,7 +76,7 @@ class _UniformDepth(HaltingMethod):
 
 
 @register_notrace_module
-class AdaptiveStage(BucketedUnits, AdaptiveModule):
+class AdaptiveStage(BucketedUnits, CompiledUnits, AdaptiveModule):
     """A sequence of units whose depth each sample chooses.
 
     Args:
@@ -259,6 +260,9 @@ class AdaptiveStage(BucketedUnits, AdaptiveModule):
         if not self.halting:
             return self._forward_all(x, context)
         training = self.training and not self.rollout
+        if (torch.compiler.is_compiling() and self.unit_compile is not None and not training and not self.rollout
+                and self.execution == "compact" and current_profiler() is None and x.device.type != "meta"):
+            return self._forward_compiled_units(x, context, self.decision)  # compiled units, eager halting
         dense = (current_profiler() is not None or x.device.type == "meta" or torch.jit.is_scripting()
                  or torch.compiler.is_compiling()
                  or (training and self.method.dense_training)
