@@ -474,3 +474,21 @@ def test_synthetic_heads_from_token_inputs_spread_depth():
     assert len(set(layers.tolist())) == LAYERS, "every depth 1..L should occur"
     with pytest.raises(ValueError, match="exactly one of input_shape"):
         synthesize_halting(model, seed=0, input_shape=(4,), inputs={"input_ids": ids})
+
+
+def test_torch_compile_eval_runs_compiled_layers_on_trimmed_sub_batches():
+    """Under torch.compile the encoder's stage runs its compact loop eagerly over layers compiled one by one: logits
+    and depths are eager compact evaluation's, sub-batches trimmed to their own longest row included."""
+    model = length_heads(adaptive("bert", "pact")).eval()
+    ids, mask = padded_batch(lengths=(7, 3, 5, 1, 7, 2, 2))
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        depths = model.base_model.stage.record.units_executed.clone()
+    pact_zoo.set_unit_compile(model, {"backend": "eager", "dynamic": True})
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        logits = compiled(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert torch.equal(model.base_model.stage.record.units_executed, depths)
+    assert len(depths.unique()) > 1

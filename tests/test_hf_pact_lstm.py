@@ -321,3 +321,22 @@ def test_input_ids_out_of_vocabulary():
         model(input_ids=torch.full((2, 3), 7))
     with pytest.raises(ValueError, match="input_ids"):
         model(input_ids=torch.zeros(2, 3, dtype=torch.long), inputs_embeds=torch.randn(2, 3, INPUT_SIZE))
+
+
+def test_torch_compile_eval_runs_compiled_cells_and_halts_per_frame():
+    """Under torch.compile every time step's stage runs its compact loop eagerly over compiled cell applications:
+    logits and ponder steps are eager compact evaluation's."""
+    import pact_zoo
+
+    torch.manual_seed(0)
+    model = PactLSTMForSequenceClassification(PactLSTMConfig(input_size=5, hidden_size=8, num_labels=3,
+                                                             max_ponder_steps=4, halting_bias_init=0.0)).eval()
+    x = torch.randn(6, 7, 5)
+    with torch.no_grad():
+        expected = model(inputs_embeds=x)
+    pact_zoo.set_unit_compile(model, {"backend": "eager", "dynamic": True})
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="eager")(inputs_embeds=x)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=1e-5)
+    assert torch.equal(out.ponder_steps, expected.ponder_steps) and len(expected.ponder_steps.unique()) > 1
