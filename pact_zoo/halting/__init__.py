@@ -45,7 +45,8 @@ __all__ = [
     "module_flops_per_sample", "needs_rollout", "needs_task_loss", "NoHalting", "PACTMethod", "PatienceExit",
     "PolicyGradientMethod", "ProfiledModel", "record_input_shape", "recurrent_cell_flops",
     "register_halting_method", "resolve_method", "RowCollector", "run_model", "self_critical_baseline",
-    "set_decision", "set_execution", "set_threshold", "set_unit_compile", "split_rows", "stick_breaking", "StopDecision",
+    "set_decision", "set_execution", "set_threshold", "set_unit_compile", "split_rows", "stick_breaking",
+    "StopDecision",
     "StoppingDistribution", "synthesize_halting", "take_rows", "ThresholdCalibration", "training_loss",
     "TrainingLoss", "truncated_depth", "TruncatedGeometricPrior", "validate_threshold", "VectorHaltingHead",
 ]

@@ -14,17 +14,20 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .compact import forward_compact
+
 __all__ = ["CompiledUnits", "DEFAULT_UNIT_COMPILE", "set_unit_compile"]
 
 #: ``torch.compile`` options of each unit (inductor, one graph for every sub-batch size)
 DEFAULT_UNIT_COMPILE: dict[str, Any] = {"dynamic": True}
-#: keys of the instance ``__dict__`` that hold compiled callables (dropped when the module is pickled or copied)
-_COMPILED_KEY, _ACTIVE_KEY = "_compiled_units", "_unit_callables"
+#: key of the instance ``__dict__`` that holds the compiled units (dropped when the module is pickled or copied)
+_COMPILED_KEY = "_compiled_units"
 
 
 class CompiledUnits:
     """Mixin of :class:`~pact_zoo.halting.AdaptiveStage`: the units compiled one by one for the compact loop under
-    ``torch.compile``. The host class provides ``units`` (an ``nn.ModuleList``) and ``_forward_compact``.
+    ``torch.compile``. The host class provides ``units`` (an ``nn.ModuleList``) and is what
+    :func:`~pact_zoo.halting.compact.forward_compact` runs.
 
     Attributes:
         unit_compile: ``torch.compile`` keyword arguments of each unit (:func:`set_unit_compile`), or None: the
@@ -47,21 +50,11 @@ class CompiledUnits:
     def _forward_compiled_units(self, x: torch.Tensor, context: Optional[torch.Tensor], mode: str) -> torch.Tensor:
         """The compact loop, run eagerly (``torch.compiler.disable``: a graph break in the caller's graph) over the
         compiled units. ``x``: ``[B, ...]`` stage input; returns the ``[B, ...]`` stage output."""
-        self.__dict__[_ACTIVE_KEY] = self.compiled_units()
-        try:
-            return self._forward_compact(x, context, mode)
-        finally:
-            self.__dict__.pop(_ACTIVE_KEY, None)
-
-    def unit_callables(self) -> list:
-        """What the compact loop calls for the units: the compiled ones inside :meth:`_forward_compiled_units`,
-        else the modules themselves."""
-        return self.__dict__.get(_ACTIVE_KEY) or list(self.units)
+        return forward_compact(self, x, context, mode, units=self.compiled_units())
 
     def __getstate__(self) -> dict:
-        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state = dict(super().__getstate__())
         state.pop(_COMPILED_KEY, None)
-        state.pop(_ACTIVE_KEY, None)
         return state
 
 

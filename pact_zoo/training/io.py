@@ -51,8 +51,6 @@ def check_model_folder(path: PathLike, what: str = "model folder") -> Path:
     return path
 
 
-
-
 def folder_model_name(path: PathLike) -> str:
     """The model a folder holds: timm's ``architecture`` or the transformers ``model_type``."""
     config = _folder_config(path)

@@ -7,7 +7,7 @@ Also the zero-valued "touch" that keeps parameters no row reached in the autogra
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -52,7 +52,8 @@ def with_touch(out: torch.Tensor, touch: Optional[torch.Tensor]) -> torch.Tensor
 
 
 def forward_compact(stage: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor], mode: str,
-                    method: Optional[HaltingMethod] = None) -> torch.Tensor:
+                    method: Optional[HaltingMethod] = None, units: Optional[Sequence[Callable]] = None
+                    ) -> torch.Tensor:
     """Decide after every unit; stopped rows leave the batch. One host synchronisation per unit.
 
     Methods that take the state at the stop (PACT, policy gradient) keep each stopped row's final state as it
@@ -64,6 +65,7 @@ def forward_compact(stage: nn.Module, x: torch.Tensor, context: Optional[torch.T
     :meth:`~pact_zoo.halting.HaltingMethod.lone_row_threshold`, one Python comparison instead of tensor
     operators), and the loop ends when the row stops. With
     :attr:`trim_padding` the sub-batch is cut to its own longest row at the start and after every compaction.
+    ``units`` replaces what is called for the stage's units (its compiled units under ``torch.compile``).
     """
     method = stage.method if method is None else method
     num_units, last_unit = len(stage.units), len(stage.units) - 1
@@ -72,7 +74,7 @@ def forward_compact(stage: nn.Module, x: torch.Tensor, context: Optional[torch.T
     if stage.trim_padding and context is not None and stage.exits is None:
         trim = PaddingTrim(x.shape[1])
         x, context = trim.trim(x, context)
-    units = stage.unit_callables() if hasattr(stage, "unit_callables") else list(stage.units)
+    units = list(stage.units) if units is None else units
     direct = (stage.buckets is None and profiler is None
               and not (stage.grad_checkpointing and stage.training and torch.is_grad_enabled()))
 

@@ -51,10 +51,6 @@ def _build_method(method: Union[str, HaltingMethod, HaltingConfig], knobs: dict[
     return get_halting_method(method)(**knobs)
 
 
-
-
-
-
 class _UniformDepth(HaltingMethod):
     """Anytime training's stop rule (not registered): each row runs d ~ U{1..L} units, chosen up front; no heads."""
 
@@ -213,7 +209,6 @@ class AdaptiveStage(BucketedUnits, CompiledUnits, AdaptiveModule):
                 return torch.utils.checkpoint.checkpoint(unit, x, context, use_reentrant=False)
             return unit(x) if context is None else unit(x, context)
 
-
     def _halting_logit(self, n: int, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Head ``n`` on the state ``x``: ``[B]`` halting logits (or ``[B, C]`` exit logits). Heads with
         ``uses_context = True`` are called ``head(x, context)`` (e.g. pooling under an attention mask)."""
@@ -260,7 +255,7 @@ class AdaptiveStage(BucketedUnits, CompiledUnits, AdaptiveModule):
         if not self.halting:
             return self._forward_all(x, context)
         training = self.training and not self.rollout
-        if (torch.compiler.is_compiling() and self.unit_compile is not None and not training and not self.rollout
+        if (torch.compiler.is_compiling() and self.unit_compile is not None and not self.training and not self.rollout
                 and self.execution == "compact" and current_profiler() is None and x.device.type != "meta"):
             return self._forward_compiled_units(x, context, self.decision)  # compiled units, eager halting
         dense = (current_profiler() is not None or x.device.type == "meta" or torch.jit.is_scripting()
