@@ -146,10 +146,9 @@ def vowels_task(data: dict, seed: int) -> dict[str, Any]:
     full, te = to_split(train), to_split(test)
     tr, va = stratified_holdout(full, data.get("validation_fraction", 0.25), data.get("split_seed", 0))
     return {"train": tr, "validation": va, "test": te, "num_labels": len(names), "class_names": list(names),
-            "input_size": tr.inputs[0].shape[1],
-            "vocab_size": None, "description": f"UEA {data.get('name', 'JapaneseVowels')} ({folder or 'sktime wheel'}): "
-                                               f"{len(tr)} train / {len(va)} validation (held out of the archive's "
-                                               f"train split) / {len(te)} test"}
+            "input_size": tr.inputs[0].shape[1], "vocab_size": None,
+            "description": f"UEA {data.get('name', 'JapaneseVowels')} ({folder or 'sktime wheel'}): {len(tr)} train / "
+                           f"{len(va)} validation (held out of the archive's train split) / {len(te)} test"}
 
 
 def rotten_tomatoes_task(data: dict, seed: int) -> dict[str, Any]:
@@ -471,7 +470,7 @@ def run(recipe: dict, task_name: str, patterns: Optional[list[str]], overrides: 
         entry["description"] = task["description"]
         name = name + suffix
         if save_dir is not None:
-            model.save_pretrained(save_dir / task_name / name.replace("@", "_").replace("#", "_"))
+            model.save_pretrained(saved_model_dir(save_dir, task_name, name))
         task_results[name] = entry
         e = entry["eval"]
         print(f"[{task_name}/{name}] acc {e['accuracy']:.4f} ± {e['accuracy_se']:.4f} steps/frame "
@@ -570,6 +569,16 @@ def results_table(rows: dict[str, Any]) -> str:
                          f"{te['steps_correct']:.2f} | {te['steps_long']:.2f} / {te['steps_short']:.2f} | "
                          f"{_r(te['r_steps_length'])} | | |")
     return "\n".join(lines)
+
+
+def saved_model_dir(save_dir: Path, task_name: str, variant: str) -> Path:
+    """Where ``--save-dir`` keeps a trained variant (``@`` and ``#`` of the variant's name replaced)."""
+    return save_dir / task_name / variant.replace("@", "_").replace("#", "_")
+
+
+def max_ponder_steps(rows: dict[str, Any]) -> int:
+    """M of a task's rows: the largest ``max_ponder_steps`` among its trained variants."""
+    return max(entry["config"].get("max_ponder_steps", 1) for entry in rows.values())
 
 
 def _family(entry: dict) -> str:
@@ -770,9 +779,9 @@ def report(results_path: Path, markdown_path: Path, plot_path: Optional[Path]) -
             parts += [f"### {key}", "", diagnosis_table(rows), ""]
         else:
             parts += [f"### {key}", "", results_table({n: r for n, r in rows.items() if "#seed" not in n}), ""]
-            selection = selection_table(rows, max(e["config"].get("max_ponder_steps", 1) for e in rows.values()))
             if any("eval_validation" in e for e in rows.values()):
-                parts += [f"### {key}: chosen on the validation split", "", selection, ""]
+                parts += [f"### {key}: chosen on the validation split", "",
+                          selection_table(rows, max_ponder_steps(rows)), ""]
             seeds = seeds_table(rows)
             if seeds:
                 parts += [f"### {key}: extra seeds", "", seeds, ""]
@@ -804,8 +813,7 @@ def write_card(recipe: dict, task_name: str, variant: str, save_dir: Path, card_
     torch.set_num_threads(recipe.get("threads", 1))
     task = TASKS[spec.get("loader", task_name)](spec.get("data", {}), seed)
     variant, _, chosen_threshold = variant.partition(":")  # VARIANT[:THRESHOLD], the rule chosen on validation
-    model = PactLSTMForSequenceClassification.from_pretrained(
-        save_dir / task_name / variant.replace("@", "_").replace("#", "_")).eval()
+    model = PactLSTMForSequenceClassification.from_pretrained(saved_model_dir(save_dir, task_name, variant)).eval()
     if chosen_threshold:
         model.set_threshold(float(chosen_threshold))  # saved with the config: the folder's default rule
     if task.get("class_names"):  # runs saved before the names were recorded
@@ -838,10 +846,10 @@ def write_card(recipe: dict, task_name: str, variant: str, save_dir: Path, card_
     rows = results[task_name]
     card["description"] = (card.get("description", "").strip() + "\n\n" + task["description"] + ".\n\n"
                            "### Every method on this task, chosen on the validation split\n\n"
-                           + selection_table(rows, max(e["config"].get("max_ponder_steps", 1) for e in rows.values())))
+                           + selection_table(rows, max_ponder_steps(rows)))
     recipe_summary = {"script": "scripts/pact_lstm_real.py", "config": "hub_configs/pact_lstm.real/experiment.yaml",
                       "task": task_name, "variant": variant, "model": {**spec["model"]},
-                      "train": {**spec["train"], **recipe["tasks"][task_name].get("train", {})}}
+                      "train": dict(spec["train"])}
     build_model_card(card, evaluation, False, card.get("model_name", variant), recipe_summary,
                      folder_name=out_dir.name).save(out_dir / "README.md")
     print(f"wrote {out_dir / 'README.md'}, {out_dir / 'tradeoff.json'} and the plot")
