@@ -167,6 +167,26 @@ def test_compact_equals_masked(family, gating):
     assert all(torch.equal(u, m.record.units_executed) for u, (_, m) in zip(units, acm.acm_modules(model)))
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_acm_width_groups_equal_masked(grad):
+    """The sorted width groups (written in place without gradients, concatenated with them) give the masked
+    reference's outputs, also when every token has the same width (no sort) and for an empty input."""
+    module = acm.AdaptiveWidth(8, 6, num_learners=3, act_layer=nn.GELU()).eval()
+    tokens = torch.randn(11, 8)
+    widths = torch.tensor([0, 3, 1, 2, 3, 0, 1, 1, 2, 3, 0])
+    grouped = acm.ACMGating.run_compact
+    with torch.set_grad_enabled(grad):
+        for k in (widths, torch.full((11,), 2)):
+            out = grouped(module, tokens, k)
+            expected = module.all_prefixes(tokens)[torch.arange(11), k]
+            torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+            assert out.requires_grad == grad
+        assert grouped(module, tokens[:0], widths[:0]).shape == (0, 8)
+    if grad:  # gradients reach every learner a token ran
+        grouped(module, tokens, widths).sum().backward()
+        assert module.w1.grad is not None and module.w1.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("gating", GATINGS)
 def test_flops_match_flop_counter_mode(gating):
     original = tiny_vit()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..halting.compaction import RowCollector, count_true, split_rows, take_rows
+from ..halting.compaction import count_true, split_rows, take_rows
 from ..halting.flops import current_profiler
 from ..halting.method import HaltingMethod, HaltingRecord, Knob, check_choice, check_number, check_threshold, \
     logit_threshold
@@ -118,21 +118,34 @@ class ACMGating(HaltingMethod):
 
     @staticmethod
     def run_compact(module: "AdaptiveWidth", flat: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Tokens grouped by k (one host synchronisation); group k runs the first k learners as one pair of GEMMs of
-        width k*h on its gathered rows; results are scattered back once."""
-        if flat.shape[0] == 0:  # an empty batch: no group to run
+        """``[N, D_out]`` output of ``[N, D_in]`` tokens where token n runs its first ``k[n]`` learners.
+
+        The tokens are sorted by k once (one host synchronisation for the group sizes, one gather); each width's
+        tokens are then a contiguous slice of the sorted rows and run the first k learners as one pair of GEMMs of
+        width k*h, written in place into the sorted output (concatenated while gradients are recorded), which one scatter
+        puts back in token order. When every token has the same k there is no sort at all."""
+        num_tokens = flat.shape[0]
+        if num_tokens == 0:  # an empty batch: no group to run
             return module.prefix(flat, 0)
         counts = torch.bincount(k, minlength=module.num_learners + 1).tolist()
-        order = torch.argsort(k, stable=True)
-        collector = RowCollector(flat.shape[0])
+        if max(counts) == num_tokens:  # one width for every token
+            return module.prefix(flat, counts.index(num_tokens))
+        order = torch.argsort(k)
+        sorted_tokens = flat.index_select(0, order)
+        if torch.is_grad_enabled():  # differentiable: the groups' outputs concatenated, then put back in order
+            groups, start = [], 0
+            for width, count in enumerate(counts):
+                if count:
+                    groups.append(module.prefix(sorted_tokens[start:start + count], width))
+                    start += count
+            return torch.cat(groups).index_select(0, torch.argsort(order))
+        sorted_out = flat.new_empty(num_tokens, module.out_features)
         start = 0
         for width, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows = order[start:start + count]
-            start += count
-            collector.add(rows, module.prefix(take_rows(flat, rows), width))
-        return collector.assemble()
+            if count:
+                module.prefix(sorted_tokens[start:start + count], width, out=sorted_out[start:start + count])
+                start += count
+        return torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
 
 
 class CondnetGating(PolicyGradientMethod):
@@ -363,13 +376,17 @@ class AdaptiveWidth(AdaptiveModule):
         hidden = self.act(F.linear(x, self.w1, self.b1)).view(x.shape[0], k, h)
         return torch.einsum("nkh,kho->nko", hidden, self.w2.view(k, h, self.out_features))
 
-    def prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Output of the first ``k`` learners on ``[n, D_in]`` rows: one pair of GEMMs of width ``k*h``."""
+    def prefix(self, x: torch.Tensor, k: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[n, D_out]`` output of the first ``k`` learners on ``[n, D_in]`` rows: one pair of GEMMs of width
+        ``k*h``; written into ``out`` (a contiguous ``[n, D_out]`` tensor, no gradient) when given."""
         if k == 0:
-            return self.b2.expand(x.shape[0], -1)
+            bias = self.b2.expand(x.shape[0], -1)
+            return bias if out is None else out.copy_(bias)
         width = k * self.hidden_features
         hidden = self.act(F.linear(x, self.w1[:width], None if self.b1 is None else self.b1[:width]))
-        return torch.addmm(self.b2, hidden, self.w2[:width])
+        if out is None:
+            return torch.addmm(self.b2, hidden, self.w2[:width])
+        return torch.addmm(self.b2, hidden, self.w2[:width], out=out)
 
     def all_prefixes(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
         """``[N, K+1, D_out]`` outputs of the first k learners, k = 0..K. ``detach``: each learner's gradient flows
