@@ -341,3 +341,29 @@ def test_cli_both_clocks_with_their_threads_and_load(tmp_path, capsys):
     assert torch.get_num_threads() == 2  # the run's thread count is restored after the one-thread timing
     printed = capsys.readouterr().out
     assert "process CPU time, 1 thread" in printed and "wall time, 2 threads" in printed and "load" in printed
+
+
+def test_cli_compiled_modes_time_compiled_units_against_the_compiled_plain_network(tmp_path, capsys):
+    """``--modes compiled,...``: the model under torch.compile (units compiled one by one, eager halting) runs the
+    depths of eager compact evaluation; the dense copy and the plain network are compiled whole; each compiled
+    mode's first call is timed on its own (eager backend: fast)."""
+    out = tmp_path / "bench.json"
+    rc = benchmark.main(TINY_ARGS + [
+        "--synthetic-halting", "0", "--threshold", "0.5", "--batch-sizes", "3", "--no-memory", "--no-training",
+        "--modes", "adaptive,plain,compiled,compiled_dense,compiled_plain", "--compile-options", "{backend: eager}",
+        "--clock", "wall", "--output", str(out)])
+    assert rc == 0
+    record = json.loads(out.read_text())["eval"][0]
+    assert set(record["median_s"]) == {"adaptive", "plain", "compiled", "compiled_dense", "compiled_plain"}
+    assert set(record["first_call_s"]) == {"compiled", "compiled_dense", "compiled_plain"}
+    assert all(seconds > 0 for seconds in record["first_call_s"].values())
+    assert record["compiled_same_units"] is True and record["max_abs_diff_compiled_vs_adaptive"] <= 1e-5
+    assert record["efficiency_compiled_vs_compiled_plain"] == pytest.approx(
+        record["time_compiled_vs_compiled_plain"] / record["flops_vs_plain"]["adaptive"])
+    assert "compiled vs compiled plain" in capsys.readouterr().out
+
+
+def test_compiled_plain_mode_needs_the_plain_network():
+    model = timm.create_model("pact_resnet32", layers=[3, 3, 3], channels=[4, 8, 8]).eval()
+    with pytest.raises(ValueError, match="compiled_plain"):
+        benchmark.benchmark_eval(model, (3, 8, 8), [2], 0, 1, 2, 0, False, modes=("adaptive", "compiled_plain"))

@@ -4,7 +4,8 @@ path (and a clear error for the compact one) and ``torch.compile`` in eval and t
 
 Cheap checks run on every registered model (tiny configurations); export runs on the smallest model of each family
 and compile on one tiny ViT (``backend="eager"``: dynamo capture with its graph breaks, no C++ compilation; the
-inductor run and its timing are in ``scripts/compile_timing.py`` and ``docs/vit.md``).
+inductor run and its timing are the benchmark's compiled modes, ``pact-zoo benchmark --modes compiled,...``, and
+``docs/vit.md``).
 """
 from typing import Any, Dict, Tuple
 

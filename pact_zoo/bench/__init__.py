@@ -52,8 +52,8 @@ from __future__ import annotations
 
 from .cli import DEFAULT_OUTPUT_DIR, build_parser, default_output_path, main, memory_networks, parse_buckets
 from .evaluation import (
-    DEFAULT_EVAL_MODES, EFFICIENCY_TARGETS, EVAL_MODES, benchmark_eval, executed_flops, execution, profile_eval,
-    set_compaction_costs,
+    COMPILED_MODES, DEFAULT_EVAL_MODES, EFFICIENCY_TARGETS, EVAL_MODES, benchmark_eval, compiled_networks,
+    executed_flops, execution, profile_eval, set_compaction_costs,
 )
 from .inputs import (
     DEFAULT_SEQ_LEN, INPUT_KINDS, InputSpec, input_shape_of, main_output, make_batches, resolve_inputs, run_model,
@@ -76,7 +76,7 @@ from .train_step import (
 
 __all__ = [
     "allocator_peak_bytes", "benchmark_eval", "benchmark_training", "BOTH_CLOCKS", "build_parser",
-    "build_training_networks", "clock_settings", "CLOCK_CHOICES", "CLOCKS", "copy_weights", "create_model",
+    "build_training_networks", "clock_settings", "CLOCK_CHOICES", "CLOCKS", "COMPILED_MODES", "compiled_networks", "copy_weights", "create_model",
     "DEFAULT_EVAL_MODES", "DEFAULT_OUTPUT_DIR", "DEFAULT_SEQ_LEN", "DEFAULT_TRAIN_NETWORKS", "default_output_path",
     "describe", "EFFICIENCY_TARGETS", "EVAL_HEADER", "EVAL_MODES", "executed_flops", "execution", "format_clock_row",
     "format_eval_row", "format_profile", "format_report", "format_training", "halting_stages", "head_methods",

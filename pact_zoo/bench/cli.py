@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compaction-cost", default=None, type=_positive_int, metavar="BATCH",
                         help="measure each stage's compaction cost model at this batch size (units on 1 and BATCH "
                              "rows, gathers) and compact only when it pays; default: compact at every halt")
+    parser.add_argument("--compile-options", type=parse_yaml_mapping, default=None, metavar="YAML",
+                        help="torch.compile keyword arguments of the compiled modes (--modes compiled, "
+                             "compiled_dense, compiled_plain), e.g. '{mode: max-autotune}'; default: inductor")
     parser.add_argument("--profile-batch-size", type=_positive_int, default=None,
                         help="also record a torch.profiler per-operator breakdown of the adaptive and full-depth "
                              "eval at this batch size")
@@ -286,12 +289,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\neval {clock_name(checked['eval_clock'])} (median of repeats; efficiency = time ratio / FLOPs "
               f"ratio)\n" + EVAL_HEADER)
         plain = None
-        if "plain" in checked["modes"]:
+        if "plain" in checked["modes"] or "compiled_plain" in checked["modes"]:
             plain = plain_network(model, args.model, kwargs, args.plain_model, args.seed, args.device)
             plain = plain.to(memory_format=torch.channels_last) if args.channels_last else plain
         result["eval"] = benchmark_eval(model, inputs, args.batch_sizes, args.warmup, args.repeats,
                                         args.min_samples, args.seed, args.channels_last, checked["modes"],
-                                        plain=plain, device=args.device, clock=checked["eval_clock"])
+                                        plain=plain, device=args.device, clock=checked["eval_clock"],
+                                        compile_options=args.compile_options)
         del plain
     if args.profile_batch_size is not None:
         result["profile"] = profile_eval(model, inputs, args.profile_batch_size, args.seed, args.device)

@@ -1,9 +1,12 @@
-"""Eval timing: the adaptive (compacted), full-depth, masked and plain evaluation of one model, timed round robin
-per batch size, with the FLOPs of each mode (:func:`~pact_zoo.halting.measure_flops`), the output check of the
-adaptive path against the masked one, and an optional ``torch.profiler`` breakdown per operator."""
+"""Eval timing: the adaptive (compacted), full-depth, masked and plain evaluation of one model, and the same under
+``torch.compile``, timed round robin per batch size, with the FLOPs of each mode
+(:func:`~pact_zoo.halting.measure_flops`), the output check of the adaptive path against the masked one, and an
+optional ``torch.profiler`` breakdown per operator."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -16,12 +19,16 @@ from .machine import load_average
 from .report import format_clock_row, format_eval_row
 from .timing import clock_settings, medians as summarise, synchronize, threads, time_round_robin
 
-__all__ = ["EFFICIENCY_TARGETS", "EVAL_MODES", "DEFAULT_EVAL_MODES", "PROFILE_TOP_OPS", "execution",
-           "set_compaction_costs", "executed_flops", "benchmark_eval", "profile_eval"]
+__all__ = ["EFFICIENCY_TARGETS", "EVAL_MODES", "COMPILED_MODES", "DEFAULT_EVAL_MODES", "PROFILE_TOP_OPS",
+           "execution", "compiled_networks", "set_compaction_costs", "executed_flops", "benchmark_eval",
+           "profile_eval"]
 
 #: Targets for ``efficiency`` (batch size -> upper bound), pact_resnet110 / pact_resnet50 on 2 CPU cores.
 EFFICIENCY_TARGETS = {1: 1.15, 8: 1.25, 64: 1.08, 256: 1.08}
-EVAL_MODES = ("adaptive", "full", "masked", "plain")
+#: Modes under ``torch.compile``: the model (its stages' units compiled one by one, halting eager), a copy whose
+#: stages take their dense path when compiled (every unit runs), and the plain network compiled whole.
+COMPILED_MODES = ("compiled", "compiled_dense", "compiled_plain")
+EVAL_MODES = ("adaptive", "full", "masked", "plain") + COMPILED_MODES
 DEFAULT_EVAL_MODES = ("adaptive", "full", "masked")
 #: Operators listed per mode in the profile breakdown.
 PROFILE_TOP_OPS = 15
@@ -42,6 +49,40 @@ def execution(model: nn.Module, mode: str) -> Iterator[None]:
         yield
     finally:
         set_execution(model, "compact")
+
+
+def compiled_networks(model: nn.Module, plain: Optional[nn.Module], modes: Sequence[str],
+                      options: Optional[dict] = None) -> dict[str, Callable]:
+    """``torch.compile(network, **options)`` of each compiled mode in ``modes`` (:data:`COMPILED_MODES`):
+    ``compiled`` the model itself (compiled units, eager halting: :func:`~pact_zoo.halting.set_unit_compile`),
+    ``compiled_dense`` a copy whose stages take their dense path when compiled, ``compiled_plain`` the plain network.
+    Compilation happens on each network's first call."""
+    from ..halting import set_unit_compile
+
+    options = dict(options or {})
+    networks: dict[str, Callable] = {}
+    if "compiled" in modes:
+        networks["compiled"] = torch.compile(model, **options)
+    if "compiled_dense" in modes:
+        dense = copy.deepcopy(model)
+        set_unit_compile(dense, None)
+        networks["compiled_dense"] = torch.compile(dense, **options)
+    if "compiled_plain" in modes:
+        if plain is None:
+            raise ValueError("mode 'compiled_plain' needs the plain network")
+        networks["compiled_plain"] = torch.compile(plain, **options)
+    return networks
+
+
+def _first_calls(runs: dict[str, Callable], contexts: dict[str, Callable], modes: Sequence[str]) -> dict[str, float]:
+    """Seconds of the first call of each of ``modes`` (under ``torch.compile``: the compilation for this shape)."""
+    seconds = {}
+    for mode in modes:
+        with contexts[mode]() if mode in contexts else contextlib.nullcontext():
+            start = time.perf_counter()
+            runs[mode]()
+            seconds[mode] = time.perf_counter() - start
+    return seconds
 
 
 @torch.inference_mode()
@@ -124,6 +165,10 @@ def _ratios(record: dict, medians: dict, minima: dict, flops_ratio: float, adapt
         record["efficiency_target"] = target
         if target is not None and record["efficiency"] is not None:
             record["target_met"] = record["efficiency"] <= target
+    if "compiled" in medians and "compiled_plain" in medians:  # both compiled: what compilation leaves of the saving
+        record["time_compiled_vs_compiled_plain"] = medians["compiled"] / medians["compiled_plain"]
+        record["efficiency_compiled_vs_compiled_plain"] = (record["time_compiled_vs_compiled_plain"]
+                                                           / (adaptive_flops / plain_flops))
     if "plain" in medians:  # the original backbone as the baseline (e.g. timm resnet50)
         record["time_vs_plain"] = {mode: medians[mode] / medians["plain"] for mode in medians}
         record["flops_vs_plain"] = {"adaptive": adaptive_flops / plain_flops, "full": flops_full / plain_flops}
@@ -136,16 +181,25 @@ def _ratios(record: dict, medians: dict, minima: dict, flops_ratio: float, adapt
 def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]], batch_sizes: Sequence[int],
                    warmup: int, repeats: int, min_samples: int, seed: int, channels_last: bool,
                    modes: Sequence[str] = DEFAULT_EVAL_MODES, plain: Optional[nn.Module] = None,
-                   device: str = "cpu", log: Callable[[str], None] = print, clock: str = "wall") -> list[dict]:
+                   device: str = "cpu", log: Callable[[str], None] = print, clock: str = "wall",
+                   compile_options: Optional[dict] = None) -> list[dict]:
     """One record per batch size: median times, FLOPs, efficiency and the output check vs masked.
+
+    The :data:`COMPILED_MODES` run ``torch.compile(network, **compile_options)`` (:func:`compiled_networks`); their
+    first call at each batch size (the compilation) is timed on its own (``first_call_s``), the compiled model's
+    halting report is checked against eager compact evaluation (``compiled_same_units``: the same depths, hence the
+    same FLOPs; ``max_abs_diff_compiled_vs_adaptive``),
+    and ``efficiency_compiled_vs_compiled_plain`` is its time ratio to the compiled plain network over the FLOPs
+    ratio.
 
     ``clock`` is a clock of :data:`~pact_zoo.bench.timing.CLOCKS` (timed with the current threads), or ``"both"``:
     the modes are timed round robin with wall time at the current threads, then with process CPU time at one thread
     (:func:`~pact_zoo.bench.timing.clock_settings`). Each timing keeps its medians, ratios and the 1-minute load
     average before and after it in ``record["clocks"][clock]``; the record's own time fields are the first timing's.
     """
-    if "plain" in modes and plain is None:
-        raise ValueError("mode 'plain' needs the plain network")
+    if ("plain" in modes or "compiled_plain" in modes) and plain is None:
+        raise ValueError("modes 'plain' and 'compiled_plain' need the plain network")
+    compiled = compiled_networks(model, plain, modes, compile_options)
     masked_flops = executed_flops(model, input_shape)
     plain_flops = executed_flops(plain, input_shape) if plain is not None else None
     records = []
@@ -162,10 +216,20 @@ def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]
         max_diff = max(float((a - m).abs().max()) for (a, _), (m, _) in zip(adaptive_out, masked_out))
         scale = max(float(m.abs().max()) for m, _ in masked_out) or 1.0
         same_units = all(torch.equal(ua, um) for (_, ua), (_, um) in zip(adaptive_out, masked_out))
-        runs = {mode: (lambda: run_all(plain, batches)) if mode == "plain" else (lambda: run_all(model, batches))
-                for mode in modes}
-        contexts = {mode: (lambda mode=mode: execution(model, mode)) for mode in modes if mode != "plain"}
+        networks = dict(compiled, plain=plain)
+        runs = {mode: (lambda net=networks.get(mode, model): run_all(net, batches)) for mode in modes}
+        contexts = {mode: (lambda mode=mode: execution(model, "adaptive" if mode == "compiled" else mode))
+                    for mode in modes if mode in ("adaptive", "full", "masked", "compiled")}
         flops_ratio = adaptive["ratio"]
+        first_calls = _first_calls(runs, contexts, [mode for mode in modes if mode in compiled])
+        compiled_check: dict[str, Any] = {}
+        if "compiled" in compiled:  # the report under compilation counts what ran: eager compact's depths
+            with execution(model, "adaptive"):
+                compiled_out = _outputs(compiled["compiled"], batches)
+            compiled_check = {
+                "compiled_same_units": all(torch.equal(uc, ua) for (_, uc), (_, ua) in zip(compiled_out, adaptive_out)),
+                "max_abs_diff_compiled_vs_adaptive": max(float((c - a).abs().max()) for (c, _), (a, _)
+                                                         in zip(compiled_out, adaptive_out))}
         timings = {}
         for clock_name, clock_threads in clock_settings(clock, torch.get_num_threads()):
             load_before = load_average()
@@ -197,6 +261,7 @@ def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]
             "max_abs_diff_adaptive_vs_masked": max_diff,
             "max_rel_diff_adaptive_vs_masked": max_diff / scale,  # relative to max |output|
             "same_units_adaptive_vs_masked": same_units,
+            "first_call_s": first_calls, **compiled_check,
         }
         _ratios(record, primary["median_s"], primary["min_s"], flops_ratio, adaptive["mean"], flops_full,
                 plain_flops)

@@ -37,6 +37,8 @@ def format_clock_row(timing: dict) -> str:
             f"{'' if timing['threads'] == 1 else 's'}: {times} ms/sample; efficiency "
             f"{'-' if eff is None else f'{eff:.3f}'}"
             + ("" if vs_plain is None else f" (vs plain {vs_plain:.3f})")
+            + ("" if "efficiency_compiled_vs_compiled_plain" not in timing else
+               f"; compiled vs compiled plain: efficiency {timing['efficiency_compiled_vs_compiled_plain']:.3f}")
             + f"; load {_load(timing['load_average_before'])} -> {_load(timing['load_average_after'])}")
 
 
