@@ -11,6 +11,16 @@ before and after each. Efficiency = (time / full-depth time) / (FLOPs / full-dep
 ``pact_zoo.halting_report`` (each review at its own length).
 
     PYTHONPATH=$PWD python scripts/encoder_speed.py --out out/encoder_speed
+
+``--adapter FOLDER`` times a trained model instead (e.g. the shipped halting adapter, ``pact_zoo.shipped_adapter(
+"minilm_rotten_tomatoes")``: PACT heads and exits over the unchanged backbone, masked-mean pooling): its accuracy and
+FLOPs on the whole test split at each of ``--thresholds``, and its time on the timed reviews at each threshold, at
+full depth, and as transformers' own ``BertModel`` with the adapter's pooling and classifier (the full-depth
+computation through transformers' code: same logits, same accuracy), so that "faster at equal accuracy" is read off
+one table.
+
+    PYTHONPATH=$PWD python scripts/encoder_speed.py --adapter pact_zoo/adapters/minilm_rotten_tomatoes \
+        --max-length 40 --out out/encoder_speed_adapter
 """
 from __future__ import annotations
 
@@ -30,6 +40,100 @@ from pact_zoo.hf import PactEncoderForSequenceClassification
 from encoder_experiment import _batches, _inputs, plain_hf_twin  # scripts/ (this file's folder) is on sys.path
 
 CONFIGS = ("trimmed", "untrimmed", "full_depth", "hf_bert")
+
+
+class PooledBertTwin(torch.nn.Module):
+    """transformers' ``BertModel`` (every layer) + a trained model's pooling and classifier: the full-depth
+    computation of a PACT-Encoder with ``pooling`` other than [CLS], through transformers' code.
+    ``forward(input_ids [B, T], attention_mask [B, T])`` returns an object with ``logits`` ``[B, num_labels]``."""
+
+    def __init__(self, backbone: str, pooling: str, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        from transformers import BertModel
+
+        self.bert = BertModel.from_pretrained(backbone, add_pooling_layer=False).eval()
+        self.pooling, self.classifier = pooling, classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        from pact_zoo.hf.backbones import pool_tokens
+
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return SequenceClassifierOutput(logits=self.classifier(pool_tokens(hidden, attention_mask, self.pooling)))
+
+
+def adapter_main(args: argparse.Namespace) -> None:
+    """``--adapter``: a trained model's accuracy / FLOPs per threshold on the test split, and its time per threshold
+    against full depth and transformers' BertModel with the same pooling and classifier."""
+    load_start = load_average()
+    model = pact_zoo.load_adapter(args.adapter, backbone=args.backbone).eval()
+    twin = PooledBertTwin(args.backbone, model.config.resolved_pooling, model.classifier).eval()
+    collate = TextCollator(model.tokenizer)
+    test = load_text_dataset(args.dataset, eval_split="test")
+    rows = tokenize_split(test.eval, model.tokenizer, test.text_column, test.label_column, args.max_length)
+    all_batches = _batches(rows, collate, args.batch_size)
+    timed_rows = rows.select(range(min(args.timing_samples, len(rows))))
+    batches = _batches(timed_rows, collate, args.batch_size)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    results = {"platform": dict(machine_info("cpu"), load_average=load_start), "args": vars(args),
+               "batch_lengths": [int(b["attention_mask"].sum(1).max()) for b in batches], "test_set": {}}
+    with torch.inference_mode():
+        with pact_zoo.full_depth(model):
+            results["test_set"]["full_depth"] = _flops_and_accuracy(model, all_batches)
+        correct = sum(int((twin(**_inputs(b)).logits.argmax(-1) == b["labels"]).sum()) for b in all_batches)
+        results["test_set"]["hf_bert"] = {"accuracy": correct / len(rows), "flops_ratio": 1.0}
+        with pact_zoo.full_depth(model):
+            results["full_depth_vs_hf_max_abs_diff"] = max(
+                float((model(**_inputs(b)).logits - twin(**_inputs(b)).logits).abs().max()) for b in batches)
+        for threshold in thresholds:
+            pact_zoo.set_threshold(model, threshold)
+            results["test_set"][f"threshold {threshold:g}"] = _flops_and_accuracy(model, all_batches)
+            results[f"timed_flops_ratio {threshold:g}"] = _flops_and_accuracy(model, batches)["flops_ratio"]
+
+    def run(network):
+        def go():
+            with torch.inference_mode():
+                for batch in batches:
+                    network(**_inputs(batch))
+        return go
+
+    runs = {f"threshold {t:g}": run(model) for t in thresholds}
+    runs.update(full_depth=run(model), hf_bert=run(twin))
+    contexts = {f"threshold {t:g}": (lambda t=t: _threshold(model, t)) for t in thresholds}
+    contexts["full_depth"] = lambda: pact_zoo.full_depth(model)
+    results["clocks"] = {}
+    for clock, count in clock_settings(args.clock, torch.get_num_threads()):
+        before = load_average()
+        with threads(count):
+            times = time_round_robin(runs, args.warmup, args.repeats, contexts=contexts, clock=clock)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        entry = {"threads": count, "times_s": times, "load_average_before": before,
+                 "load_average_after": load_average(),
+                 "ms_per_review": {n: 1e3 * t / len(timed_rows) for n, t in medians.items()},
+                 "vs_hf_bert": {n: medians[n] / medians["hf_bert"] for n in medians}}
+        results["clocks"][clock] = entry
+        print(clock, count, "threads:", {n: round(v, 3) for n, v in entry["ms_per_review"].items()}, "vs BERT",
+              {n: round(v, 3) for n, v in entry["vs_hf_bert"].items()}, "load", before[0], "->",
+              entry["load_average_after"][0], flush=True)
+    results["platform"]["load_average_end"] = load_average()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    print({k: v for k, v in results.items() if k not in ("clocks", "platform", "args")})
+
+
+class _threshold:
+    """Context: the model's threshold set for a timed run (the threshold of the last set_threshold kept after)."""
+
+    def __init__(self, model: torch.nn.Module, threshold: float) -> None:
+        self.model, self.threshold = model, threshold
+
+    def __enter__(self) -> None:
+        pact_zoo.set_threshold(self.model, self.threshold)
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 @torch.inference_mode()
@@ -57,7 +161,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--clock", default="both", help="both, wall or process (pact_zoo.bench clocks)")
     parser.add_argument("--out", default="out/encoder_speed")
+    parser.add_argument("--adapter", default=None, help="a trained model or halting-adapter folder to time instead "
+                                                        "of fresh synthetic heads (see the module docstring)")
+    parser.add_argument("--thresholds", default="0.3,0.5,0.7", help="--adapter: thresholds to evaluate and time")
     args = parser.parse_args()
+    if args.adapter is not None:
+        adapter_main(args)
+        return
 
     load_start = load_average()
     model = PactEncoderForSequenceClassification.from_backbone(args.backbone, num_labels=2, pooling="cls").eval()
