@@ -42,6 +42,15 @@ from encoder_experiment import _batches, _inputs, plain_hf_twin  # scripts/ (thi
 CONFIGS = ("trimmed", "untrimmed", "full_depth", "hf_bert")
 
 
+def _runner(network: torch.nn.Module, batches: list):
+    """A timed run: ``network`` over every batch, without gradients."""
+    def go() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                network(**_inputs(batch))
+    return go
+
+
 class PooledBertTwin(torch.nn.Module):
     """transformers' ``BertModel`` (every layer) + a trained model's pooling and classifier: the full-depth
     computation of a PACT-Encoder with ``pooling`` other than [CLS], through transformers' code.
@@ -91,15 +100,8 @@ def adapter_main(args: argparse.Namespace) -> None:
             results["test_set"][f"threshold {threshold:g}"] = _flops_and_accuracy(model, all_batches)
             results[f"timed_flops_ratio {threshold:g}"] = _flops_and_accuracy(model, batches)["flops_ratio"]
 
-    def run(network):
-        def go():
-            with torch.inference_mode():
-                for batch in batches:
-                    network(**_inputs(batch))
-        return go
-
-    runs = {f"threshold {t:g}": run(model) for t in thresholds}
-    runs.update(full_depth=run(model), hf_bert=run(twin))
+    runs = {f"threshold {t:g}": _runner(model, batches) for t in thresholds}
+    runs.update(full_depth=_runner(model, batches), hf_bert=_runner(twin, batches))
     contexts = {f"threshold {t:g}": (lambda t=t: _threshold(model, t)) for t in thresholds}
     contexts["full_depth"] = lambda: pact_zoo.full_depth(model)
     results["clocks"] = {}
@@ -205,13 +207,6 @@ def main() -> None:
         stage.trim_padding = True
         results["trimmed_vs_untrimmed_max_abs_diff"] = float((model(**batch).logits - untrimmed).abs().max())
 
-    def run(network):
-        def go():
-            with torch.inference_mode():
-                for batch in batches:
-                    network(**_inputs(batch))
-        return go
-
     def trim(enabled: bool):
         class Switch:
             def __enter__(self):
@@ -221,7 +216,8 @@ def main() -> None:
                 stage.trim_padding = True
         return Switch()
 
-    runs = {"trimmed": run(model), "untrimmed": run(model), "full_depth": run(model), "hf_bert": run(twin)}
+    runs = {"trimmed": _runner(model, batches), "untrimmed": _runner(model, batches),
+            "full_depth": _runner(model, batches), "hf_bert": _runner(twin, batches)}
     contexts = {"trimmed": lambda: trim(True), "untrimmed": lambda: trim(False),
                 "full_depth": lambda: pact_zoo.full_depth(model)}
     results["clocks"] = {}
