@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# GPU check of the compact eval path, under 5 minutes on one GPU:
+# GPU check of the compact eval path, about 10 minutes on one GPU:
 #   1. the correctness tests that run on CUDA (CUDA graphs == eager compaction == masked reference), and
-#   2. `pact-zoo benchmark --device cuda` for pact_resnet50 (224 px, against timm's resnet50 with the same weights):
-#      eager, bucketed sub-batches, and bucketed + one CUDA graph per (unit, bucket);
-#   3. the same for the Hugging Face encoder family and pact_vit_small_patch16_224 where they are registered.
-# Every benchmark checks adaptive == masked outputs and depths on the device. Results: out/gpu_check/*.json + *.log.
+#   2. `pact-zoo benchmark --device cuda` (CUDA events) for pact_resnet50 (224 px, against timm's resnet50 with the
+#      same weights): eager, bucketed sub-batches, bucketed + one CUDA graph per (unit, bucket), and compiled
+#      (compiled units with eager halting against the plain network compiled whole);
+#   3. eager and CUDA graphs for the other families: the CIFAR ResNet, MobileNetV2, the ViT, ACM-ViT, the
+#      Hugging Face encoder and the PACT-LSTM.
+# Every benchmark checks adaptive == masked outputs and depths on the device. Results: out/gpu_check/*.json + *.log,
+# gathered into one out/gpu_check/gpu_check.json (benchmark name -> its JSON, plus the device and the failures).
 #
 #   bash scripts/gpu_check.sh                       # from the repository root
 #   ENCODER_KWARGS='{"num_hidden_layers": 6}' bash scripts/gpu_check.sh
@@ -49,6 +52,22 @@ run resnet50_buckets 60 $PY -m pact_zoo.bench "${R50[@]}" --modes adaptive,full 
     --no-memory --no-training --output "$OUT/resnet50_buckets.json"
 run resnet50_graphs 90 $PY -m pact_zoo.bench "${R50[@]}" --modes adaptive,full --buckets default --cuda-graphs \
     --no-memory --no-training --output "$OUT/resnet50_graphs.json"
+run resnet50_compiled 240 $PY -m pact_zoo.bench "${R50[@]}" --modes adaptive,plain,compiled,compiled_plain \
+    --no-memory --no-training --output "$OUT/resnet50_compiled.json"
+
+# the CIFAR ResNet, MobileNetV2 and ACM-ViT (synthetic heads / calibrated gates on generated images)
+run resnet110_eager 90 $PY -m pact_zoo.bench --model pact_resnet110 --synthetic-halting 0 --target-flops-ratio 0.5 \
+    --batch-sizes 1,8,64,256 --min-samples 64 --warmup 2 --repeats 5 --device cuda --no-memory --no-training \
+    --modes adaptive,full,masked,plain --output "$OUT/resnet110_eager.json"
+run resnet110_graphs 90 $PY -m pact_zoo.bench --model pact_resnet110 --synthetic-halting 0 --target-flops-ratio 0.5 \
+    --batch-sizes 1,8,64,256 --min-samples 64 --warmup 2 --repeats 5 --device cuda --no-memory --no-training \
+    --modes adaptive,full --buckets default --cuda-graphs --output "$OUT/resnet110_graphs.json"
+run mobilenetv2_eager 90 $PY -m pact_zoo.bench --model pact_mobilenetv2_100 --synthetic-halting 0 \
+    --synthetic-samples 32 --target-flops-ratio 0.5 --calibration-samples 64 --batch-sizes 1,8,64 --min-samples 64 \
+    --warmup 2 --repeats 5 --device cuda --no-memory --no-training --output "$OUT/mobilenetv2_eager.json"
+run acm_vit_eager 90 $PY -m pact_zoo.bench --model acm_vit_tiny_patch16_224 --target-flops-ratio 0.75 \
+    --calibration-samples 64 --batch-sizes 1,8,64 --min-samples 64 --warmup 2 --repeats 5 --device cuda \
+    --no-memory --no-training --modes adaptive,full --output "$OUT/acm_vit_eager.json"
 
 # 3. families that land in parallel (skipped where not registered)
 if $PY -c "import sys, pact_zoo.hf as hf; sys.exit(0 if hasattr(hf, 'PactEncoderForSequenceClassification') else 1)"; then
@@ -69,6 +88,27 @@ if $PY -c "import sys, timm, pact_zoo; sys.exit(0 if 'pact_vit_small_patch16_224
 else
     echo "== vit: pact_vit_small_patch16_224 not registered, skipped"
 fi
+
+LSTM='{"vocab_size": 1000, "hidden_size": 256, "num_labels": 2, "max_ponder_steps": 4}'
+run lstm_eager 60 $PY -m pact_zoo.bench --model hf:PactLSTMForSequenceClassification --model-kwargs "$LSTM" \
+    --inputs tokens --seq-len 64 --threshold 0.5 --batch-sizes 8,64 --min-samples 64 --warmup 2 --repeats 5 \
+    --device cuda --no-memory --no-training --output "$OUT/lstm_eager.json"
+
+# one JSON: every benchmark's result under its name, the device, and what failed
+$PY - "$OUT" "$FAILED" <<'PYEOF'
+import json, sys
+from pathlib import Path
+
+import torch
+
+from pact_zoo.fileio import atomic_write_json
+
+out, failed = Path(sys.argv[1]), sys.argv[2].split()
+results = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json")) if path.stem != "gpu_check"}
+atomic_write_json(out / "gpu_check.json", {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                                            "failed": failed, "benchmarks": results})
+print(f"gpu_check: {len(results)} benchmark results in {out / 'gpu_check.json'}")
+PYEOF
 
 if [ -n "$FAILED" ]; then
     echo "gpu_check: failed:$FAILED" >&2
