@@ -42,7 +42,7 @@ def main() -> None:
     batches = list(acm_data.batches(split(train, 0, sizes["phase12"]), sizes["batch"], shuffle=True,
                                     seed=args.seed))
     fwd = lambda model, batch: acm_data.logits_of(model, batch)  # noqa: E731
-    model = acm.acmize(copy.deepcopy(original), gating="acm")
+    model = acm.acmize(copy.deepcopy(original), method="acm")
     acm.distill_modules(model, original, batches, lr=sizes["lr"], forward=fwd, detach=False)
     acm.pretrain_gates(model, original, batches, lr=sizes["gate_lr"], forward=fwd)
     model.eval()

@@ -134,7 +134,7 @@ def main() -> None:
     log: dict = {"task": args.task, "sizes": sizes, "threads": args.threads, "num_learners": args.num_learners}
 
     # phase 1, once: the learners of every variant
-    base = acm.acmize(copy.deepcopy(original), num_learners=args.num_learners, gating="acm")
+    base = acm.acmize(copy.deepcopy(original), num_learners=args.num_learners, method="acm")
     with pact_zoo.full_depth(base):
         log["original"] = evaluate(base, test)
         log["original"]["flops"] = pact_zoo.halting_report(base).full_flops
@@ -150,7 +150,7 @@ def main() -> None:
 
     variants, results = {}, []
     for gating in args.gatings:
-        model = acm.acmize(copy.deepcopy(original), num_learners=args.num_learners, gating=gating)
+        model = acm.acmize(copy.deepcopy(original), num_learners=args.num_learners, method=gating)
         model.load_state_dict(learners, strict=False)
         t = time.perf_counter()
         gate_log = acm.pretrain_gates(model, original, phase12, epochs=sizes["epochs"][1], lr=sizes["gate_lr"],

@@ -426,7 +426,7 @@ def cases(f: dict, root: Path) -> List[Case]:
         lambda: lstm()(inputs_embeds=torch.zeros(2, 3, 4), attention_mask=torch.ones(2, 4)))
     api("lstm", "attention_mask not 0/1", ["attention_mask", "0"],
         lambda: lstm()(inputs_embeds=torch.zeros(2, 3, 4), attention_mask=torch.full((2, 3), 2)))
-    api("lstm", "halting_method='magic'", ["magic"], lambda: PactLSTMConfig(input_size=4, halting_method="magic"))
+    api("lstm", "method='magic'", ["method", "magic"], lambda: PactLSTMConfig(input_size=4, method="magic"))
     api("lstm", "max_ponder_steps=0", ["max_ponder_steps"], lambda: PactLSTMConfig(input_size=4, max_ponder_steps=0))
     api("lstm", "input_size=0", ["input_size"], lambda: PactLSTMConfig(input_size=0))
 

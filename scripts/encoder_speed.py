@@ -174,7 +174,7 @@ def main() -> None:
     load_start = load_average()
     model = PactEncoderForSequenceClassification.from_backbone(args.backbone, num_labels=2, pooling="cls").eval()
     plain = PactEncoderForSequenceClassification.from_backbone(args.backbone, num_labels=2, pooling="cls",
-                                                               halting_method="none")
+                                                               method="none")
     copy_weights(model, plain)  # the backbone, pooler and classifier of the adaptive model, without its heads
     twin = plain_hf_twin(plain)
     del plain

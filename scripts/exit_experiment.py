@@ -74,7 +74,7 @@ def _load(folder: str):
 def _with_rule(exits_folder: str, rule: str):
     """The model of ``exits_folder`` with its exits read by the early-exit ``rule``."""
     if not is_timm_folder(exits_folder):
-        return PactEncoderForSequenceClassification.convert_from(exits_folder, halting_method=rule).eval()
+        return PactEncoderForSequenceClassification.convert_from(exits_folder, method=rule).eval()
     import timm
 
     config = json.loads((Path(exits_folder) / "config.json").read_text())

@@ -8,7 +8,7 @@ recipe ``hub_configs/pact_lstm.parity/experiment.yaml``.
         [--only parity|mnist1d] [--variants 'pact*'] [--steps-scale 0.1] [--plot docs/lstm_parity_profile.png]
 
 Recipe format (per task): ``model`` holds the architecture shared by the variants (no halting knobs); ``variants``
-maps a name to ``{halting_method, <that method's knobs>, ...}`` (a knob the method lacks raises) plus the training
+maps a name to ``{method, <that method's knobs>, ...}`` (a knob the method lacks raises) plus the training
 options ``warm_start`` (name of an earlier variant of the same task whose weights initialise this one; the halting
 head keeps its init), ``tau_warmup`` (fraction of the updates over which tau rises linearly from 0) and ``steps``
 (overrides the task's updates). Parity's ``tau_sweep`` runs every variant whose method has a ``tau`` knob once per
@@ -64,7 +64,7 @@ def _split_variant(variant: dict) -> tuple[dict, dict]:
 
 
 def _has_tau(variant: dict) -> bool:
-    method = pact_zoo.HALTING_METHODS[variant.get("halting_method", "pact")]
+    method = pact_zoo.HALTING_METHODS[variant.get("method", "pact")]
     return "tau" in method.knobs
 
 
@@ -147,7 +147,7 @@ def evaluate(model: PactLSTMForSequenceClassification, inputs: torch.Tensor, lab
         for begin in range(0, len(labels), batch_size):
             output = model(inputs_embeds=inputs[begin:begin + batch_size])
             correct.append(output.logits.argmax(-1) == labels[begin:begin + batch_size])
-            steps.append(output.ponder_steps.float().mean(1))  # mean over time steps
+            steps.append(output.units_executed.float().mean(1))  # mean over time steps
     finally:
         pact_zoo.set_decision(model, "greedy")
     return torch.cat(correct), torch.cat(steps), time.perf_counter() - start
@@ -256,7 +256,7 @@ def _fmt_r(value) -> str:
 
 def _describe(entry: dict) -> str:
     config, options = entry["config"], entry.get("options", {})
-    method = config.get("halting_method", "pact")
+    method = config.get("method", config.get("halting_method", "pact"))  # before the rename: halting_method
     knobs = config.get("halting_knobs") or {}
     parts = [method]
     if method != "none":

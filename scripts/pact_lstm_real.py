@@ -12,7 +12,7 @@ entropy terms against the task loss and the gradient each term sends to the halt
 
 Recipe format: per task ``data`` (loader arguments), ``model`` (PactLSTMConfig fields shared by the variants),
 ``train`` (epochs, batch_size, lr, grad_clip, head_lr_mult, tau_warmup, eval_batch_size), ``variants`` (name ->
-``{halting_method, <knobs>, <model fields>, train: {...}}``) and ``tau_sweep`` (every variant with a tau knob and no
+``{method, <knobs>, <model fields>, train: {...}}``) and ``tau_sweep`` (every variant with a tau knob and no
 tau of its own runs once per value, named ``<variant>@tau=<value>``). Results merge into the JSON file by
 (task, variant), so a partial run updates only its rows.
 """
@@ -331,7 +331,7 @@ def train(model, task: dict, options: dict, seed: int, prefix: str, diagnose_eve
                 torch.nn.utils.clip_grad_norm_(model.parameters(), options["grad_clip"])
             optimizer.step()
             frames = (batch["attention_mask"].sum() if batch["attention_mask"] is not None
-                      else batch["labels"].numel() * output.ponder_steps.shape[1])
+                      else batch["labels"].numel() * output.units_executed.shape[1])
             sums["loss"] += float(loss.detach())
             sums["task_loss"] += float(task_loss)
             sums["train_steps_per_frame"] += float(output.ponder_cost.detach().sum() / frames)
@@ -378,7 +378,7 @@ def evaluate(model, split: Split, batch_size: int, decision: str = "greedy", thr
             output = _forward(model, batch, labels=False)
             rows = torch.tensor(index)
             correct[rows] = output.logits.argmax(-1) == batch["labels"]
-            steps[rows] = output.ponder_steps.sum(1).float() / split.lengths[rows].float()
+            steps[rows] = output.units_executed.sum(1).float() / split.lengths[rows].float()
             report = pact_zoo.halting_report(model)
             flops[rows] = report.flops.double()
             full[rows] = report.sample_full_flops.double()
@@ -410,7 +410,7 @@ def evaluate(model, split: Split, batch_size: int, decision: str = "greedy", thr
 def expand_sweep(variants: dict, taus: Optional[list]) -> dict:
     out = {}
     for name, variant in variants.items():
-        method = pact_zoo.HALTING_METHODS[variant.get("halting_method", "pact")]
+        method = pact_zoo.HALTING_METHODS[variant.get("method", "pact")]
         if taus and "tau" in method.knobs and "tau" not in variant:
             for tau in taus:
                 out[f"{name}@tau={tau:g}"] = {**variant, "tau": float(tau)}
@@ -498,9 +498,14 @@ def _r(value) -> str:
     return "n/a" if value is None else f"{value:+.2f}"
 
 
+def _method(config: dict) -> str:
+    """A recorded model config's halting method (results written before the rename hold ``halting_method``)."""
+    return config.get("method", config.get("halting_method", "pact"))
+
+
 def _knobs(entry: dict) -> str:
     config = entry["config"]
-    method = config.get("halting_method", "pact")
+    method = _method(config)
     knobs = config.get("halting_knobs") or {}
     parts = [method, f"M={config.get('max_ponder_steps', 20)}"]
     if method != "none":
@@ -556,7 +561,7 @@ def results_table(rows: dict[str, Any]) -> str:
                      f"{e['steps_long']:.2f} / {e['steps_short']:.2f} | {_r(e['r_steps_length'])} | "
                      f"{entry['train_seconds']:.0f} | {entry['loadavg_before']} → {entry['loadavg_after']} |")
         extra = {}
-        if entry["config"].get("halting_method") == "pact":  # PG's greedy depth did not move with the threshold
+        if _method(entry["config"]) == "pact":  # PG's greedy depth did not move with the threshold
             extra = {f"threshold {t}": te for t, te in entry.get("eval_thresholds", {}).items()}
             if entry.get("eval_sampled"):
                 extra["sampled stops"] = entry["eval_sampled"]
@@ -583,7 +588,7 @@ def max_ponder_steps(rows: dict[str, Any]) -> int:
 
 def _family(entry: dict) -> str:
     config = entry["config"]
-    method = config.get("halting_method", "pact")
+    method = _method(config)
     if method == "none":
         return "lstm (1 step)" if config.get("max_ponder_steps") == 1 else "lstm (every step)"
     return method
@@ -686,7 +691,7 @@ def plot(results: dict[str, Any], tasks: list[str], path: Path) -> None:
             ax = axes[row][col]
             by_method: dict[str, list] = {}
             for name, entry in entries.items():
-                method = entry["config"].get("halting_method", "pact")
+                method = _method(entry["config"])
                 e = entry["eval"]
                 group = method if ("@" in name or method == "none") else f"{method} ({name})"
                 by_method.setdefault(group, []).append((cost(e, key), 100 * e["accuracy"], 100 * e["accuracy_se"],
@@ -824,7 +829,7 @@ def write_card(recipe: dict, task_name: str, variant: str, save_dir: Path, card_
         full = evaluate(model, task["test"], batch_size)
     method = _stages(model)[0].method
     own = evaluate(model, task["test"], batch_size)
-    rule = model.config.halting_method
+    rule = model.config.method
     points = [_tradeoff_point(own, rule, method.threshold, full["mflops"])]
     points += [_tradeoff_point(evaluate(model, task["test"], batch_size, threshold=t), rule, t, full["mflops"])
                for t in thresholds if t != method.threshold]

@@ -24,7 +24,7 @@ def main(out: Path) -> None:
     for gating in acm.GATINGS:
         torch.manual_seed(0)
         vit = VisionTransformer(img_size=16, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2)
-        model = acm.acmize(vit, num_learners=4, gating=gating)
+        model = acm.acmize(vit, num_learners=4, method=gating)
         for _, module in acm.acm_modules(model):  # most tokens: few learners
             torch.nn.init.constant_(module.gate[-1].bias, 0.0)
             with torch.no_grad():

@@ -54,8 +54,8 @@ def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def build(family: str, gating: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:
     if family == "vit":
-        return acm.acmize(tiny_vit(), gating=gating, **kwargs), torch.randn(5, 3, 16, 16)
-    return acm.acmize(tiny_bert(), gating=gating, **kwargs), torch.randint(0, 40, (5, 7))
+        return acm.acmize(tiny_vit(), method=gating, **kwargs), torch.randn(5, 3, 16, 16)
+    return acm.acmize(tiny_bert(), method=gating, **kwargs), torch.randint(0, 40, (5, 7))
 
 
 @pytest.mark.parametrize("family", ["vit", "bert"])
@@ -63,7 +63,7 @@ def build(family: str, gating: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:
 def test_full_width_equals_the_original(family, gating):
     original = tiny_vit() if family == "vit" else tiny_bert()
     x = torch.randn(3, 3, 16, 16) if family == "vit" else torch.randint(0, 40, (3, 7))
-    model = acm.acmize(copy.deepcopy(original), gating=gating).eval()
+    model = acm.acmize(copy.deepcopy(original), method=gating).eval()
     with torch.no_grad(), pact_zoo.full_depth(model):
         torch.testing.assert_close(run(model, x), run(original, x), atol=1e-5, rtol=1e-5)
     report = pact_zoo.halting_report(model)
@@ -190,7 +190,7 @@ def test_acm_width_groups_equal_masked(grad):
 @pytest.mark.parametrize("gating", GATINGS)
 def test_flops_match_flop_counter_mode(gating):
     original = tiny_vit()
-    model = spread_gates(acm.acmize(copy.deepcopy(original), gating=gating))
+    model = spread_gates(acm.acmize(copy.deepcopy(original), method=gating))
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
@@ -228,7 +228,7 @@ def test_threshold_is_the_budget_knob(gating):
 
 
 def test_hf_save_and_load_with_auto_classes(tmp_path):
-    model = acm.acmize(tiny_bert(), gating="condnet", attention=True)
+    model = acm.acmize(tiny_bert(), method="condnet", attention=True)
     assert type(model).__name__ == "AcmBertForSequenceClassification"
     spread_gates(model)
     pact_zoo.set_threshold(model, 0.3)
@@ -252,7 +252,7 @@ def test_timm_variants_keep_timm_keys_and_convert_pretrained_weights():
     kwargs = dict(img_size=32, depth=2, num_classes=5)
     torch.manual_seed(0)
     plain = timm.create_model("vit_tiny_patch16_224", **kwargs).eval()
-    model = timm.create_model("acm_vit_tiny_patch16_224", gating="condnet", **kwargs).eval()
+    model = timm.create_model("acm_vit_tiny_patch16_224", method="condnet", **kwargs).eval()
     acm_prefixes = tuple(name + "." for name, _ in acm.acm_modules(model))
     assert {k for k in model.state_dict() if not k.startswith(acm_prefixes)} == {
         k for k in plain.state_dict() if ".mlp." not in k}
@@ -269,8 +269,8 @@ def test_bad_knobs_name_the_argument():
         acm.acmize(tiny_vit(), num_learners=0)
     with pytest.raises(ValueError, match="num_learners"):
         acm.AdaptiveWidth(8, 4, num_learners=0)
-    with pytest.raises(ValueError, match="gating"):
-        acm.acmize(tiny_vit(), gating="moe")
+    with pytest.raises(ValueError, match="method"):
+        acm.acmize(tiny_vit(), method="moe")
     with pytest.raises(ValueError, match="no MLP blocks"):
         acm.acmize(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
     model, x = build("vit", "acm")

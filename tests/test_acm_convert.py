@@ -42,7 +42,7 @@ def test_convert_runs_the_three_acm_phases(tmp_path, reset_accelerate):
     from pact_zoo.cli import main
 
     source = _source(tmp_path)
-    acm_kwargs = dict(VIT, num_learners=4, gating="acm")
+    acm_kwargs = dict(VIT, num_learners=4, method="acm")
     recipe = dict(COMMON, model="acm_vit_tiny_patch16_224", model_kwargs=acm_kwargs, source=source,
                   teacher="source", output_dir=str(tmp_path / "converted"), phases=[
                       dict(name="learners", objective="module_distillation", lr=1e-3),

@@ -58,7 +58,7 @@ def outputs(model):
     ids, mask = padded_batch()
     with torch.no_grad():
         output = model(input_ids=ids, attention_mask=mask)
-    return output.logits, output.layers_executed
+    return output.logits, output.units_executed
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ REMOTE_ADAPTER_LOAD = textwrap.dedent("""
     expected = torch.load(expected_file)
     with torch.no_grad():
         output = model(input_ids=expected["ids"], attention_mask=expected["mask"])
-    assert torch.equal(output.logits, expected["logits"]) and torch.equal(output.layers_executed, expected["layers"])
+    assert torch.equal(output.logits, expected["logits"]) and torch.equal(output.units_executed, expected["layers"])
     try:
         AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, backbone=other)
     except ValueError as error:

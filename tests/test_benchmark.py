@@ -257,7 +257,7 @@ def test_cli_token_inputs_of_a_hugging_face_family(tmp_path):
     assert record["same_units_adaptive_vs_masked"] is True and record["max_abs_diff_adaptive_vs_masked"] <= 1e-5
     assert 0 < record["flops_ratio"] <= 1.0
     assert benchmark._twin_kwargs({"halting_knobs": {"tau": 0.1, "temperature": 0.5}}, "act", {}, hf=True) == {
-        "halting_method": "act", "halting_knobs": {"tau": 0.1}}
+        "method": "act", "halting_knobs": {"tau": 0.1}}
 
 
 def test_clock_and_bucket_options():

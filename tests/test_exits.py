@@ -22,7 +22,7 @@ EXIT_RULES = ("confidence", "entropy", "patience")
 def exits_model(method="confidence", pooling="mean", exit_classifiers="per_layer", weight_std=0.5, **kwargs):
     torch.manual_seed(0)
     model = PactEncoderForSequenceClassification.from_backbone(
-        tiny_backbone("bert"), num_labels=LABELS, halting_method=method, pooling=pooling,
+        tiny_backbone("bert"), num_labels=LABELS, method=method, pooling=pooling,
         exit_classifiers=exit_classifiers, **kwargs)
     with torch.no_grad():  # exits of different confidence per row and layer
         torch.manual_seed(1)
@@ -117,7 +117,7 @@ def test_vit_per_layer_exits_start_as_its_head_and_save_their_own_weights(tmp_pa
 def test_token_classification_refuses_exits():
     with pytest.raises(ValueError, match="exit classifiers are built for sequence classification"):
         PactEncoderForTokenClassification.from_backbone(tiny_backbone("bert"), num_labels=3,
-                                                       halting_method="confidence")
+                                                       method="confidence")
 
 
 @pytest.mark.parametrize("method, threshold", [("confidence", 0.9), ("entropy", 0.6), ("patience", 0.5)])
@@ -232,7 +232,7 @@ def test_frozen_conversion_keeps_the_source_exactly(tmp_path):
     source = exits_model("none", exit_classifiers="shared")
     source.new_weights = source.config.new_weights = []  # a trained source (the training loop records this)
     source.save_pretrained(tmp_path / "source")
-    converted = PactEncoderForSequenceClassification.convert_from(tmp_path / "source", halting_method="confidence",
+    converted = PactEncoderForSequenceClassification.convert_from(tmp_path / "source", method="confidence",
                                                                   exit_classifiers="per_layer")
     assert converted.new_weights == sorted(f"exit_classifiers.{n}.{p}" for n in range(LAYERS - 1)
                                            for p in ("bias", "weight"))
@@ -253,7 +253,7 @@ def test_frozen_conversion_keeps_the_source_exactly(tmp_path):
     assert torch.equal(full, reference)
     # the next phase keeps the exits as trained and adds the halting heads
     converted.save_pretrained(tmp_path / "exits")
-    halting = PactEncoderForSequenceClassification.convert_from(tmp_path / "exits", halting_method="pact")
+    halting = PactEncoderForSequenceClassification.convert_from(tmp_path / "exits", method="pact")
     assert any(k.startswith("pact_encoder.stage.heads") for k in halting.new_weights)
     assert torch.equal(halting.exit_classifiers[0].weight, converted.exit_classifiers[0].weight)
     heads_only = freeze_source_weights(halting, freeze_exits=True)
@@ -268,21 +268,21 @@ def test_convert_command_runs_the_phases(tmp_path, reset_accelerate):
     common = dict(model="pact_encoder", dataset=f"parquet:{data}", epochs=1, batch_size=8, eval_batch_size=12,
                   optimizer="adamw", lr=1e-3, dataset_kwargs={"max_length": 8})
     train(load_config(None, dict(common, pretrained_file=str(backbone), output_dir=str(tmp_path / "source"),
-                                 model_kwargs={"halting_method": "none", "pooling": "mean"})))
+                                 model_kwargs={"method": "none", "pooling": "mean"})))
     recipe = dict(common, source=str(tmp_path / "source" / "model"), output_dir=str(tmp_path / "converted"),
                   freeze_backbone=True, phases=[
                       dict(name="exits", anytime=True, anytime_prob=1.0, distill_weight=1.0,
-                           model_kwargs={"halting_method": "confidence", "exit_classifiers": "per_layer"}),
+                           model_kwargs={"method": "confidence", "exit_classifiers": "per_layer"}),
                       dict(name="halting", freeze_exits=True, distill_weight=0.5,
                            teacher=str(tmp_path / "source" / "model"),
-                           model_kwargs={"halting_method": "pact", "exit_classifiers": "per_layer"})])
+                           model_kwargs={"method": "pact", "exit_classifiers": "per_layer"})])
     (tmp_path / "convert.yaml").write_text(json.dumps(recipe))
     assert main(["convert", "--config", str(tmp_path / "convert.yaml")]) == 0
     summary = json.loads((tmp_path / "converted" / "conversion.json").read_text())
     assert summary["phases"] == ["exits", "halting"]
     model = PactEncoderForSequenceClassification.from_pretrained(summary["model_dir"])
     source = PactEncoderForSequenceClassification.from_pretrained(tmp_path / "source" / "model")
-    assert model.config.halting_method == "pact" and model.config.pooling == "mean"
+    assert model.config.method == "pact" and model.config.pooling == "mean"
     for key, value in source.state_dict().items():  # the source's weights came through both phases unchanged
         assert torch.equal(model.state_dict()[key], value), key
     assert main(["convert", "--config", str(tmp_path / "convert.yaml"), "--resume"]) == 0  # finished: a no-op

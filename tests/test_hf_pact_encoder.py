@@ -71,7 +71,7 @@ def heterogeneous(model):
 
 
 def adaptive(kind="bert", method="pact", cls=PactEncoderForSequenceClassification, **kwargs):
-    return cls.from_backbone(tiny_backbone(kind), num_labels=LABELS, halting_method=method, **kwargs)
+    return cls.from_backbone(tiny_backbone(kind), num_labels=LABELS, method=method, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -98,25 +98,25 @@ def test_from_backbone_keeps_weights_and_round_trips(tmp_path, kind):
     with torch.no_grad():
         output = loaded(input_ids=ids, attention_mask=mask)
     torch.testing.assert_close(output.logits, expected.logits, rtol=0, atol=0)
-    assert torch.equal(output.layers_executed, expected.layers_executed)
+    assert torch.equal(output.units_executed, expected.units_executed)
 
 
 def test_sequence_classification_checkpoint_gives_its_classifier():
     torch.manual_seed(0)
     plain = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                                                      num_attention_heads=2, intermediate_size=64, num_labels=LABELS))
-    model = PactEncoderForSequenceClassification.from_backbone(plain, num_labels=LABELS, halting_method="act")
+    model = PactEncoderForSequenceClassification.from_backbone(plain, num_labels=LABELS, method="act")
     assert torch.equal(model.classifier.weight, plain.classifier.weight)
     assert not any(key.startswith("classifier") for key in model.new_weights)
 
 
 def test_plain_method_equals_the_transformers_model():
-    """halting_method="none" is the backbone's own computation: same logits as BertForSequenceClassification."""
+    """method="none" is the backbone's own computation: same logits as BertForSequenceClassification."""
     torch.manual_seed(0)
     plain = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                                                      num_attention_heads=2, intermediate_size=64,
                                                      num_labels=LABELS)).eval()
-    model = PactEncoderForSequenceClassification.from_backbone(plain, num_labels=LABELS, halting_method="none").eval()
+    model = PactEncoderForSequenceClassification.from_backbone(plain, num_labels=LABELS, method="none").eval()
     ids, mask = padded_batch()
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits,
@@ -141,11 +141,11 @@ def test_compact_equals_each_sample_alone_and_masked(kind, method):
         alone = [model(input_ids=ids[i:i + 1, :n]) for i, n in enumerate(LENGTHS)]
         pact_zoo.set_execution(model, "masked")
         masked = model(input_ids=ids, attention_mask=mask)
-    assert len(set(compact.layers_executed.tolist())) > 1, "samples should stop at different layers"
+    assert len(set(compact.units_executed.tolist())) > 1, "samples should stop at different layers"
     torch.testing.assert_close(compact.logits, torch.cat([o.logits for o in alone]), rtol=0, atol=1e-5)
     torch.testing.assert_close(compact.logits, masked.logits, rtol=0, atol=1e-5)
-    assert torch.equal(compact.layers_executed, torch.cat([o.layers_executed for o in alone]))
-    assert torch.equal(compact.layers_executed, masked.layers_executed)
+    assert torch.equal(compact.units_executed, torch.cat([o.units_executed for o in alone]))
+    assert torch.equal(compact.units_executed, masked.units_executed)
 
 
 def test_token_classification_compact_equals_masked_and_trains():
@@ -260,8 +260,8 @@ def test_flops_per_sample_count_attention_and_real_length(kind):
     with torch.no_grad():
         output = model(input_ids=ids, attention_mask=mask)
     report = pact_zoo.halting_report(model)
-    assert torch.equal(report.units_executed[:, 0], output.layers_executed)
-    early = output.layers_executed < LAYERS
+    assert torch.equal(report.units_executed[:, 0], output.units_executed)
+    early = output.units_executed < LAYERS
     assert early.any() and (report.flops[early] < full.flops[early]).all()
     assert report.flops_ratio < 1.0
 
@@ -308,10 +308,10 @@ def test_token_types_rejected_where_the_backbone_has_none():
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="halting_method"):
-        PactEncoderConfig(halting_method="sometimes")
+    with pytest.raises(ValueError, match="method"):
+        PactEncoderConfig(method="sometimes")
     with pytest.raises(ValueError, match="temperature"):
-        PactEncoderConfig(halting_method="act", temperature=0.5)  # a PACT knob given to ACT
+        PactEncoderConfig(method="act", temperature=0.5)  # a PACT knob given to ACT
     with pytest.raises(ValueError, match="unsupported backbone"):
         PactEncoderConfig(encoder={"model_type": "gpt2"})
 
@@ -340,7 +340,7 @@ REMOTE_LOAD = textwrap.dedent("""
     with torch.no_grad():
         output = model(input_ids=expected["ids"], attention_mask=expected["mask"])
     torch.testing.assert_close(output.logits, expected["logits"], rtol=1e-5, atol=1e-6)
-    assert torch.equal(output.layers_executed, expected["layers"])
+    assert torch.equal(output.units_executed, expected["layers"])
     print("REMOTE_OK")
 """)
 
@@ -352,7 +352,7 @@ def test_remote_code_loads_without_pact_zoo(tmp_path):
         output = model(input_ids=ids, attention_mask=mask)
     model.save_pretrained(tmp_path / "checkpoint")
     assert {p.name for p in remote_code_files()} <= set(os.listdir(tmp_path / "checkpoint"))
-    torch.save({"ids": ids, "mask": mask, "logits": output.logits, "layers": output.layers_executed},
+    torch.save({"ids": ids, "mask": mask, "logits": output.logits, "layers": output.units_executed},
                tmp_path / "expected.pt")
     (tmp_path / "load.py").write_text(REMOTE_LOAD)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
@@ -442,7 +442,7 @@ def test_two_process_cpu_fine_tune(tmp_path, launch_env):
     backbone, data = _text_folder(tmp_path)
     out = tmp_path / "run"
     overrides = dict(model="pact_encoder", pretrained_file=str(backbone), dataset=f"parquet:{data}",
-                     model_kwargs={"halting_method": "policy_gradient", "halting_bias_init": 2.0}, epochs=1,
+                     model_kwargs={"method": "policy_gradient", "halting_bias_init": 2.0}, epochs=1,
                      batch_size=4, eval_batch_size=6, optimizer="adamw", lr=1e-3, output_dir=str(out),
                      dataset_kwargs={"max_length": 8})
     argv = []
@@ -459,7 +459,7 @@ def test_two_process_cpu_fine_tune(tmp_path, launch_env):
     assert 0 < metrics["flops_ratio"] <= 1.0
     assert {"tokenizer.json", "config.json", "model.safetensors"} <= set(os.listdir(out / "model"))
     reloaded = AutoModelForSequenceClassification.from_pretrained(out / "model")
-    assert reloaded.config.halting_method == "policy_gradient"
+    assert reloaded.config.method == "policy_gradient"
 
 
 def test_synthetic_heads_from_token_inputs_spread_depth():
@@ -470,7 +470,7 @@ def test_synthetic_heads_from_token_inputs_spread_depth():
     ids, mask = padded_batch(lengths=(7, 3, 5, 1, 7, 2) * 4, seed=1)
     synthesize_halting(model, seed=0, input_shape=None, inputs={"input_ids": ids, "attention_mask": mask})
     with torch.no_grad():
-        layers = model(input_ids=ids, attention_mask=mask).layers_executed
+        layers = model(input_ids=ids, attention_mask=mask).units_executed
     assert len(set(layers.tolist())) == LAYERS, "every depth 1..L should occur"
     with pytest.raises(ValueError, match="exactly one of input_shape"):
         synthesize_halting(model, seed=0, input_shape=(4,), inputs={"input_ids": ids})

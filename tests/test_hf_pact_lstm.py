@@ -28,7 +28,7 @@ INPUT_SIZE, HIDDEN, STEPS, BATCH, SEQ = 5, 8, 4, 4, 6
 
 
 def tiny_config(method: str = "pact", **overrides) -> PactLSTMConfig:
-    kwargs = dict(input_size=INPUT_SIZE, hidden_size=HIDDEN, max_ponder_steps=STEPS, halting_method=method,
+    kwargs = dict(input_size=INPUT_SIZE, hidden_size=HIDDEN, max_ponder_steps=STEPS, method=method,
                   halting_bias_init=0.0, num_labels=3, num_hidden_layers=2)
     kwargs.update(overrides)
     return PactLSTMConfig(**kwargs)
@@ -59,7 +59,7 @@ def labels_for(model_class: type, num_labels: int = 3) -> torch.Tensor | None:
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [
     ("input_size", 0), ("hidden_size", -1), ("num_hidden_layers", 0), ("max_ponder_steps", 0),
-    ("max_ponder_steps", 2.5), ("halting_method", "sact"), ("tau", -0.1), ("temperature", 0.0),
+    ("max_ponder_steps", 2.5), ("method", "sact"), ("tau", -0.1), ("temperature", 0.0),
     ("threshold", 1.5), ("act_eps", 1.0), ("cost_estimator", "exact"), ("classifier_dropout", 1.0),
     ("vocab_size", 0), ("pad_token_id", 7),
 ])
@@ -88,7 +88,7 @@ def test_save_load_round_trip(tmp_path, model_class, method):
     assert {"config.json", "model.safetensors", "modeling_pact_lstm.py", "configuration_pact_lstm.py"} <= files
     assert not any(name.endswith((".bin", ".tmp")) for name in files)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_type"] == "pact_lstm" and config["halting_method"] == method
+    assert config["model_type"] == "pact_lstm" and config["method"] == method
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification",
                                        "AutoModelForTokenClassification"}
     for loaded in (model_class.from_pretrained(tmp_path),
@@ -99,7 +99,7 @@ def test_save_load_round_trip(tmp_path, model_class, method):
         loaded.eval()
         output = loaded(inputs_embeds=inputs, attention_mask=mask)
         torch.testing.assert_close(main_output(output), main_output(expected), rtol=1e-5, atol=1e-6)
-        assert torch.equal(output.ponder_steps, expected.ponder_steps)
+        assert torch.equal(output.units_executed, expected.units_executed)
 
 
 def test_state_dict_holds_each_weight_once():
@@ -119,7 +119,7 @@ def test_batching_equivalence(model_class, method):
     model = model_class(tiny_config(method)).eval()
     inputs, mask = padded_batch()
     batch = model(inputs_embeds=inputs, attention_mask=mask)
-    assert (batch.ponder_steps[mask == 0] == 0).all()
+    assert (batch.units_executed[mask == 0] == 0).all()
     for row in range(BATCH):
         real = mask[row].bool()
         alone = model(inputs_embeds=inputs[row:row + 1, real])
@@ -127,7 +127,7 @@ def test_batching_equivalence(model_class, method):
             torch.testing.assert_close(batch.logits[row], alone.logits[0], rtol=1e-5, atol=1e-6)
         else:
             torch.testing.assert_close(batch.logits[row, real], alone.logits[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(batch.ponder_steps[row, real], alone.ponder_steps[0])
+        torch.testing.assert_close(batch.units_executed[row, real], alone.units_executed[0])
         torch.testing.assert_close(batch.ponder_cost[row], alone.ponder_cost[0], rtol=1e-5, atol=1e-6)
 
 
@@ -142,8 +142,8 @@ def test_eval_compaction_matches_masked_reference(method):
     pact_zoo.set_execution(model, "masked")
     masked = model(inputs_embeds=inputs)
     torch.testing.assert_close(compact.logits, masked.logits, rtol=1e-5, atol=1e-6)
-    assert torch.equal(compact.ponder_steps, masked.ponder_steps)
-    assert compact.ponder_steps.unique().numel() > 1
+    assert torch.equal(compact.units_executed, masked.units_executed)
+    assert compact.units_executed.unique().numel() > 1
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -152,7 +152,7 @@ def test_eval_is_deterministic(method):
     inputs, mask = padded_batch()
     first, second = model(inputs_embeds=inputs, attention_mask=mask), model(inputs_embeds=inputs,
                                                                             attention_mask=mask)
-    assert torch.equal(first.logits, second.logits) and torch.equal(first.ponder_steps, second.ponder_steps)
+    assert torch.equal(first.logits, second.logits) and torch.equal(first.units_executed, second.units_executed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_output_hidden_states_and_return_dict_false():
     assert len(output.hidden_states) == 1 + model.config.num_hidden_layers
     assert output.hidden_states[0].shape == (BATCH, SEQ, INPUT_SIZE)
     assert all(h.shape == (BATCH, SEQ, HIDDEN) for h in output.hidden_states[1:])
-    assert output.ponder_steps.shape == (BATCH, SEQ) and output.ponder_cost.shape == (BATCH,)
+    assert output.units_executed.shape == (BATCH, SEQ) and output.ponder_cost.shape == (BATCH,)
     assert model(inputs_embeds=inputs).hidden_states is None
     as_tuple = model(inputs_embeds=inputs, attention_mask=mask, labels=labels, return_dict=False)
     assert isinstance(as_tuple, tuple)
@@ -266,7 +266,7 @@ REMOTE_LOAD = textwrap.dedent("""
     expected = torch.load(expected_file)
     output = model(inputs_embeds=expected["inputs"], attention_mask=expected["mask"])
     torch.testing.assert_close(output.logits, expected["logits"], rtol=1e-5, atol=1e-6)
-    assert torch.equal(output.ponder_steps, expected["ponder_steps"])
+    assert torch.equal(output.units_executed, expected["ponder_steps"])
     print("REMOTE_OK")
 """)
 
@@ -278,7 +278,7 @@ def test_remote_code_loads_without_pact_zoo(tmp_path):
     model.save_pretrained(tmp_path / "checkpoint")
     assert {p.name for p in remote_code_files()} <= set(os.listdir(tmp_path / "checkpoint"))
     torch.save({"inputs": inputs, "mask": mask, "logits": output.logits.detach(),
-                "ponder_steps": output.ponder_steps}, tmp_path / "expected.pt")
+                "ponder_steps": output.units_executed}, tmp_path / "expected.pt")
     (tmp_path / "load.py").write_text(REMOTE_LOAD)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -339,4 +339,4 @@ def test_torch_compile_eval_runs_compiled_cells_and_halts_per_frame():
     with torch.no_grad():
         out = torch.compile(model, backend="eager")(inputs_embeds=x)
     torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=1e-5)
-    assert torch.equal(out.ponder_steps, expected.ponder_steps) and len(expected.ponder_steps.unique()) > 1
+    assert torch.equal(out.units_executed, expected.units_executed) and len(expected.units_executed.unique()) > 1

@@ -75,7 +75,7 @@ def _mobile_exits(method: str):
 
 
 def _lstm(method: str):
-    config = PactLSTMConfig(input_size=LSTM_INPUT, hidden_size=8, max_ponder_steps=4, halting_method=method,
+    config = PactLSTMConfig(input_size=LSTM_INPUT, hidden_size=8, max_ponder_steps=4, method=method,
                             halting_bias_init=0.0, num_labels=3)
     model = PactLSTMForSequenceClassification(config)
     with torch.no_grad():
@@ -91,7 +91,7 @@ def _encoder(method: str):
     backbone = BertModel(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
                                     intermediate_size=32, max_position_embeddings=8, hidden_dropout_prob=0.0,
                                     attention_probs_dropout_prob=0.0))
-    model = PactEncoderForSequenceClassification.from_backbone(backbone, num_labels=3, halting_method=method,
+    model = PactEncoderForSequenceClassification.from_backbone(backbone, num_labels=3, method=method,
                                                                halting_bias_init=0.0)
     with torch.no_grad():
         for head in model.pact_encoder.stage.heads or []:

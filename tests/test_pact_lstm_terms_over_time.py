@@ -30,7 +30,7 @@ def test_over_time_sums_cost_and_sums_or_averages_terms():
 
 
 def _model(terms: str, **overrides) -> PactLSTMForSequenceClassification:
-    kwargs = dict(input_size=3, hidden_size=8, max_ponder_steps=4, num_labels=2, halting_method="pact", tau=0.01,
+    kwargs = dict(input_size=3, hidden_size=8, max_ponder_steps=4, num_labels=2, method="pact", tau=0.01,
                   entropy_weight=0.1, halting_bias_init=-3.0, halting_terms_over_time=terms)
     kwargs.update(overrides)
     return PactLSTMForSequenceClassification(PactLSTMConfig(**kwargs))
@@ -79,7 +79,7 @@ def _train_and_measure(terms: str, seed: int = 0, updates: int = 40) -> float:
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        return float(model(inputs_embeds=inputs).ponder_steps.float().mean())
+        return float(model(inputs_embeds=inputs).units_executed.float().mean())
 
 
 def test_summed_entropy_runs_every_step_and_the_per_sequence_term_halts():

@@ -111,8 +111,8 @@ def test_deprecated_hook_names_still_import_and_warn_once(name, value):
 
 
 def test_model_outputs_give_depth_under_the_core_name():
-    """``units_executed`` (HaltingRecord, HaltingReport) reads each family's own depth field; keys and tuples keep
-    the family's names."""
+    """``units_executed`` is the outputs' depth field under the halting core's name (HaltingRecord, HaltingReport),
+    in the place the family's former field held, so tuples keep their order."""
     from pact_zoo.hf import (
         PactEncoderModelOutput, PactEncoderSequenceClassifierOutput, PactEncoderTokenClassifierOutput,
         PactLSTMModelOutput, PactLSTMSequenceClassifierOutput, PactLSTMTokenClassifierOutput,
@@ -120,10 +120,10 @@ def test_model_outputs_give_depth_under_the_core_name():
 
     layers, steps = torch.tensor([2, 3]), torch.tensor([[1, 2], [3, 0]])
     for cls in (PactEncoderModelOutput, PactEncoderSequenceClassifierOutput, PactEncoderTokenClassifierOutput):
-        output = cls(ponder_cost=layers.float(), layers_executed=layers)
-        assert output.units_executed is layers and list(output.keys()) == ["ponder_cost", "layers_executed"]
+        output = cls(ponder_cost=layers.float(), units_executed=layers)
+        assert output.units_executed is layers and list(output.keys()) == ["ponder_cost", "units_executed"]
         assert output.to_tuple() == (output.ponder_cost, layers)
     for cls in (PactLSTMModelOutput, PactLSTMSequenceClassifierOutput, PactLSTMTokenClassifierOutput):
-        output = cls(ponder_steps=steps)
-        assert output.units_executed is steps and list(output.keys()) == ["ponder_steps"]
+        output = cls(units_executed=steps)
+        assert output.units_executed is steps and list(output.keys()) == ["units_executed"]
     assert PactEncoderModelOutput().units_executed is None

@@ -136,9 +136,9 @@ def test_default_cfg_as_timms_cfg_tests_read_it(name):
 @pytest.mark.parametrize("training", [False, True])
 def test_acm_vit_builds_and_runs_on_the_meta_device(gating, training):
     with torch.device("meta"):
-        model = timm.create_model("acm_vit_tiny_patch16_224", gating=gating, attention=True)
+        model = timm.create_model("acm_vit_tiny_patch16_224", method=gating, attention=True)
     # timm's factory argument without the device context (timm's test_model_default_cfgs_non_std) as well
-    twin = timm.create_model("acm_vit_tiny_patch16_224", gating=gating, num_classes=0, device="meta")
+    twin = timm.create_model("acm_vit_tiny_patch16_224", method=gating, num_classes=0, device="meta")
     for net in (model, twin):
         assert all(t.device.type == "meta" for t in [*net.parameters(), *net.buffers()])
         net.train(training)

@@ -1,7 +1,7 @@
 """Per-token adaptive width: Adaptive Computation Modules (Wójcik et al. 2023, arXiv:2312.10193) and Bengio et al.
 2016's block-gated layers ("condnet", arXiv:1511.06297).
 
-* :class:`AdaptiveWidth` - K learners whose outputs add up and a per-token gate (``gating="acm"`` or ``"condnet"``).
+* :class:`AdaptiveWidth` - K learners whose outputs add up and a per-token gate (``method="acm"`` or ``"condnet"``).
 * :func:`acmize` - replace the MLP/FFN blocks (and optionally attention projections) of a pretrained timm ViT/DeiT
   or Hugging Face BERT model.
 * :func:`distill_modules`, :func:`pretrain_gates`, :func:`finetune` - the paper's three phases;

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..halting.deprecation import renamed_kwarg
 from ..halting.protocols import record_input_shape
 from .module import AdaptiveWidth, GATINGS
 
@@ -138,15 +139,16 @@ def _is_bert_layer(m: nn.Module) -> bool:
             and hasattr(m, "attention"))
 
 
-def acmize_structure(model: nn.Module, num_learners: int = 4, gating: str = "acm", attention: bool = False,
+def acmize_structure(model: nn.Module, num_learners: int = 4, method: str = "acm", attention: bool = False,
                      width_factor: float = 1.0, init: str = "split", attention_min_learners: int = 1,
                      **kwargs) -> nn.Module:
     """In-place replacement of the FFN blocks (and attention projections) of a timm ViT/DeiT or HF BERT model;
     see :func:`acmize`. Returns ``model``."""
     if not (isinstance(num_learners, int) and not isinstance(num_learners, bool) and num_learners >= 1):
         raise ValueError(f"num_learners must be an int >= 1, got {num_learners!r}")
-    if gating not in GATINGS:
-        raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+    method = renamed_kwarg(kwargs, "gating", "method", method, "acm", "acmize")
+    if method not in GATINGS:
+        raise ValueError(f"method must be one of {GATINGS}, got {method!r}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if not (isinstance(width_factor, (int, float)) and width_factor > 0):
@@ -155,7 +157,7 @@ def acmize_structure(model: nn.Module, num_learners: int = 4, gating: str = "acm
     if existing:
         raise ValueError(f"model is already ACMized ({type(model).__name__} holds {len(existing)} AdaptiveWidth "
                          f"modules, e.g. {existing[0][0]!r}): acmize a copy of the original model instead")
-    common = dict(kwargs, gating=gating)
+    common = dict(kwargs, method=method)
     replaced = 0
     timm_mlps = [name for name, m in model.named_modules() if _is_timm_mlp(m) and name.endswith("mlp")]
     bert_layers = [name for name, m in model.named_modules() if _is_bert_layer(m)]
@@ -210,7 +212,7 @@ def _record_input_shape(module: nn.Module, args: tuple) -> None:
         record_input_shape(module, args[0])
 
 
-def acmize(model: nn.Module, num_learners: int = 4, gating: str = "acm", attention: bool = False,
+def acmize(model: nn.Module, num_learners: int = 4, method: str = "acm", attention: bool = False,
            width_factor: float = 1.0, init: str = "split", attention_min_learners: int = 1,
            **kwargs) -> nn.Module:
     """Turn a pretrained timm ViT/DeiT or Hugging Face BERT model into an ACMized one.
@@ -219,25 +221,27 @@ def acmize(model: nn.Module, num_learners: int = 4, gating: str = "acm", attenti
         model: a timm ``VisionTransformer`` (or any model whose blocks hold an ``mlp`` with fc1/act/fc2) or a
             transformers BERT (``BertModel``, ``BertForSequenceClassification``, or any model with BERT layers).
         num_learners: K >= 1 learners per module.
-        gating: ``"acm"`` or ``"condnet"``.
+        method: ``"acm"`` (ACM gating) or ``"condnet"`` (Bengio et al. 2016 block gating); ``gating=``, the former
+            name, still works with a DeprecationWarning.
         attention: also replace the attention projections (timm ``qkv``/``proj``; BERT query/key/value/output)
             with low-rank learners, as the paper does.
         width_factor: total learner width relative to the original block (1.0: same FLOPs at full width).
         init: ``"split"`` (from the pretrained weights) or ``"random"`` (fresh, as the paper).
         attention_min_learners: learners every token runs in a projection (the paper uses 1).
-        **kwargs: :class:`AdaptiveWidth` options (``gate_hidden``, ``gate_depth``) and gating knobs.
+        **kwargs: :class:`AdaptiveWidth` options (``gate_hidden``, ``gate_depth``) and the method's knobs.
 
     Returns:
         the ACMized model: the same object for timm models (its forward records its input shape for
         :func:`pact_zoo.halting_report`); for a transformers BERT model an ``AcmBert*`` model (saves and loads with
         ``from_pretrained`` / the Auto classes) holding the converted weights.
     """
+    method = renamed_kwarg(kwargs, "gating", "method", method, "acm", "acmize")
     for matches, converter in MODEL_CONVERTERS:  # model classes of their own (pact_zoo.hf registers ACM-BERT)
         if matches(model):
-            return converter(model, num_learners=num_learners, gating=gating, attention=attention,
+            return converter(model, num_learners=num_learners, method=method, attention=attention,
                              width_factor=width_factor, init=init, attention_min_learners=attention_min_learners,
                              **kwargs)
-    acmize_structure(model, num_learners, gating, attention, width_factor, init, attention_min_learners, **kwargs)
+    acmize_structure(model, num_learners, method, attention, width_factor, init, attention_min_learners, **kwargs)
     if getattr(model, ACM_INPUT_SHAPE_HOOK, None) is None:
         model.__dict__[ACM_INPUT_SHAPE_HOOK] = model.register_forward_pre_hook(_record_input_shape)
     return model

@@ -1,7 +1,7 @@
 """Per-token adaptive width: a layer made of K learners whose outputs add up, and a gate that decides per token
 which learners run.
 
-Two gatings (``gating=``):
+Two gatings (``method=``):
 
 * ``"acm"`` - Adaptive Computation Modules (Wójcik et al. 2023, arXiv:2312.10193): the gate is a small per-token MLP
   over the choices k in ``min_learners..K``; the output is ``b2 + sum_{i<k} learner_i(x)``, a nested refinement.
@@ -41,6 +41,7 @@ from ..halting.pact import sampled_stop
 from ..halting.policy_gradient import BASELINES, PolicyGradientMethod
 from ..halting.adaptive_module import AdaptiveModule, register_notrace_module
 from ..halting.compact import zero_touch
+from ..halting.deprecation import deprecated_alias, renamed_kwarg
 
 __all__ = ["AdaptiveWidth", "ACMGating", "CondnetGating", "GATINGS", "EVAL_RULES", "build_gating"]
 
@@ -248,11 +249,11 @@ class CondnetGating(PolicyGradientMethod):
 GATING_CLASSES: dict[str, type[HaltingMethod]] = {"acm": ACMGating, "condnet": CondnetGating}
 
 
-def build_gating(gating: str, **knobs) -> HaltingMethod:
-    """The gating object of ``gating`` with its knobs."""
-    if gating not in GATING_CLASSES:
-        raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
-    return GATING_CLASSES[gating](**knobs)
+def build_gating(method: str, **knobs) -> HaltingMethod:
+    """The gating object of ``method`` (a name in :data:`GATINGS`) with its knobs."""
+    if method not in GATING_CLASSES:
+        raise ValueError(f"method must be one of {GATINGS}, got {method!r}")
+    return GATING_CLASSES[method](**knobs)
 
 
 def _gate_mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequential:
@@ -283,7 +284,8 @@ class AdaptiveWidth(AdaptiveModule):
         out_features: D_out (default D_in).
         act_layer: activation module between the two linear maps of a learner (``None``: identity, a low-rank
             learner as the paper uses for attention projections).
-        gating: ``"acm"`` or ``"condnet"``.
+        method: ``"acm"`` or ``"condnet"`` (``self.method`` is then its gating object; ``gating=``, the former
+            name, still works with a DeprecationWarning).
         min_learners: learners every token runs (the paper uses 1 for attention projections), in [0, K].
         bias: learners have a hidden bias; the output bias ``b2`` is always present.
         gate_hidden, gate_depth: size of the gate MLP (``gate_depth=0``: linear, as in Bengio et al.).
@@ -296,7 +298,7 @@ class AdaptiveWidth(AdaptiveModule):
     """
 
     def __init__(self, in_features: int, hidden_features: int, num_learners: int = 4,
-                 out_features: Optional[int] = None, act_layer: Optional[nn.Module] = None, gating: str = "acm",
+                 out_features: Optional[int] = None, act_layer: Optional[nn.Module] = None, method: str = "acm",
                  min_learners: int = 0, bias: bool = True, gate_hidden: int = DEFAULT_GATE_HIDDEN,
                  gate_depth: int = DEFAULT_GATE_DEPTH, **knobs) -> None:
         super().__init__()
@@ -309,8 +311,8 @@ class AdaptiveWidth(AdaptiveModule):
             raise ValueError(f"min_learners must be in [0, num_learners={num_learners}], got {min_learners}")
         _check_int("gate_hidden", gate_hidden, 1)
         _check_int("gate_depth", gate_depth, 0)
-        self.method = build_gating(gating, **knobs)
-        self.gating = gating
+        method = renamed_kwarg(knobs, "gating", "method", method, "acm", "AdaptiveWidth")
+        self.method = build_gating(method, **knobs)
         self.in_features, self.hidden_features, self.out_features = in_features, hidden_features, out_features
         self.num_learners, self.min_learners = num_learners, min_learners
         width = num_learners * hidden_features
@@ -347,7 +349,10 @@ class AdaptiveWidth(AdaptiveModule):
 
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.num_learners} x {self.hidden_features} -> {self.out_features}, "
-                f"gating={self.gating!r}, min_learners={self.min_learners}, {self.method!r}")
+                f"method={self.method.name!r}, min_learners={self.min_learners}, {self.method!r}")
+
+    #: deprecated: the method's name (``self.method.name``), with a DeprecationWarning
+    gating = deprecated_alias("method.name", "gating", "AdaptiveWidth", settable=False)
 
     @property
     def learner_flops(self) -> int:

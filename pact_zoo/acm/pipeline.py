@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..halting.deprecation import renamed_kwarg
 from .convert import acmize
 from .phases import (
     Forward, check_batches, check_beta, default_forward, distill_modules, finetune, pretrain_gates,
@@ -30,10 +31,11 @@ class ConversionLog:
 
 
 def convert(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], torch.Tensor], beta: float,
-            num_learners: int = 4, gating: str = "acm", epochs: tuple[int, int, int] = (1, 1, 1),
+            num_learners: int = 4, method: str = "acm", epochs: tuple[int, int, int] = (1, 1, 1),
             lrs: tuple[float, float, float] = (1e-3, 1e-2, 1e-4), forward: Forward = default_forward,
             distill_weight: float = 1.0, acmize_kwargs: Optional[dict] = None,
-            finetune_kwargs: Optional[dict] = None) -> tuple[nn.Module, ConversionLog]:
+            finetune_kwargs: Optional[dict] = None, *,
+            gating: Optional[str] = None) -> tuple[nn.Module, ConversionLog]:
     """ACMize a copy of ``model`` and run the three phases on ``batches``; ``model`` (the original) is left as is and
     serves as the frozen teacher of phases 1 and 3.
 
@@ -42,11 +44,15 @@ def convert(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], t
         batches: re-iterable training batches (a list or a DataLoader, at least one batch).
         loss_fn: ``(logits, batch) -> [B]`` per-sample task loss (phase 3).
         beta: target FLOPs ratio of the ACM modules, in (0, 1].
+        num_learners, method: :func:`~pact_zoo.acm.acmize`'s (``method``: ``"acm"`` or ``"condnet"``).
         epochs, lrs: per phase (0 epochs skips a phase).
+        gating: deprecated name of ``method`` (DeprecationWarning).
 
     Returns:
         the ACMized model (train mode) and the :class:`ConversionLog`.
     """
+    if gating is not None:
+        method = renamed_kwarg({"gating": gating}, "gating", "method", method, "acm", "pact_zoo.acm.convert")
     beta = check_beta("beta", beta)
     if len(epochs) != 3 or not all(isinstance(e, int) and e >= 0 for e in epochs):
         raise ValueError(f"epochs must be three ints >= 0 (distill, gates, finetune), got {epochs!r}")
@@ -54,7 +60,7 @@ def convert(model: nn.Module, batches: Iterable, loss_fn: Callable[[Any, Any], t
     original = model.eval()
     for p in original.parameters():
         p.requires_grad_(False)
-    acm = acmize(copy.deepcopy(original), num_learners=num_learners, gating=gating, **(acmize_kwargs or {}))
+    acm = acmize(copy.deepcopy(original), num_learners=num_learners, method=method, **(acmize_kwargs or {}))
     for p in acm.parameters():
         p.requires_grad_(True)
     log = ConversionLog()

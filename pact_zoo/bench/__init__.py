@@ -31,7 +31,7 @@ Inputs: images (``--input-size``, default the model's ``pretrained_cfg``) or tok
 --seq-len 64``: random ``input_ids`` below the config's ``vocab_size`` and an all-ones ``attention_mask``; the
 default ``--inputs auto`` picks tokens for models whose ``halting_profile_inputs()`` takes ``input_ids``).
 ``--model hf:<ClassName>`` builds a pact_zoo Hugging Face class from its config class (``--model-kwargs`` are the
-config's kwargs; the plain / PACT / ACT twins set ``halting_method``).
+config's kwargs; the plain / PACT / ACT twins set ``method``).
 
 GPU (``--device cuda``): every timing is taken with CUDA events around the run (after a synchronisation);
 ``--buckets`` pads the compacted sub-batches to a few sizes and ``--cuda-graphs`` replays one CUDA graph per

@@ -101,10 +101,10 @@ def twin_kwargs(kwargs: dict, method: str, extra: dict, hf: bool = False) -> dic
     knobs = HaltingConfig.pop_knob_kwargs(rest)
     target = get_halting_method(method).knobs
     kept = {k: v for k, v in knobs.items() if k in target}
-    if hf:  # a Hugging Face config: halting_method / halting_knobs
-        rest.pop("method", None)
+    if hf:  # a Hugging Face config: method / halting_knobs
+        rest.pop("halting_method", None)  # the former name of ``method``
         old = rest.pop("halting_knobs", None) or {}
-        return dict(rest, halting_method=method,
+        return dict(rest, method=method,
                     halting_knobs=dict({k: v for k, v in old.items() if k in target}, **kept, **extra))
     return dict(rest, **kept, method=method, **extra)
 

@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from .act import ACTMethod
+from .deprecation import renamed_kwarg
 from .exits import ConfidenceExit, EntropyExit, PatienceExit
 from .method import HALTING_METHODS, HaltingMethod, check_threshold, get_halting_method, resolve_method
 from .none import NoHalting
@@ -73,6 +74,19 @@ class HaltingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "halting_bias_init": self.halting_bias_init, **self.knobs}
+
+    @staticmethod
+    def read_method(method: Any, knobs: Any, kwargs: dict[str, Any], where: str) -> tuple[str, Any]:
+        """``(name, knobs)`` of a model config's ``method`` field: ``halting_method``, its former name, read out of
+        ``kwargs`` (DeprecationWarning); a method class or instance resolved to its registered name, its knob values
+        joining ``knobs``. Raises ValueError naming ``method`` unless it is a registered method."""
+        method = renamed_kwarg(kwargs, "halting_method", "method", method, "pact", where)
+        if not isinstance(method, str):  # a method class or instance: its registered name and knobs
+            method, knobs = resolve_method(method, knobs if isinstance(knobs, dict) else {})
+        if method not in HALTING_METHODS:
+            raise ValueError(f"method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
+                             f"got {method!r}")
+        return method, knobs
 
     @classmethod
     def from_kwargs(cls, method: str, kwargs: dict[str, Any]) -> "HaltingConfig":

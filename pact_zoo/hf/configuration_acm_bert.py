@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 from transformers import BertConfig
 
+from ..halting.deprecation import deprecated_alias, renamed_kwarg
+
 __all__ = ["AcmBertConfig"]
 
 
@@ -15,28 +17,31 @@ class AcmBertConfig(BertConfig):
 
     Args:
         acm_num_learners (`int`, defaults to 4): K learners per ACM module.
-        acm_gating (`str`, defaults to ``"acm"``): ``"acm"`` or ``"condnet"``.
+        acm_method (`str`, defaults to ``"acm"``): ``"acm"`` or ``"condnet"``: ``acmize``'s ``method`` (every ACM
+            field carries the ``acm_`` prefix, apart from BERT's own). ``acm_gating``, its former name, is still
+            accepted (and read from old ``config.json`` files) with a DeprecationWarning.
         acm_attention (`bool`, defaults to False): the attention projections are ACM modules too.
         acm_width_factor (`float`, defaults to 1.0): total learner width relative to the original block.
         acm_attention_min_learners (`int`, defaults to 1): learners every token runs in a projection.
         acm_gate_hidden (`int`, defaults to 16), acm_gate_depth (`int`, defaults to 2): gate MLP size.
-        acm_knobs (`dict`, *optional*): the gating's knobs (``threshold``, ...); kept in step by
+        acm_knobs (`dict`, *optional*): the method's knobs (``threshold``, ...); kept in step by
             ``pact_zoo.set_threshold``.
     """
 
     model_type = "acm_bert"
 
-    def __init__(self, acm_num_learners: int = 4, acm_gating: str = "acm", acm_attention: bool = False,
+    def __init__(self, acm_num_learners: int = 4, acm_method: str = "acm", acm_attention: bool = False,
                  acm_width_factor: float = 1.0, acm_attention_min_learners: int = 1, acm_gate_hidden: int = 16,
                  acm_gate_depth: int = 2, acm_knobs: Optional[dict[str, Any]] = None, **kwargs) -> None:
         from pact_zoo.acm.module import GATINGS
         if not (isinstance(acm_num_learners, int) and not isinstance(acm_num_learners, bool)
                 and acm_num_learners >= 1):
             raise ValueError(f"acm_num_learners must be an int >= 1, got {acm_num_learners!r}")
-        if acm_gating not in GATINGS:
-            raise ValueError(f"acm_gating must be one of {GATINGS}, got {acm_gating!r}")
+        acm_method = renamed_kwarg(kwargs, "acm_gating", "acm_method", acm_method, "acm", "AcmBertConfig")
+        if acm_method not in GATINGS:
+            raise ValueError(f"acm_method must be one of {GATINGS}, got {acm_method!r}")
         self.acm_num_learners = acm_num_learners
-        self.acm_gating = acm_gating
+        self.acm_method = acm_method
         self.acm_attention = bool(acm_attention)
         self.acm_width_factor = float(acm_width_factor)
         self.acm_attention_min_learners = acm_attention_min_learners
@@ -47,9 +52,12 @@ class AcmBertConfig(BertConfig):
 
     def acmize_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`pact_zoo.acm.acmize_structure` that rebuild the structure."""
-        return dict(num_learners=self.acm_num_learners, gating=self.acm_gating, attention=self.acm_attention,
+        return dict(num_learners=self.acm_num_learners, method=self.acm_method, attention=self.acm_attention,
                     width_factor=self.acm_width_factor, attention_min_learners=self.acm_attention_min_learners,
                     gate_hidden=self.acm_gate_hidden, gate_depth=self.acm_gate_depth, **self.acm_knobs)
+
+    #: deprecated name of :attr:`acm_method` (reads and writes it, with a DeprecationWarning)
+    acm_gating = deprecated_alias("acm_method", "acm_gating", "AcmBertConfig")
 
     def set_halting_knob(self, key: str, value: Any) -> None:
         """Keep a knob changed on the modules (``pact_zoo.set_threshold``) in the saved config."""

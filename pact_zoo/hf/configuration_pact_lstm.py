@@ -14,12 +14,14 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 try:  # the one halting core (pact_zoo/halting)
-    from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig, resolve_method
+    from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.deprecation import deprecated_alias
     from pact_zoo.halting.method import OVER_TIME_TERMS
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
-    from .config import HALTING_METHODS, HaltingConfig, resolve_method
+    from .config import HaltingConfig
+    from .deprecation import deprecated_alias
     from .method import OVER_TIME_TERMS
 
 _HALTING_DEFAULTS = HaltingConfig()
@@ -49,9 +51,11 @@ class PactLSTMConfig(PreTrainedConfig):
         max_ponder_steps (`int`, defaults to 20):
             M, the most cell applications per time step (PonderNet's parity cap: 20). With ``"none"`` every step
             applies the cell exactly M times.
-        halting_method (`str`, defaults to ``"pact"``):
+        method (`str`, defaults to ``"pact"``):
             A registered halting method (``pact_zoo.halting.HALTING_METHODS``: ``"pact"``, ``"act"``,
             ``"policy_gradient"``, ``"none"``).
+            The name timm models use too (``method=``); ``halting_method``, its former name, is still accepted
+            (and read from old ``config.json`` files) with a DeprecationWarning.
         halting_bias_init (`float`, defaults to -3.0):
             Initial bias of the halting unit (negative: ponder long at first).
         halting_knobs (`dict`, *optional*):
@@ -82,7 +86,7 @@ class PactLSTMConfig(PreTrainedConfig):
     hidden_size: int = 128
     num_hidden_layers: int = 1
     max_ponder_steps: int = 20
-    halting_method: str = _HALTING_DEFAULTS.method
+    method: str = _HALTING_DEFAULTS.method
     halting_bias_init: float = _HALTING_DEFAULTS.halting_bias_init
     halting_knobs: dict | None = None
     halting_terms_over_time: str = "mean"
@@ -104,31 +108,31 @@ class PactLSTMConfig(PreTrainedConfig):
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
         if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
             raise ValueError(f"initializer_range must be > 0, got {self.initializer_range!r}")
-        if not isinstance(self.halting_method, str):  # a method class or instance: its registered name and knobs
-            self.halting_method, self.halting_knobs = resolve_method(
-                self.halting_method, self.halting_knobs if isinstance(self.halting_knobs, dict) else {})
-        if self.halting_method not in HALTING_METHODS:
-            raise ValueError(f"halting_method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
-                             f"got {self.halting_method!r}")
+        # ``halting_method``, the former name of ``method``, still read (old config.json files hold it)
+        self.method, self.halting_knobs = HaltingConfig.read_method(self.method, self.halting_knobs, kwargs,
+                                                                    "PactLSTMConfig")
         if self.halting_terms_over_time not in OVER_TIME_TERMS:
             raise ValueError(f"halting_terms_over_time must be one of {OVER_TIME_TERMS}, "
                              f"got {self.halting_terms_over_time!r}")
         if self.halting_knobs is not None and not isinstance(self.halting_knobs, dict):
             raise ValueError(f"halting_knobs must be a dict or None, got {type(self.halting_knobs).__name__}")
         flat = HaltingConfig.pop_knob_kwargs(kwargs)  # knobs passed flat, such as tau=...
-        halting = HaltingConfig(self.halting_method, self.halting_bias_init,
+        halting = HaltingConfig(self.method, self.halting_bias_init,
                                 **dict(self.halting_knobs or {}, **flat))  # validates (ValueError names the knob)
         self.halting_knobs, self.halting_bias_init = halting.knobs, halting.halting_bias_init
         super().__post_init__(**kwargs)
 
+    #: deprecated name of :attr:`method` (reads and writes ``method``, with a DeprecationWarning)
+    halting_method = deprecated_alias("method", "halting_method", "PactLSTMConfig")
+
     @property
     def halting_config(self) -> HaltingConfig:
         """The halting method and knobs as the halting core's validated :class:`HaltingConfig`."""
-        return HaltingConfig(self.halting_method, self.halting_bias_init, **(self.halting_knobs or {}))
+        return HaltingConfig(self.method, self.halting_bias_init, **(self.halting_knobs or {}))
 
     def set_halting_knob(self, key: str, value) -> None:
         """Change one halting knob (validated); saved with the config."""
-        self.halting_knobs = HaltingConfig(self.halting_method, self.halting_bias_init,
+        self.halting_knobs = HaltingConfig(self.method, self.halting_bias_init,
                                            **dict(self.halting_knobs or {}, **{key: value})).knobs
 
 

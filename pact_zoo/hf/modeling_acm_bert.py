@@ -15,7 +15,9 @@ from torch import nn
 from transformers import BertForSequenceClassification, BertModel, BertPreTrainedModel, PreTrainedModel
 
 from ..acm.convert import acm_modules, acmize_structure, register_acm_converter
+from ..acm.module import GATING_CLASSES
 from .configuration_acm_bert import AcmBertConfig
+from .halting_model import ConfigHaltingView
 
 __all__ = ["AcmBertModel", "AcmBertForSequenceClassification", "acm_bert_from_pretrained_model"]
 
@@ -28,8 +30,13 @@ class _AcmBertMixin:
 
     def _acmize(self, config: AcmBertConfig) -> None:
         acmize_structure(self, init="random", **config.acmize_kwargs())
-        self.halting_cfg = config  # pact_zoo.set_threshold keeps config.acm_knobs in step
         self._profile_length = DEFAULT_PROFILE_LENGTH
+
+    @property
+    def halting_cfg(self) -> ConfigHaltingView:
+        """The ACM method (``config.acm_method``) and its knobs (``config.acm_knobs``, defaults filled in) as a
+        ``HaltingConfig``; ``pact_zoo.set_threshold`` keeps ``config.acm_knobs`` in step through it."""
+        return ConfigHaltingView(self.config, "acm_method", "acm_knobs", None, GATING_CLASSES.__getitem__)
 
     def _remember_length(self, input_ids, inputs_embeds) -> None:
         source = input_ids if input_ids is not None else inputs_embeds
@@ -81,7 +88,8 @@ def acm_bert_from_pretrained_model(model: BertPreTrainedModel, **acm_kwargs) -> 
     first = acm_modules(converted)[0][1]
     config_dict = {k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "architectures")}
     config = AcmBertConfig(
-        acm_num_learners=first.num_learners, acm_gating=first.gating, acm_attention=acm_kwargs.get("attention", False),
+        acm_num_learners=first.num_learners, acm_method=first.method.name,
+        acm_attention=acm_kwargs.get("attention", False),
         acm_width_factor=acm_kwargs.get("width_factor", 1.0),
         acm_attention_min_learners=acm_kwargs.get("attention_min_learners", 1),
         acm_gate_hidden=acm_kwargs.get("gate_hidden", 16), acm_gate_depth=acm_kwargs.get("gate_depth", 2),

@@ -78,17 +78,18 @@ class PactLSTMModelOutput(UnitsExecutedOutput, ModelOutput):
         last_hidden_state: ``[B, T, H]`` hidden state of the top layer after each time step (zero at padding).
         ponder_cost: ``[B]`` per-sequence ponder cost sum_layers sum_t rho_t (PACT: relaxed sum_n n w_n or E_q[z] in
             training, N in eval; ACT: N + R; ``"none"``: executed steps, not part of the loss).
-        ponder_steps: ``[B, T]`` long, cell applications at each time step summed over layers (0 at padding; also
-            read as ``units_executed``, the halting core's name).
+        units_executed: ``[B, T]`` long, cell applications at each time step summed over layers (0 at padding;
+            the halting core's name, as in ``HaltingRecord`` / ``HaltingReport``; ``ponder_steps``, its former name,
+            still reads it with a DeprecationWarning).
         hidden_states: with ``output_hidden_states``: the input features ``[B, T, input_size]`` and every layer's
             output ``[B, T, H]``.
     """
 
-    units_field = "ponder_steps"
+    former_units_field = "ponder_steps"
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
-    ponder_steps: Optional[torch.LongTensor] = None
+    units_executed: Optional[torch.LongTensor] = None
     hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
 
 
@@ -99,15 +100,15 @@ class PactLSTMSequenceClassifierOutput(UnitsExecutedOutput, ModelOutput):
     Args:
         loss: scalar, task loss + tau * mean(ponder_cost) (adaptive methods), when ``labels`` are given.
         logits: ``[B, num_labels]`` read from the top layer's state at each sequence's last real step.
-        ponder_cost, ponder_steps, hidden_states: as in :class:`PactLSTMModelOutput`.
+        ponder_cost, units_executed, hidden_states: as in :class:`PactLSTMModelOutput`.
     """
 
-    units_field = "ponder_steps"
+    former_units_field = "ponder_steps"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
-    ponder_steps: Optional[torch.LongTensor] = None
+    units_executed: Optional[torch.LongTensor] = None
     hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
 
 
@@ -118,15 +119,15 @@ class PactLSTMTokenClassifierOutput(UnitsExecutedOutput, ModelOutput):
     Args:
         loss: scalar, task loss over the real steps + tau * mean(ponder_cost), when ``labels`` are given.
         logits: ``[B, T, num_labels]``, one prediction per time step.
-        ponder_cost, ponder_steps, hidden_states: as in :class:`PactLSTMModelOutput`.
+        ponder_cost, units_executed, hidden_states: as in :class:`PactLSTMModelOutput`.
     """
 
-    units_field = "ponder_steps"
+    former_units_field = "ponder_steps"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
-    ponder_steps: Optional[torch.LongTensor] = None
+    units_executed: Optional[torch.LongTensor] = None
     hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
 
 
@@ -384,7 +385,7 @@ class PactLSTMModel(PactLSTMPreTrainedModel):
             return_dict: Optional[bool] = None,
     ) -> Union[PactLSTMModelOutput, tuple]:
         """Returns :class:`PactLSTMModelOutput` (``last_hidden_state`` ``[B, T, H]``, ``ponder_cost`` ``[B]``,
-        ``ponder_steps`` ``[B, T]``, ``hidden_states``), or its tuple with ``return_dict=False``."""
+        ``units_executed`` ``[B, T]``, ``hidden_states``), or its tuple with ``return_dict=False``."""
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -393,14 +394,14 @@ class PactLSTMModel(PactLSTMPreTrainedModel):
             raise ValueError("input sequences must have at least one time step")
         step_rows = self._step_rows(attention_mask, hidden)
         all_hidden = (hidden,) if output_hidden_states else None
-        ponder_steps, ponder_cost = None, None
+        units, ponder_cost = None, None
         for layer in self.layers:
             hidden, steps, cost = layer(hidden, step_rows)
-            ponder_steps = steps if ponder_steps is None else ponder_steps + steps
+            units = steps if units is None else units + steps
             ponder_cost = cost if ponder_cost is None else ponder_cost + cost
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden,)
-        output = PactLSTMModelOutput(last_hidden_state=hidden, ponder_cost=ponder_cost, ponder_steps=ponder_steps,
+        output = PactLSTMModelOutput(last_hidden_state=hidden, ponder_cost=ponder_cost, units_executed=units,
                                      hidden_states=all_hidden)
         return output if return_dict else output.to_tuple()
 
@@ -455,7 +456,7 @@ class PactLSTMForSequenceClassification(PactLSTMPreTrainedModel):
             loss = self._task_loss(logits, labels)
             loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, rows=True), baseline)
         output = PactLSTMSequenceClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
-                                                  ponder_steps=outputs.ponder_steps,
+                                                  units_executed=outputs.units_executed,
                                                   hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
 
@@ -508,7 +509,8 @@ class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
             loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, attention_mask, rows=True),
                                              baseline)
         output = PactLSTMTokenClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
-                                               ponder_steps=outputs.ponder_steps, hidden_states=outputs.hidden_states)
+                                               units_executed=outputs.units_executed,
+                                               hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],

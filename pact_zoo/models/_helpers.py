@@ -133,7 +133,10 @@ class RecordsMethodByName:
     """Mixin of the timm families: ``timm.create_model`` records its keyword arguments on the model
     (``_model_args``, which ``save_for_hf`` writes to ``config.json``); a halting ``method`` given as a class or an
     instance is recorded as its registered name plus knobs, so that the model saves and reloads like one built by
-    name."""
+    name. Arguments under a former name (:attr:`renamed_model_args`, old -> new) are recorded under the new one."""
+
+    #: former keyword -> current keyword (the model's ``__init__`` still takes the former one, with a warning)
+    renamed_model_args: dict[str, str] = {}
 
     @property
     def _model_args(self) -> dict:
@@ -142,6 +145,9 @@ class RecordsMethodByName:
     @_model_args.setter
     def _model_args(self, value: dict) -> None:
         value = dict(value)
+        for old, new in self.renamed_model_args.items():
+            if old in value:
+                value.setdefault(new, value.pop(old))
         if "method" in value:
             method, value = resolve_method(value.pop("method"), value)
             value["method"] = method

@@ -15,30 +15,35 @@ from timm.models import generate_default_cfgs, get_pretrained_cfg, register_mode
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ..acm.convert import acm_modules, acmize_structure, split_ffn, split_linear
+from ..halting.deprecation import renamed_kwarg
 from ._checkpoint import build_model
-from ._helpers import record_input_shape
+from ._helpers import RecordsMethodByName, record_input_shape
 
 __all__ = ["AcmVisionTransformer"]
 
 #: ``acmize`` settings a model builder takes (the rest goes to timm's VisionTransformer).
-ACM_ARGS = ("num_learners", "gating", "attention", "width_factor", "attention_min_learners", "gate_hidden",
+ACM_ARGS = ("num_learners", "method", "attention", "width_factor", "attention_min_learners", "gate_hidden",
             "gate_depth", "threshold", "temperature", "rule", "baseline", "target_rate", "lambda_b", "lambda_e",
             "lambda_v", "tau")
 
 
-class AcmVisionTransformer(VisionTransformer):
+class AcmVisionTransformer(RecordsMethodByName, VisionTransformer):
     """timm ``VisionTransformer`` whose block MLPs are :class:`~pact_zoo.acm.AdaptiveWidth` modules.
 
     Args:
-        num_learners, gating, attention, width_factor, attention_min_learners, gate_hidden, gate_depth and the gating
-            knobs: see :func:`pact_zoo.acm.acmize`.
+        num_learners, method, attention, width_factor, attention_min_learners, gate_hidden, gate_depth and the
+            method's knobs: see :func:`pact_zoo.acm.acmize` (``gating=``, the former name of ``method``, still works
+            with a DeprecationWarning; old saved ``model_args`` hold it).
         **kwargs: timm ``VisionTransformer`` arguments.
     """
 
-    def __init__(self, num_learners: int = 4, gating: str = "acm", attention: bool = False, **kwargs: Any) -> None:
+    renamed_model_args = {"gating": "method"}
+
+    def __init__(self, num_learners: int = 4, method: str = "acm", attention: bool = False, **kwargs: Any) -> None:
+        method = renamed_kwarg(kwargs, "gating", "method", method, "acm", type(self).__name__)
         acm = {k: kwargs.pop(k) for k in ACM_ARGS if k in kwargs}
         super().__init__(**kwargs)
-        acmize_structure(self, num_learners=num_learners, gating=gating, attention=attention, init="random", **acm)
+        acmize_structure(self, num_learners=num_learners, method=method, attention=attention, init="random", **acm)
 
     def forward_features(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         record_input_shape(self, x)  # pact_zoo.halting_report profiles one such sample

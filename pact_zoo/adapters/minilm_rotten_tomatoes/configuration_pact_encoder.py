@@ -15,11 +15,13 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 try:  # the one halting core (pact_zoo/halting)
-    from pact_zoo.halting.config import HALTING_METHODS, HaltingConfig, resolve_method
+    from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.deprecation import deprecated_alias
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
-    from .config import HALTING_METHODS, HaltingConfig, resolve_method
+    from .config import HaltingConfig
+    from .deprecation import deprecated_alias
 
 _HALTING_DEFAULTS = HaltingConfig()
 
@@ -59,8 +61,10 @@ class PactEncoderConfig(PreTrainedConfig):
         encoder (`PreTrainedConfig` or `dict`, *optional*):
             The backbone's configuration (``BertConfig``, ``RobertaConfig``, ``ElectraConfig``, ``DistilBertConfig``
             or its ``to_dict()``); defaults to a ``BertConfig``.
-        halting_method (`str`, defaults to ``"pact"``):
+        method (`str`, defaults to ``"pact"``):
             A registered halting method (``pact_zoo.halting.HALTING_METHODS``); ``"none"`` is the plain encoder.
+            The name timm models use too (``method=``); ``halting_method``, its former name, is still accepted
+            (and read from old ``config.json`` files) with a DeprecationWarning.
         halting_bias_init (`float`, defaults to -3.0):
             Initial bias of every halting head (negative: every layer runs at the start of fine-tuning).
         halting_knobs (`dict`, *optional*):
@@ -93,7 +97,7 @@ class PactEncoderConfig(PreTrainedConfig):
     sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
 
     encoder: PreTrainedConfig | dict | None = None
-    halting_method: str = _HALTING_DEFAULTS.method
+    method: str = _HALTING_DEFAULTS.method
     halting_bias_init: float = _HALTING_DEFAULTS.halting_bias_init
     halting_knobs: dict | None = None
     classifier_dropout: float | None = None
@@ -108,19 +112,16 @@ class PactEncoderConfig(PreTrainedConfig):
                               ("halting_features", HALTING_FEATURES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if not isinstance(self.halting_method, str):  # a method class or instance: its registered name and knobs
-            self.halting_method, self.halting_knobs = resolve_method(
-                self.halting_method, self.halting_knobs if isinstance(self.halting_knobs, dict) else {})
-        if self.halting_method not in HALTING_METHODS:
-            raise ValueError(f"halting_method must be one of the registered halting methods {tuple(HALTING_METHODS)}, "
-                             f"got {self.halting_method!r}")
+        # ``halting_method``, the former name of ``method``, still read (old config.json files hold it)
+        self.method, self.halting_knobs = HaltingConfig.read_method(self.method, self.halting_knobs, kwargs,
+                                                                    "PactEncoderConfig")
         if self.halting_knobs is not None and not isinstance(self.halting_knobs, dict):
             raise ValueError(f"halting_knobs must be a dict or None, got {type(self.halting_knobs).__name__}")
         if self.classifier_dropout is not None and not (
                 isinstance(self.classifier_dropout, (int, float)) and 0.0 <= self.classifier_dropout < 1.0):
             raise ValueError(f"classifier_dropout must be in [0, 1) or None, got {self.classifier_dropout!r}")
         flat = HaltingConfig.pop_knob_kwargs(kwargs)  # knobs passed flat, such as tau=...
-        halting = HaltingConfig(self.halting_method, self.halting_bias_init,
+        halting = HaltingConfig(self.method, self.halting_bias_init,
                                 **dict(self.halting_knobs or {}, **flat))  # validates (ValueError names the knob)
         self.halting_knobs, self.halting_bias_init = halting.knobs, halting.halting_bias_init
         super().__post_init__(**kwargs)
@@ -142,14 +143,17 @@ class PactEncoderConfig(PreTrainedConfig):
         """The pooling in use: ``pooling``, with ``"auto"`` read as ``"cls"``."""
         return "cls" if self.pooling == "auto" else self.pooling
 
+    #: deprecated name of :attr:`method` (reads and writes ``method``, with a DeprecationWarning)
+    halting_method = deprecated_alias("method", "halting_method", "PactEncoderConfig")
+
     @property
     def halting_config(self) -> HaltingConfig:
         """The halting method and knobs as the halting core's validated :class:`HaltingConfig`."""
-        return HaltingConfig(self.halting_method, self.halting_bias_init, **(self.halting_knobs or {}))
+        return HaltingConfig(self.method, self.halting_bias_init, **(self.halting_knobs or {}))
 
     def set_halting_knob(self, key: str, value) -> None:
         """Change one halting knob (validated); saved with the config."""
-        self.halting_knobs = HaltingConfig(self.halting_method, self.halting_bias_init,
+        self.halting_knobs = HaltingConfig(self.method, self.halting_bias_init,
                                            **dict(self.halting_knobs or {}, **{key: value})).knobs
 
 

@@ -20,19 +20,25 @@ from torch import nn
 from transformers.utils import logging
 
 try:  # the one halting core (pact_zoo/halting)
+    from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.deprecation import warn_renamed
+    from pact_zoo.halting.method import HaltingMethod, get_halting_method
     from pact_zoo.halting.report import (
         halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold,
     )
 except ModuleNotFoundError as error:  # remote code without pact_zoo: the core files are saved next to this file
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
+    from .config import HaltingConfig
+    from .deprecation import warn_renamed
+    from .method import HaltingMethod, get_halting_method
     from .report import halting_loss, needs_rollout, needs_task_loss, self_critical_baseline, set_threshold
 from .halting_adapter import (
     ADAPTER_CONFIG, backbone_source, check_backbone_hash, is_adapter_folder, read_adapter, tensors_sha256, write_adapter,
 )
 from .remote_code import atomic_write, write_remote_code
 
-__all__ = ["HaltingModelMixin", "UnitsExecutedOutput"]
+__all__ = ["ConfigHaltingView", "HaltingModelMixin", "UnitsExecutedOutput"]
 
 logger = logging.get_logger(__name__)
 
@@ -42,18 +48,90 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "su
 
 
 class UnitsExecutedOutput:
-    """Mixin of the models' outputs: :attr:`units_executed`, the depth each sample ran under the name the halting core
-    gives it (``HaltingRecord.units_executed``, ``HaltingReport.units_executed``). The family's own field, named in
-    ``units_field``, stays the output's key (encoder: ``layers_executed`` ``[B]``; LSTM: ``ponder_steps``
-    ``[B, T]``)."""
+    """Mixin of the models' outputs, whose ``units_executed`` field is the depth each sample ran under the name the
+    halting core gives it (``HaltingRecord.units_executed``, ``HaltingReport.units_executed``): encoder ``[B]``
+    layers, LSTM ``[B, T]`` cell applications. The family's former name of that field (:attr:`former_units_field`:
+    encoder ``layers_executed``, LSTM ``ponder_steps``) still reads it, as attribute or key, with a
+    DeprecationWarning."""
 
-    #: the output field that holds the units executed
-    units_field = ""
+    #: the former name of the ``units_executed`` field
+    former_units_field = ""
+
+    def __getattr__(self, name: str) -> Any:  # only reached when ``name`` is no attribute
+        if name and name == type(self).former_units_field:
+            warn_renamed(name, "units_executed", type(self).__name__)
+            return self.units_executed
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str) and key and key == type(self).former_units_field:
+            warn_renamed(key, "units_executed", type(self).__name__)
+            key = "units_executed"
+        return super().__getitem__(key)
+
+
+class ConfigHaltingView(HaltingConfig):
+    """``model.halting_cfg`` of the Hugging Face models: the halting method and knobs as a :class:`HaltingConfig`
+    (what ``halting_cfg`` is on pact_zoo's timm models), read from and written to the model's config, so that
+    ``set_halting_knob`` (and ``pact_zoo.set_threshold``) change what ``save_pretrained`` writes.
+
+    Args:
+        config: the model's ``PreTrainedConfig``.
+        method_field, knobs_field, bias_field: the config fields that hold the method's name, its knobs and the
+            halting heads' bias init (``bias_field=None``: the model has none, e.g. ACM's gates).
+        lookup: method name -> its :class:`HaltingMethod` class (default: the halting-method registry).
+
+    ``halting_cfg`` used to be the whole config: another config field read through it still works, with a
+    DeprecationWarning (read ``model.config.<field>``).
+    """
+
+    def __init__(self, config: Any, method_field: str = "method", knobs_field: str = "halting_knobs",
+                 bias_field: Optional[str] = "halting_bias_init",
+                 lookup: Callable[[str], type[HaltingMethod]] = get_halting_method) -> None:
+        self.__dict__.update(config=config, method_field=method_field, knobs_field=knobs_field,
+                             bias_field=bias_field, lookup=lookup)
 
     @property
-    def units_executed(self) -> Any:
-        """The units executed per sample (``[B]``) or per sample and time step (``[B, T]``), or None."""
-        return getattr(self, self.units_field)
+    def method(self) -> str:
+        return getattr(self.config, self.method_field)
+
+    @property
+    def method_cls(self) -> type[HaltingMethod]:
+        return self.lookup(self.method)
+
+    @property
+    def halting_bias_init(self) -> Optional[float]:
+        return getattr(self.config, self.bias_field) if self.bias_field else None
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """Every knob of the method (missing ones at their defaults), validated."""
+        return self.method_cls.validate_knobs(dict(getattr(self.config, self.knobs_field) or {}))
+
+    def set_halting_knob(self, key: str, value: Any) -> None:
+        """Change one knob in the model's config (``config.set_halting_knob``, validated there)."""
+        self.config.set_halting_knob(key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        bias = {} if self.bias_field is None else {"halting_bias_init": self.halting_bias_init}
+        return {"method": self.method, **bias, **self.knobs}
+
+    def __getattr__(self, name: str) -> Any:  # knobs, then (deprecated) the config's other fields
+        if name.startswith("__") or "config" not in self.__dict__:
+            raise AttributeError(name)
+        knobs = self.knobs
+        if name in knobs:
+            return knobs[name]
+        config = self.__dict__["config"]
+        if hasattr(config, name):
+            warn_renamed(f"halting_cfg.{name}", f"config.{name}",
+                         "model.halting_cfg (now the halting method and knobs, not the whole config)")
+            return getattr(config, name)
+        raise AttributeError(f"halting_cfg of method {self.method!r} has no attribute or knob {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"halting_cfg is read from model.config: change a knob with "
+                             f"halting_cfg.set_halting_knob({name!r}, value) or set model.config.{name}")
 
 
 class HaltingModelMixin:
@@ -72,9 +150,11 @@ class HaltingModelMixin:
 
     # -- halting knobs ------------------------------------------------------------------------------------------------
     @property
-    def halting_cfg(self):
-        """The object holding the halting knobs (``pact_zoo.set_threshold`` keeps them in step, so they are saved)."""
-        return self.config
+    def halting_cfg(self) -> ConfigHaltingView:
+        """The halting method and knobs as a :class:`HaltingConfig` (``.method``, ``.halting_bias_init``, knobs as
+        attributes), as on pact_zoo's timm models; read from and written to ``self.config`` (``pact_zoo.set_threshold``
+        keeps them in step, so they are saved)."""
+        return ConfigHaltingView(self.config)
 
     def set_threshold(self, threshold: float) -> None:
         """``pact_zoo.set_threshold(self, threshold)``: the eval rule's threshold, saved with the config."""

@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput, logging
 
 try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HaltingConfig
+    from pact_zoo.halting.deprecation import renamed_kwarg
     from pact_zoo.halting.exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
     from pact_zoo.halting.flops import current_profiler
     from pact_zoo.halting.heads import VectorHaltingHead
@@ -44,6 +45,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     if error.name is None or not error.name.startswith("pact_zoo"):
         raise
     from .config import HaltingConfig
+    from .deprecation import renamed_kwarg
     from .exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
     from .flops import current_profiler
     from .heads import VectorHaltingHead
@@ -80,15 +82,16 @@ class PactEncoderModelOutput(UnitsExecutedOutput, ModelOutput):
         last_hidden_state: ``[B, T, H]`` state where each sample stopped (training: the method's mixture over layers).
         ponder_cost: ``[B]`` per-sample halting cost (PACT: relaxed sum_n n w_n or E_q[z] in training, N in eval;
             ACT: N + R; ``"none"``: layers run, not part of the loss).
-        layers_executed: ``[B]`` long, encoder layers run per sample (also read as ``units_executed``, the halting
-            core's name).
+        units_executed: ``[B]`` long, encoder layers run per sample (the halting core's name, as in
+            ``HaltingRecord`` / ``HaltingReport``; ``layers_executed``, its former name, still reads it with a
+            DeprecationWarning).
     """
 
-    units_field = "layers_executed"
+    former_units_field = "layers_executed"
 
     last_hidden_state: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
-    layers_executed: Optional[torch.LongTensor] = None
+    units_executed: Optional[torch.LongTensor] = None
 
 
 @dataclass
@@ -98,15 +101,15 @@ class PactEncoderSequenceClassifierOutput(UnitsExecutedOutput, ModelOutput):
     Args:
         loss: scalar, task loss + the halting loss (adaptive methods), when ``labels`` are given.
         logits: ``[B, num_labels]`` from the [CLS] state where each sample stopped.
-        ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
+        ponder_cost, units_executed: as in :class:`PactEncoderModelOutput`.
     """
 
-    units_field = "layers_executed"
+    former_units_field = "layers_executed"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
-    layers_executed: Optional[torch.LongTensor] = None
+    units_executed: Optional[torch.LongTensor] = None
 
 
 @dataclass
@@ -116,15 +119,15 @@ class PactEncoderTokenClassifierOutput(UnitsExecutedOutput, ModelOutput):
     Args:
         loss: scalar, task loss over the real tokens + the halting loss, when ``labels`` are given.
         logits: ``[B, T, num_labels]``.
-        ponder_cost, layers_executed: as in :class:`PactEncoderModelOutput`.
+        ponder_cost, units_executed: as in :class:`PactEncoderModelOutput`.
     """
 
-    units_field = "layers_executed"
+    former_units_field = "layers_executed"
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     ponder_cost: Optional[torch.FloatTensor] = None
-    layers_executed: Optional[torch.LongTensor] = None
+    units_executed: Optional[torch.LongTensor] = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -288,7 +291,7 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
     # -- building from a plain pretrained encoder ---------------------------------------------------------------------
     @classmethod
     def from_backbone(cls, backbone: Union[str, os.PathLike, PreTrainedModel], num_labels: int = 2,
-                      halting_method: str = "pact", tokenizer: Any = None,
+                      method: str = "pact", tokenizer: Any = None,
                       **kwargs: Any) -> "PactEncoderPreTrainedModel":
         """An adaptive model from a plain pretrained encoder (a folder / hub id, or a loaded model).
 
@@ -302,13 +305,15 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
                 With ``pooling="auto"`` (default) a sentence-transformers folder's pooling is used (all-MiniLM-L6-v2:
                 masked mean), else [CLS].
             num_labels: classes of the new classifier.
-            halting_method: a registered halting method (``"none"``: the plain encoder).
+            method: a registered halting method (``"none"``: the plain encoder); ``halting_method=``, its former
+                name, still works with a DeprecationWarning.
             tokenizer: a tokenizer to save with the model (default: the backbone folder's).
             **kwargs: halting knobs (``tau=...``, ``threshold=...``, ``halting_bias_init=...``) and other
                 :class:`PactEncoderConfig` fields (``classifier_dropout``, ``id2label``, ...).
         """
         if not (isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels >= 1):
             raise ValueError(f"num_labels must be an int >= 1 (classes of the new classifier), got {num_labels!r}")
+        method = renamed_kwarg(kwargs, "halting_method", "method", method, "pact", f"{cls.__name__}.from_backbone")
         if kwargs.get("pooling", "auto") == "auto":
             found = (sentence_transformers_pooling(backbone) if isinstance(backbone, (str, os.PathLike))
                      and Path(backbone).is_dir() else None)
@@ -326,7 +331,7 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         check_encoder_type(base.config.model_type)
         kwargs.setdefault("backbone_source", source_name)
         config = PactEncoderConfig(encoder=base.config.to_dict(), num_labels=num_labels,
-                                   halting_method=halting_method, **kwargs)
+                                   method=method, **kwargs)
         model = cls(config)
         loaded = model._copy_backbone(base)
         classifier, own = getattr(backbone, "classifier", None), getattr(model, "classifier", None)
@@ -380,7 +385,7 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
 
     @classmethod
     def convert_from(cls, source: Union[str, os.PathLike], **overrides: Any) -> "PactEncoderPreTrainedModel":
-        """An adaptive model from a saved PACT-Encoder folder (e.g. a plain fine-tune, ``halting_method="none"``)
+        """An adaptive model from a saved PACT-Encoder folder (e.g. a plain fine-tune, ``method="none"``)
         with other halting settings: every weight of the source is kept unchanged, the weights the new settings add
         (halting heads, exit classifiers) start fresh and are listed in ``model.new_weights`` (with the source's
         own new weights, if it records them). Source weights the new model has no place for (e.g. the heads of
@@ -388,9 +393,9 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
 
         Args:
             source: a folder written by ``save_pretrained``.
-            **overrides: :class:`PactEncoderConfig` fields (``halting_method``, ``exit_classifiers``,
+            **overrides: :class:`PactEncoderConfig` fields (``method``, ``exit_classifiers``,
                 ``halting_features``, ...) and halting knobs (``tau=...``, ``threshold=...``). Changing
-                ``halting_method`` starts from that method's default knobs.
+                ``method`` starts from that method's default knobs (``halting_method``: its deprecated name).
         """
         from safetensors.torch import load_file
 
@@ -401,7 +406,10 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         config = PactEncoderConfig.from_pretrained(folder)
         fields = config.to_dict()
         knobs = dict(config.halting_knobs or {})
-        if overrides.get("halting_method", config.halting_method) != config.halting_method:
+        if "halting_method" in overrides:
+            overrides["method"] = renamed_kwarg(overrides, "halting_method", "method", overrides.get("method"), None,
+                                                f"{cls.__name__}.convert_from")
+        if overrides.get("method", config.method) != config.method:
             knobs = {}
         knobs.update(HaltingConfig.pop_knob_kwargs(overrides))
         for key in ("halting_knobs", "auto_map", "architectures", "transformers_version", "model_type",
@@ -551,7 +559,7 @@ class PactEncoderModel(PactEncoderPreTrainedModel):
             **kwargs: Any,
     ) -> Union[PactEncoderModelOutput, tuple]:
         """Returns :class:`PactEncoderModelOutput` (``last_hidden_state`` ``[B, T, H]``, ``ponder_cost`` ``[B]``,
-        ``layers_executed`` ``[B]``), or its tuple with ``return_dict=False``."""
+        ``units_executed`` ``[B]``), or its tuple with ``return_dict=False``."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch_size, seq_len = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids)
         device = (input_ids if input_ids is not None else inputs_embeds).device
@@ -574,7 +582,7 @@ class PactEncoderModel(PactEncoderPreTrainedModel):
             ponder_cost = record.cost if record.cost is not None else layers.float()
             if record.touch is not None:  # layers no sampled row reached still join the graph (DDP)
                 record.touch = zero_touch(self)
-        output = PactEncoderModelOutput(last_hidden_state=hidden, ponder_cost=ponder_cost, layers_executed=layers)
+        output = PactEncoderModelOutput(last_hidden_state=hidden, ponder_cost=ponder_cost, units_executed=layers)
         return output if return_dict else output.to_tuple()
 
 
@@ -688,13 +696,13 @@ class PactEncoderForSequenceClassification(PactEncoderPreTrainedModel):
             shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
             mask = torch.ones(shape, dtype=torch.long, device=outputs.last_hidden_state.device)
         logits = self._classify(outputs.last_hidden_state, mask.to(outputs.last_hidden_state.device),
-                                outputs.layers_executed)
+                                outputs.units_executed)
         loss = None
         if labels is not None:
             loss = self._task_loss(logits, labels)
             loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, rows=True), baseline)
         output = PactEncoderSequenceClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
-                                                     layers_executed=outputs.layers_executed)
+                                                     units_executed=outputs.units_executed)
         return output if return_dict else output.to_tuple()
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: bool = False) -> torch.Tensor:
@@ -714,7 +722,7 @@ class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         if config.halting_config.reads_exits or config.exit_classifiers != "shared":
-            raise ValueError(f"halting_method={config.halting_method!r} / exit_classifiers="
+            raise ValueError(f"method={config.method!r} / exit_classifiers="
                              f"{config.exit_classifiers!r}: exit classifiers are built for sequence "
                              "classification; token classification halts with learned heads only")
         self.pact_encoder = PactEncoderModel(config, add_pooling_layer=False)
@@ -752,7 +760,7 @@ class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
             loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, attention_mask, rows=True),
                                              baseline)
         output = PactEncoderTokenClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
-                                                  layers_executed=outputs.layers_executed)
+                                                  units_executed=outputs.units_executed)
         return output if return_dict else output.to_tuple()
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],
