@@ -63,6 +63,11 @@ def test_compare_trains_evaluates_and_tabulates(tmp_path, reset_accelerate, caps
     (dict(baseline="nobody"), "baseline must name an entry"),
     (dict(thresholds=[0.0]), "thresholds must be a list of numbers in"),
     (dict(seeds=3), "unknown key"),
+    (dict(entries=[dict(name="a/b", model_dir="m")]), "letters, digits"),
+    (dict(entries=[dict(name="a", model_dir="m", grid={"seed": [0, 1]})]), "not for model_dir entries"),
+    (dict(entries=[dict(name="a", model_dir="m", budgets=[1.5])]), "budgets must be a list of numbers in"),
+    (dict(calibration_samples=0), "calibration_samples must be a positive integer"),
+    (dict(overrides=[1]), "overrides must be a mapping"),
 ])
 def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
     from pact_zoo.training.compare import load_comparison
@@ -72,3 +77,107 @@ def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match=message):
         load_comparison(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.parametrize("entry, message", [
+    (dict(grid={"seed": []}), "grid must map recipe fields to non-empty lists"),
+    (dict(grid={"model_kwargs.tau": [0.1, 0.1]}), "entry names must be distinct"),
+    (dict(overrides={"epoch": 3}), "epoch"),  # the training config is checked at load time
+])
+def test_grid_and_override_errors_name_the_problem(tmp_path, entry, message):
+    from pact_zoo.training.compare import load_comparison
+
+    _recipes(tmp_path)
+    recipe = dict(evaluation=dict(dataset="digits"),
+                  entries=[dict(name="pact", train=str(tmp_path / "pact.yaml"), **entry)])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match=message):
+        load_comparison(str(tmp_path / "bad.yaml"))
+
+
+def test_grid_expands_to_named_entries_with_seed_groups(tmp_path):
+    from pact_zoo.training.compare import load_comparison
+
+    _recipes(tmp_path)
+    recipe = dict(evaluation=dict(dataset="digits"), overrides={"epochs": 2, "model_kwargs.tau": 0.2},
+                  entries=[dict(name="pact", train=str(tmp_path / "pact.yaml"),
+                                grid={"model_kwargs.tau": [0.05, 0.1], "seed": [0, 1]}),
+                           dict(name="plain", train=str(tmp_path / "plain.yaml"), overrides={"lr": 0.1})])
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(recipe))
+    comparison = load_comparison(str(tmp_path / "grid.yaml"), str(tmp_path / "out"))
+    by_name = {e.name: e for e in comparison.entries}
+    assert list(by_name) == ["pact-tau0.05-seed0", "pact-tau0.05-seed1", "pact-tau0.1-seed0", "pact-tau0.1-seed1",
+                             "plain"]
+    entry = by_name["pact-tau0.1-seed1"]
+    assert entry.group == "pact-tau0.1" and entry.seed == 1 and entry.run_dir == tmp_path / "out" / entry.name
+    # the dotted key set tau and kept the recipe file's other model_kwargs; the recipe-wide epochs reached every entry
+    assert entry.overrides["model_kwargs"] == dict(SMALL, tau=0.1) and entry.overrides["epochs"] == 2
+    plain = by_name["plain"]
+    assert plain.group == "plain" and plain.overrides["lr"] == 0.1
+    assert plain.overrides["model_kwargs"] == dict(SMALL, tau=0.2)  # what the recipe-wide dotted key asked for
+
+
+def test_overrides_replace_fields_and_dotted_keys_set_one_key():
+    from pact_zoo.training.compare import apply_overrides
+
+    recipe = {"model_kwargs": {"tau": 0.1, "temperature": 0.5}, "lr": 0.1}
+    assert apply_overrides(recipe, {"model_kwargs": {"act_eps": 0.01}}, "r") == {"model_kwargs": {"act_eps": 0.01},
+                                                                                 "lr": 0.1}
+    assert apply_overrides(recipe, {"model_kwargs.tau": 0.3, "lr": 0.2}, "r") == {
+        "model_kwargs": {"tau": 0.3, "temperature": 0.5}, "lr": 0.2}
+    assert recipe["model_kwargs"]["tau"] == 0.1  # the recipe itself is left alone
+    with pytest.raises(ConfigError, match="one key of a mapping field"):
+        apply_overrides(recipe, {"lr.x": 1}, "r")
+
+
+def test_seed_groups_average_the_same_point_over_seeds():
+    from pact_zoo.training.compare_report import format_seed_groups, seed_groups
+
+    def row(entry, group, point, accuracy, mflops):
+        return dict(entry=entry, group=group, point=point, accuracy=accuracy, mflops=mflops,
+                    flops_vs_baseline=mflops / 10)
+
+    rows = [row("a-seed0", "a", "pact @ 0.5", 0.8, 4.0), row("a-seed0", "a", "full_depth", 0.9, 10.0),
+            row("a-seed1", "a", "pact @ 0.5", 0.7, 6.0), row("a-seed1", "a", "full_depth", 0.9, 10.0),
+            row("a-seed1", "a", "pact @ 0.3", 0.6, 3.0),  # one seed only: no mean
+            row("b", "b", "full_depth", 0.5, 10.0)]       # alone in its group: no mean
+    groups = seed_groups(rows, {"a-seed0": 0, "a-seed1": 1, "b": 0})
+    assert [(g["group"], g["point"]) for g in groups] == [("a", "pact @ 0.5"), ("a", "full_depth")]
+    first = groups[0]
+    assert first["seeds"] == [0, 1] and first["accuracy_mean"] == pytest.approx(0.75)
+    assert first["accuracy_std"] == pytest.approx(0.0707107, rel=1e-5)  # sample standard deviation
+    assert first["mflops_mean"] == pytest.approx(5.0) and first["flops_vs_baseline_std"] == pytest.approx(0.1414214)
+    assert groups[1]["accuracy_std"] == 0.0
+    assert "| a | pact @ 0.5 | 2 | 75.00 ± 7.07 | 5.00 ± 1.41 | 0.500 ± 0.141 |" in format_seed_groups(groups, "b")
+
+
+def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
+    """A seed grid over one recipe plus thresholds calibrated to a FLOPs budget: rows per seed, a mean over the
+    seeds of every point (the budget's included), the training time of every trained entry."""
+    from pact_zoo.training.compare import compare, load_comparison
+
+    _recipes(tmp_path)
+    recipe = dict(evaluation=dict(dataset="digits", max_eval_samples=40, eval_batch_size=40), thresholds=[0.5],
+                  baseline="plain", calibration_samples=32,
+                  entries=[dict(name="plain", train=str(tmp_path / "plain.yaml")),
+                           dict(name="pact", train=str(tmp_path / "pact.yaml"), grid={"seed": [0, 1]},
+                                budgets=[0.6])])
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(recipe))
+    summary = compare(load_comparison(str(tmp_path / "grid.yaml"), str(tmp_path / "out")))
+    saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert saved["seed_groups"] == json.loads(json.dumps(summary["seed_groups"]))
+    rows = saved["rows"]
+    for seed in (0, 1):
+        name = f"pact-seed{seed}"
+        assert json.loads((tmp_path / "out" / name / "train_config.json").read_text())["seed"] == seed
+        (calibration,) = saved["entries"][name]["budgets"]
+        budget_rows = [r for r in rows if r["entry"] == name and r["budget"] == 0.6]
+        assert [r["threshold"] for r in budget_rows] == [calibration["threshold"]]
+        assert saved["entries"][name]["training_time"]["epochs"] == 1
+    means = {g["point"]: g for g in saved["seed_groups"] if g["group"] == "pact"}
+    assert {"pact @ budget 0.6", "pact @ 0.5", "full_depth"} <= set(means)
+    both = [r["accuracy"] for r in rows if r["group"] == "pact" and r["point"] == "full_depth"]
+    assert len(both) == 2 and means["full_depth"]["accuracy_mean"] == pytest.approx(sum(both) / 2)
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "(budget 0.6)" in table and "Mean ± standard deviation over seeds" in table
+    assert "| plain | 1 |" in table  # the training-time table
