@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import timm
 import yaml
+
+import pact_zoo
 
 from pact_zoo.training.config import ConfigError
 
 TINY = dict(dataset="digits", max_train_samples=48, max_eval_samples=40, epochs=1, batch_size=16,
             eval_batch_size=40, lr=0.05, augment="none", eval_thresholds=[0.5])
 SMALL = {"layers": [2, 2, 2], "channels": [4, 8, 8]}
+REPO = Path(__file__).resolve().parents[1]
+#: the shipped comparison recipes (a recipe with entries and an evaluation split), relative to the repository
+SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "hub_configs").glob("*/*.yaml")
+                 if {"entries", "evaluation"} <= set(yaml.safe_load(p.read_text()) or {}))
 
 
 def _recipes(tmp_path):
@@ -82,7 +90,8 @@ def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
 @pytest.mark.parametrize("entry, message", [
     (dict(grid={"seed": []}), "grid must map recipe fields to non-empty lists"),
     (dict(grid={"model_kwargs.tau": [0.1, 0.1]}), "entry names must be distinct"),
-    (dict(overrides={"epoch": 3}), "epoch"),  # the training config is checked at load time
+    (dict(overrides={"epoch": 3}), "epoch"),
+    (dict(grid={"dataset": ["parquet:data/x"]}), "folder name"),  # the training config is checked at load time
 ])
 def test_grid_and_override_errors_name_the_problem(tmp_path, entry, message):
     from pact_zoo.training.compare import load_comparison
@@ -102,12 +111,16 @@ def test_grid_expands_to_named_entries_with_seed_groups(tmp_path):
     recipe = dict(evaluation=dict(dataset="digits"), overrides={"epochs": 2, "model_kwargs.tau": 0.2},
                   entries=[dict(name="pact", train=str(tmp_path / "pact.yaml"),
                                 grid={"model_kwargs.tau": [0.05, 0.1], "seed": [0, 1]}),
+                           dict(name="static", train=str(tmp_path / "plain.yaml"),
+                                grid={"model": ["resnet8_cifar", "resnet14_cifar"]}),
                            dict(name="plain", train=str(tmp_path / "plain.yaml"), overrides={"lr": 0.1})])
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(recipe))
     comparison = load_comparison(str(tmp_path / "grid.yaml"), str(tmp_path / "out"))
     by_name = {e.name: e for e in comparison.entries}
     assert list(by_name) == ["pact-tau0.05-seed0", "pact-tau0.05-seed1", "pact-tau0.1-seed0", "pact-tau0.1-seed1",
-                             "plain"]
+                             "static-resnet8_cifar", "static-resnet14_cifar", "plain"]
+    assert by_name["static-resnet14_cifar"].overrides["model"] == "resnet14_cifar"
+    assert by_name["static-resnet14_cifar"].group == "static-resnet14_cifar"  # no seed grid: a group of one
     entry = by_name["pact-tau0.1-seed1"]
     assert entry.group == "pact-tau0.1" and entry.seed == 1 and entry.run_dir == tmp_path / "out" / entry.name
     # the dotted key set tau and kept the recipe file's other model_kwargs; the recipe-wide epochs reached every entry
@@ -181,3 +194,29 @@ def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert "(budget 0.6)" in table and "Mean ± standard deviation over seeds" in table
     assert "| plain | 1 |" in table  # the training-time table
+
+
+def test_the_shipped_comparison_recipes_are_found():
+    assert {"hub_configs/methods.compare/compare.yaml", "hub_configs/methods.compare/learning_quality.yaml",
+            "hub_configs/acm_vit.fashion_mnist/compare.yaml"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("recipe", SHIPPED)
+def test_shipped_comparison_recipes_load(recipe, monkeypatch, capsys):
+    """Every entry of a shipped comparison resolves to a valid training config of a registered model whose halting
+    knobs the method takes (nothing trains)."""
+    from pact_zoo.training.compare import load_comparison
+    from pact_zoo.training.config import load_config
+
+    monkeypatch.chdir(REPO)  # recipes name their files relative to the repository
+    comparison = load_comparison(recipe)
+    for entry in comparison.entries:
+        if entry.kind == "train":
+            config = load_config(entry.path, entry.overrides)
+            assert config.model in pact_zoo.list_models(), (entry.name, config.model)
+            timm.create_model(config.model, **config.model_kwargs)
+    from pact_zoo.cli import main
+
+    assert main(["compare", "--config", recipe, "--dry-run"]) == 0  # lists the entries, runs nothing
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in listed] == [entry.name for entry in comparison.entries]

@@ -24,7 +24,8 @@ Overrides: a key replaces the recipe's field (a mapping too: ``model_kwargs: {ac
 ``model_kwargs``); a dotted key ``model_kwargs.tau`` sets one key of a mapping field and keeps the others.
 
 ``grid``: every combination of the listed values (dotted keys as in overrides) becomes an entry named
-``<name>-<key><value>...`` (the key's last part: ``pact-tau0.1-seed2``). Entries that differ only by ``seed`` form
+``<name>-<key><value>...`` (the key's last part and a number: ``pact-tau0.1-seed2``; a text value alone:
+``static-resnet8_cifar`` for ``grid: {model: [resnet8_cifar, ...]}``). Entries that differ only by ``seed`` form
 a group, and the table adds the mean and standard deviation over the group's seeds of every point.
 
 ``budgets``: before the evaluation, :func:`~pact_zoo.calibrate_threshold` finds the threshold of each target FLOPs
@@ -53,7 +54,8 @@ from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
 from .io import check_model_folder, folder_model_name, load_model_folder
 from .run_dir import MODEL_DIR
 
-__all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "compare", "main"]
+__all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "describe", "compare",
+           "main"]
 
 RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "comparison.png"
 #: how an entry gets its model
@@ -154,7 +156,8 @@ def _value_tag(value: Any) -> str:
 
 
 def _tags(grid_values: Dict[str, Any]) -> List[str]:
-    return [f"{key.rsplit('.', 1)[-1]}{_value_tag(v)}" for key, v in grid_values.items()]
+    """A text value names itself (``resnet8_cifar``), a number its key too (``tau0.1``, ``seed2``)."""
+    return [v if isinstance(v, str) else f"{key.rsplit('.', 1)[-1]}{_value_tag(v)}" for key, v in grid_values.items()]
 
 
 def expand_grid(name: str, grid: Any, where: str) -> List[tuple[str, Dict[str, Any], Optional[str]]]:
@@ -172,7 +175,11 @@ def expand_grid(name: str, grid: Any, where: str) -> List[tuple[str, Dict[str, A
     for values in itertools.product(*grid.values()):
         chosen = dict(zip(grid, values))
         group = "-".join([name] + _tags({k: v for k, v in chosen.items() if k != SEED_KEY})) if seeded else None
-        combinations.append(("-".join([name] + _tags(chosen)), chosen, group))
+        entry_name = "-".join([name] + _tags(chosen))
+        if not NAME_PATTERN.fullmatch(entry_name):
+            raise ConfigError(f"{where}: grid values become the entry's folder name; {entry_name!r} has characters "
+                              f"other than letters, digits and _ . = + -")
+        combinations.append((entry_name, chosen, group))
     return combinations
 
 
@@ -328,10 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="comparison recipe: entries, evaluation split, thresholds")
     parser.add_argument("--output-dir", help="folder of the entries' runs and the results (overrides the recipe's)")
     parser.add_argument("--overwrite", action="store_true", help="rerun every entry (default: finished runs are kept)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list every entry (grids expanded) with its recipe and overrides, and run nothing")
     return parser
+
+
+def describe(comparison: Comparison) -> str:
+    """One line per entry: name, how it is made, its overrides, thresholds and budgets."""
+    import yaml
+
+    lines = []
+    for e in comparison.entries:
+        flow = yaml.safe_dump(e.overrides, default_flow_style=True, width=10 ** 6).strip() if e.overrides else "{}"
+        lines.append(f"{e.name}: {e.kind} {e.path} overrides {flow} thresholds {e.thresholds}"
+                     + (f" budgets {e.budgets}" if e.budgets else "") + f" -> {e.run_dir}")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    compare(load_comparison(args.config, args.output_dir), overwrite=args.overwrite)
+    comparison = load_comparison(args.config, args.output_dir)
+    if args.dry_run:
+        print(describe(comparison))
+        return 0
+    compare(comparison, overwrite=args.overwrite)
     return 0
