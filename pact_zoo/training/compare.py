@@ -233,7 +233,8 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     evaluation = recipe.get("evaluation") or {}
     if not isinstance(evaluation, dict) or set(evaluation) - set(EVALUATE_FIELDS) or "dataset" not in evaluation:
         raise ConfigError(f"{path}: evaluation must be a mapping with a dataset and any of "
-                          f"{', '.join(EVALUATE_FIELDS)}: the one split every entry is evaluated on; got {evaluation!r}")
+                          f"{', '.join(EVALUATE_FIELDS)}: the one split every entry is evaluated on; "
+                          f"got {evaluation!r}")
     default_thresholds = _check_fractions(path, "thresholds", recipe.get("thresholds", [0.5]))
     common = recipe.get("overrides") or {}
     if not isinstance(common, dict):
