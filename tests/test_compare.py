@@ -76,6 +76,7 @@ def test_compare_trains_evaluates_and_tabulates(tmp_path, reset_accelerate, caps
     (dict(entries=[dict(name="a", model_dir="m", budgets=[1.5])]), "budgets must be a list of numbers in"),
     (dict(calibration_samples=0), "calibration_samples must be a positive integer"),
     (dict(overrides=[1]), "overrides must be a mapping"),
+    (dict(entries=[dict(name="a", model_dir="m", truncations=[[0, 1]])]), "truncations must be every_depth or"),
 ])
 def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
     from pact_zoo.training.compare import load_comparison
@@ -174,7 +175,7 @@ def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
                   baseline="plain", calibration_samples=32,
                   entries=[dict(name="plain", train=str(tmp_path / "plain.yaml")),
                            dict(name="pact", train=str(tmp_path / "pact.yaml"), grid={"seed": [0, 1]},
-                                budgets=[0.6])])
+                                budgets=[0.6], truncations="every_depth")])
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(recipe))
     summary = compare(load_comparison(str(tmp_path / "grid.yaml"), str(tmp_path / "out")))
     saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
@@ -187,8 +188,13 @@ def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
         budget_rows = [r for r in rows if r["entry"] == name and r["budget"] == 0.6]
         assert [r["threshold"] for r in budget_rows] == [calibration["threshold"]]
         assert saved["entries"][name]["training_time"]["epochs"] == 1
+        by_rule = {r["rule"]: r for r in rows if r["entry"] == name and r["budget"] is None}
+        assert by_rule["truncated 1/1/1"]["mean_units"] == [1.0, 1.0, 1.0]
+        assert by_rule["truncated 1/1/1"]["mflops"] < by_rule["truncated 2/2/2"]["mflops"]
+        for key in ("accuracy", "mflops", "mean_units"):  # every unit and no head: the full-depth network
+            assert by_rule["truncated 2/2/2"][key] == pytest.approx(by_rule["full_depth"][key])
     means = {g["point"]: g for g in saved["seed_groups"] if g["group"] == "pact"}
-    assert {"pact @ budget 0.6", "pact @ 0.5", "full_depth"} <= set(means)
+    assert {"pact @ budget 0.6", "pact @ 0.5", "full_depth", "truncated 1/1/1"} <= set(means)
     both = [r["accuracy"] for r in rows if r["group"] == "pact" and r["point"] == "full_depth"]
     assert len(both) == 2 and means["full_depth"]["accuracy_mean"] == pytest.approx(sum(both) / 2)
     table = (tmp_path / "out" / "comparison.md").read_text()

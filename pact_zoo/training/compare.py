@@ -28,6 +28,9 @@ Overrides: a key replaces the recipe's field (a mapping too: ``model_kwargs: {ac
 ``static-resnet8_cifar`` for ``grid: {model: [resnet8_cifar, ...]}``). Entries that differ only by ``seed`` form
 a group, and the table adds the mean and standard deviation over the group's seeds of every point.
 
+``truncations``: the model is also evaluated as static networks made of each stage's first units, with the same
+weights: ``[[1, 1, 1], [2, 2, 2]]`` (units per stage), or ``every_depth`` (1, 2, ... units in every stage).
+
 ``budgets``: before the evaluation, :func:`~pact_zoo.calibrate_threshold` finds the threshold of each target FLOPs
 ratio on the first ``calibration_samples`` (recipe key; default ``DEFAULT_CALIBRATION_SAMPLES``) training samples,
 without augmentation (never the evaluation split); those thresholds are evaluated as well and named by their budget.
@@ -47,7 +50,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..cli import ArgumentParser
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
-from .compare_report import (comparison_figure, comparison_rows, format_rows, format_seed_groups,
+from .compare_report import (TRUNCATED_RULE, comparison_figure, comparison_rows, format_rows, format_seed_groups,
                              format_training_time, seed_groups, training_time)
 from .config import ConfigError, load_config, read_yaml_mapping
 from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
@@ -61,7 +64,9 @@ RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "co
 #: how an entry gets its model
 SOURCES = ("train", "convert", "model_dir")
 RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries"}
-ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets"}
+ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations"}
+#: ``truncations:`` value for every uniform depth d = 1, 2, ... (each stage runs min(d, its units))
+EVERY_DEPTH = "every_depth"
 #: training samples that calibrate an entry's thresholds to its budgets, unless the recipe says
 DEFAULT_CALIBRATION_SAMPLES = 500
 #: the grid key whose values make a seed group
@@ -73,14 +78,16 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 class ComparisonEntry:
     """One model of a comparison: how it is made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides
     (resolved: no dotted keys), the thresholds it is evaluated at, the FLOPs budgets its threshold is calibrated
-    to, its run folder, and its seed group (the entry itself unless a grid over ``seed`` made it)."""
+    to, its run folder, its seed group (the entry itself unless a grid over ``seed`` made it) and its static
+    truncations (lists of units per stage, or :data:`EVERY_DEPTH`)."""
 
     def __init__(self, name: str, kind: str, path: str, overrides: Dict[str, Any], thresholds: List[float],
                  run_dir: Path, budgets: Optional[List[float]] = None, group: Optional[str] = None,
-                 seed: Any = None) -> None:
+                 seed: Any = None, truncations: Any = None) -> None:
         self.name, self.kind, self.path = name, kind, path
         self.overrides, self.thresholds, self.run_dir = overrides, thresholds, run_dir
         self.budgets, self.group, self.seed = budgets or [], group or name, seed
+        self.truncations = truncations or []
 
     @property
     def eval_dir(self) -> Path:
@@ -195,7 +202,7 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
     kinds = [kind for kind in SOURCES if kind in raw]
     if unknown or len(kinds) != 1:
         raise ConfigError(f"{where} needs exactly one of {', '.join(SOURCES)} (plus name, overrides, grid, "
-                          f"thresholds, budgets); got keys {sorted(raw)}")
+                          f"thresholds, budgets, truncations); got keys {sorted(raw)}")
     kind, source = kinds[0], raw[kinds[0]]
     if not isinstance(source, str) or (kind != "model_dir" and not Path(source).is_file()):
         raise ConfigError(f"{where}: {kind} must name an existing "
@@ -206,6 +213,12 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
                           f"got overrides {overrides!r}, grid {raw.get('grid')!r}")
     thresholds = _check_fractions(where, "thresholds", raw.get("thresholds", default_thresholds))
     budgets = _check_fractions(where, "budgets", raw.get("budgets", []))
+    truncations = raw.get("truncations", [])
+    if truncations != EVERY_DEPTH and not (isinstance(truncations, list) and all(
+            isinstance(t, list) and t and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in t)
+            for t in truncations)):
+        raise ConfigError(f"{where}: truncations must be {EVERY_DEPTH} or a list of units per stage such as "
+                          f"[[1, 1, 1], [2, 2, 2]], got {truncations!r}")
     variants = expand_grid(name, raw["grid"], where) if "grid" in raw else [(name, {}, None)]
     file_fields = read_yaml_mapping(source) if kind != "model_dir" else {}
     entries = []
@@ -218,7 +231,7 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
         if kind == "train":
             load_config(source, {**changed, "output_dir": str(out / entry_name)})  # a bad field fails now
         entries.append(ComparisonEntry(entry_name, kind, source, changed, thresholds, out / entry_name, budgets,
-                                       group, resolved.get(SEED_KEY)))
+                                       group, resolved.get(SEED_KEY), truncations))
     return entries
 
 
@@ -286,6 +299,36 @@ def calibrate_budgets(model_dir: Path, evaluation: Dict[str, Any], budgets: Sequ
     return calibrations
 
 
+def evaluate_truncations(model_dir: Path, evaluation: Dict[str, Any], truncations: Any) -> List[Dict[str, Any]]:
+    """The model as static networks: for each truncation (units per stage; :data:`EVERY_DEPTH`: d = 1, 2, ... units
+    in every stage, at most its own), the evaluation split run through exactly those units and no halting head
+    (:func:`~pact_zoo.truncated_depth`). Points as in ``tradeoff.json``, rule ``truncated <units>``."""
+    from torch.utils.data import DataLoader
+
+    from ..halting import adaptive_stages, truncated_depth
+    from .loop import evaluate_model
+    from .tasks import build_task
+
+    model = load_model_folder(model_dir).eval()
+    config = _evaluation_config(evaluation, model_dir)
+    task = build_task(config)
+    data = task.load_data(model)
+    loader = DataLoader(data.eval, batch_size=config.eval_batch_size, collate_fn=data.collate_fn,
+                        num_workers=config.num_workers)
+    units = [stage.num_units for _, stage in adaptive_stages(model)]
+    if not units:
+        raise ConfigError(f"truncations need a model with adaptive stages; {model_dir} has none (a plain network "
+                          f"is its own static baseline: leave truncations out)")
+    if truncations == EVERY_DEPTH:
+        truncations = [[min(d, u) for u in units] for d in range(1, max(units, default=0) + 1)]
+    points = []
+    for depths in truncations:
+        with truncated_depth(model, list(depths)):
+            point = evaluate_model(model, loader, task)
+        points.append(dict(point, threshold=None, rule=TRUNCATED_RULE + " " + "/".join(map(str, depths))))
+    return points
+
+
 def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     """Make and evaluate every entry, then write the JSON, the tables and the plot; returns the JSON's content."""
     results, model_dirs, budgets = {}, {}, {}
@@ -299,6 +342,9 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         results[entry.name] = run_evaluation(load_model_folder(model_dir),
                                              _evaluation_config(comparison.evaluation, model_dir), entry.eval_dir,
                                              thresholds)
+        if entry.truncations:
+            results[entry.name]["points"] += evaluate_truncations(model_dir, comparison.evaluation,
+                                                                  entry.truncations)
     rows = comparison_rows(results, comparison.baseline, {e.name: e.group for e in comparison.entries}, budgets)
     groups = seed_groups(rows, {e.name: e.seed for e in comparison.entries})
     times = {e.name: training_time(e.run_dir) if e.kind == "train" else None for e in comparison.entries}

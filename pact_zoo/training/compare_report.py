@@ -14,10 +14,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from .evaluate import standard_error
 from .run_dir import METRICS_FILE
 
-__all__ = ["comparison_rows", "format_rows", "seed_groups", "format_seed_groups", "training_time",
+__all__ = ["TRUNCATED_RULE", "comparison_rows", "format_rows", "seed_groups", "format_seed_groups", "training_time",
            "format_training_time", "comparison_figure"]
 
 SAMPLED_SUFFIX = ":sampled"
+#: rule of a point evaluated as a static truncation (followed by its units per stage)
+TRUNCATED_RULE = "truncated"
 
 
 def _point_label(rule: str, threshold: Optional[float], budget: Optional[float]) -> str:
@@ -152,8 +154,8 @@ def format_training_time(times: Dict[str, Optional[Dict[str, Any]]]) -> str:
 
 
 def comparison_figure(rows: List[Dict[str, Any]], title: str):
-    """Accuracy against measured MFLOPs per sample: one curve per entry (its thresholds), its full depth as a
-    star."""
+    """Accuracy against measured MFLOPs per sample: one curve per entry (its thresholds), its static truncations as
+    a dashed curve, its full depth as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,12 +165,17 @@ def comparison_figure(rows: List[Dict[str, Any]], title: str):
     for name in dict.fromkeys(row["entry"] for row in rows):
         mine = [r for r in rows if r["entry"] == name]
         thresholds = {r["threshold"]: r for r in mine  # a threshold calibrated to two budgets is one point
-                      if r["rule"] != "full_depth" and not r["rule"].endswith(SAMPLED_SUFFIX)}
+                      if r["rule"] != "full_depth" and not r["rule"].endswith(SAMPLED_SUFFIX)
+                      and not r["rule"].startswith(TRUNCATED_RULE)}
         curve = sorted(thresholds.values(), key=lambda r: r["mflops"])
         line = None
         if curve:
             (line,) = ax.plot([r["mflops"] for r in curve], [100 * r["accuracy"] for r in curve], "o-",
                               label=f"{name} ({curve[0]['rule']})")
+        static = sorted((r for r in mine if r["rule"].startswith(TRUNCATED_RULE)), key=lambda r: r["mflops"])
+        if static:
+            ax.plot([r["mflops"] for r in static], [100 * r["accuracy"] for r in static], "s--", alpha=0.7,
+                    color=line.get_color() if line is not None else None, label=f"{name} truncated (static)")
         full = next(r for r in mine if r["rule"] == "full_depth")
         ax.plot([full["mflops"]], [100 * full["accuracy"]], "*", markersize=11,
                 color=line.get_color() if line is not None else None,
