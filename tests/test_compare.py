@@ -142,6 +142,12 @@ def test_overrides_replace_fields_and_dotted_keys_set_one_key():
     assert recipe["model_kwargs"]["tau"] == 0.1  # the recipe itself is left alone
     with pytest.raises(ConfigError, match="one key of a mapping field"):
         apply_overrides(recipe, {"lr.x": 1}, "r")
+    conversion = {"lr": 0.1, "phases": [{"name": "gates", "lr": 0.01}, {"name": "end_to_end", "acm_budget": 0.5}]}
+    changed = apply_overrides(conversion, {"phases.end_to_end.acm_budget": 0.25}, "r")
+    assert changed["phases"] == [{"name": "gates", "lr": 0.01}, {"name": "end_to_end", "acm_budget": 0.25}]
+    assert conversion["phases"][1]["acm_budget"] == 0.5
+    with pytest.raises(ConfigError, match="must name a phase of the conversion recipe .gates, end_to_end."):
+        apply_overrides(conversion, {"phases.halting.lr": 0.1}, "r")
 
 
 def test_seed_groups_average_the_same_point_over_seeds():

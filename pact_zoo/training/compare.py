@@ -21,7 +21,8 @@ continues where it stopped (``--overwrite`` reruns everything).
         budgets: [0.4, 0.6, 0.8]             # also thresholds calibrated to these FLOPs ratios
 
 Overrides: a key replaces the recipe's field (a mapping too: ``model_kwargs: {act_eps: 0.01}`` is the whole of
-``model_kwargs``); a dotted key ``model_kwargs.tau`` sets one key of a mapping field and keeps the others.
+``model_kwargs``); a dotted key ``model_kwargs.tau`` sets one key of a mapping field and keeps the others, and
+``phases.end_to_end.acm_budget`` one field of one phase of a conversion recipe.
 
 ``grid``: every combination of the listed values (dotted keys as in overrides) becomes an entry named
 ``<name>-<key><value>...`` (the key's last part and a number: ``pact-tau0.1-seed2``; a text value alone:
@@ -71,6 +72,8 @@ EVERY_DEPTH = "every_depth"
 DEFAULT_CALIBRATION_SAMPLES = 500
 #: the grid key whose values make a seed group
 SEED_KEY = "seed"
+#: a conversion recipe's list of phases (``phases.<phase>.<field>`` sets one field of one phase)
+PHASES_KEY = "phases"
 #: entry names: also folder names
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 
@@ -150,12 +153,25 @@ def apply_overrides(recipe: Dict[str, Any], overrides: Dict[str, Any], where: st
             result[key] = value
             continue
         field, sub = key.split(".", 1)
+        if field == PHASES_KEY:
+            result[field] = _set_phase_field(result.get(field), sub, value, f"{where}: override {key!r}")
+            continue
         mapping = result.get(field) or {}
         if not isinstance(mapping, dict) or not sub or "." in sub:
-            raise ConfigError(f"{where}: a dotted override names one key of a mapping field (model_kwargs.tau), "
-                              f"got {key!r}")
+            raise ConfigError(f"{where}: a dotted override names one key of a mapping field (model_kwargs.tau) or "
+                              f"a field of a conversion phase (phases.end_to_end.acm_budget), got {key!r}")
         result[field] = {**mapping, sub: value}
     return result
+
+
+def _set_phase_field(phases: Any, sub: str, value: Any, where: str) -> List[Dict[str, Any]]:
+    """A conversion recipe's ``phases`` with field ``sub = "<phase name>.<field>"`` of the named phase set."""
+    name, _, field = sub.partition(".")
+    names = [phase.get("name") for phase in phases] if isinstance(phases, list) else []
+    if not field or "." in field or name not in names:
+        raise ConfigError(f"{where}: phases.<phase>.<field> must name a phase of the conversion recipe "
+                          f"({', '.join(map(str, names)) or 'none'}) and one field")
+    return [{**phase, field: value} if phase.get("name") == name else phase for phase in phases]
 
 
 def _value_tag(value: Any) -> str:
@@ -228,8 +244,12 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
             resolved = apply_overrides(resolved, layer, f"{path}: entry {entry_name!r}")
         changed = {key: value for key, value in resolved.items() if key not in file_fields
                    or file_fields[key] != value}
-        if kind == "train":
-            load_config(source, {**changed, "output_dir": str(out / entry_name)})  # a bad field fails now
+        if kind == "train":  # a bad field fails now, not after the entries before it ran
+            load_config(source, {**changed, "output_dir": str(out / entry_name)})
+        elif kind == "convert":
+            from .convert import load_conversion
+
+            load_conversion(source, {**changed, "output_dir": str(out / entry_name)})
         entries.append(ComparisonEntry(entry_name, kind, source, changed, thresholds, out / entry_name, budgets,
                                        group, resolved.get(SEED_KEY), truncations))
     return entries
