@@ -232,3 +232,15 @@ def test_shipped_comparison_recipes_load(recipe, monkeypatch, capsys):
     assert main(["compare", "--config", recipe, "--dry-run"]) == 0  # lists the entries, runs nothing
     listed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in listed] == [entry.name for entry in comparison.entries]
+
+
+def test_entries_flag_selects_entries_and_keeps_the_baseline(monkeypatch, capsys):
+    from pact_zoo.cli import main
+
+    monkeypatch.chdir(REPO)
+    recipe = "hub_configs/methods.compare/compare.yaml"
+    assert main(["compare", "--config", recipe, "--entries", "act,pact-tau0.1", "--dry-run"]) == 0
+    listed = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == ["pact-tau0.1", "act-tau0.01", "act-tau0.1", "plain"]  # recipe order, the baseline included
+    assert main(["compare", "--config", recipe, "--entries", "pact-tau0.2", "--dry-run"]) == 2
+    assert "--entries: no entry named pact-tau0.2" in capsys.readouterr().err

@@ -58,8 +58,8 @@ from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
 from .io import check_model_folder, folder_model_name, load_model_folder
 from .run_dir import MODEL_DIR
 
-__all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "describe", "compare",
-           "main"]
+__all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "select_entries",
+           "describe", "compare", "main"]
 
 RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "comparison.png"
 #: how an entry gets its model
@@ -79,15 +79,16 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 
 
 class ComparisonEntry:
-    """One model of a comparison: how it is made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides
+    """One model of a comparison (``recipe_name``: the recipe's name of the entry, which a grid expanded): how it is
+    made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides
     (resolved: no dotted keys), the thresholds it is evaluated at, the FLOPs budgets its threshold is calibrated
     to, its run folder, its seed group (the entry itself unless a grid over ``seed`` made it) and its static
     truncations (lists of units per stage, or :data:`EVERY_DEPTH`)."""
 
     def __init__(self, name: str, kind: str, path: str, overrides: Dict[str, Any], thresholds: List[float],
                  run_dir: Path, budgets: Optional[List[float]] = None, group: Optional[str] = None,
-                 seed: Any = None, truncations: Any = None) -> None:
-        self.name, self.kind, self.path = name, kind, path
+                 seed: Any = None, truncations: Any = None, recipe_name: Optional[str] = None) -> None:
+        self.name, self.kind, self.path, self.recipe_name = name, kind, path, recipe_name or name
         self.overrides, self.thresholds, self.run_dir = overrides, thresholds, run_dir
         self.budgets, self.group, self.seed = budgets or [], group or name, seed
         self.truncations = truncations or []
@@ -251,7 +252,7 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
 
             load_conversion(source, {**changed, "output_dir": str(out / entry_name)})
         entries.append(ComparisonEntry(entry_name, kind, source, changed, thresholds, out / entry_name, budgets,
-                                       group, resolved.get(SEED_KEY), truncations))
+                                       group, resolved.get(SEED_KEY), truncations, name))
     return entries
 
 
@@ -396,12 +397,27 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     return summary
 
 
+def select_entries(comparison: Comparison, names: Sequence[str]) -> Comparison:
+    """The comparison restricted to the entries named (an entry's name, or the recipe name a grid expanded) and the
+    baseline; an unknown name raises."""
+    known = {e.name for e in comparison.entries} | {e.recipe_name for e in comparison.entries}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(f"--entries: no entry named {', '.join(unknown)}; the recipe's entries are "
+                          f"{', '.join(e.name for e in comparison.entries)}")
+    kept = [e for e in comparison.entries if {e.name, e.recipe_name} & set(names) or e.name == comparison.baseline]
+    return Comparison(kept, comparison.evaluation, comparison.baseline, comparison.output_dir,
+                      comparison.calibration_samples)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="pact-zoo compare", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="comparison recipe: entries, evaluation split, thresholds")
     parser.add_argument("--output-dir", help="folder of the entries' runs and the results (overrides the recipe's)")
     parser.add_argument("--overwrite", action="store_true", help="rerun every entry (default: finished runs are kept)")
+    parser.add_argument("--entries", help="comma-separated entries to run (names, or a grid's recipe name: all it "
+                                          "expands to); the baseline always runs. The results cover these only")
     parser.add_argument("--dry-run", action="store_true",
                         help="list every entry (grids expanded) with its recipe and overrides, and run nothing")
     return parser
@@ -422,6 +438,8 @@ def describe(comparison: Comparison) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     comparison = load_comparison(args.config, args.output_dir)
+    if args.entries:
+        comparison = select_entries(comparison, [name for name in args.entries.split(",") if name])
     if args.dry_run:
         print(describe(comparison))
         return 0
