@@ -19,6 +19,7 @@ continues where it stopped (``--overwrite`` reruns everything).
         train: hub_configs/pact_resnet32.fashion_mnist/train.yaml
         grid: {model_kwargs.tau: [0.03, 0.1], seed: [0, 1, 2]}
         budgets: [0.4, 0.6, 0.8]             # also thresholds calibrated to these FLOPs ratios
+        truncations: every_depth             # and the same weights as static networks of 1, 2, ... units per stage
 
 Overrides: a key replaces the recipe's field (a mapping too: ``model_kwargs: {act_eps: 0.01}`` is the whole of
 ``model_kwargs``); a dotted key ``model_kwargs.tau`` sets one key of a mapping field and keeps the others, and
@@ -33,7 +34,7 @@ a group, and the table adds the mean and standard deviation over the group's see
 weights: ``[[1, 1, 1], [2, 2, 2]]`` (units per stage), or ``every_depth`` (1, 2, ... units in every stage).
 
 ``budgets``: before the evaluation, :func:`~pact_zoo.calibrate_threshold` finds the threshold of each target FLOPs
-ratio on the first ``calibration_samples`` (recipe key; default ``DEFAULT_CALIBRATION_SAMPLES``) training samples,
+ratio on the first ``calibration_samples`` (recipe key; default 500, ``DEFAULT_CALIBRATION_SAMPLES``) training samples,
 without augmentation (never the evaluation split); those thresholds are evaluated as well and named by their budget.
 
 Writes ``comparison.json`` (every point), ``comparison.md`` (accuracy with its binomial standard error, measured
