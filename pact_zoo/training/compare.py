@@ -80,11 +80,11 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 
 
 class ComparisonEntry:
-    """One model of a comparison (``recipe_name``: the recipe's name of the entry, which a grid expanded): how it is
-    made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides
+    """One model of a comparison: how it is made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides
     (resolved: no dotted keys), the thresholds it is evaluated at, the FLOPs budgets its threshold is calibrated
-    to, its run folder, its seed group (the entry itself unless a grid over ``seed`` made it) and its static
-    truncations (lists of units per stage, or :data:`EVERY_DEPTH`)."""
+    to, its run folder, its seed group (the entry itself unless a grid over ``seed`` made it), its static
+    truncations (lists of units per stage, or :data:`EVERY_DEPTH`) and ``recipe_name``, the name in the recipe
+    (that a grid expanded)."""
 
     def __init__(self, name: str, kind: str, path: str, overrides: Dict[str, Any], thresholds: List[float],
                  run_dir: Path, budgets: Optional[List[float]] = None, group: Optional[str] = None,
