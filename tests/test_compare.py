@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import timm
 import yaml
+
+import pact_zoo
 
 from pact_zoo.training.config import ConfigError
 
 TINY = dict(dataset="digits", max_train_samples=48, max_eval_samples=40, epochs=1, batch_size=16,
             eval_batch_size=40, lr=0.05, augment="none", eval_thresholds=[0.5])
 SMALL = {"layers": [2, 2, 2], "channels": [4, 8, 8]}
+REPO = Path(__file__).resolve().parents[1]
+#: the shipped comparison recipes (a recipe with entries and an evaluation split), relative to the repository
+SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "hub_configs").glob("*/*.yaml")
+                 if {"entries", "evaluation"} <= set(yaml.safe_load(p.read_text()) or {}))
 
 
 def _recipes(tmp_path):
@@ -63,6 +71,12 @@ def test_compare_trains_evaluates_and_tabulates(tmp_path, reset_accelerate, caps
     (dict(baseline="nobody"), "baseline must name an entry"),
     (dict(thresholds=[0.0]), "thresholds must be a list of numbers in"),
     (dict(seeds=3), "unknown key"),
+    (dict(entries=[dict(name="a/b", model_dir="m")]), "letters, digits"),
+    (dict(entries=[dict(name="a", model_dir="m", grid={"seed": [0, 1]})]), "not for model_dir entries"),
+    (dict(entries=[dict(name="a", model_dir="m", budgets=[1.5])]), "budgets must be a list of numbers in"),
+    (dict(calibration_samples=0), "calibration_samples must be a positive integer"),
+    (dict(overrides=[1]), "overrides must be a mapping"),
+    (dict(entries=[dict(name="a", model_dir="m", truncations=[[0, 1]])]), "truncations must be every_depth or"),
 ])
 def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
     from pact_zoo.training.compare import load_comparison
@@ -72,3 +86,161 @@ def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match=message):
         load_comparison(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.parametrize("entry, message", [
+    (dict(grid={"seed": []}), "grid must map recipe fields to non-empty lists"),
+    (dict(grid={"model_kwargs.tau": [0.1, 0.1]}), "entry names must be distinct"),
+    (dict(overrides={"epoch": 3}), "epoch"),
+    (dict(grid={"dataset": ["parquet:data/x"]}), "folder name"),  # the training config is checked at load time
+])
+def test_grid_and_override_errors_name_the_problem(tmp_path, entry, message):
+    from pact_zoo.training.compare import load_comparison
+
+    _recipes(tmp_path)
+    recipe = dict(evaluation=dict(dataset="digits"),
+                  entries=[dict(name="pact", train=str(tmp_path / "pact.yaml"), **entry)])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match=message):
+        load_comparison(str(tmp_path / "bad.yaml"))
+
+
+def test_grid_expands_to_named_entries_with_seed_groups(tmp_path):
+    from pact_zoo.training.compare import load_comparison
+
+    _recipes(tmp_path)
+    recipe = dict(evaluation=dict(dataset="digits"), overrides={"epochs": 2, "model_kwargs.tau": 0.2},
+                  entries=[dict(name="pact", train=str(tmp_path / "pact.yaml"),
+                                grid={"model_kwargs.tau": [0.05, 0.1], "seed": [0, 1]}),
+                           dict(name="static", train=str(tmp_path / "plain.yaml"),
+                                grid={"model": ["resnet8_cifar", "resnet14_cifar"]}),
+                           dict(name="plain", train=str(tmp_path / "plain.yaml"), overrides={"lr": 0.1})])
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(recipe))
+    comparison = load_comparison(str(tmp_path / "grid.yaml"), str(tmp_path / "out"))
+    by_name = {e.name: e for e in comparison.entries}
+    assert list(by_name) == ["pact-tau0.05-seed0", "pact-tau0.05-seed1", "pact-tau0.1-seed0", "pact-tau0.1-seed1",
+                             "static-resnet8_cifar", "static-resnet14_cifar", "plain"]
+    assert by_name["static-resnet14_cifar"].overrides["model"] == "resnet14_cifar"
+    assert by_name["static-resnet14_cifar"].group == "static-resnet14_cifar"  # no seed grid: a group of one
+    entry = by_name["pact-tau0.1-seed1"]
+    assert entry.group == "pact-tau0.1" and entry.seed == 1 and entry.run_dir == tmp_path / "out" / entry.name
+    # the dotted key set tau and kept the recipe file's other model_kwargs; the recipe-wide epochs reached every entry
+    assert entry.overrides["model_kwargs"] == dict(SMALL, tau=0.1) and entry.overrides["epochs"] == 2
+    plain = by_name["plain"]
+    assert plain.group == "plain" and plain.overrides["lr"] == 0.1
+    assert plain.overrides["model_kwargs"] == dict(SMALL, tau=0.2)  # what the recipe-wide dotted key asked for
+
+
+def test_overrides_replace_fields_and_dotted_keys_set_one_key():
+    from pact_zoo.training.compare import apply_overrides
+
+    recipe = {"model_kwargs": {"tau": 0.1, "temperature": 0.5}, "lr": 0.1}
+    assert apply_overrides(recipe, {"model_kwargs": {"act_eps": 0.01}}, "r") == {"model_kwargs": {"act_eps": 0.01},
+                                                                                 "lr": 0.1}
+    assert apply_overrides(recipe, {"model_kwargs.tau": 0.3, "lr": 0.2}, "r") == {
+        "model_kwargs": {"tau": 0.3, "temperature": 0.5}, "lr": 0.2}
+    assert recipe["model_kwargs"]["tau"] == 0.1  # the recipe itself is left alone
+    with pytest.raises(ConfigError, match="one key of a mapping field"):
+        apply_overrides(recipe, {"lr.x": 1}, "r")
+    conversion = {"lr": 0.1, "phases": [{"name": "gates", "lr": 0.01}, {"name": "end_to_end", "acm_budget": 0.5}]}
+    changed = apply_overrides(conversion, {"phases.end_to_end.acm_budget": 0.25}, "r")
+    assert changed["phases"] == [{"name": "gates", "lr": 0.01}, {"name": "end_to_end", "acm_budget": 0.25}]
+    assert conversion["phases"][1]["acm_budget"] == 0.5
+    with pytest.raises(ConfigError, match="must name a phase of the conversion recipe .gates, end_to_end."):
+        apply_overrides(conversion, {"phases.halting.lr": 0.1}, "r")
+
+
+def test_seed_groups_average_the_same_point_over_seeds():
+    from pact_zoo.training.compare_report import format_seed_groups, seed_groups
+
+    def row(entry, group, point, accuracy, mflops):
+        return dict(entry=entry, group=group, point=point, accuracy=accuracy, mflops=mflops,
+                    flops_vs_baseline=mflops / 10)
+
+    rows = [row("a-seed0", "a", "pact @ 0.5", 0.8, 4.0), row("a-seed0", "a", "full_depth", 0.9, 10.0),
+            row("a-seed1", "a", "pact @ 0.5", 0.7, 6.0), row("a-seed1", "a", "full_depth", 0.9, 10.0),
+            row("a-seed1", "a", "pact @ 0.3", 0.6, 3.0),  # one seed only: no mean
+            row("b", "b", "full_depth", 0.5, 10.0)]       # alone in its group: no mean
+    groups = seed_groups(rows, {"a-seed0": 0, "a-seed1": 1, "b": 0})
+    assert [(g["group"], g["point"]) for g in groups] == [("a", "pact @ 0.5"), ("a", "full_depth")]
+    first = groups[0]
+    assert first["seeds"] == [0, 1] and first["accuracy_mean"] == pytest.approx(0.75)
+    assert first["accuracy_std"] == pytest.approx(0.0707107, rel=1e-5)  # sample standard deviation
+    assert first["mflops_mean"] == pytest.approx(5.0) and first["flops_vs_baseline_std"] == pytest.approx(0.1414214)
+    assert groups[1]["accuracy_std"] == 0.0
+    assert "| a | pact @ 0.5 | 2 | 75.00 ± 7.07 | 5.00 ± 1.41 | 0.500 ± 0.141 |" in format_seed_groups(groups, "b")
+
+
+def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
+    """A seed grid over one recipe plus thresholds calibrated to a FLOPs budget: rows per seed, a mean over the
+    seeds of every point (the budget's included), the training time of every trained entry."""
+    from pact_zoo.training.compare import compare, load_comparison
+
+    _recipes(tmp_path)
+    recipe = dict(evaluation=dict(dataset="digits", max_eval_samples=40, eval_batch_size=40), thresholds=[0.5],
+                  baseline="plain", calibration_samples=32,
+                  entries=[dict(name="plain", train=str(tmp_path / "plain.yaml")),
+                           dict(name="pact", train=str(tmp_path / "pact.yaml"), grid={"seed": [0, 1]},
+                                budgets=[0.6], truncations="every_depth")])
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(recipe))
+    summary = compare(load_comparison(str(tmp_path / "grid.yaml"), str(tmp_path / "out")))
+    saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert saved["seed_groups"] == json.loads(json.dumps(summary["seed_groups"]))
+    rows = saved["rows"]
+    for seed in (0, 1):
+        name = f"pact-seed{seed}"
+        assert json.loads((tmp_path / "out" / name / "train_config.json").read_text())["seed"] == seed
+        (calibration,) = saved["entries"][name]["budgets"]
+        budget_rows = [r for r in rows if r["entry"] == name and r["budget"] == 0.6]
+        assert [r["threshold"] for r in budget_rows] == [calibration["threshold"]]
+        assert saved["entries"][name]["training_time"]["epochs"] == 1
+        by_rule = {r["rule"]: r for r in rows if r["entry"] == name and r["budget"] is None}
+        assert by_rule["truncated 1/1/1"]["mean_units"] == [1.0, 1.0, 1.0]
+        assert by_rule["truncated 1/1/1"]["mflops"] < by_rule["truncated 2/2/2"]["mflops"]
+        for key in ("accuracy", "mflops", "mean_units"):  # every unit and no head: the full-depth network
+            assert by_rule["truncated 2/2/2"][key] == pytest.approx(by_rule["full_depth"][key])
+    means = {g["point"]: g for g in saved["seed_groups"] if g["group"] == "pact"}
+    assert {"pact @ budget 0.6", "pact @ 0.5", "full_depth", "truncated 1/1/1"} <= set(means)
+    both = [r["accuracy"] for r in rows if r["group"] == "pact" and r["point"] == "full_depth"]
+    assert len(both) == 2 and means["full_depth"]["accuracy_mean"] == pytest.approx(sum(both) / 2)
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "(budget 0.6)" in table and "Mean ± standard deviation over seeds" in table
+    assert "| plain | 1 |" in table  # the training-time table
+
+
+def test_the_shipped_comparison_recipes_are_found():
+    assert {"hub_configs/methods.compare/compare.yaml", "hub_configs/methods.compare/learning_quality.yaml",
+            "hub_configs/acm_vit.fashion_mnist/compare.yaml"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("recipe", SHIPPED)
+def test_shipped_comparison_recipes_load(recipe, monkeypatch, capsys):
+    """Every entry of a shipped comparison resolves to a valid training config of a registered model whose halting
+    knobs the method takes (nothing trains)."""
+    from pact_zoo.training.compare import load_comparison
+    from pact_zoo.training.config import load_config
+
+    monkeypatch.chdir(REPO)  # recipes name their files relative to the repository
+    comparison = load_comparison(recipe)
+    for entry in comparison.entries:
+        if entry.kind == "train":
+            config = load_config(entry.path, entry.overrides)
+            assert config.model in pact_zoo.list_models(), (entry.name, config.model)
+            timm.create_model(config.model, **config.model_kwargs)
+    from pact_zoo.cli import main
+
+    assert main(["compare", "--config", recipe, "--dry-run"]) == 0  # lists the entries, runs nothing
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in listed] == [entry.name for entry in comparison.entries]
+
+
+def test_entries_flag_selects_entries_and_keeps_the_baseline(monkeypatch, capsys):
+    from pact_zoo.cli import main
+
+    monkeypatch.chdir(REPO)
+    recipe = "hub_configs/methods.compare/compare.yaml"
+    assert main(["compare", "--config", recipe, "--entries", "act,pact-tau0.1", "--dry-run"]) == 0
+    listed = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == ["pact-tau0.1", "act-tau0.01", "act-tau0.1", "plain"]  # recipe order, the baseline included
+    assert main(["compare", "--config", recipe, "--entries", "pact-tau0.2", "--dry-run"]) == 2
+    assert "--entries: no entry named pact-tau0.2" in capsys.readouterr().err

@@ -295,20 +295,3 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
         os.umask(previous)
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
-
-
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "hub_configs" / "methods.compare").glob("*.yaml")
-                                          if "results" not in p.name))
-def test_comparison_recipes_load(recipe):
-    """Every run of an experiment recipe resolves to a valid training config of a registered model."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_methods", REPO / "scripts" / "compare_methods.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
-    runs = compare.expand_runs(compare.load_recipe(str(REPO / "hub_configs" / "methods.compare" / recipe)))
-    assert runs
-    for run in runs:
-        config = load_config(str(REPO / run["base_config"]) if run["base_config"] else None, run["overrides"])
-        assert config.model in pact_zoo.list_models()
-        timm.create_model(config.model, **config.model_kwargs)  # the halting knobs are valid for the method

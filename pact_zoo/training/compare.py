@@ -3,51 +3,96 @@
 A comparison recipe names its ``entries``; each is trained (``train:`` a training recipe), converted (``convert:`` a
 conversion recipe) or taken as it is (``model_dir:`` a model folder), then evaluated on the ``evaluation`` split with
 what ``pact-zoo evaluate`` does: every threshold in the entry's ``thresholds`` (or the recipe's), the model's own
-rule and full depth. Every run lives in ``<output_dir>/<entry name>``; an entry whose run is finished is not run
-again, so an interrupted comparison continues where it stopped (``--overwrite`` reruns everything).
+rule (and its sampled stops, for a stochastic method) and full depth. Every run lives in
+``<output_dir>/<entry name>``; an entry whose run is finished is not run again, so an interrupted comparison
+continues where it stopped (``--overwrite`` reruns everything).
 
     output_dir: out/compare/acm_vit.fashion_mnist
     evaluation: {dataset: parquet:data/fashion_mnist, eval_split: test, eval_batch_size: 500}
     thresholds: [0.3, 0.5, 0.7]
     baseline: source                         # FLOPs in the table are also given relative to its full depth
+    overrides: {epochs: 2}                   # every train / convert entry's recipe (an entry's own overrides win)
     entries:
       - {name: source, train: hub_configs/acm_vit.fashion_mnist/source.yaml}
       - {name: acm, convert: hub_configs/acm_vit.fashion_mnist/convert.yaml, overrides: {source: ...}}
+      - name: pact                           # expands to pact-tau0.03-seed0, pact-tau0.03-seed1, ...
+        train: hub_configs/pact_resnet32.fashion_mnist/train.yaml
+        grid: {model_kwargs.tau: [0.03, 0.1], seed: [0, 1, 2]}
+        budgets: [0.4, 0.6, 0.8]             # also thresholds calibrated to these FLOPs ratios
+        truncations: every_depth             # and the same weights as static networks of 1, 2, ... units per stage
+
+Overrides: a key replaces the recipe's field (a mapping too: ``model_kwargs: {act_eps: 0.01}`` is the whole of
+``model_kwargs``); a dotted key ``model_kwargs.tau`` sets one key of a mapping field and keeps the others, and
+``phases.end_to_end.acm_budget`` one field of one phase of a conversion recipe.
+
+``grid``: every combination of the listed values (dotted keys as in overrides) becomes an entry named
+``<name>-<key><value>...`` (the key's last part and a number: ``pact-tau0.1-seed2``; a text value alone:
+``static-resnet8_cifar`` for ``grid: {model: [resnet8_cifar, ...]}``). Entries that differ only by ``seed`` form
+a group, and the table adds the mean and standard deviation over the group's seeds of every point.
+
+``truncations``: the model is also evaluated as static networks made of each stage's first units, with the same
+weights: ``[[1, 1, 1], [2, 2, 2]]`` (units per stage), or ``every_depth`` (1, 2, ... units in every stage).
+
+``budgets``: before the evaluation, :func:`~pact_zoo.calibrate_threshold` finds the threshold of each target FLOPs
+ratio on the first ``calibration_samples`` (recipe key; default 500, ``DEFAULT_CALIBRATION_SAMPLES``) training samples,
+without augmentation (never the evaluation split); those thresholds are evaluated as well and named by their budget.
 
 Writes ``comparison.json`` (every point), ``comparison.md`` (accuracy with its binomial standard error, measured
-MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input) and ``comparison.png``
-(accuracy against measured FLOPs, one curve per entry) into ``output_dir``, atomically.
+MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input; the seed groups; the training time
+per epoch of each trained entry) and ``comparison.png`` (accuracy against measured FLOPs, one curve per entry) into
+``output_dir``, atomically.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..cli import ArgumentParser
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
+from .compare_report import (TRUNCATED_RULE, comparison_figure, comparison_rows, format_rows, format_seed_groups,
+                             format_training_time, seed_groups, training_time)
 from .config import ConfigError, load_config, read_yaml_mapping
-from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation, standard_error
+from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
 from .io import check_model_folder, folder_model_name, load_model_folder
 from .run_dir import MODEL_DIR
 
-__all__ = ["ComparisonEntry", "load_comparison", "compare", "main"]
+__all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "select_entries",
+           "describe", "compare", "main"]
 
 RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "comparison.png"
 #: how an entry gets its model
 SOURCES = ("train", "convert", "model_dir")
-RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "entries"}
-ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds"}
+RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries"}
+ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations"}
+#: ``truncations:`` value for every uniform depth d = 1, 2, ... (each stage runs min(d, its units))
+EVERY_DEPTH = "every_depth"
+#: training samples that calibrate an entry's thresholds to its budgets, unless the recipe says
+DEFAULT_CALIBRATION_SAMPLES = 500
+#: the grid key whose values make a seed group
+SEED_KEY = "seed"
+#: a conversion recipe's list of phases (``phases.<phase>.<field>`` sets one field of one phase)
+PHASES_KEY = "phases"
+#: entry names: also folder names
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 
 
 class ComparisonEntry:
-    """One model of a comparison: how it is made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides,
-    the thresholds it is evaluated at, and its run folder."""
+    """One model of a comparison: how it is made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides
+    (resolved: no dotted keys), the thresholds it is evaluated at, the FLOPs budgets its threshold is calibrated
+    to, its run folder, its seed group (the entry itself unless a grid over ``seed`` made it), its static
+    truncations (lists of units per stage, or :data:`EVERY_DEPTH`) and ``recipe_name``, the name in the recipe
+    (that a grid expanded)."""
 
     def __init__(self, name: str, kind: str, path: str, overrides: Dict[str, Any], thresholds: List[float],
-                 run_dir: Path) -> None:
-        self.name, self.kind, self.path = name, kind, path
+                 run_dir: Path, budgets: Optional[List[float]] = None, group: Optional[str] = None,
+                 seed: Any = None, truncations: Any = None, recipe_name: Optional[str] = None) -> None:
+        self.name, self.kind, self.path, self.recipe_name = name, kind, path, recipe_name or name
         self.overrides, self.thresholds, self.run_dir = overrides, thresholds, run_dir
+        self.budgets, self.group, self.seed = budgets or [], group or name, seed
+        self.truncations = truncations or []
 
     @property
     def eval_dir(self) -> Path:
@@ -61,9 +106,9 @@ class ComparisonEntry:
             return self.run_dir / MODEL_DIR
         from .convert import load_conversion
 
-        return load_conversion(self.path, self._conversion_overrides()).model_dir
+        return load_conversion(self.path, self._run_overrides()).model_dir
 
-    def _conversion_overrides(self) -> Dict[str, Any]:
+    def _run_overrides(self) -> Dict[str, Any]:
         return {**self.overrides, "output_dir": str(self.run_dir)}
 
     def make(self, overwrite: bool = False) -> None:
@@ -73,29 +118,148 @@ class ComparisonEntry:
         elif self.kind == "train":
             from .loop import train
 
-            config = load_config(self.path, {**self.overrides, "output_dir": str(self.run_dir)}, merge=True)
-            train(config, resume=not overwrite and self.run_dir.is_dir(), overwrite=overwrite)
+            train(load_config(self.path, self._run_overrides()), resume=not overwrite and self.run_dir.is_dir(),
+                  overwrite=overwrite)
         else:
             from .convert import convert, load_conversion
 
-            convert(load_conversion(self.path, self._conversion_overrides()),
+            convert(load_conversion(self.path, self._run_overrides()),
                     resume=not overwrite and self.run_dir.is_dir(), overwrite=overwrite)
 
 
 class Comparison:
+    """A loaded comparison recipe: its entries (grids expanded), the evaluation split, the baseline entry, the
+    results folder and the number of training samples that calibrate budgets."""
+
     def __init__(self, entries: List[ComparisonEntry], evaluation: Dict[str, Any], baseline: Optional[str],
-                 output_dir: Path) -> None:
+                 output_dir: Path, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> None:
         self.entries, self.evaluation, self.baseline, self.output_dir = entries, evaluation, baseline, output_dir
+        self.calibration_samples = calibration_samples
 
 
-def _check_thresholds(where: str, values: Any) -> List[float]:
-    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in values):
-        raise ConfigError(f"{where}: thresholds must be a list of numbers in (0, 1], got {values!r}")
+def _check_fractions(where: str, key: str, values: Any) -> List[float]:
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and 0 < v <= 1 for v in values):
+        raise ConfigError(f"{where}: {key} must be a list of numbers in (0, 1], got {values!r}")
     return [float(v) for v in values]
 
 
+def apply_overrides(recipe: Dict[str, Any], overrides: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """``recipe``'s fields after ``overrides`` (the recipe file's mapping; returns a new one): a key replaces the
+    field, a dotted key ``field.key`` sets one key of a mapping field (of the overrides so far, else of ``recipe``)."""
+    result = dict(recipe)
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: override keys must be field names, got {key!r}")
+        if "." not in key:
+            result[key] = value
+            continue
+        field, sub = key.split(".", 1)
+        if field == PHASES_KEY:
+            result[field] = _set_phase_field(result.get(field), sub, value, f"{where}: override {key!r}")
+            continue
+        mapping = result.get(field) or {}
+        if not isinstance(mapping, dict) or not sub or "." in sub:
+            raise ConfigError(f"{where}: a dotted override names one key of a mapping field (model_kwargs.tau) or "
+                              f"a field of a conversion phase (phases.end_to_end.acm_budget), got {key!r}")
+        result[field] = {**mapping, sub: value}
+    return result
+
+
+def _set_phase_field(phases: Any, sub: str, value: Any, where: str) -> List[Dict[str, Any]]:
+    """A conversion recipe's ``phases`` with field ``sub = "<phase name>.<field>"`` of the named phase set."""
+    name, _, field = sub.partition(".")
+    names = [phase.get("name") for phase in phases] if isinstance(phases, list) else []
+    if not field or "." in field or name not in names:
+        raise ConfigError(f"{where}: phases.<phase>.<field> must name a phase of the conversion recipe "
+                          f"({', '.join(map(str, names)) or 'none'}) and one field")
+    return [{**phase, field: value} if phase.get("name") == name else phase for phase in phases]
+
+
+def _value_tag(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _tags(grid_values: Dict[str, Any]) -> List[str]:
+    """A text value names itself (``resnet8_cifar``), a number its key too (``tau0.1``, ``seed2``)."""
+    return [v if isinstance(v, str) else f"{key.rsplit('.', 1)[-1]}{_value_tag(v)}" for key, v in grid_values.items()]
+
+
+def expand_grid(name: str, grid: Any, where: str) -> List[tuple[str, Dict[str, Any], Optional[str]]]:
+    """``(entry name, overrides, seed group)`` for every combination of ``grid``'s values, in the grid's order
+    (the last key varies fastest): ``pact`` with ``{model_kwargs.tau: [0.03, 0.1], seed: [0, 1]}`` gives
+    ``pact-tau0.03-seed0`` and ``pact-tau0.03-seed1`` (group ``pact-tau0.03``), then ``pact-tau0.1-seed0`` and
+    ``pact-tau0.1-seed1`` (group ``pact-tau0.1``). The group is None unless the grid has two seeds or more."""
+    if not isinstance(grid, dict) or not grid or not all(
+            isinstance(k, str) and isinstance(v, list) and v and all(isinstance(x, (str, int, float)) for x in v)
+            for k, v in grid.items()):
+        raise ConfigError(f"{where}: grid must map recipe fields to non-empty lists of values, e.g. "
+                          f"{{model_kwargs.tau: [0.03, 0.1], seed: [0, 1, 2]}}; got {grid!r}")
+    seeded = len(grid.get(SEED_KEY, [])) > 1
+    combinations = []
+    for values in itertools.product(*grid.values()):
+        chosen = dict(zip(grid, values))
+        group = "-".join([name] + _tags({k: v for k, v in chosen.items() if k != SEED_KEY})) if seeded else None
+        entry_name = "-".join([name] + _tags(chosen))
+        if not NAME_PATTERN.fullmatch(entry_name):
+            raise ConfigError(f"{where}: grid values become the entry's folder name; {entry_name!r} has characters "
+                              f"other than letters, digits and _ . = + -")
+        combinations.append((entry_name, chosen, group))
+    return combinations
+
+
+def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thresholds: List[float],
+             out: Path) -> List[ComparisonEntry]:
+    """The entries one item of the recipe's ``entries`` stands for (several with a ``grid``), checked."""
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{path}: every entry needs a name of letters, digits and _ . = + - (a folder name), "
+                          f"got {name!r}")
+    where = f"{path}: entry {name!r}"
+    unknown = sorted(set(raw) - ENTRY_KEYS)
+    kinds = [kind for kind in SOURCES if kind in raw]
+    if unknown or len(kinds) != 1:
+        raise ConfigError(f"{where} needs exactly one of {', '.join(SOURCES)} (plus name, overrides, grid, "
+                          f"thresholds, budgets, truncations); got keys {sorted(raw)}")
+    kind, source = kinds[0], raw[kinds[0]]
+    if not isinstance(source, str) or (kind != "model_dir" and not Path(source).is_file()):
+        raise ConfigError(f"{where}: {kind} must name an existing "
+                          f"{'folder' if kind == 'model_dir' else 'recipe file'}, got {source!r}")
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict) or (kind == "model_dir" and (overrides or "grid" in raw)):
+        raise ConfigError(f"{where}: overrides and grid are mappings of recipe fields (not for model_dir entries), "
+                          f"got overrides {overrides!r}, grid {raw.get('grid')!r}")
+    thresholds = _check_fractions(where, "thresholds", raw.get("thresholds", default_thresholds))
+    budgets = _check_fractions(where, "budgets", raw.get("budgets", []))
+    truncations = raw.get("truncations", [])
+    if truncations != EVERY_DEPTH and not (isinstance(truncations, list) and all(
+            isinstance(t, list) and t and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in t)
+            for t in truncations)):
+        raise ConfigError(f"{where}: truncations must be {EVERY_DEPTH} or a list of units per stage such as "
+                          f"[[1, 1, 1], [2, 2, 2]], got {truncations!r}")
+    variants = expand_grid(name, raw["grid"], where) if "grid" in raw else [(name, {}, None)]
+    file_fields = read_yaml_mapping(source) if kind != "model_dir" else {}
+    entries = []
+    for entry_name, grid_values, group in variants:
+        resolved = file_fields
+        for layer in (common if kind != "model_dir" else {}, overrides, grid_values):
+            resolved = apply_overrides(resolved, layer, f"{path}: entry {entry_name!r}")
+        changed = {key: value for key, value in resolved.items() if key not in file_fields
+                   or file_fields[key] != value}
+        if kind == "train":  # a bad field fails now, not after the entries before it ran
+            load_config(source, {**changed, "output_dir": str(out / entry_name)})
+        elif kind == "convert":
+            from .convert import load_conversion
+
+            load_conversion(source, {**changed, "output_dir": str(out / entry_name)})
+        entries.append(ComparisonEntry(entry_name, kind, source, changed, thresholds, out / entry_name, budgets,
+                                       group, resolved.get(SEED_KEY), truncations, name))
+    return entries
+
+
 def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
-    """Read and check a comparison recipe (every entry's recipe file must exist; nothing runs)."""
+    """Read and check a comparison recipe: grids expanded, every train entry's config resolved, every recipe file
+    present (nothing runs)."""
     recipe = read_yaml_mapping(path)
     unknown = sorted(set(recipe) - RECIPE_KEYS)
     if unknown:
@@ -104,132 +268,126 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     evaluation = recipe.get("evaluation") or {}
     if not isinstance(evaluation, dict) or set(evaluation) - set(EVALUATE_FIELDS) or "dataset" not in evaluation:
         raise ConfigError(f"{path}: evaluation must be a mapping with a dataset and any of "
-                          f"{', '.join(EVALUATE_FIELDS)}: the one split every entry is evaluated on; got {evaluation!r}")
-    default_thresholds = _check_thresholds(path, recipe.get("thresholds", [0.5]))
+                          f"{', '.join(EVALUATE_FIELDS)}: the one split every entry is evaluated on; "
+                          f"got {evaluation!r}")
+    default_thresholds = _check_fractions(path, "thresholds", recipe.get("thresholds", [0.5]))
+    common = recipe.get("overrides") or {}
+    if not isinstance(common, dict):
+        raise ConfigError(f"{path}: overrides must be a mapping of recipe fields for every train / convert entry, "
+                          f"got {common!r}")
+    samples = recipe.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ConfigError(f"{path}: calibration_samples must be a positive integer, got {samples!r}")
     raw_entries = recipe.get("entries")
     if not isinstance(raw_entries, list) or not raw_entries or not all(isinstance(e, dict) for e in raw_entries):
         raise ConfigError(f"{path}: entries must be a non-empty list of mappings, each with a name and one of "
                           f"{', '.join(SOURCES)}")
-    entries, names = [], set()
-    for raw in raw_entries:
-        name = raw.get("name")
-        if not isinstance(name, str) or not name.isidentifier() or name in names:
-            raise ConfigError(f"{path}: every entry needs a distinct identifier-like name, got {name!r}")
-        names.add(name)
-        unknown = sorted(set(raw) - ENTRY_KEYS)
-        kinds = [kind for kind in SOURCES if kind in raw]
-        if unknown or len(kinds) != 1:
-            raise ConfigError(f"{path}: entry {name!r} needs exactly one of {', '.join(SOURCES)} (plus name, "
-                              f"overrides, thresholds); got keys {sorted(raw)}")
-        source = raw[kinds[0]]
-        if not isinstance(source, str) or (kinds[0] != "model_dir" and not Path(source).is_file()):
-            raise ConfigError(f"{path}: entry {name!r}: {kinds[0]} must name an existing "
-                              f"{'folder' if kinds[0] == 'model_dir' else 'recipe file'}, got {source!r}")
-        overrides = raw.get("overrides") or {}
-        if not isinstance(overrides, dict) or (overrides and kinds[0] == "model_dir"):
-            raise ConfigError(f"{path}: entry {name!r}: overrides must be a mapping of recipe fields (not for "
-                              f"model_dir entries), got {overrides!r}")
-        thresholds = _check_thresholds(f"{path}: entry {name!r}", raw.get("thresholds", default_thresholds))
-        entries.append(ComparisonEntry(name, kinds[0], source, overrides, thresholds, out / name))
+    entries = [entry for raw in raw_entries for entry in _entries(path, raw, common, default_thresholds, out)]
+    names = [entry.name for entry in entries]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: entry names must be distinct (grids included), got {', '.join(repeated)} twice")
     baseline = recipe.get("baseline")
     if baseline is not None and baseline not in names:
-        raise ConfigError(f"{path}: baseline must name an entry ({', '.join(sorted(names))}), got {baseline!r}")
-    return Comparison(entries, evaluation, baseline, out)
+        raise ConfigError(f"{path}: baseline must name an entry ({', '.join(names)}), got {baseline!r}")
+    return Comparison(entries, evaluation, baseline, out, samples)
 
 
-def _evaluate(entry: ComparisonEntry, model_dir: Path, evaluation: Dict[str, Any]) -> Dict[str, Any]:
-    model = load_model_folder(model_dir)
-    config = load_config(None, {**evaluation, "model": folder_model_name(model_dir)})
-    return run_evaluation(model, config, entry.eval_dir, entry.thresholds)
+def _evaluation_config(evaluation: Dict[str, Any], model_dir: Path, extra: Optional[Dict[str, Any]] = None):
+    return load_config(None, {**evaluation, "model": folder_model_name(model_dir), **(extra or {})})
 
 
-def comparison_rows(results: Dict[str, Dict[str, Any]], baseline: Optional[str]) -> List[Dict[str, Any]]:
-    """One row per entry and evaluated point (thresholds, own rule, full depth) with accuracy, its standard error,
-    MFLOPs per sample, FLOPs relative to the baseline's full depth (or the entry's own) and the depth spread."""
-    reference = results[baseline]["full_depth"]["mean_flops"] if baseline else None
-    rows = []
-    for name, result in results.items():
-        points = [p for p in result["points"] if not p["rule"].endswith(":sampled")] + [result["full_depth"]]
-        own = result.get("default")
-        for point in points:
-            base = reference or result["full_depth"]["mean_flops"]
-            is_own = own is not None and point["rule"] == own["rule"] and point["threshold"] == own["threshold"]
-            rows.append({
-                "entry": name, "rule": point["rule"], "threshold": point["threshold"],
-                "accuracy": point["accuracy"], "stderr": standard_error(point["accuracy"], point["num_samples"]),
-                "num_samples": point["num_samples"], "mflops": point["mean_flops"] / 1e6,
-                "flops_vs_baseline": point["mean_flops"] / base if base else None,
-                "mean_units": point["mean_units"],
-                "depth_away_from_mode": result.get("depth_spread", {}).get("away_from_mode") if is_own else None,
-            })
-    return rows
+def calibrate_budgets(model_dir: Path, evaluation: Dict[str, Any], budgets: Sequence[float],
+                      samples: int) -> List[Dict[str, float]]:
+    """For each target FLOPs ratio in ``budgets``, the threshold :func:`~pact_zoo.calibrate_threshold` finds on the
+    first ``samples`` training samples of the evaluation's dataset, unaugmented: ``{target, threshold,
+    calibration_flops_ratio}``."""
+    from torch.utils.data import DataLoader, Subset
+
+    from ..halting import calibrate_threshold
+    from .tasks import build_task
+
+    model = load_model_folder(model_dir).eval()
+    config = _evaluation_config(evaluation, model_dir, {"augment": "none", "max_train_samples": samples})
+    data = build_task(config).load_data(model)
+    loader = DataLoader(Subset(data.train, range(min(samples, len(data.train)))), batch_size=config.eval_batch_size,
+                        collate_fn=data.collate_fn)
+    calibrations = []
+    for target in budgets:
+        threshold, ratio = calibrate_threshold(model, loader, target)
+        calibrations.append({"target": target, "threshold": threshold, "calibration_flops_ratio": ratio})
+        print(f"   budget {target:g}: threshold {threshold:.4g} (FLOPs ratio {ratio:.3f} on {len(loader.dataset)} "
+              f"training samples)", flush=True)
+    return calibrations
 
 
-def format_rows(rows: List[Dict[str, Any]], baseline: Optional[str]) -> str:
-    """The comparison as a markdown table."""
-    relative = f"FLOPs vs {baseline}" if baseline else "FLOPs vs own full depth"
-    lines = [f"| entry | rule | threshold | accuracy (%) | MFLOPs / sample | {relative} | units per stage | "
-             f"inputs off the modal depth |", "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        threshold = "-" if row["threshold"] is None else f"{row['threshold']:g}"
-        away = "-" if row["depth_away_from_mode"] is None else \
-            " / ".join(f"{a:.2f}" for a in row["depth_away_from_mode"])
-        units = " / ".join(f"{u:.2f}" for u in row["mean_units"]) or "-"
-        lines.append(f"| {row['entry']} | {row['rule']} | {threshold} | {100 * row['accuracy']:.2f} ± "
-                     f"{100 * row['stderr']:.2f} | {row['mflops']:.2f} | {row['flops_vs_baseline']:.3f} | {units} | "
-                     f"{away} |")
-    return "\n".join(lines) + "\n"
+def evaluate_truncations(model_dir: Path, evaluation: Dict[str, Any], truncations: Any) -> List[Dict[str, Any]]:
+    """The model as static networks: for each truncation (units per stage; :data:`EVERY_DEPTH`: d = 1, 2, ... units
+    in every stage, at most its own), the evaluation split run through exactly those units and no halting head
+    (:func:`~pact_zoo.truncated_depth`). Points as in ``tradeoff.json``, rule ``truncated <units>``."""
+    from torch.utils.data import DataLoader
 
+    from ..halting import adaptive_stages, truncated_depth
+    from .loop import evaluate_model
+    from .tasks import build_task
 
-def comparison_figure(rows: List[Dict[str, Any]], title: str):
-    """Accuracy against measured MFLOPs per sample: one curve per entry (its thresholds), its full depth as a
-    star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for name in dict.fromkeys(row["entry"] for row in rows):
-        mine = [r for r in rows if r["entry"] == name]
-        curve = sorted((r for r in mine if r["rule"] != "full_depth"), key=lambda r: r["mflops"])
-        line = None
-        if curve:
-            (line,) = ax.plot([r["mflops"] for r in curve], [100 * r["accuracy"] for r in curve], "o-",
-                              label=f"{name} ({curve[0]['rule']})")
-        full = next(r for r in mine if r["rule"] == "full_depth")
-        ax.plot([full["mflops"]], [100 * full["accuracy"]], "*", markersize=11,
-                color=line.get_color() if line is not None else None,
-                label=f"{name} full depth" if line is not None else name)
-    ax.set_xlabel("measured MFLOPs per sample")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    model = load_model_folder(model_dir).eval()
+    config = _evaluation_config(evaluation, model_dir)
+    task = build_task(config)
+    data = task.load_data(model)
+    loader = DataLoader(data.eval, batch_size=config.eval_batch_size, collate_fn=data.collate_fn,
+                        num_workers=config.num_workers)
+    units = [stage.num_units for _, stage in adaptive_stages(model)]
+    if not units:
+        raise ConfigError(f"truncations need a model with adaptive stages; {model_dir} has none (a plain network "
+                          f"is its own static baseline: leave truncations out)")
+    if truncations == EVERY_DEPTH:
+        truncations = [[min(d, u) for u in units] for d in range(1, max(units, default=0) + 1)]
+    points = []
+    for depths in truncations:
+        with truncated_depth(model, list(depths)):
+            point = evaluate_model(model, loader, task)
+        points.append(dict(point, threshold=None, rule=TRUNCATED_RULE + " " + "/".join(map(str, depths))))
+    return points
 
 
 def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
-    """Make and evaluate every entry, then write the JSON, the table and the plot; returns the JSON's content."""
-    results, model_dirs = {}, {}
+    """Make and evaluate every entry, then write the JSON, the tables and the plot; returns the JSON's content."""
+    results, model_dirs, budgets = {}, {}, {}
     for entry in comparison.entries:
         print(f"== {entry.name}: {entry.kind} {entry.path}", flush=True)
         entry.make(overwrite)
-        model_dirs[entry.name] = entry.model_dir()
-        results[entry.name] = _evaluate(entry, model_dirs[entry.name], comparison.evaluation)
-    rows = comparison_rows(results, comparison.baseline)
+        model_dir = model_dirs[entry.name] = entry.model_dir()
+        budgets[entry.name] = calibrate_budgets(model_dir, comparison.evaluation, entry.budgets,
+                                                comparison.calibration_samples) if entry.budgets else []
+        thresholds = entry.thresholds + [c["threshold"] for c in budgets[entry.name]]
+        results[entry.name] = run_evaluation(load_model_folder(model_dir),
+                                             _evaluation_config(comparison.evaluation, model_dir), entry.eval_dir,
+                                             thresholds)
+        if entry.truncations:
+            results[entry.name]["points"] += evaluate_truncations(model_dir, comparison.evaluation,
+                                                                  entry.truncations)
+    rows = comparison_rows(results, comparison.baseline, {e.name: e.group for e in comparison.entries}, budgets)
+    groups = seed_groups(rows, {e.name: e.seed for e in comparison.entries})
+    times = {e.name: training_time(e.run_dir) if e.kind == "train" else None for e in comparison.entries}
     summary = {"evaluation": comparison.evaluation, "baseline": comparison.baseline,
-               "entries": {e.name: {"kind": e.kind, "path": e.path, "overrides": e.overrides,
-                                    "model_dir": str(model_dirs[e.name]), "tradeoff": str(e.eval_dir / TRADEOFF_JSON)}
+               "entries": {e.name: {"kind": e.kind, "path": e.path, "overrides": e.overrides, "group": e.group,
+                                    "seed": e.seed, "model_dir": str(model_dirs[e.name]),
+                                    "tradeoff": str(e.eval_dir / TRADEOFF_JSON), "budgets": budgets[e.name],
+                                    "training_time": times[e.name]}
                            for e in comparison.entries},
-               "rows": rows}
+               "rows": rows, "seed_groups": groups}
     out = comparison.output_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RESULT_JSON, summary)
-    table = format_rows(rows, comparison.baseline)
+    sections = [format_rows(rows, comparison.baseline)]
+    if groups:
+        sections.append("Mean ± standard deviation over seeds:\n\n" + format_seed_groups(groups, comparison.baseline))
+    if any(times.values()):
+        sections.append("Training time (the training loop only, no evaluation):\n\n" + format_training_time(times))
+    table = "\n".join(sections)
     atomic_write_text(out / RESULT_TABLE, table)
-    figure = comparison_figure(rows, f"{', '.join(results)} on {comparison.evaluation.get('dataset', 'the eval split')}")
+    figure = comparison_figure(rows, f"{out.name}: {len(results)} entries on {comparison.evaluation['dataset']}")
     with atomic_path(out / RESULT_PLOT) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
     import matplotlib.pyplot as plt
@@ -240,16 +398,51 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     return summary
 
 
+def select_entries(comparison: Comparison, names: Sequence[str]) -> Comparison:
+    """The comparison restricted to the entries named (an entry's name, or the recipe name a grid expanded) and the
+    baseline; an unknown name raises."""
+    known = {e.name for e in comparison.entries} | {e.recipe_name for e in comparison.entries}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(f"--entries: no entry named {', '.join(unknown)}; the recipe's entries are "
+                          f"{', '.join(e.name for e in comparison.entries)}")
+    kept = [e for e in comparison.entries if {e.name, e.recipe_name} & set(names) or e.name == comparison.baseline]
+    return Comparison(kept, comparison.evaluation, comparison.baseline, comparison.output_dir,
+                      comparison.calibration_samples)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="pact-zoo compare", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="comparison recipe: entries, evaluation split, thresholds")
     parser.add_argument("--output-dir", help="folder of the entries' runs and the results (overrides the recipe's)")
     parser.add_argument("--overwrite", action="store_true", help="rerun every entry (default: finished runs are kept)")
+    parser.add_argument("--entries", help="comma-separated entries to run (names, or a grid's recipe name: all it "
+                                          "expands to); the baseline always runs. The results cover these only")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list every entry (grids expanded) with its recipe and overrides, and run nothing")
     return parser
+
+
+def describe(comparison: Comparison) -> str:
+    """One line per entry: name, how it is made, its overrides, thresholds and budgets."""
+    import yaml
+
+    lines = []
+    for e in comparison.entries:
+        flow = yaml.safe_dump(e.overrides, default_flow_style=True, width=10 ** 6).strip() if e.overrides else "{}"
+        lines.append(f"{e.name}: {e.kind} {e.path} overrides {flow} thresholds {e.thresholds}"
+                     + (f" budgets {e.budgets}" if e.budgets else "") + f" -> {e.run_dir}")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    compare(load_comparison(args.config, args.output_dir), overwrite=args.overwrite)
+    comparison = load_comparison(args.config, args.output_dir)
+    if args.entries:
+        comparison = select_entries(comparison, [name for name in args.entries.split(",") if name])
+    if args.dry_run:
+        print(describe(comparison))
+        return 0
+    compare(comparison, overwrite=args.overwrite)
     return 0
