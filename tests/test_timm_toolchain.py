@@ -183,6 +183,31 @@ def test_torch_compile_eval_runs_compiled_units_and_halts_per_row(name):
         pact_zoo.set_unit_compile(model, "eager")
 
 
+def test_compiled_units_stay_compiled_past_dynamos_recompile_limit():
+    """The units of a class share one code object, and dynamo keeps an entry per structure (stride, shortcut,
+    channels) and batch-size range: more than its default limit of 8 for a three-stage ResNet. Every unit call of
+    the compact loop still runs a compiled graph (none falls back to eager at the limit)."""
+    model = timm.create_model("pact_resnet32", num_classes=3, channels=(4, 8, 8)).eval()
+    synthesize_halting(model, seed=0, input_shape=(3, 8, 8), num_samples=16)
+    graph_calls = []
+
+    def counting_backend(graph_module, example_inputs):
+        def run(*args):
+            graph_calls.append(1)
+            return graph_module.forward(*args)
+        return run
+
+    pact_zoo.set_unit_compile(model, {"backend": counting_backend, "dynamic": True})
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        for rows in (16, 1, 5, 16, 2):
+            graph_calls.clear()
+            compiled(torch.randn(rows, 3, 8, 8))
+            units = pact_zoo.halting_report(model).units_executed
+            assert len(graph_calls) == int(units.max(0).values.sum())  # one compiled call per loop step
+
+
 def test_compiled_units_are_not_pickled():
     import copy
 

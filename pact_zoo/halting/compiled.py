@@ -16,10 +16,14 @@ from torch import nn
 
 from .compact import forward_compact
 
-__all__ = ["CompiledUnits", "DEFAULT_UNIT_COMPILE", "set_unit_compile"]
+__all__ = ["CompiledUnits", "DEFAULT_UNIT_COMPILE", "UNIT_RECOMPILE_LIMIT", "set_unit_compile"]
 
 #: ``torch.compile`` options of each unit (inductor, one graph for every sub-batch size)
 DEFAULT_UNIT_COMPILE: dict[str, Any] = {"dynamic": True}
+#: recompilations dynamo may make of one unit code object while the compact loop runs (its default is 8): the units of
+#: a class share their code, and each structure (stride, shortcut, channels) and batch-size range (a convolution
+#: guards on e.g. ``16 <= rows``) is an entry of its own; past the limit a unit would silently run uncompiled
+UNIT_RECOMPILE_LIMIT = 64
 #: key of the instance ``__dict__`` that holds the compiled units (dropped when the module is pickled or copied)
 _COMPILED_KEY = "_compiled_units"
 
@@ -49,8 +53,11 @@ class CompiledUnits:
     @torch.compiler.disable
     def _forward_compiled_units(self, x: torch.Tensor, context: Optional[torch.Tensor], mode: str) -> torch.Tensor:
         """The compact loop, run eagerly (``torch.compiler.disable``: a graph break in the caller's graph) over the
-        compiled units. ``x``: ``[B, ...]`` stage input; returns the ``[B, ...]`` stage output."""
-        return forward_compact(self, x, context, mode, units=self.compiled_units())
+        compiled units. ``x``: ``[B, ...]`` stage input; returns the ``[B, ...]`` stage output. Dynamo's recompile
+        limit is raised to :data:`UNIT_RECOMPILE_LIMIT` for the loop only."""
+        limit = max(UNIT_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return forward_compact(self, x, context, mode, units=self.compiled_units())
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
