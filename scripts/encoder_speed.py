@@ -37,7 +37,31 @@ from pact_zoo.fileio import atomic_write_json
 from pact_zoo.halting import FlopsTally, synthesize_halting
 from pact_zoo.hf import PactEncoderForSequenceClassification
 
-from encoder_experiment import _batches, _inputs, plain_hf_twin  # scripts/ (this file's folder) is on sys.path
+
+def _batches(rows, collate, batch_size: int) -> list:
+    """Tokenised rows in order, in padded batches of ``batch_size`` (each padded to its own longest row)."""
+    return [collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            for start in range(0, len(rows), batch_size)]
+
+
+def _inputs(batch: dict) -> dict:
+    """A batch without its labels: the model's keyword inputs."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def plain_hf_twin(model: PactEncoderForSequenceClassification):
+    """transformers' own BertForSequenceClassification holding the same weights (the reference plain model)."""
+    from transformers import BertForSequenceClassification
+
+    twin = BertForSequenceClassification(model.config.encoder.__class__(**dict(
+        model.config.encoder.to_dict(), num_labels=model.config.num_labels))).eval()
+    state = {("bert." + k[len("pact_encoder.backbone."):] if k.startswith("pact_encoder.backbone.") else k): v
+             for k, v in model.state_dict().items()}
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"model: not a BERT-layout PACT-Encoder (missing {missing}, unexpected {unexpected})")
+    return twin
+
 
 CONFIGS = ("trimmed", "untrimmed", "full_depth", "hf_bert")
 

@@ -77,6 +77,9 @@ def test_compare_trains_evaluates_and_tabulates(tmp_path, reset_accelerate, caps
     (dict(calibration_samples=0), "calibration_samples must be a positive integer"),
     (dict(overrides=[1]), "overrides must be a mapping"),
     (dict(entries=[dict(name="a", model_dir="m", truncations=[[0, 1]])]), "truncations must be every_depth or"),
+    (dict(timing={"batch_sizes": []}), "timing.batch_sizes must be a non-empty list"),
+    (dict(timing={"clock": "cycles"}), "timing.clock must be one of"),
+    (dict(timing={"batches": [1]}), "timing must be a mapping of any of"),
 ])
 def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
     from pact_zoo.training.compare import load_comparison
@@ -173,7 +176,8 @@ def test_seed_groups_average_the_same_point_over_seeds():
 
 def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
     """A seed grid over one recipe plus thresholds calibrated to a FLOPs budget: rows per seed, a mean over the
-    seeds of every point (the budget's included), the training time of every trained entry."""
+    seeds of every point (the budget's included), the training time of every trained entry, and the measured time
+    per sample of every entry (adaptive ones also at full depth)."""
     from pact_zoo.training.compare import compare, load_comparison
 
     _recipes(tmp_path)
@@ -181,7 +185,8 @@ def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
                   baseline="plain", calibration_samples=32,
                   entries=[dict(name="plain", train=str(tmp_path / "plain.yaml")),
                            dict(name="pact", train=str(tmp_path / "pact.yaml"), grid={"seed": [0, 1]},
-                                budgets=[0.6], truncations="every_depth")])
+                                budgets=[0.6], truncations="every_depth")],
+                  timing=dict(batch_sizes=[1, 8], samples=8, repeats=1, warmup=0))
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(recipe))
     summary = compare(load_comparison(str(tmp_path / "grid.yaml"), str(tmp_path / "out")))
     saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
@@ -206,6 +211,13 @@ def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert "(budget 0.6)" in table and "Mean ± standard deviation over seeds" in table
     assert "| plain | 1 |" in table  # the training-time table
+    timing = saved["timing"]
+    assert list(timing["batch_sizes"]) == ["1", "8"] and timing["samples"] == 8
+    for record in timing["batch_sizes"].values():
+        assert set(record["ms_per_sample"]) == {"plain", "pact-seed0", "pact-seed0 (full depth)", "pact-seed1",
+                                                "pact-seed1 (full depth)"}
+        assert all(ms > 0 for ms in record["ms_per_sample"].values())
+    assert "Measured time per sample" in table and "vs plain b=8" in table
 
 
 def test_the_shipped_comparison_recipes_are_found():
@@ -223,10 +235,20 @@ def test_shipped_comparison_recipes_load(recipe, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # recipes name their files relative to the repository
     comparison = load_comparison(recipe)
     for entry in comparison.entries:
-        if entry.kind == "train":
-            config = load_config(entry.path, entry.overrides)
-            assert config.model in pact_zoo.list_models(), (entry.name, config.model)
+        if entry.kind != "train":
+            continue
+        config = load_config(entry.path, entry.overrides)
+        if config.model in pact_zoo.list_models():
             timm.create_model(config.model, **config.model_kwargs)
+        else:  # a model a registered training task builds (text: a PACT-Encoder over a backbone folder)
+            from pact_zoo.halting import get_halting_method
+            from pact_zoo.training.tasks import TASKS
+
+            assert any(task.handles(config) for task in TASKS), (entry.name, config.model)
+            knobs = dict(config.model_kwargs)
+            method = knobs.pop("method", "pact")
+            knobs.pop("halting_bias_init", None)
+            assert set(knobs) <= set(get_halting_method(method).knobs), (entry.name, knobs)
     from pact_zoo.cli import main
 
     assert main(["compare", "--config", recipe, "--dry-run"]) == 0  # lists the entries, runs nothing

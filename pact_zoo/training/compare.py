@@ -37,9 +37,13 @@ weights: ``[[1, 1, 1], [2, 2, 2]]`` (units per stage), or ``every_depth`` (1, 2,
 ratio on the first ``calibration_samples`` (recipe key; default 500, ``DEFAULT_CALIBRATION_SAMPLES``) training samples,
 without augmentation (never the evaluation split); those thresholds are evaluated as well and named by their budget.
 
+``timing``: measured time per sample of every entry (at its own rule, an adaptive one also at full depth) on the
+first evaluation samples at each batch size, timed round robin (:mod:`~pact_zoo.training.compare_timing`):
+``timing: {batch_sizes: [1, 8, 64], samples: 64, repeats: 3, warmup: 1, clock: wall}``.
+
 Writes ``comparison.json`` (every point), ``comparison.md`` (accuracy with its binomial standard error, measured
 MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input; the seed groups; the training time
-per epoch of each trained entry) and ``comparison.png`` (accuracy against measured FLOPs, one curve per entry) into
+per epoch of each trained entry; the measured time per sample) and ``comparison.png`` (accuracy against measured FLOPs, one curve per entry) into
 ``output_dir``, atomically.
 """
 from __future__ import annotations
@@ -54,6 +58,7 @@ from ..cli import ArgumentParser
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
 from .compare_report import (TRUNCATED_RULE, comparison_figure, comparison_rows, format_rows, format_seed_groups,
                              format_training_time, seed_groups, training_time)
+from .compare_timing import format_timing, load_timing, time_entries
 from .config import ConfigError, load_config, read_yaml_mapping
 from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
 from .io import check_model_folder, folder_model_name, load_model_folder
@@ -65,7 +70,8 @@ __all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "a
 RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "comparison.png"
 #: how an entry gets its model
 SOURCES = ("train", "convert", "model_dir")
-RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries"}
+RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries",
+               "timing"}
 ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations"}
 #: ``truncations:`` value for every uniform depth d = 1, 2, ... (each stage runs min(d, its units))
 EVERY_DEPTH = "every_depth"
@@ -129,12 +135,13 @@ class ComparisonEntry:
 
 class Comparison:
     """A loaded comparison recipe: its entries (grids expanded), the evaluation split, the baseline entry, the
-    results folder and the number of training samples that calibrate budgets."""
+    results folder, the number of training samples that calibrate budgets and the timing settings (or None)."""
 
     def __init__(self, entries: List[ComparisonEntry], evaluation: Dict[str, Any], baseline: Optional[str],
-                 output_dir: Path, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> None:
+                 output_dir: Path, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+                 timing: Optional[Dict[str, Any]] = None) -> None:
         self.entries, self.evaluation, self.baseline, self.output_dir = entries, evaluation, baseline, output_dir
-        self.calibration_samples = calibration_samples
+        self.calibration_samples, self.timing = calibration_samples, timing
 
 
 def _check_fractions(where: str, key: str, values: Any) -> List[float]:
@@ -290,7 +297,7 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     baseline = recipe.get("baseline")
     if baseline is not None and baseline not in names:
         raise ConfigError(f"{path}: baseline must name an entry ({', '.join(names)}), got {baseline!r}")
-    return Comparison(entries, evaluation, baseline, out, samples)
+    return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path))
 
 
 def _evaluation_config(evaluation: Dict[str, Any], model_dir: Path, extra: Optional[Dict[str, Any]] = None):
@@ -351,6 +358,19 @@ def evaluate_truncations(model_dir: Path, evaluation: Dict[str, Any], truncation
     return points
 
 
+def _time_entries(model_dirs: Dict[str, Path], evaluation: Dict[str, Any], timing: Dict[str, Any]
+                  ) -> Dict[str, Any]:
+    """:func:`~pact_zoo.training.compare_timing.time_entries` of every entry's model on its evaluation split."""
+    from .tasks import build_task
+
+    models, datasets = {}, {}
+    for name, model_dir in model_dirs.items():
+        models[name] = load_model_folder(model_dir).eval()
+        data = build_task(_evaluation_config(evaluation, model_dir)).load_data(models[name])
+        datasets[name] = (data.eval, data.collate_fn)
+    return time_entries(models, datasets, timing)
+
+
 def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     """Make and evaluate every entry, then write the JSON, the tables and the plot; returns the JSON's content."""
     results, model_dirs, budgets = {}, {}, {}
@@ -377,6 +397,8 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
                                     "training_time": times[e.name]}
                            for e in comparison.entries},
                "rows": rows, "seed_groups": groups}
+    if comparison.timing is not None:
+        summary["timing"] = _time_entries(model_dirs, comparison.evaluation, comparison.timing)
     out = comparison.output_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RESULT_JSON, summary)
@@ -385,6 +407,8 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         sections.append("Mean ± standard deviation over seeds:\n\n" + format_seed_groups(groups, comparison.baseline))
     if any(times.values()):
         sections.append("Training time (the training loop only, no evaluation):\n\n" + format_training_time(times))
+    if "timing" in summary:
+        sections.append("Measured time per sample:\n\n" + format_timing(summary["timing"], comparison.baseline))
     table = "\n".join(sections)
     atomic_write_text(out / RESULT_TABLE, table)
     figure = comparison_figure(rows, f"{out.name}: {len(results)} entries on {comparison.evaluation['dataset']}")
