@@ -492,3 +492,26 @@ def test_torch_compile_eval_runs_compiled_layers_on_trimmed_sub_batches():
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
     assert torch.equal(model.base_model.stage.record.units_executed, depths)
     assert len(depths.unique()) > 1
+
+
+def test_compare_evaluates_and_times_a_text_model_folder(tmp_path):
+    """``pact-zoo compare`` on a saved PACT-Encoder folder (its own tokenizer is the text task's): evaluated on the
+    text split at its own rule and full depth, and timed (also at full depth)."""
+    import yaml
+
+    from pact_zoo.training.compare import compare, load_comparison
+
+    backbone, data = _text_folder(tmp_path)
+    model = PactEncoderForSequenceClassification.from_backbone(str(backbone), num_labels=2, method="pact")
+    heterogeneous(model)
+    model.save_pretrained(tmp_path / "model")
+    model.tokenizer.save_pretrained(tmp_path / "model")
+    recipe = dict(evaluation=dict(dataset=f"parquet:{data}", eval_split="test", eval_batch_size=6,
+                                  dataset_kwargs={"max_length": 8}),
+                  entries=[dict(name="pact", model_dir=str(tmp_path / "model"))],
+                  timing=dict(batch_sizes=[1, 6], samples=6, repeats=1, warmup=0))
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(recipe))
+    summary = compare(load_comparison(str(tmp_path / "compare.yaml"), str(tmp_path / "out")))
+    rules = {row["rule"] for row in summary["rows"]}
+    assert {"pact", "full_depth"} <= rules and all(row["num_samples"] == 12 for row in summary["rows"])
+    assert set(summary["timing"]["batch_sizes"]["6"]["ms_per_sample"]) == {"pact", "pact (full depth)"}

@@ -61,7 +61,7 @@ from .compare_report import (TRUNCATED_RULE, comparison_figure, comparison_rows,
 from .compare_timing import format_timing, load_timing, time_entries
 from .config import ConfigError, load_config, read_yaml_mapping
 from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
-from .io import check_model_folder, folder_model_name, load_model_folder
+from .io import check_model_folder, folder_model_name, is_timm_folder, load_model_folder
 from .run_dir import MODEL_DIR
 
 __all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "select_entries",
@@ -301,7 +301,10 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
 
 
 def _evaluation_config(evaluation: Dict[str, Any], model_dir: Path, extra: Optional[Dict[str, Any]] = None):
-    return load_config(None, {**evaluation, "model": folder_model_name(model_dir), **(extra or {})})
+    """The evaluation config of the model in ``model_dir``; a Hugging Face folder is its own ``pretrained_file`` (its
+    tokenizer: what a text task reads)."""
+    own = {} if is_timm_folder(model_dir) else {"pretrained_file": str(model_dir)}
+    return load_config(None, {**evaluation, **own, "model": folder_model_name(model_dir), **(extra or {})})
 
 
 def calibrate_budgets(model_dir: Path, evaluation: Dict[str, Any], budgets: Sequence[float],
