@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -197,10 +198,12 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path):
 
 def _recipes(folder: Path) -> list:
     """A hub config's training recipes: ``train.yaml`` (plus ``pretrained.yaml``, the recipe of a shipped pretrained
-    tag), or every recipe of a multi-run folder (``pact.yaml``, ...)."""
+    tag), or every recipe of a multi-run folder (``pact.yaml``, ...); comparison recipes (``entries``) are
+    tests/test_compare.py's."""
     if (folder / "train.yaml").is_file():
         return [folder / "train.yaml"] + [p for p in [folder / "pretrained.yaml"] if p.is_file()]
-    return sorted(p for p in folder.glob("*.yaml") if p.name != "card.yaml")
+    return sorted(p for p in folder.glob("*.yaml")
+                  if p.name != "card.yaml" and "entries" not in (yaml.safe_load(p.read_text()) or {}))
 
 
 @pytest.mark.parametrize("variant", sorted(p.name for p in (REPO / "hub_configs").iterdir()
