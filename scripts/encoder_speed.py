@@ -25,13 +25,16 @@ one table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 import pact_zoo
 from pact_zoo.bench import clock_settings, copy_weights, load_average, machine_info, threads, time_round_robin
+from pact_zoo.bench.inputs import run_all
 from pact_zoo.data.text import TextCollator, load_text_dataset, tokenize_split
 from pact_zoo.fileio import atomic_write_json
 from pact_zoo.halting import FlopsTally, synthesize_halting
@@ -67,12 +70,29 @@ CONFIGS = ("trimmed", "untrimmed", "full_depth", "hf_bert")
 
 
 def _runner(network: torch.nn.Module, batches: list):
-    """A timed run: ``network`` over every batch, without gradients."""
+    """A timed run: ``network`` over every batch (labels dropped: :func:`pact_zoo.bench.run_all`), without
+    gradients."""
     def go() -> None:
         with torch.inference_mode():
-            for batch in batches:
-                network(**_inputs(batch))
+            run_all(network, batches)
     return go
+
+
+@contextlib.contextmanager
+def _threshold(model: torch.nn.Module, threshold: float) -> Iterator[None]:
+    """The model's threshold set for a timed run (it stays set after)."""
+    pact_zoo.set_threshold(model, threshold)
+    yield
+
+
+@contextlib.contextmanager
+def _trimmed(stage: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """The stage's padding trim switched for a timed run, and back on after."""
+    stage.trim_padding = enabled
+    try:
+        yield
+    finally:
+        stage.trim_padding = True
 
 
 class PooledBertTwin(torch.nn.Module):
@@ -149,19 +169,6 @@ def adapter_main(args: argparse.Namespace) -> None:
     print({k: v for k, v in results.items() if k not in ("clocks", "platform", "args")})
 
 
-class _threshold:
-    """Context: the model's threshold set for a timed run (the threshold of the last set_threshold kept after)."""
-
-    def __init__(self, model: torch.nn.Module, threshold: float) -> None:
-        self.model, self.threshold = model, threshold
-
-    def __enter__(self) -> None:
-        pact_zoo.set_threshold(self.model, self.threshold)
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 @torch.inference_mode()
 def _flops_and_accuracy(model, batches) -> dict:
     tally, correct, count = FlopsTally(), 0, 0
@@ -231,18 +238,9 @@ def main() -> None:
         stage.trim_padding = True
         results["trimmed_vs_untrimmed_max_abs_diff"] = float((model(**batch).logits - untrimmed).abs().max())
 
-    def trim(enabled: bool):
-        class Switch:
-            def __enter__(self):
-                stage.trim_padding = enabled
-
-            def __exit__(self, *exc):
-                stage.trim_padding = True
-        return Switch()
-
     runs = {"trimmed": _runner(model, batches), "untrimmed": _runner(model, batches),
             "full_depth": _runner(model, batches), "hf_bert": _runner(twin, batches)}
-    contexts = {"trimmed": lambda: trim(True), "untrimmed": lambda: trim(False),
+    contexts = {"trimmed": lambda: _trimmed(stage, True), "untrimmed": lambda: _trimmed(stage, False),
                 "full_depth": lambda: pact_zoo.full_depth(model)}
     results["clocks"] = {}
     for clock, count in clock_settings(args.clock, torch.get_num_threads()):

@@ -56,12 +56,12 @@ run resnet50_compiled 240 $PY -m pact_zoo.bench "${R50[@]}" --modes adaptive,pla
     --no-memory --no-training --output "$OUT/resnet50_compiled.json"
 
 # the CIFAR ResNet, MobileNetV2 and ACM-ViT (synthetic heads / calibrated gates on generated images)
-run resnet110_eager 90 $PY -m pact_zoo.bench --model pact_resnet110 --synthetic-halting 0 --target-flops-ratio 0.5 \
-    --batch-sizes 1,8,64,256 --min-samples 64 --warmup 2 --repeats 5 --device cuda --no-memory --no-training \
-    --modes adaptive,full,masked,plain --output "$OUT/resnet110_eager.json"
-run resnet110_graphs 90 $PY -m pact_zoo.bench --model pact_resnet110 --synthetic-halting 0 --target-flops-ratio 0.5 \
-    --batch-sizes 1,8,64,256 --min-samples 64 --warmup 2 --repeats 5 --device cuda --no-memory --no-training \
-    --modes adaptive,full --buckets default --cuda-graphs --output "$OUT/resnet110_graphs.json"
+R110=(--model pact_resnet110 --synthetic-halting 0 --target-flops-ratio 0.5 --batch-sizes 1,8,64,256 --min-samples 64
+      --warmup 2 --repeats 5 --device cuda --no-memory --no-training)
+run resnet110_eager 90 $PY -m pact_zoo.bench "${R110[@]}" --modes adaptive,full,masked,plain \
+    --output "$OUT/resnet110_eager.json"
+run resnet110_graphs 90 $PY -m pact_zoo.bench "${R110[@]}" --modes adaptive,full --buckets default --cuda-graphs \
+    --output "$OUT/resnet110_graphs.json"
 run mobilenetv2_eager 90 $PY -m pact_zoo.bench --model pact_mobilenetv2_100 --synthetic-halting 0 \
     --synthetic-samples 32 --target-flops-ratio 0.5 --calibration-samples 64 --batch-sizes 1,8,64 --min-samples 64 \
     --warmup 2 --repeats 5 --device cuda --no-memory --no-training --output "$OUT/mobilenetv2_eager.json"

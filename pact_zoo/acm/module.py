@@ -26,6 +26,7 @@ learners are a contiguous slice, so k learners run as one pair of GEMMs of width
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional
 
@@ -133,19 +134,14 @@ class ACMGating(HaltingMethod):
             return module.prefix(flat, counts.index(num_tokens))
         order = torch.argsort(k)
         sorted_tokens = flat.index_select(0, order)
+        ends = itertools.accumulate(counts)
+        groups = [(width, slice(end - count, end)) for width, (count, end) in enumerate(zip(counts, ends)) if count]
         if torch.is_grad_enabled():  # differentiable: the groups' outputs concatenated, then put back in order
-            groups, start = [], 0
-            for width, count in enumerate(counts):
-                if count:
-                    groups.append(module.prefix(sorted_tokens[start:start + count], width))
-                    start += count
-            return torch.cat(groups).index_select(0, torch.argsort(order))
+            out = torch.cat([module.prefix(sorted_tokens[rows], width) for width, rows in groups])
+            return out.index_select(0, torch.argsort(order))
         sorted_out = flat.new_empty(num_tokens, module.out_features)
-        start = 0
-        for width, count in enumerate(counts):
-            if count:
-                module.prefix(sorted_tokens[start:start + count], width, out=sorted_out[start:start + count])
-                start += count
+        for width, rows in groups:
+            module.prefix(sorted_tokens[rows], width, out=sorted_out[rows])
         return torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
 
 

@@ -188,9 +188,8 @@ def benchmark_eval(model: nn.Module, input_shape: Union[InputSpec, Sequence[int]
     The :data:`COMPILED_MODES` run ``torch.compile(network, **compile_options)`` (:func:`compiled_networks`); their
     first call at each batch size (the compilation) is timed on its own (``first_call_s``), the compiled model's
     halting report is checked against eager compact evaluation (``compiled_same_units``: the same depths, hence the
-    same FLOPs; ``max_abs_diff_compiled_vs_adaptive``),
-    and ``efficiency_compiled_vs_compiled_plain`` is its time ratio to the compiled plain network over the FLOPs
-    ratio.
+    same FLOPs; ``max_abs_diff_compiled_vs_adaptive``), and ``efficiency_compiled_vs_compiled_plain`` is its time
+    ratio to the compiled plain network over the FLOPs ratio.
 
     ``clock`` is a clock of :data:`~pact_zoo.bench.timing.CLOCKS` (timed with the current threads), or ``"both"``:
     the modes are timed round robin with wall time at the current threads, then with process CPU time at one thread

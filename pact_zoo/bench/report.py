@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from ..fileio import atomic_write_json
 
-__all__ = ["EVAL_HEADER", "format_eval_row", "format_clock_row", "format_training", "format_profile", "format_report",
-           "clock_name", "write_json_atomic"]
+__all__ = ["EVAL_HEADER", "format_eval_row", "format_clock_row", "format_load", "format_training", "format_profile",
+           "format_report", "clock_name", "write_json_atomic"]
 
 
 def format_eval_row(record: dict) -> str:
@@ -28,6 +28,11 @@ def _load(values) -> str:
     return "n/a" if not values else f"{values[0]:.2f}"
 
 
+def format_load(before, after) -> str:
+    """The 1-minute load average before and after a timing (``os.getloadavg()`` tuples, empty if unknown)."""
+    return f"{_load(before)} -> {_load(after)}"
+
+
 def format_clock_row(timing: dict) -> str:
     """One timing of a batch size (a clock at a thread count): ms per sample, efficiency and the 1-minute load."""
     med = timing["median_ms_per_sample"]
@@ -39,7 +44,7 @@ def format_clock_row(timing: dict) -> str:
             + ("" if vs_plain is None else f" (vs plain {vs_plain:.3f})")
             + ("" if "efficiency_compiled_vs_compiled_plain" not in timing else
                f"; compiled vs compiled plain: efficiency {timing['efficiency_compiled_vs_compiled_plain']:.3f}")
-            + f"; load {_load(timing['load_average_before'])} -> {_load(timing['load_average_after'])}")
+            + f"; load {format_load(timing['load_average_before'], timing['load_average_after'])}")
 
 
 EVAL_HEADER = (f"{'batch':>6} {'adaptive':>11} {'full':>9} {'masked':>10} {'FLOPs':>7} {'time':>7} "

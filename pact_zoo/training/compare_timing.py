@@ -104,6 +104,8 @@ def time_entries(models: Dict[str, nn.Module], datasets: Dict[str, tuple], timin
 
 def format_timing(timing: Dict[str, Any], baseline: Optional[str]) -> str:
     """The timing table: ms per sample per batch size, and each time relative to the baseline's full depth."""
+    from ..bench.report import format_load
+
     sizes: List[str] = list(timing["batch_sizes"])
     first = timing["batch_sizes"][sizes[0]]["ms_per_sample"]
     reference = None
@@ -118,13 +120,9 @@ def format_timing(timing: Dict[str, Any], baseline: Optional[str]) -> str:
         if reference is not None:
             cells += [f"{ms[name] / ms[reference]:.3f}" for ms in times]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    loads = ", ".join(f"b={b}: {_load(timing['batch_sizes'][b])}" for b in sizes)
+    loads = ", ".join(f"b={b}: {format_load(record['load_average_before'], record['load_average_after'])}"
+                      for b, record in timing["batch_sizes"].items())
     lines.append(f"\n{timing['clock']} clock, {timing['threads']} thread(s), the first {timing['samples']} evaluation "
                  f"samples, median of interleaved repeats; 1-minute load before -> after: {loads}")
     return "\n".join(lines) + "\n"
-
-
-def _load(record: Dict[str, Any]) -> str:
-    before, after = record["load_average_before"], record["load_average_after"]
-    return "n/a" if not before or not after else f"{before[0]:.2f} -> {after[0]:.2f}"
 
