@@ -68,10 +68,12 @@ def test_full_width_equals_the_original(family, gating):
         torch.testing.assert_close(run(model, x), run(original, x), atol=1e-5, rtol=1e-5)
     report = pact_zoo.halting_report(model)
     assert torch.equal(report.flops, report.sample_full_flops)  # no gate ran
+    assert report.units_fraction == 1.0  # every learner of every token
     modules = acm.acm_modules(model)
     with torch.no_grad(), pact_zoo.halting.truncated_depth(model, [2] * len(modules)):
         run(model, x)
     assert all(bool((m.record.units_executed == 2).all()) for _, m in modules)
+    assert pact_zoo.halting_report(model).units_fraction == pytest.approx(2 / modules[0][1].num_learners)
 
 
 @pytest.mark.parametrize("family", ["vit", "bert"])

@@ -266,3 +266,15 @@ def test_entries_flag_selects_entries_and_keeps_the_baseline(monkeypatch, capsys
     assert listed == ["pact-tau0.1", "act-tau0.01", "act-tau0.1", "plain"]  # recipe order, the baseline included
     assert main(["compare", "--config", recipe, "--entries", "pact-tau0.2", "--dry-run"]) == 2
     assert "--entries: no entry named pact-tau0.2" in capsys.readouterr().err
+
+
+def test_selected_entries_keep_the_recipe_settings(monkeypatch):
+    from pact_zoo.training.compare import load_comparison, select_entries
+
+    monkeypatch.chdir(REPO)
+    comparison = load_comparison("hub_configs/pact_minilm.rotten_tomatoes/compare.yaml")
+    assert comparison.timing is not None
+    selected = select_entries(comparison, [comparison.entries[-1].name])
+    assert len(selected.entries) < len(comparison.entries)
+    for field in ("evaluation", "baseline", "output_dir", "calibration_samples", "timing"):
+        assert getattr(selected, field) == getattr(comparison, field), field

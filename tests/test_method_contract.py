@@ -210,12 +210,13 @@ def test_flops_report_agrees_with_flop_counter(family, method):
         report = pact_zoo.halting_report(model)
         counted = counter.get_total_flops()
         assert abs(report.flops.sum().item() - counted) <= 0.01 * counted, (train, report.flops, counted)
+        assert 0 < report.units_fraction <= 1  # recurrent models: relative to every time step's units
     with pact_zoo.full_depth(model), torch.no_grad(), FlopCounterMode(display=False,
                                                                      custom_mapping=SDPA_FLOPS) as counter:
         model.eval()
         _forward(model, x)
     report = pact_zoo.halting_report(model)
-    assert report.flops.tolist() == [report.full_flops] * BATCH
+    assert report.flops.tolist() == [report.full_flops] * BATCH and report.units_fraction == 1.0
     assert abs(report.full_flops * BATCH - counter.get_total_flops()) <= 0.01 * counter.get_total_flops()
 
 

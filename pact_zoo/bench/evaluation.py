@@ -119,7 +119,7 @@ def _flops(model: nn.Module, batches: list) -> dict[str, Any]:
     flops, units = tally.samples()
     return {"mean": tally.mean_flops, "min": float(flops.min()), "max": float(flops.max()), "ratio": tally.ratio,
             "mean_units": units.double().mean(0).tolist(),
-            "units_fraction": float(units.double().sum(1).mean() / sum(tally.num_units)),
+            "units_fraction": tally.units_fraction,
             "distinct_depth_patterns": int(units.unique(dim=0).shape[0])}
 
 

@@ -74,6 +74,7 @@ class FlopsTally:
         self.num_units: Optional[tuple[int, ...]] = None
         self._flops: list[torch.Tensor] = []
         self._units: list[torch.Tensor] = []
+        self._full_units: list[torch.Tensor] = []
 
     def add(self, flops: torch.Tensor, sample_full_flops: torch.Tensor, units: Optional[torch.Tensor] = None
             ) -> None:
@@ -87,6 +88,8 @@ class FlopsTally:
 
     def add_report(self, report: Any) -> None:
         self.add(report.flops, report.sample_full_flops, report.units_executed)
+        if self.keep_samples and report.sample_full_units is not None:
+            self._full_units.append(report.sample_full_units)
         self.full_flops, self.num_units = int(report.full_flops), tuple(report.num_units)
 
     @property
@@ -107,6 +110,15 @@ class FlopsTally:
         if not self.keep_samples:
             raise ValueError("FlopsTally(keep_samples=True) keeps the per-sample FLOPs")
         return torch.cat(self._flops), torch.cat(self._units)
+
+    @property
+    def units_fraction(self) -> Optional[float]:
+        """Units executed over all stages and samples kept, relative to the same samples at full depth (recurrent
+        models: every time step's units); None unless every report added carried its full-depth units."""
+        if not self._full_units or len(self._full_units) != len(self._units):
+            return None
+        full = float(torch.cat(self._full_units).double().sum())
+        return float(torch.cat(self._units).double().sum()) / full if full else None
 
 
 @torch.inference_mode()

@@ -435,7 +435,7 @@ def select_entries(comparison: Comparison, names: Sequence[str]) -> Comparison:
                           f"{', '.join(e.name for e in comparison.entries)}")
     kept = [e for e in comparison.entries if {e.name, e.recipe_name} & set(names) or e.name == comparison.baseline]
     return Comparison(kept, comparison.evaluation, comparison.baseline, comparison.output_dir,
-                      comparison.calibration_samples)
+                      comparison.calibration_samples, comparison.timing)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,8 @@ class HaltingReport:
         token_flops: ``[B, T]`` long FLOPs per token of the modules that count their own FLOPs
             (:class:`~pact_zoo.halting.protocols.FlopsAccountedModule`), summed over them, or None when the model has
             none.
+        sample_full_units: ``[B, S]`` long, units each sample runs per stage at full depth (L, times the sample's
+            time steps for recurrent models); None where a report was built without it.
     """
 
     units_executed: torch.Tensor
@@ -56,6 +58,7 @@ class HaltingReport:
     num_units: tuple[int, ...]
     stage_names: tuple[str, ...]
     token_flops: Optional[torch.Tensor] = None
+    sample_full_units: Optional[torch.Tensor] = None
 
     @property
     def mean_flops(self) -> float:
@@ -70,6 +73,14 @@ class HaltingReport:
     def mean_units(self) -> torch.Tensor:
         """``[S]`` mean units executed per stage."""
         return self.units_executed.double().mean(0)
+
+    @property
+    def units_fraction(self) -> Optional[float]:
+        """Units executed over all stages relative to the same samples at full depth (None without
+        ``sample_full_units``)."""
+        if self.sample_full_units is None or not self.sample_full_units.sum():
+            return None
+        return float(self.units_executed.double().sum() / self.sample_full_units.double().sum())
 
     def __repr__(self) -> str:
         """A short summary (the tensors stay in the attributes): batch size, FLOPs against full depth, mean units
@@ -335,11 +346,13 @@ def halting_report(model: nn.Module) -> HaltingReport:
         groups = [(int(n), lengths == n) for n in torch.unique(lengths)]
     flops = torch.zeros(batch_size, dtype=torch.long)
     sample_full = torch.zeros(batch_size, dtype=torch.long)
+    full_units = torch.zeros(batch_size, len(stages), dtype=torch.long)
     full = 0
     token_flops = None
     for s, (_, stage) in enumerate(stages):
         if isinstance(stage, FlopsAccountedModule):  # its own account (e.g. per-token width)
             stage_flops, stage_sample_full, stage_full, tokens = stage.report_flops()
+            full_units[:, s] = (units[s].shape[1] if units[s].dim() == 2 else 1) * stage.num_units  # every token
             flops += stage_flops
             sample_full += stage_sample_full
             full += stage_full
@@ -356,6 +369,7 @@ def halting_report(model: nn.Module) -> HaltingReport:
                 continue
             per_step = units[s] if units[s].dim() == 2 else units[s].unsqueeze(1)  # [B, T] applications
             per_step = per_step[rows]
+            full_units[rows, s] = (per_step > 0).sum(1) * stage.num_units
             cum_units = torch.tensor([0] + unit_flops[s], dtype=torch.long).cumsum(0)
             flops[rows] += cum_units[per_step].sum(1)
             stage_full = int(cum_units[-1])
@@ -378,7 +392,8 @@ def halting_report(model: nn.Module) -> HaltingReport:
     units_executed = torch.stack([u.sum(1) if u.dim() == 2 else u for u in units], dim=1)
     return HaltingReport(units_executed=units_executed, flops=flops, full_flops=full, sample_full_flops=sample_full,
                          num_units=tuple(s.num_units for _, s in stages),
-                         stage_names=tuple(name for name, _ in stages), token_flops=token_flops)
+                         stage_names=tuple(name for name, _ in stages), token_flops=token_flops,
+                         sample_full_units=full_units)
 
 
 # --------------------------------------------------------------------------------------------------------------------
