@@ -43,9 +43,13 @@ def _seed():
 
 @pytest.fixture
 def reset_accelerate():
-    """Forget Accelerate's process-wide state after a test that ran the training loop."""
+    """Forget Accelerate's process-wide state after a test that ran the training loop; the fixture's value does
+    it on call, between two runs of one test."""
     from accelerate.state import AcceleratorState, GradientState
 
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    def reset() -> None:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+    yield reset
+    reset()

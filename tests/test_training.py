@@ -105,15 +105,17 @@ def test_two_process_cpu_run(tmp_path, method, halting_kwargs, port, train_sampl
         "random_states_0.pkl", "random_states_1.pkl"]
 
 
-def test_resume_after_kill_matches_uninterrupted(tmp_path):
+def test_resume_after_kill_matches_uninterrupted(tmp_path, reset_accelerate):
     run = dict(TINY, epochs=2)  # 49 samples / batch 16 = 3 steps per epoch (last row dropped)
-    _run_train(dict(run, output_dir=str(tmp_path / "straight")))
+    train(load_config(None, dict(run, output_dir=str(tmp_path / "straight"))))
+    # only the killed run needs its own process (SIGKILL at step 5, in epoch 2); the resumed runs are in-process
     killed = _run_train(dict(run, output_dir=str(tmp_path / "killed")), check=False,
                         env={"PACT_ZOO_TEST_KILL_AT_STEP": "5"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (tmp_path / "killed" / "model").exists()
     assert (tmp_path / "killed" / "checkpoints" / "epoch_0001").is_dir()
-    _run_train(dict(run, output_dir=str(tmp_path / "killed")), "--resume")
+    reset_accelerate()
+    train(load_config(None, dict(run, output_dir=str(tmp_path / "killed"))), resume=True)
     straight = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
     assert straight.keys() == resumed.keys()
@@ -121,7 +123,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
         assert torch.equal(straight[key], resumed[key]), key
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    _run_train(dict(run, output_dir=str(tmp_path / "killed")), "--resume")  # nothing left to do
+    reset_accelerate()
+    train(load_config(None, dict(run, output_dir=str(tmp_path / "killed"))), resume=True)  # nothing left to do
     assert json.loads((tmp_path / "killed" / "final_metrics.json").read_text())["epoch"] == 2
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 2
 
