@@ -1,7 +1,10 @@
 """Test set-up: no network, a private HF cache (removed at the end of the session), and pact_zoo imported before
 any timm lookup."""
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,13 +30,51 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(_OWN_HF_HOME, ignore_errors=True)
 
 
+REPO = Path(__file__).resolve().parent.parent
+#: ``accelerate launch`` of two CPU processes on one machine (the port follows)
+TWO_PROCESS_LAUNCH = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                      "--main_process_port")
+#: a tiny pact_resnet32 on digits: 16 rows per process and step
+_TINY_RUN = dict(model="pact_resnet32", model_kwargs={"layers": [2, 2, 2], "channels": [4, 8, 8], "tau": 0.05},
+                 dataset="digits", max_eval_samples=24, epochs=1, batch_size=16, eval_batch_size=24, lr=0.05,
+                 augment="crop", eval_thresholds=[0.3, 0.7])
+#: the scenarios of tests/two_process_worker.py, in order, with their training configs
+TWO_PROCESS_PLAN = {
+    "acm": None,
+    # sampled-path training: with halting bias +4 most rows stop after the first unit, so in most steps no row of a
+    # process reaches the later units; DDP must still get a gradient for every parameter (checked from step 2 on).
+    # 97 samples: 3 steps of 2 x 16 rows
+    "train": dict(_TINY_RUN, max_train_samples=97, model_kwargs=dict(_TINY_RUN["model_kwargs"],
+                                                                     method="policy_gradient", halting_bias_init=4.0)),
+    "nan": dict(_TINY_RUN, max_train_samples=32),
+}
+
+
+def _launch_env(folder: Path) -> dict:
+    temp = folder / "launch_tmp"
+    temp.mkdir(exist_ok=True)
+    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
+
+
 @pytest.fixture
 def launch_env(tmp_path):
     """Environment for a multi-process ``accelerate launch``: CPU processes, one thread, and ``TMPDIR`` inside the
     test's own folder, so that torchelastic's ``torchelastic_*`` log folders go away with it."""
-    temp = Path(tmp_path) / "launch_tmp"
-    temp.mkdir(exist_ok=True)
-    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
+    return _launch_env(Path(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def two_process_runs(tmp_path_factory):
+    """One ``accelerate launch`` of two CPU processes that runs every scenario of :data:`TWO_PROCESS_PLAN`
+    (tests/two_process_worker.py), shared by the tests that check them: ``(output folder, the finished launch)``;
+    ``<folder>/<scenario>`` holds each scenario's files."""
+    out = tmp_path_factory.mktemp("two_process")
+    env = _launch_env(out)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    command = [*TWO_PROCESS_LAUNCH, "29534", str(REPO / "tests" / "two_process_worker.py"), str(out),
+               json.dumps(TWO_PROCESS_PLAN)]
+    return out, subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -22,7 +19,6 @@ import pact_zoo
 from pact_zoo import acm
 
 GATINGS = acm.GATINGS
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_vit(**kwargs) -> VisionTransformer:
@@ -342,14 +338,10 @@ def test_empty_batch_in_eval_gives_an_empty_output():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="two-process CPU DDP test runs on Linux")
-def test_two_process_ddp(tmp_path, launch_env):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                "29531", str(ROOT / "tests" / "acm_ddp_worker.py"), str(tmp_path)]
-    env = dict(launch_env, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run(launcher, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+def test_two_process_ddp(two_process_runs):
+    out, done = two_process_runs  # the "acm" scenario of tests/two_process_worker.py
+    assert all((out / "acm" / f"rank{r}.json").is_file() for r in range(2)), done.stderr[-3000:]
+    ranks = [json.loads((out / "acm" / f"rank{r}.json").read_text()) for r in range(2)]
     for gating in GATINGS:
         assert all(rank[gating]["all_grads"] for rank in ranks)
         assert ranks[0][gating]["grad_sum"] == pytest.approx(ranks[1][gating]["grad_sum"], rel=1e-6)

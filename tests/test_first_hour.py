@@ -1,9 +1,6 @@
 """First-hour traps: the project's data command, and CLI cases that used to be silent or unclear."""
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import torch
 from pact_zoo.cli import main as cli_main
 from pact_zoo.data import fetch as fetch_module
 
-from test_reliability import REPO, _cli, _one_error_line
+from test_reliability import _cli, _one_error_line
 
 
 # ------------------------------------------------------------------------------------------------ data fetch
@@ -281,14 +278,9 @@ def test_a_diverging_loss_names_the_step(tmp_path, monkeypatch, reset_accelerate
         train(load_config(None, dict(TINY, output_dir=str(tmp_path / "run"))))
 
 
-def test_a_loss_that_diverges_on_one_process_stops_every_process(tmp_path, launch_env):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                "29533", str(REPO / "tests" / "nan_ddp_worker.py"), str(tmp_path),
-                json.dumps(dict(TINY, output_dir=str(tmp_path / "run")))]
-    env = dict(launch_env, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run(launcher, env=env, capture_output=True, text=True, timeout=300)
-    errors = [(tmp_path / f"rank{rank}.txt").read_text() if (tmp_path / f"rank{rank}.txt").is_file() else None
+def test_a_loss_that_diverges_on_one_process_stops_every_process(two_process_runs):
+    out, done = two_process_runs  # the "nan" scenario of tests/two_process_worker.py
+    errors = [(out / "nan" / f"rank{rank}.txt").read_text() if (out / "nan" / f"rank{rank}.txt").is_file() else None
               for rank in range(2)]
     assert errors[0] is not None and errors[0] == errors[1], done.stderr[-3000:]
     assert errors[0].startswith("the training loss is not finite on process 1 of 2 at step 1 (epoch 1, batch 1)")

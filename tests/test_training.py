@@ -84,20 +84,25 @@ def test_train_evaluate_export_reload(tmp_path, reset_accelerate):
         assert torch.equal(via_transformers(pixel_values=x).logits, expected)
 
 
-@pytest.mark.parametrize("method, halting_kwargs, port, train_samples", [
-    ("pact", {"tau": 0.05}, 29517, 49),
-    # sampled-path training: with halting bias +4 most rows stop after the first unit, so in most steps no row of a
-    # process reaches the later units; DDP must still get a gradient for every parameter (checked from step 2 on)
-    ("policy_gradient", {"tau": 0.05, "halting_bias_init": 4.0}, 29518, 97),
-])
-def test_two_process_cpu_run(tmp_path, method, halting_kwargs, port, train_samples, launch_env):
+def test_two_process_cpu_run(tmp_path, launch_env):
+    """``accelerate launch`` of scripts/train.py on two CPU processes (DDP)."""
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                str(port)]
-    model_kwargs = dict({k: v for k, v in TINY["model_kwargs"].items() if k != "tau"}, method=method, **halting_kwargs)
-    _run_train(dict(TINY, model_kwargs=model_kwargs, output_dir=str(out), max_train_samples=train_samples),
-               launcher=launcher, env=launch_env)
+                "29517"]
+    _run_train(dict(TINY, output_dir=str(out)), launcher=launcher, env=launch_env)
+    _check_two_process_run(out, train_samples=49)
+
+
+def test_two_process_sampled_path_run(two_process_runs):
+    """Policy gradient trains only the sampled units: DDP must still get a gradient for every parameter (the
+    "train" scenario of tests/two_process_worker.py, through the training loop's API)."""
+    out, done = two_process_runs
+    assert (out / "train" / "metrics.jsonl").is_file(), done.stderr[-3000:]
+    _check_two_process_run(out / "train", train_samples=97)
+
+
+def _check_two_process_run(out: Path, train_samples: int) -> None:
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["num_processes"] == 2 and metrics[-1]["step"] == train_samples // 32
     assert metrics[-1]["num_samples"] == 24  # gather_for_metrics drops the samples padded onto the last batch
