@@ -134,6 +134,21 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, reset_accelerate):
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_run_saved_under_a_renamed_argument_resumes_under_its_new_name(tmp_path, reset_accelerate):
+    lstm = {"hidden_size": 8, "max_ponder_steps": 3}
+    run = dict(model="pact_lstm", dataset="parity", dataset_kwargs={"vector_size": 6, "train_samples": 32,
+                                                                     "test_samples": 16},
+               epochs=1, batch_size=16, eval_batch_size=16, output_dir=str(tmp_path / "run"))
+    with pytest.warns(DeprecationWarning, match="halting_method"):
+        train(load_config(None, dict(run, model_kwargs=dict(lstm, halting_method="act"))))
+    reset_accelerate()
+    metrics = train(load_config(None, dict(run, model_kwargs=dict(lstm, method="act"))), resume=True)
+    assert metrics["epoch"] == 1  # the same run: nothing left to do
+    reset_accelerate()
+    with pytest.raises(ConfigError, match="other settings"):  # a real difference still stops the resume
+        train(load_config(None, dict(run, model_kwargs=dict(lstm, method="pact"))), resume=True)
+
+
 def test_halting_heads_get_their_learning_rate():
     from pact_zoo.hf import PactLSTMConfig, PactLSTMForSequenceClassification
     from pact_zoo.training.loop import build_optimizer

@@ -45,6 +45,10 @@ class RunPlan:
     message: Optional[str] = None  # printed once by the main process
 
 
+#: model arguments renamed since runs were saved (old -> current name): a run saved under the old name resumes
+RENAMED_MODEL_KWARGS = {"halting_method": "method", "gating": "method", "acm_gating": "acm_method"}
+
+
 def latest_checkpoint(output_dir: str) -> Optional[Path]:
     """``<output_dir>/checkpoints/epoch_NNNN`` with the largest epoch, or None."""
     root = Path(output_dir) / CHECKPOINT_DIR
@@ -67,7 +71,16 @@ def _saved_config(output_dir: Path) -> Dict[str, Any]:
                           f"use --overwrite to start this run over") from None
 
 
+def _current_names(fields: Dict[str, Any]) -> Dict[str, Any]:
+    """``fields`` with the renamed keys of its ``model_kwargs`` (:data:`RENAMED_MODEL_KWARGS`) under today's names."""
+    kwargs = fields.get("model_kwargs")
+    if not isinstance(kwargs, dict) or not set(kwargs) & set(RENAMED_MODEL_KWARGS):
+        return fields
+    return {**fields, "model_kwargs": {RENAMED_MODEL_KWARGS.get(key, key): value for key, value in kwargs.items()}}
+
+
 def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> list[str]:
+    saved, current = _current_names(saved), _current_names(current)
     return [f"{key}: {saved.get(key)!r} -> {current[key]!r}" for key in current
             if key not in RESUMABLE_FIELDS and saved.get(key) != current[key]]
 
