@@ -51,8 +51,8 @@ first evaluation samples at each batch size, timed round robin (:mod:`~pact_zoo.
 
 Writes ``comparison.json`` (every point), ``comparison.md`` (accuracy with its binomial standard error, measured
 MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input; the seed groups; the training time
-per epoch of each trained entry; the measured time per sample) and ``comparison.png`` (accuracy against measured FLOPs, one curve per entry) into
-``output_dir``, atomically.
+per epoch of each trained entry; the measured time per sample) and ``comparison.png`` (accuracy against measured
+FLOPs, one curve per entry and method) into ``output_dir``, atomically.
 """
 from __future__ import annotations
 
