@@ -80,6 +80,13 @@ def test_compare_trains_evaluates_and_tabulates(tmp_path, reset_accelerate, caps
     (dict(timing={"batch_sizes": []}), "timing.batch_sizes must be a non-empty list"),
     (dict(timing={"clock": "cycles"}), "timing.clock must be one of"),
     (dict(timing={"batches": [1]}), "timing must be a mapping of any of"),
+    (dict(entries=[dict(name="a", model_dir="m", methods={"nonsense": [0.5]})]),
+     "methods names nonsense; the registered halting methods are .*confidence.*entropy.*patience"),
+    (dict(entries=[dict(name="a", model_dir="m", methods=["entropy"])]), "methods must map halting methods to lists"),
+    (dict(entries=[dict(name="a", model_dir="m", methods={})]), "methods must map halting methods to lists"),
+    (dict(entries=[dict(name="a", model_dir="m", methods={"entropy": [1.5]})]),
+     r"methods.entropy must be a list of numbers in \(0, 1\]"),
+    (dict(entries=[dict(name="a", model_dir="m", methods={"entropy": 0.5})]), "methods.entropy must be a list"),
 ])
 def test_comparison_recipe_errors_name_the_problem(tmp_path, change, message):
     from pact_zoo.training.compare import load_comparison
@@ -220,6 +227,95 @@ def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
     assert "Measured time per sample" in table and "vs plain b=8" in table
 
 
+def _exits_folder(tmp_path: Path, family: str) -> tuple[Path, dict]:
+    """A saved untrained model with an exit after every unit, its own rule ``confidence`` at 0.8, and the evaluation
+    split it fits: a 3-block ViT on digits (timm) or a 2-layer PACT-Encoder on generated reviews (text)."""
+    import torch
+
+    from pact_zoo.training.io import save_model_folder
+
+    torch.manual_seed(0)
+    if family == "timm":
+        model = timm.create_model("pact_vit_tiny_patch16_224", method="confidence", exit_classifiers="per_layer",
+                                  threshold=0.8, num_classes=10, img_size=32, depth=3)
+        evaluation = dict(dataset="digits", max_eval_samples=40, eval_batch_size=40)
+    else:
+        from pact_zoo.hf import PactEncoderForSequenceClassification
+
+        from test_hf_pact_encoder import _text_folder
+
+        backbone, data = _text_folder(tmp_path)
+        model = PactEncoderForSequenceClassification.from_backbone(
+            backbone, num_labels=2, method="confidence", exit_classifiers="per_layer", pooling="mean", threshold=0.8)
+        evaluation = dict(dataset=f"parquet:{data}", eval_split="test", eval_batch_size=12,
+                          dataset_kwargs={"max_length": 8})
+    with torch.no_grad():  # exits of different certainty per sample, so that the rules stop at different depths
+        for name, parameter in model.named_parameters():
+            if "exit" in name and name.endswith("weight"):
+                parameter.normal_(0.0, 2.0)
+    save_model_folder(model.eval(), tmp_path / "exits")
+    return tmp_path / "exits", evaluation
+
+
+@pytest.mark.parametrize("family", ["timm", "text"])
+def test_methods_evaluate_one_model_under_other_exit_rules(tmp_path, family, capsys):
+    """``methods:`` evaluates the entry's own model under other exit rules: rows labelled ``<entry>:<method>`` whose
+    rule is the method the switched model runs, at the method's thresholds and its default; the weights are the
+    entry's (full depth is the same point); the JSON lists each method's thresholds and trade-off file."""
+    from pact_zoo.cli import main
+
+    folder, evaluation = _exits_folder(tmp_path, family)
+    recipe = dict(output_dir=str(tmp_path / "compare"), evaluation=evaluation, thresholds=[0.6, 0.9],
+                  entries=[dict(name="exits", model_dir=str(folder), truncations="every_depth",
+                                methods={"entropy": [0.3, 0.7], "patience": [0.5, 1.0]})])
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["compare", "--config", str(tmp_path / "compare.yaml"), "--dry-run"]) == 0
+    assert "methods {'entropy': [0.3, 0.7], 'patience': [0.5, 1.0]}" in capsys.readouterr().out
+    assert main(["compare", "--config", str(tmp_path / "compare.yaml")]) == 0
+    out = tmp_path / "compare"
+    saved = json.loads((out / "comparison.json").read_text())
+    rows = saved["rows"]
+    by_label = {label: [r for r in rows if r["entry"] == label] for label in ("exits", "exits:entropy",
+                                                                             "exits:patience")}
+    assert {r["entry"] for r in rows} == set(by_label)
+    thresholds = {label: sorted(r["threshold"] for r in mine if r["rule"] not in ("full_depth",)
+                                and not r["rule"].startswith("truncated")) for label, mine in by_label.items()}
+    assert thresholds == {"exits": [0.6, 0.8, 0.9], "exits:entropy": [0.3, 0.5, 0.7],  # + each method's default
+                          "exits:patience": [0.5, 1.0]}
+    for label, rule in (("exits", "confidence"), ("exits:entropy", "entropy"), ("exits:patience", "patience")):
+        assert {r["rule"] for r in by_label[label] if r["threshold"] is not None} == {rule}
+        assert {r["group"] for r in by_label[label]} == {label}
+    full = [next(r for r in mine if r["rule"] == "full_depth") for mine in by_label.values()]
+    assert len({(r["accuracy"], r["mflops"]) for r in full}) == 1  # the same weights under every rule
+    truncated = [r for r in rows if r["rule"].startswith("truncated")]
+    assert {r["entry"] for r in truncated} == {"exits"} and len(truncated) == full[0]["mean_units"][0]
+    entropy = {r["threshold"]: r for r in by_label["exits:entropy"]}
+    assert entropy[0.3]["mean_units"][0] < full[0]["mean_units"][0]  # the rule stops early
+    patience_all = next(r for r in by_label["exits:patience"] if r["threshold"] == 1.0)
+    assert patience_all["mean_units"] == full[0]["mean_units"]  # patience 1.0 runs every unit
+    methods = saved["entries"]["exits"]["methods"]
+    assert {m: v["thresholds"] for m, v in methods.items()} == {"entropy": [0.3, 0.7], "patience": [0.5, 1.0]}
+    tradeoff = json.loads(Path(methods["entropy"]["tradeoff"]).read_text())
+    assert tradeoff["methods"] == ["entropy"] and Path(methods["entropy"]["tradeoff"]).parent.name == "eval_entropy"
+    table = (out / "comparison.md").read_text()
+    assert "| exits:entropy | entropy | 0.3 |" in table and "| exits:patience | patience | 1 |" in table
+    assert (out / "comparison.png").stat().st_size > 0
+
+
+def test_methods_a_family_refuses_raise_its_own_error(tmp_path):
+    """An exit rule on a network without exits: the model's own one-line error, before anything is written."""
+    from pact_zoo.training.compare import compare, load_comparison
+    from pact_zoo.training.io import save_model_folder
+
+    save_model_folder(timm.create_model("pact_resnet32", num_classes=10, **SMALL).eval(), tmp_path / "pact")
+    recipe = dict(evaluation=dict(dataset="digits", max_eval_samples=40, eval_batch_size=40),
+                  entries=[dict(name="pact", model_dir=str(tmp_path / "pact"), methods={"confidence": [0.5]})])
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ValueError, match="decides from exit classifiers") as error:
+        compare(load_comparison(str(tmp_path / "compare.yaml"), str(tmp_path / "out")))
+    assert "\n" not in str(error.value) and not (tmp_path / "out" / "comparison.json").exists()
+
+
 def test_the_shipped_comparison_recipes_are_found():
     assert {"hub_configs/methods.compare/compare.yaml", "hub_configs/methods.compare/learning_quality.yaml",
             "hub_configs/acm_vit.fashion_mnist/compare.yaml"} <= set(SHIPPED)
@@ -242,13 +338,14 @@ def test_shipped_comparison_recipes_load(recipe, monkeypatch, capsys):
             timm.create_model(config.model, **config.model_kwargs)
         else:  # a model a registered training task builds (text: a PACT-Encoder over a backbone folder)
             from pact_zoo.halting import get_halting_method
+            from pact_zoo.hf import PactEncoderConfig
             from pact_zoo.training.tasks import TASKS
 
             assert any(task.handles(config) for task in TASKS), (entry.name, config.model)
-            knobs = dict(config.model_kwargs)
-            method = knobs.pop("method", "pact")
-            knobs.pop("halting_bias_init", None)
-            assert set(knobs) <= set(get_halting_method(method).knobs), (entry.name, knobs)
+            method = config.model_kwargs.get("method", "pact")
+            fields = PactEncoderConfig().to_dict()  # method, pooling, exit_classifiers, halting_bias_init, ...
+            knobs = {key for key in config.model_kwargs if key not in fields}
+            assert knobs <= set(get_halting_method(method).knobs), (entry.name, knobs)
     from pact_zoo.cli import main
 
     assert main(["compare", "--config", recipe, "--dry-run"]) == 0  # lists the entries, runs nothing

@@ -20,6 +20,9 @@ continues where it stopped (``--overwrite`` reruns everything).
         grid: {model_kwargs.tau: [0.03, 0.1], seed: [0, 1, 2]}
         budgets: [0.4, 0.6, 0.8]             # also thresholds calibrated to these FLOPs ratios
         truncations: every_depth             # and the same weights as static networks of 1, 2, ... units per stage
+      - name: exits                          # a model with exit classifiers: its own rule at its thresholds, and
+        convert: hub_configs/pact_minilm.rotten_tomatoes/convert_exits.yaml
+        methods: {entropy: [0.1, 0.3], patience: [0.4, 0.6]}   # the same model under these methods
 
 Overrides: a key replaces the recipe's field (a mapping too: ``model_kwargs: {act_eps: 0.01}`` is the whole of
 ``model_kwargs``); a dotted key ``model_kwargs.tau`` sets one key of a mapping field and keeps the others, and
@@ -37,14 +40,19 @@ weights: ``[[1, 1, 1], [2, 2, 2]]`` (units per stage), or ``every_depth`` (1, 2,
 ratio on the first ``calibration_samples`` (recipe key; default 500, ``DEFAULT_CALIBRATION_SAMPLES``) training samples,
 without augmentation (never the evaluation split); those thresholds are evaluated as well and named by their budget.
 
+``methods``: the same model evaluated under other registered halting methods, each at its own thresholds (and
+its default one), switched as a conversion phase switches it (:mod:`~pact_zoo.training.compare_methods`): the
+early-exit rules ``confidence``, ``entropy`` and ``patience`` all read one model's exits. Its points are labelled
+``<entry>:<method>`` (rows, seed groups, one curve each in the plot); they are not timed.
+
 ``timing``: measured time per sample of every entry (at its own rule, an adaptive one also at full depth) on the
 first evaluation samples at each batch size, timed round robin (:mod:`~pact_zoo.training.compare_timing`):
 ``timing: {batch_sizes: [1, 8, 64], samples: 64, repeats: 3, warmup: 1, clock: wall}``.
 
 Writes ``comparison.json`` (every point), ``comparison.md`` (accuracy with its binomial standard error, measured
 MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input; the seed groups; the training time
-per epoch of each trained entry; the measured time per sample) and ``comparison.png`` (accuracy against measured FLOPs, one curve per entry) into
-``output_dir``, atomically.
+per epoch of each trained entry; the measured time per sample) and ``comparison.png`` (accuracy against measured
+FLOPs, one curve per entry and method) into ``output_dir``, atomically.
 """
 from __future__ import annotations
 
@@ -58,8 +66,9 @@ from ..cli import ArgumentParser
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
 from .compare_report import (TRUNCATED_RULE, comparison_figure, comparison_rows, format_rows, format_seed_groups,
                              format_training_time, seed_groups, training_time)
+from .compare_methods import build_with_method, load_methods, method_fields, method_label
 from .compare_timing import format_timing, load_timing, time_entries
-from .config import ConfigError, load_config, read_yaml_mapping
+from .config import ConfigError, check_fractions, load_config, read_yaml_mapping
 from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
 from .io import check_model_folder, folder_model_name, is_timm_folder, load_model_folder
 from .run_dir import MODEL_DIR
@@ -72,7 +81,7 @@ RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "co
 SOURCES = ("train", "convert", "model_dir")
 RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries",
                "timing"}
-ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations"}
+ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations", "methods"}
 #: ``truncations:`` value for every uniform depth d = 1, 2, ... (each stage runs min(d, its units))
 EVERY_DEPTH = "every_depth"
 #: training samples that calibrate an entry's thresholds to its budgets, unless the recipe says
@@ -89,20 +98,25 @@ class ComparisonEntry:
     """One model of a comparison: how it is made (``kind`` in :data:`SOURCES`, ``path``), its recipe overrides
     (resolved: no dotted keys), the thresholds it is evaluated at, the FLOPs budgets its threshold is calibrated
     to, its run folder, its seed group (the entry itself unless a grid over ``seed`` made it), its static
-    truncations (lists of units per stage, or :data:`EVERY_DEPTH`) and ``recipe_name``, the name in the recipe
-    (that a grid expanded)."""
+    truncations (lists of units per stage, or :data:`EVERY_DEPTH`), ``recipe_name``, the name in the recipe
+    (that a grid expanded), and ``methods``, the other halting methods it is evaluated under (name -> thresholds)."""
 
     def __init__(self, name: str, kind: str, path: str, overrides: Dict[str, Any], thresholds: List[float],
                  run_dir: Path, budgets: Optional[List[float]] = None, group: Optional[str] = None,
-                 seed: Any = None, truncations: Any = None, recipe_name: Optional[str] = None) -> None:
+                 seed: Any = None, truncations: Any = None, recipe_name: Optional[str] = None,
+                 methods: Optional[Dict[str, List[float]]] = None) -> None:
         self.name, self.kind, self.path, self.recipe_name = name, kind, path, recipe_name or name
         self.overrides, self.thresholds, self.run_dir = overrides, thresholds, run_dir
         self.budgets, self.group, self.seed = budgets or [], group or name, seed
-        self.truncations = truncations or []
+        self.truncations, self.methods = truncations or [], methods or {}
 
     @property
     def eval_dir(self) -> Path:
         return self.run_dir / "eval"
+
+    def method_eval_dir(self, method: str) -> Path:
+        """Where the evaluation under another halting method (``methods:``) is written."""
+        return self.run_dir / f"eval_{method}"
 
     def model_dir(self) -> Path:
         """The entry's model folder (after :meth:`make`)."""
@@ -142,13 +156,6 @@ class Comparison:
                  timing: Optional[Dict[str, Any]] = None) -> None:
         self.entries, self.evaluation, self.baseline, self.output_dir = entries, evaluation, baseline, output_dir
         self.calibration_samples, self.timing = calibration_samples, timing
-
-
-def _check_fractions(where: str, key: str, values: Any) -> List[float]:
-    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                               and 0 < v <= 1 for v in values):
-        raise ConfigError(f"{where}: {key} must be a list of numbers in (0, 1], got {values!r}")
-    return [float(v) for v in values]
 
 
 def apply_overrides(recipe: Dict[str, Any], overrides: Dict[str, Any], where: str) -> Dict[str, Any]:
@@ -227,7 +234,7 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
     kinds = [kind for kind in SOURCES if kind in raw]
     if unknown or len(kinds) != 1:
         raise ConfigError(f"{where} needs exactly one of {', '.join(SOURCES)} (plus name, overrides, grid, "
-                          f"thresholds, budgets, truncations); got keys {sorted(raw)}")
+                          f"thresholds, budgets, truncations, methods); got keys {sorted(raw)}")
     kind, source = kinds[0], raw[kinds[0]]
     if not isinstance(source, str) or (kind != "model_dir" and not Path(source).is_file()):
         raise ConfigError(f"{where}: {kind} must name an existing "
@@ -236,14 +243,15 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
     if not isinstance(overrides, dict) or (kind == "model_dir" and (overrides or "grid" in raw)):
         raise ConfigError(f"{where}: overrides and grid are mappings of recipe fields (not for model_dir entries), "
                           f"got overrides {overrides!r}, grid {raw.get('grid')!r}")
-    thresholds = _check_fractions(where, "thresholds", raw.get("thresholds", default_thresholds))
-    budgets = _check_fractions(where, "budgets", raw.get("budgets", []))
+    thresholds = check_fractions(where, "thresholds", raw.get("thresholds", default_thresholds))
+    budgets = check_fractions(where, "budgets", raw.get("budgets", []))
     truncations = raw.get("truncations", [])
     if truncations != EVERY_DEPTH and not (isinstance(truncations, list) and all(
             isinstance(t, list) and t and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in t)
             for t in truncations)):
         raise ConfigError(f"{where}: truncations must be {EVERY_DEPTH} or a list of units per stage such as "
                           f"[[1, 1, 1], [2, 2, 2]], got {truncations!r}")
+    methods = load_methods(raw.get("methods"), where)
     variants = expand_grid(name, raw["grid"], where) if "grid" in raw else [(name, {}, None)]
     file_fields = read_yaml_mapping(source) if kind != "model_dir" else {}
     entries = []
@@ -260,7 +268,7 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
 
             load_conversion(source, {**changed, "output_dir": str(out / entry_name)})
         entries.append(ComparisonEntry(entry_name, kind, source, changed, thresholds, out / entry_name, budgets,
-                                       group, resolved.get(SEED_KEY), truncations, name))
+                                       group, resolved.get(SEED_KEY), truncations, name, methods))
     return entries
 
 
@@ -277,7 +285,7 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
         raise ConfigError(f"{path}: evaluation must be a mapping with a dataset and any of "
                           f"{', '.join(EVALUATE_FIELDS)}: the one split every entry is evaluated on; "
                           f"got {evaluation!r}")
-    default_thresholds = _check_fractions(path, "thresholds", recipe.get("thresholds", [0.5]))
+    default_thresholds = check_fractions(path, "thresholds", recipe.get("thresholds", [0.5]))
     common = recipe.get("overrides") or {}
     if not isinstance(common, dict):
         raise ConfigError(f"{path}: overrides must be a mapping of recipe fields for every train / convert entry, "
@@ -390,14 +398,24 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         if entry.truncations:
             results[entry.name]["points"] += evaluate_truncations(model_dir, comparison.evaluation,
                                                                   entry.truncations)
-    rows = comparison_rows(results, comparison.baseline, {e.name: e.group for e in comparison.entries}, budgets)
-    groups = seed_groups(rows, {e.name: e.seed for e in comparison.entries})
+        for method, method_thresholds in entry.methods.items():
+            print(f"   under {method}", flush=True)
+            config = _evaluation_config(comparison.evaluation, model_dir, method_fields(model_dir, method))
+            results[method_label(entry.name, method)] = run_evaluation(
+                build_with_method(config), config, entry.method_eval_dir(method), method_thresholds)
+    labels = [(e.name, e.group, e) for e in comparison.entries] + [
+        (method_label(e.name, m), method_label(e.group, m), e) for e in comparison.entries for m in e.methods]
+    rows = comparison_rows(results, comparison.baseline, {label: group for label, group, _ in labels}, budgets)
+    groups = seed_groups(rows, {label: e.seed for label, _, e in labels})
     times = {e.name: training_time(e.run_dir) if e.kind == "train" else None for e in comparison.entries}
     summary = {"evaluation": comparison.evaluation, "baseline": comparison.baseline,
                "entries": {e.name: {"kind": e.kind, "path": e.path, "overrides": e.overrides, "group": e.group,
                                     "seed": e.seed, "model_dir": str(model_dirs[e.name]),
                                     "tradeoff": str(e.eval_dir / TRADEOFF_JSON), "budgets": budgets[e.name],
-                                    "training_time": times[e.name]}
+                                    "training_time": times[e.name],
+                                    "methods": {m: {"thresholds": t,
+                                                    "tradeoff": str(e.method_eval_dir(m) / TRADEOFF_JSON)}
+                                                for m, t in e.methods.items()}}
                            for e in comparison.entries},
                "rows": rows, "seed_groups": groups}
     if comparison.timing is not None:
@@ -414,7 +432,8 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         sections.append("Measured time per sample:\n\n" + format_timing(summary["timing"], comparison.baseline))
     table = "\n".join(sections)
     atomic_write_text(out / RESULT_TABLE, table)
-    figure = comparison_figure(rows, f"{out.name}: {len(results)} entries on {comparison.evaluation['dataset']}")
+    figure = comparison_figure(rows, f"{out.name}: {len(comparison.entries)} entries on "
+                                     f"{comparison.evaluation['dataset']}")
     with atomic_path(out / RESULT_PLOT) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
     import matplotlib.pyplot as plt
@@ -452,14 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def describe(comparison: Comparison) -> str:
-    """One line per entry: name, how it is made, its overrides, thresholds and budgets."""
+    """One line per entry: name, how it is made, its overrides, thresholds, budgets and other methods."""
     import yaml
 
     lines = []
     for e in comparison.entries:
         flow = yaml.safe_dump(e.overrides, default_flow_style=True, width=10 ** 6).strip() if e.overrides else "{}"
         lines.append(f"{e.name}: {e.kind} {e.path} overrides {flow} thresholds {e.thresholds}"
-                     + (f" budgets {e.budgets}" if e.budgets else "") + f" -> {e.run_dir}")
+                     + (f" budgets {e.budgets}" if e.budgets else "")
+                     + (f" methods {e.methods}" if e.methods else "") + f" -> {e.run_dir}")
     return "\n".join(lines)
 
 

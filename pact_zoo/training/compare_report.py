@@ -154,8 +154,9 @@ def format_training_time(times: Dict[str, Optional[Dict[str, Any]]]) -> str:
 
 
 def comparison_figure(rows: List[Dict[str, Any]], title: str):
-    """Accuracy against measured MFLOPs per sample: one curve per entry (its thresholds), its static truncations as
-    a dashed curve, its full depth as a star."""
+    """Accuracy against measured MFLOPs per sample: one curve per entry (its thresholds; an entry under another
+    method of its ``methods:``, ``<entry>:<method>``, is a curve of its own), its static truncations as a dashed
+    curve, its full depth as a star."""
     import matplotlib
 
     matplotlib.use("Agg")

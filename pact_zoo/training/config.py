@@ -15,7 +15,7 @@ import yaml
 from ..acm.phases import DEFAULT_BUDGET_WEIGHT, DEFAULT_ERROR_FACTOR
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "read_yaml_mapping", "add_config_arguments", "config_from_args",
-           "FIELD_HELP", "MERGED_FIELDS", "YamlLoader"]
+           "FIELD_HELP", "MERGED_FIELDS", "YamlLoader", "check_fractions"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
@@ -115,6 +115,15 @@ FIELD_HELP = {
 
 class ConfigError(ValueError):
     """A recipe or override that does not describe a valid training run."""
+
+
+def check_fractions(where: str, key: str, values: Any) -> List[float]:
+    """``values`` as floats if it is a list of numbers in (0, 1] (thresholds, FLOPs budgets); else a one-line
+    ConfigError naming ``where`` and ``key``."""
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and 0 < v <= 1 for v in values):
+        raise ConfigError(f"{where}: {key} must be a list of numbers in (0, 1], got {values!r}")
+    return [float(v) for v in values]
 
 
 @dataclass

@@ -365,7 +365,8 @@ def format_table(result: Dict[str, Any]) -> str:
 
 #: config fields ``pact-zoo evaluate`` takes (the data and the evaluation; the model comes from --model-dir)
 EVALUATE_FIELDS = ("dataset", "data_dir", "data_files", "eval_split", "image_column", "label_column",
-                   "dataset_kwargs", "max_eval_samples", "eval_batch_size", "eval_thresholds", "num_workers")
+                   "dataset_kwargs", "max_eval_samples", "eval_batch_size", "eval_thresholds", "num_workers",
+                   "image_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
