@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedConfig
 
-__all__ = ["IGNORE_INDEX", "check_labels", "classification_loss", "problem_type"]
+__all__ = ["IGNORE_INDEX", "check_labels", "classification_loss", "problem_type", "sequence_loss", "token_loss"]
 
 #: Label value ignored by the classification losses (transformers convention).
 IGNORE_INDEX = -100
@@ -80,3 +80,27 @@ def check_labels(labels: torch.Tensor, problem_type: str, num_labels: int, leadi
     if tuple(labels.shape) not in allowed:
         raise ValueError(f"labels for {problem_type} must have shape {' or '.join(map(str, sorted(allowed)))}, "
                          f"got {tuple(labels.shape)}")
+
+
+def sequence_loss(config: PreTrainedConfig, logits: torch.Tensor, labels: torch.Tensor,
+                  rows: bool = False) -> torch.Tensor:
+    """Mean task loss of ``[B, num_labels]`` logits (the problem type from ``config``, labels checked), or the ``[B]``
+    per-sample losses with ``rows``."""
+    kind = problem_type(config, labels)
+    check_labels(labels, kind, config.num_labels, (logits.shape[0],))
+    return classification_loss(logits, labels.to(logits.device), kind, config.num_labels,
+                               rows=logits.shape[0] if rows else None)
+
+
+def token_loss(config: PreTrainedConfig, logits: torch.Tensor, labels: torch.Tensor,
+               attention_mask: Optional[torch.Tensor], rows: bool = False) -> torch.Tensor:
+    """Mean task loss of ``[B, T, num_labels]`` logits over the real tokens (``attention_mask`` ``[B, T]``; padding
+    never counts), or the ``[B]`` per-sequence means with ``rows``."""
+    batch_size, seq_len = logits.shape[:2]
+    kind = problem_type(config, labels)
+    check_labels(labels, kind, config.num_labels, (batch_size, seq_len))
+    valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
+    labels = labels.to(logits.device)
+    return classification_loss(logits.reshape(batch_size * seq_len, -1),
+                               labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
+                               kind, config.num_labels, valid, rows=batch_size if rows else None)

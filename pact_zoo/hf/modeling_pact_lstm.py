@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional, Union
 
@@ -52,7 +53,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_lstm import PactLSTMConfig
 from .halting_model import HaltingModelMixin, UnitsExecutedOutput
-from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
+from .losses import sequence_loss, token_loss
 from .remote_code import remote_code_files as shared_remote_code_files
 
 logger = logging.get_logger(__name__)
@@ -453,19 +454,14 @@ class PactLSTMForSequenceClassification(PactLSTMPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = self._task_loss(logits, labels)
-            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, rows=True), baseline)
+            loss = self._total_loss(partial(self._task_loss, logits, labels), baseline)
         output = PactLSTMSequenceClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
                                                   units_executed=outputs.units_executed,
                                                   hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: bool = False) -> torch.Tensor:
-        """Mean task loss of ``[B, num_labels]`` logits, or the ``[B]`` per-sample losses with ``rows``."""
-        kind = problem_type(self.config, labels)
-        check_labels(labels, kind, self.num_labels, (logits.shape[0],))
-        return classification_loss(logits, labels.to(logits.device), kind, self.num_labels,
-                                    rows=logits.shape[0] if rows else None)
+        return sequence_loss(self.config, logits, labels, rows)
 
 
 class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
@@ -505,9 +501,7 @@ class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = self._task_loss(logits, labels, attention_mask)
-            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, attention_mask, rows=True),
-                                             baseline)
+            loss = self._total_loss(partial(self._task_loss, logits, labels, attention_mask), baseline)
         output = PactLSTMTokenClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
                                                units_executed=outputs.units_executed,
                                                hidden_states=outputs.hidden_states)
@@ -515,16 +509,7 @@ class PactLSTMForTokenClassification(PactLSTMPreTrainedModel):
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],
                    rows: bool = False) -> torch.Tensor:
-        """Mean task loss of ``[B, T, num_labels]`` logits over the real steps, or ``[B]`` per sequence with
-        ``rows``."""
-        batch_size, seq_len = logits.shape[:2]
-        kind = problem_type(self.config, labels)
-        check_labels(labels, kind, self.num_labels, (batch_size, seq_len))
-        valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
-        labels = labels.to(logits.device)
-        return classification_loss(logits.reshape(batch_size * seq_len, -1),
-                                    labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
-                                    kind, self.num_labels, valid, rows=batch_size if rows else None)
+        return token_loss(self.config, logits, labels, attention_mask, rows)
 
 
 __all__ = [

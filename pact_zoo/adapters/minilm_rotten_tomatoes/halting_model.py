@@ -180,6 +180,11 @@ class HaltingModelMixin:
             return torch.zeros((), device=next(self.parameters()).device)
         return halting_loss(self, task_loss=per_sample_loss(), baseline_loss=baseline)
 
+    def _total_loss(self, task_loss: Callable[..., torch.Tensor], baseline: Optional[torch.Tensor]) -> torch.Tensor:
+        """The loss of the forward that just ran: ``task_loss()`` (the mean task loss) plus its halting loss, to which
+        a REINFORCE method gives ``task_loss(rows=True)`` (the ``[B]`` per-sample task losses)."""
+        return task_loss() + self._halting_loss(lambda: task_loss(rows=True), baseline)
+
     # -- remote code --------------------------------------------------------------------------------------------------
     @classmethod
     def register_for_auto_class(cls, auto_class: Union[str, type] = "AutoModel") -> None:

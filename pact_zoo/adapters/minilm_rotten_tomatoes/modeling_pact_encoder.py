@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -54,7 +55,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
 from .backbones import load_backbone, pool_tokens, sentence_transformers_pooling
 from .halting_model import HaltingModelMixin, UnitsExecutedOutput
-from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
+from .losses import IGNORE_INDEX, check_labels, problem_type, sequence_loss, token_loss
 from .remote_code import remote_code_files as shared_remote_code_files
 
 logger = logging.get_logger(__name__)
@@ -699,18 +700,13 @@ class PactEncoderForSequenceClassification(PactEncoderPreTrainedModel):
                                 outputs.units_executed)
         loss = None
         if labels is not None:
-            loss = self._task_loss(logits, labels)
-            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, rows=True), baseline)
+            loss = self._total_loss(partial(self._task_loss, logits, labels), baseline)
         output = PactEncoderSequenceClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
                                                      units_executed=outputs.units_executed)
         return output if return_dict else output.to_tuple()
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: bool = False) -> torch.Tensor:
-        """Mean task loss of ``[B, num_labels]`` logits, or the ``[B]`` per-sample losses with ``rows``."""
-        kind = problem_type(self.config, labels)
-        check_labels(labels, kind, self.num_labels, (logits.shape[0],))
-        return classification_loss(logits, labels.to(logits.device), kind, self.num_labels,
-                                    rows=logits.shape[0] if rows else None)
+        return sequence_loss(self.config, logits, labels, rows)
 
 
 class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
@@ -756,24 +752,14 @@ class PactEncoderForTokenClassification(PactEncoderPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = self._task_loss(logits, labels, attention_mask)
-            loss = loss + self._halting_loss(lambda: self._task_loss(logits, labels, attention_mask, rows=True),
-                                             baseline)
+            loss = self._total_loss(partial(self._task_loss, logits, labels, attention_mask), baseline)
         output = PactEncoderTokenClassifierOutput(loss=loss, logits=logits, ponder_cost=outputs.ponder_cost,
                                                   units_executed=outputs.units_executed)
         return output if return_dict else output.to_tuple()
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor],
                    rows: bool = False) -> torch.Tensor:
-        """Mean task loss of ``[B, T, num_labels]`` logits over the real tokens, or ``[B]`` per sequence."""
-        batch_size, seq_len = logits.shape[:2]
-        kind = problem_type(self.config, labels)
-        check_labels(labels, kind, self.num_labels, (batch_size, seq_len))
-        valid = None if attention_mask is None else attention_mask.to(logits.device).bool().reshape(-1)
-        labels = labels.to(logits.device)
-        return classification_loss(logits.reshape(batch_size * seq_len, -1),
-                                    labels.reshape((batch_size * seq_len,) + tuple(labels.shape[2:])),
-                                    kind, self.num_labels, valid, rows=batch_size if rows else None)
+        return token_loss(self.config, logits, labels, attention_mask, rows)
 
 
 __all__ = [
