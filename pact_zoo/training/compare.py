@@ -41,6 +41,13 @@ without augmentation (never the evaluation split); those thresholds are evaluate
 first evaluation samples at each batch size, timed round robin (:mod:`~pact_zoo.training.compare_timing`):
 ``timing: {batch_sizes: [1, 8, 64], samples: 64, repeats: 3, warmup: 1, clock: wall}``.
 
+``init_from: <entry>`` (a train entry's key): a warm start from the model of the entry named, which must come
+earlier (its folder becomes ``pretrained_file``; halting heads keep their fresh init); ``--entries`` keeps it.
+
+``depth_by: <property>``: every entry's mean units executed and accuracy per value of a per-sample property that
+the evaluation task provides (parity: ``num_nonzero``), at its own rule and with sampled stops, and the correlation
+of units with the value (Graves 2016 Fig. 3; :mod:`~pact_zoo.training.compare_breakdown`): a table, JSON, depth_by.png.
+
 Writes ``comparison.json`` (every point), ``comparison.md`` (accuracy with its binomial standard error, measured
 MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input; the seed groups; the training time
 per epoch of each trained entry; the measured time per sample) and ``comparison.png`` (accuracy against measured FLOPs, one curve per entry) into
@@ -49,6 +56,7 @@ per epoch of each trained entry; the measured time per sample) and ``comparison.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import re
 from pathlib import Path
@@ -56,6 +64,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..cli import ArgumentParser
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
+from .compare_breakdown import (BREAKDOWN_PLOT, DEPTH_BY_KEY, breakdown_section, breakdown_summary, check_depth_by,
+                                check_property, depth_breakdown)
+from .compare_init import INIT_KEY, resolve_init_from, with_init_sources
 from .compare_report import (TRUNCATED_RULE, comparison_figure, comparison_rows, format_rows, format_seed_groups,
                              format_training_time, seed_groups, training_time)
 from .compare_timing import format_timing, load_timing, time_entries
@@ -71,8 +82,8 @@ RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "co
 #: how an entry gets its model
 SOURCES = ("train", "convert", "model_dir")
 RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries",
-               "timing"}
-ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations"}
+               "timing", DEPTH_BY_KEY}
+ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations", INIT_KEY}
 #: ``truncations:`` value for every uniform depth d = 1, 2, ... (each stage runs min(d, its units))
 EVERY_DEPTH = "every_depth"
 #: training samples that calibrate an entry's thresholds to its budgets, unless the recipe says
@@ -99,6 +110,7 @@ class ComparisonEntry:
         self.overrides, self.thresholds, self.run_dir = overrides, thresholds, run_dir
         self.budgets, self.group, self.seed = budgets or [], group or name, seed
         self.truncations = truncations or []
+        self.init_from: Optional[str] = None  # the earlier entry whose model starts this one (compare_init)
 
     @property
     def eval_dir(self) -> Path:
@@ -135,13 +147,14 @@ class ComparisonEntry:
 
 class Comparison:
     """A loaded comparison recipe: its entries (grids expanded), the evaluation split, the baseline entry, the
-    results folder, the number of training samples that calibrate budgets and the timing settings (or None)."""
+    results folder, the number of training samples that calibrate budgets, the timing settings (or None) and the
+    per-sample property the depth is broken down by (or None)."""
 
     def __init__(self, entries: List[ComparisonEntry], evaluation: Dict[str, Any], baseline: Optional[str],
                  output_dir: Path, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-                 timing: Optional[Dict[str, Any]] = None) -> None:
+                 timing: Optional[Dict[str, Any]] = None, depth_by: Optional[str] = None) -> None:
         self.entries, self.evaluation, self.baseline, self.output_dir = entries, evaluation, baseline, output_dir
-        self.calibration_samples, self.timing = calibration_samples, timing
+        self.calibration_samples, self.timing, self.depth_by = calibration_samples, timing, depth_by
 
 
 def _check_fractions(where: str, key: str, values: Any) -> List[float]:
@@ -227,7 +240,7 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
     kinds = [kind for kind in SOURCES if kind in raw]
     if unknown or len(kinds) != 1:
         raise ConfigError(f"{where} needs exactly one of {', '.join(SOURCES)} (plus name, overrides, grid, "
-                          f"thresholds, budgets, truncations); got keys {sorted(raw)}")
+                          f"thresholds, budgets, truncations, {INIT_KEY}); got keys {sorted(raw)}")
     kind, source = kinds[0], raw[kinds[0]]
     if not isinstance(source, str) or (kind != "model_dir" and not Path(source).is_file()):
         raise ConfigError(f"{where}: {kind} must name an existing "
@@ -297,7 +310,9 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     baseline = recipe.get("baseline")
     if baseline is not None and baseline not in names:
         raise ConfigError(f"{path}: baseline must name an entry ({', '.join(names)}), got {baseline!r}")
-    return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path))
+    resolve_init_from(path, raw_entries, entries)
+    return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path),
+                      check_depth_by(recipe.get(DEPTH_BY_KEY), path))
 
 
 def _evaluation_config(evaluation: Dict[str, Any], model_dir: Path, extra: Optional[Dict[str, Any]] = None):
@@ -376,7 +391,9 @@ def _time_entries(model_dirs: Dict[str, Path], evaluation: Dict[str, Any], timin
 
 def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     """Make and evaluate every entry, then write the JSON, the tables and the plot; returns the JSON's content."""
-    results, model_dirs, budgets = {}, {}, {}
+    results, model_dirs, budgets, breakdowns = {}, {}, {}, []
+    if comparison.depth_by:  # a property the evaluation task lacks fails before anything trains
+        check_property(comparison.evaluation, comparison.entries[0], comparison.depth_by)
     for entry in comparison.entries:
         print(f"== {entry.name}: {entry.kind} {entry.path}", flush=True)
         entry.make(overwrite)
@@ -390,6 +407,10 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         if entry.truncations:
             results[entry.name]["points"] += evaluate_truncations(model_dir, comparison.evaluation,
                                                                   entry.truncations)
+        if comparison.depth_by:
+            breakdowns.append(depth_breakdown(load_model_folder(model_dir), _evaluation_config(
+                comparison.evaluation, model_dir), comparison.depth_by, entry.name,
+                results[entry.name]["default"]["rule"]))
     rows = comparison_rows(results, comparison.baseline, {e.name: e.group for e in comparison.entries}, budgets)
     groups = seed_groups(rows, {e.name: e.seed for e in comparison.entries})
     times = {e.name: training_time(e.run_dir) if e.kind == "train" else None for e in comparison.entries}
@@ -402,6 +423,8 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
                "rows": rows, "seed_groups": groups}
     if comparison.timing is not None:
         summary["timing"] = _time_entries(model_dirs, comparison.evaluation, comparison.timing)
+    if comparison.depth_by:
+        summary[DEPTH_BY_KEY] = breakdown_summary(comparison.depth_by, breakdowns)
     out = comparison.output_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RESULT_JSON, summary)
@@ -412,6 +435,8 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         sections.append("Training time (the training loop only, no evaluation):\n\n" + format_training_time(times))
     if "timing" in summary:
         sections.append("Measured time per sample:\n\n" + format_timing(summary["timing"], comparison.baseline))
+    if DEPTH_BY_KEY in summary:
+        sections.append(breakdown_section(summary[DEPTH_BY_KEY], out / BREAKDOWN_PLOT))
     table = "\n".join(sections)
     atomic_write_text(out / RESULT_TABLE, table)
     figure = comparison_figure(rows, f"{out.name}: {len(results)} entries on {comparison.evaluation['dataset']}")
@@ -426,16 +451,17 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
 
 
 def select_entries(comparison: Comparison, names: Sequence[str]) -> Comparison:
-    """The comparison restricted to the entries named (an entry's name, or the recipe name a grid expanded) and the
-    baseline; an unknown name raises."""
+    """The comparison restricted to the entries named (an entry's name, or the recipe name a grid expanded), the
+    baseline and the entries their ``init_from`` needs; an unknown name raises."""
     known = {e.name for e in comparison.entries} | {e.recipe_name for e in comparison.entries}
     unknown = sorted(set(names) - known)
     if unknown:
         raise ConfigError(f"--entries: no entry named {', '.join(unknown)}; the recipe's entries are "
                           f"{', '.join(e.name for e in comparison.entries)}")
     kept = [e for e in comparison.entries if {e.name, e.recipe_name} & set(names) or e.name == comparison.baseline]
-    return Comparison(kept, comparison.evaluation, comparison.baseline, comparison.output_dir,
-                      comparison.calibration_samples)
+    selected = copy.copy(comparison)  # every setting kept (timing, depth_by), only the entries change
+    selected.entries = with_init_sources(comparison.entries, kept)
+    return selected
 
 
 def build_parser() -> argparse.ArgumentParser:
