@@ -336,6 +336,10 @@ def test_shipped_comparison_recipes_load(recipe, monkeypatch, capsys):
         config = load_config(entry.path, entry.overrides)
         if config.model in pact_zoo.list_models():
             timm.create_model(config.model, **config.model_kwargs)
+        elif config.model == "pact_lstm":  # its config takes the architecture and the method's knobs only
+            from pact_zoo.hf import PactLSTMConfig
+
+            PactLSTMConfig(input_size=1, **config.model_kwargs)
         else:  # a model a registered training task builds (text: a PACT-Encoder over a backbone folder)
             from pact_zoo.halting import get_halting_method
             from pact_zoo.hf import PactEncoderConfig

@@ -1,5 +1,4 @@
 """First-hour traps: the project's data command, and CLI cases that used to be silent or unclear."""
-import io
 import json
 from pathlib import Path
 

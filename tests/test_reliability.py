@@ -4,7 +4,6 @@ import io
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 import pact_zoo
 from pact_zoo.cli import main as cli_main
 from pact_zoo.training import ConfigError, load_config, load_model_folder, save_model_folder, train
-from pact_zoo.training.run_dir import CONFIG_FILE, plan_run
+from pact_zoo.training.run_dir import plan_run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_KWARGS = {"layers": [2, 2, 2], "channels": [4, 8, 8], "tau": 0.05}

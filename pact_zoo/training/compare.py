@@ -49,6 +49,13 @@ early-exit rules ``confidence``, ``entropy`` and ``patience`` all read one model
 first evaluation samples at each batch size, timed round robin (:mod:`~pact_zoo.training.compare_timing`):
 ``timing: {batch_sizes: [1, 8, 64], samples: 64, repeats: 3, warmup: 1, clock: wall}``.
 
+``init_from: <entry>`` (a train entry's key): a warm start from the model of the entry named, which must come
+earlier (its folder becomes ``pretrained_file``; halting heads keep their fresh init); ``--entries`` keeps it.
+
+``depth_by: <property>``: every entry's mean units executed and accuracy per value of a per-sample property that
+the evaluation task provides (parity: ``num_nonzero``), at its own rule and with sampled stops, and the correlation
+of units with the value (Graves 2016 Fig. 3; :mod:`~pact_zoo.training.compare_breakdown`): a table, JSON, depth_by.png.
+
 Writes ``comparison.json`` (every point), ``comparison.md`` (accuracy with its binomial standard error, measured
 MFLOPs per sample, FLOPs relative to the baseline, the spread of depth per input; the seed groups; the training time
 per epoch of each trained entry; the measured time per sample) and ``comparison.png`` (accuracy against measured
@@ -57,6 +64,7 @@ FLOPs, one curve per entry and method) into ``output_dir``, atomically.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import re
 from pathlib import Path
@@ -64,13 +72,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..cli import ArgumentParser
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
-from .compare_report import (TRUNCATED_RULE, comparison_figure, comparison_rows, format_rows, format_seed_groups,
+from .compare_breakdown import (BREAKDOWN_PLOT, DEPTH_BY_KEY, breakdown_section, breakdown_summary, check_depth_by,
+                                check_property, depth_breakdown)
+from .compare_init import INIT_KEY, resolve_init_from, with_init_sources
+from .compare_report import (comparison_figure, comparison_rows, format_rows, format_seed_groups,
                              format_training_time, seed_groups, training_time)
 from .compare_methods import build_with_method, load_methods, method_fields, method_label
-from .compare_timing import format_timing, load_timing, time_entries
+from .compare_steps import (EVERY_DEPTH, calibrate_budgets, evaluate_truncations, evaluation_config,
+                             time_entry_models)
+from .compare_timing import format_timing, load_timing
 from .config import ConfigError, check_fractions, load_config, read_yaml_mapping
 from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
-from .io import check_model_folder, folder_model_name, is_timm_folder, load_model_folder
+from .io import check_model_folder, load_model_folder
 from .run_dir import MODEL_DIR
 
 __all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "select_entries",
@@ -80,10 +93,8 @@ RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "co
 #: how an entry gets its model
 SOURCES = ("train", "convert", "model_dir")
 RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries",
-               "timing"}
-ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations", "methods"}
-#: ``truncations:`` value for every uniform depth d = 1, 2, ... (each stage runs min(d, its units))
-EVERY_DEPTH = "every_depth"
+               "timing", DEPTH_BY_KEY}
+ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations", "methods", INIT_KEY}
 #: training samples that calibrate an entry's thresholds to its budgets, unless the recipe says
 DEFAULT_CALIBRATION_SAMPLES = 500
 #: the grid key whose values make a seed group
@@ -109,6 +120,7 @@ class ComparisonEntry:
         self.overrides, self.thresholds, self.run_dir = overrides, thresholds, run_dir
         self.budgets, self.group, self.seed = budgets or [], group or name, seed
         self.truncations, self.methods = truncations or [], methods or {}
+        self.init_from: Optional[str] = None  # the earlier entry whose model starts this one (compare_init)
 
     @property
     def eval_dir(self) -> Path:
@@ -149,13 +161,14 @@ class ComparisonEntry:
 
 class Comparison:
     """A loaded comparison recipe: its entries (grids expanded), the evaluation split, the baseline entry, the
-    results folder, the number of training samples that calibrate budgets and the timing settings (or None)."""
+    results folder, the number of training samples that calibrate budgets, the timing settings (or None) and the
+    per-sample property the depth is broken down by (or None)."""
 
     def __init__(self, entries: List[ComparisonEntry], evaluation: Dict[str, Any], baseline: Optional[str],
                  output_dir: Path, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-                 timing: Optional[Dict[str, Any]] = None) -> None:
+                 timing: Optional[Dict[str, Any]] = None, depth_by: Optional[str] = None) -> None:
         self.entries, self.evaluation, self.baseline, self.output_dir = entries, evaluation, baseline, output_dir
-        self.calibration_samples, self.timing = calibration_samples, timing
+        self.calibration_samples, self.timing, self.depth_by = calibration_samples, timing, depth_by
 
 
 def apply_overrides(recipe: Dict[str, Any], overrides: Dict[str, Any], where: str) -> Dict[str, Any]:
@@ -234,7 +247,7 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
     kinds = [kind for kind in SOURCES if kind in raw]
     if unknown or len(kinds) != 1:
         raise ConfigError(f"{where} needs exactly one of {', '.join(SOURCES)} (plus name, overrides, grid, "
-                          f"thresholds, budgets, truncations, methods); got keys {sorted(raw)}")
+                          f"thresholds, budgets, truncations, methods, {INIT_KEY}); got keys {sorted(raw)}")
     kind, source = kinds[0], raw[kinds[0]]
     if not isinstance(source, str) or (kind != "model_dir" and not Path(source).is_file()):
         raise ConfigError(f"{where}: {kind} must name an existing "
@@ -305,86 +318,16 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     baseline = recipe.get("baseline")
     if baseline is not None and baseline not in names:
         raise ConfigError(f"{path}: baseline must name an entry ({', '.join(names)}), got {baseline!r}")
-    return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path))
-
-
-def _evaluation_config(evaluation: Dict[str, Any], model_dir: Path, extra: Optional[Dict[str, Any]] = None):
-    """The evaluation config of the model in ``model_dir``; a Hugging Face folder is its own ``pretrained_file`` (its
-    tokenizer: what a text task reads)."""
-    own = {} if is_timm_folder(model_dir) else {"pretrained_file": str(model_dir)}
-    return load_config(None, {**evaluation, **own, "model": folder_model_name(model_dir), **(extra or {})})
-
-
-def calibrate_budgets(model_dir: Path, evaluation: Dict[str, Any], budgets: Sequence[float],
-                      samples: int) -> List[Dict[str, float]]:
-    """For each target FLOPs ratio in ``budgets``, the threshold :func:`~pact_zoo.calibrate_threshold` finds on the
-    first ``samples`` training samples of the evaluation's dataset, unaugmented: ``{target, threshold,
-    calibration_flops_ratio}``."""
-    from torch.utils.data import DataLoader, Subset
-
-    from ..halting import calibrate_threshold
-    from .tasks import build_task
-
-    model = load_model_folder(model_dir).eval()
-    config = _evaluation_config(evaluation, model_dir, {"augment": "none", "max_train_samples": samples})
-    data = build_task(config).load_data(model)
-    loader = DataLoader(Subset(data.train, range(min(samples, len(data.train)))), batch_size=config.eval_batch_size,
-                        collate_fn=data.collate_fn)
-    calibrations = []
-    for target in budgets:
-        threshold, ratio = calibrate_threshold(model, loader, target)
-        calibrations.append({"target": target, "threshold": threshold, "calibration_flops_ratio": ratio})
-        print(f"   budget {target:g}: threshold {threshold:.4g} (FLOPs ratio {ratio:.3f} on {len(loader.dataset)} "
-              f"training samples)", flush=True)
-    return calibrations
-
-
-def evaluate_truncations(model_dir: Path, evaluation: Dict[str, Any], truncations: Any) -> List[Dict[str, Any]]:
-    """The model as static networks: for each truncation (units per stage; :data:`EVERY_DEPTH`: d = 1, 2, ... units
-    in every stage, at most its own), the evaluation split run through exactly those units and no halting head
-    (:func:`~pact_zoo.truncated_depth`). Points as in ``tradeoff.json``, rule ``truncated <units>``."""
-    from torch.utils.data import DataLoader
-
-    from ..halting import adaptive_stages, truncated_depth
-    from .loop import evaluate_model
-    from .tasks import build_task
-
-    model = load_model_folder(model_dir).eval()
-    config = _evaluation_config(evaluation, model_dir)
-    task = build_task(config)
-    data = task.load_data(model)
-    loader = DataLoader(data.eval, batch_size=config.eval_batch_size, collate_fn=data.collate_fn,
-                        num_workers=config.num_workers)
-    units = [stage.num_units for _, stage in adaptive_stages(model)]
-    if not units:
-        raise ConfigError(f"truncations need a model with adaptive stages; {model_dir} has none (a plain network "
-                          f"is its own static baseline: leave truncations out)")
-    if truncations == EVERY_DEPTH:
-        truncations = [[min(d, u) for u in units] for d in range(1, max(units, default=0) + 1)]
-    points = []
-    for depths in truncations:
-        with truncated_depth(model, list(depths)):
-            point = evaluate_model(model, loader, task)
-        points.append(dict(point, threshold=None, rule=TRUNCATED_RULE + " " + "/".join(map(str, depths))))
-    return points
-
-
-def _time_entries(model_dirs: Dict[str, Path], evaluation: Dict[str, Any], timing: Dict[str, Any]
-                  ) -> Dict[str, Any]:
-    """:func:`~pact_zoo.training.compare_timing.time_entries` of every entry's model on its evaluation split."""
-    from .tasks import build_task
-
-    models, datasets = {}, {}
-    for name, model_dir in model_dirs.items():
-        models[name] = load_model_folder(model_dir).eval()
-        data = build_task(_evaluation_config(evaluation, model_dir)).load_data(models[name])
-        datasets[name] = (data.eval, data.collate_fn)
-    return time_entries(models, datasets, timing)
+    resolve_init_from(path, raw_entries, entries)
+    return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path),
+                      check_depth_by(recipe.get(DEPTH_BY_KEY), path))
 
 
 def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     """Make and evaluate every entry, then write the JSON, the tables and the plot; returns the JSON's content."""
-    results, model_dirs, budgets = {}, {}, {}
+    results, model_dirs, budgets, breakdowns = {}, {}, {}, []
+    if comparison.depth_by:  # a property the evaluation task lacks fails before anything trains
+        check_property(comparison.evaluation, comparison.entries[0], comparison.depth_by)
     for entry in comparison.entries:
         print(f"== {entry.name}: {entry.kind} {entry.path}", flush=True)
         entry.make(overwrite)
@@ -393,16 +336,20 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
                                                 comparison.calibration_samples) if entry.budgets else []
         thresholds = entry.thresholds + [c["threshold"] for c in budgets[entry.name]]
         results[entry.name] = run_evaluation(load_model_folder(model_dir),
-                                             _evaluation_config(comparison.evaluation, model_dir), entry.eval_dir,
+                                             evaluation_config(comparison.evaluation, model_dir), entry.eval_dir,
                                              thresholds)
         if entry.truncations:
             results[entry.name]["points"] += evaluate_truncations(model_dir, comparison.evaluation,
                                                                   entry.truncations)
         for method, method_thresholds in entry.methods.items():
             print(f"   under {method}", flush=True)
-            config = _evaluation_config(comparison.evaluation, model_dir, method_fields(model_dir, method))
+            config = evaluation_config(comparison.evaluation, model_dir, method_fields(model_dir, method))
             results[method_label(entry.name, method)] = run_evaluation(
                 build_with_method(config), config, entry.method_eval_dir(method), method_thresholds)
+        if comparison.depth_by:
+            breakdowns.append(depth_breakdown(load_model_folder(model_dir), evaluation_config(
+                comparison.evaluation, model_dir), comparison.depth_by, entry.name,
+                results[entry.name]["default"]["rule"]))
     labels = [(e.name, e.group, e) for e in comparison.entries] + [
         (method_label(e.name, m), method_label(e.group, m), e) for e in comparison.entries for m in e.methods]
     rows = comparison_rows(results, comparison.baseline, {label: group for label, group, _ in labels}, budgets)
@@ -419,7 +366,9 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
                            for e in comparison.entries},
                "rows": rows, "seed_groups": groups}
     if comparison.timing is not None:
-        summary["timing"] = _time_entries(model_dirs, comparison.evaluation, comparison.timing)
+        summary["timing"] = time_entry_models(model_dirs, comparison.evaluation, comparison.timing)
+    if comparison.depth_by:
+        summary[DEPTH_BY_KEY] = breakdown_summary(comparison.depth_by, breakdowns)
     out = comparison.output_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RESULT_JSON, summary)
@@ -430,6 +379,8 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         sections.append("Training time (the training loop only, no evaluation):\n\n" + format_training_time(times))
     if "timing" in summary:
         sections.append("Measured time per sample:\n\n" + format_timing(summary["timing"], comparison.baseline))
+    if DEPTH_BY_KEY in summary:
+        sections.append(breakdown_section(summary[DEPTH_BY_KEY], out / BREAKDOWN_PLOT))
     table = "\n".join(sections)
     atomic_write_text(out / RESULT_TABLE, table)
     figure = comparison_figure(rows, f"{out.name}: {len(comparison.entries)} entries on "
@@ -445,16 +396,17 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
 
 
 def select_entries(comparison: Comparison, names: Sequence[str]) -> Comparison:
-    """The comparison restricted to the entries named (an entry's name, or the recipe name a grid expanded) and the
-    baseline; an unknown name raises."""
+    """The comparison restricted to the entries named (an entry's name, or the recipe name a grid expanded), the
+    baseline and the entries their ``init_from`` needs; an unknown name raises."""
     known = {e.name for e in comparison.entries} | {e.recipe_name for e in comparison.entries}
     unknown = sorted(set(names) - known)
     if unknown:
         raise ConfigError(f"--entries: no entry named {', '.join(unknown)}; the recipe's entries are "
                           f"{', '.join(e.name for e in comparison.entries)}")
     kept = [e for e in comparison.entries if {e.name, e.recipe_name} & set(names) or e.name == comparison.baseline]
-    return Comparison(kept, comparison.evaluation, comparison.baseline, comparison.output_dir,
-                      comparison.calibration_samples, comparison.timing)
+    selected = copy.copy(comparison)  # every setting kept (timing, depth_by), only the entries change
+    selected.entries = with_init_sources(comparison.entries, kept)
+    return selected
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,8 @@ FIELD_HELP = {
     "max_eval_samples": "use only the first N evaluation rows",
     "dataset_kwargs": "options of a generated sequence task (merged into the recipe's)",
     "epochs": "training epochs",
+    "max_steps": "train exactly this many optimiser steps instead of whole epochs: the run takes the epochs it needs, "
+                 "the last one cut short, and the learning-rate schedule spans these steps (null: epochs decides)",
     "batch_size": "training batch size per process",
     "eval_batch_size": "evaluation batch size",
     "optimizer": "sgd or adamw",
@@ -150,6 +152,7 @@ class TrainConfig:
     dataset_kwargs: Dict[str, Any] = field(default_factory=dict)  # generated sequence tasks
     # optimisation
     epochs: int = 10
+    max_steps: Optional[int] = None  # a step budget instead of epochs (the last epoch is cut short)
     batch_size: int = 128  # per process
     eval_batch_size: int = 256
     optimizer: str = "sgd"
@@ -215,6 +218,8 @@ class TrainConfig:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (or null for every row), got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 optimiser step (or null: epochs decides), got {self.max_steps}")
         for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers", "log_every_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

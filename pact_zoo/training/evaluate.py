@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -23,8 +24,8 @@ from .io import check_model_folder, folder_model_name, load_model_folder
 from .loop import evaluate_model
 from .tasks import ImageClassificationTask, build_task
 
-__all__ = ["evaluate_image_sample", "evaluate_sample", "evaluate_tradeoff", "load_image_sample", "main",
-           "sample_check", "standard_error"]
+__all__ = ["evaluate_image_sample", "evaluate_sample", "evaluate_tradeoff", "has_sampled_stops", "load_image_sample",
+           "main", "sample_check", "sampled_stops", "standard_error"]
 
 TRADEOFF_JSON = "tradeoff.json"
 TRADEOFF_PLOT = "tradeoff.png"
@@ -35,6 +36,24 @@ GRID_IMAGES_PER_ROW = 8
 
 def _halting_methods(model: nn.Module) -> set[str]:
     return {stage.method.name for _, stage in adaptive_stages(model) if stage.adaptive}
+
+
+def has_sampled_stops(model: nn.Module) -> bool:
+    """Whether every adaptive stage's method is stochastic (PACT: stops drawn from q(z | x)), and there is one."""
+    stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive]
+    return bool(stages) and all(stage.method.stochastic for stage in stages)
+
+
+@contextmanager
+def sampled_stops(model: nn.Module, seed: int = 0) -> Iterator[nn.Module]:
+    """Inside the block the stops are sampled (``set_decision(model, "sample")``, after ``torch.manual_seed(seed)``
+    so that two evaluations draw the same stops); the deterministic rule again afterwards."""
+    set_decision(model, "sample")
+    try:
+        torch.manual_seed(seed)
+        yield model
+    finally:
+        set_decision(model, "greedy")
 
 
 def depth_spread(units: torch.Tensor) -> Dict[str, list]:
@@ -67,14 +86,10 @@ def evaluate_tradeoff(model: nn.Module, task, loader: DataLoader, thresholds: Se
             set_threshold(model, threshold)
             points.append(dict(evaluate_model(model, loader, task), threshold=threshold, rule=rule))
         set_threshold(model, own_threshold)
-        if all(stage.method.stochastic for stage in stages):  # PACT's claim: the deterministic rule is no worse
-            set_decision(model, "sample")
-            try:
-                torch.manual_seed(0)
+        if has_sampled_stops(model):  # PACT's claim: the deterministic rule is no worse
+            with sampled_stops(model):
                 points.append(dict(evaluate_model(model, loader, task), threshold=own_threshold,
                                    rule=f"{rule}:sampled"))
-            finally:
-                set_decision(model, "greedy")
     elif methods:
         points.append(dict(evaluate_model(model, loader, task), threshold=None, rule=",".join(sorted(methods))))
     with full_depth(model):
@@ -129,6 +144,7 @@ def sample_check(model: nn.Module, loader: DataLoader, task) -> Dict[str, Any]:
     the model's own rule, plus the count of correct rows, the depth spread and the threshold the rule used."""
     result = evaluate_model(model.eval(), loader, task, keep_units=True)
     units = result.pop("units")
+    result.pop("is_correct")
     stages = [stage for _, stage in adaptive_stages(model) if stage.adaptive]
     result["correct"] = round(result["accuracy"] * result["num_samples"])
     result["depth_spread"] = depth_spread(units)

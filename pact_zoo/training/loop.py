@@ -1,7 +1,8 @@
 """The Accelerate training loop shared by every model family.
 
 loss = task loss + pact_zoo.halting_loss(model, per-sample task loss, cost_scale=s(t)), where s(t) ramps the
-halting cost weights from 0 to 1 over ``tau_warmup_epochs`` (optional). Methods that learn by REINFORCE get the
+halting cost weights from 0 to 1 over ``tau_warmup_epochs`` (optional). The run lasts ``epochs`` epochs, or
+``max_steps`` optimiser steps (a step budget: the last epoch is cut short). Methods that learn by REINFORCE get the
 per-sample task loss, and the self-critical baseline (a gradient-free forward under the deterministic rule)
 where they use it. With ``anytime: true`` a share ``anytime_prob`` of the batches trains the task loss of a network
 truncated at d ~ U{1..L} units per sample and stage instead (:func:`~pact_zoo.halting.anytime_depth`), so that
@@ -46,7 +47,7 @@ from ..acm.phases import average_gradients
 from .io import load_model_folder
 from .tasks import build_task, halting_head_parameters
 
-__all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor"]
+__all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor", "run_length"]
 
 #: fault injection for the resume test (not a config field): SIGKILL the process at this optimiser step
 KILL_AT_STEP_ENV = "PACT_ZOO_TEST_KILL_AT_STEP"
@@ -82,6 +83,14 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: TrainCo
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
 
 
+def run_length(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs to run, optimiser steps in all): ``epochs`` whole epochs, or with ``max_steps`` the epochs that hold
+    that many steps, the last one cut short."""
+    if config.max_steps is None:
+        return config.epochs, steps_per_epoch * config.epochs
+    return math.ceil(config.max_steps / steps_per_epoch), config.max_steps
+
+
 def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
@@ -90,12 +99,13 @@ def _tensorboard_available() -> bool:
 def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
                    keep_units: bool = False) -> Dict[str, Any]:
     """Accuracy, mean FLOPs per sample and mean units per stage of an eval pass (deterministic halting); with
-    ``keep_units`` also ``units``, the ``[N, S]`` units run per sample and stage, in loader order."""
+    ``keep_units`` also ``units``, the ``[N, S]`` units run per sample and stage, and ``is_correct``, ``[N]`` bool,
+    in loader order."""
     model.eval()
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
     correct, count, units_sum = 0, 0, None
     tally = FlopsTally()
-    per_sample = []
+    per_sample, per_sample_correct = [], []
     for batch in loader:
         logits = task.forward(model, batch)
         flops, units, full = task.report(unwrapped)
@@ -109,6 +119,7 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
         tally.add(flops, full)
         if keep_units:
             per_sample.append(units.long().cpu())
+            per_sample_correct.append((preds == labels).cpu())
         units = units.double().sum(0)
         units_sum = units if units_sum is None else units_sum + units
     result = {
@@ -120,7 +131,7 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
         "num_samples": count,
     }
     if keep_units:
-        result["units"] = torch.cat(per_sample)
+        result["units"], result["is_correct"] = torch.cat(per_sample), torch.cat(per_sample_correct)
     return result
 
 
@@ -182,7 +193,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                           f"no full batch to train on (the last partial batch is dropped); lower batch_size")
     # Scheduler steps are counted on the un-sharded loader: accelerate steps it once per process.
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
-    total_steps = steps_per_epoch * config.epochs
+    num_epochs, total_steps = run_length(config, steps_per_epoch)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, config))
@@ -214,7 +225,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         if accelerator.is_main_process else {}
     micro_batches_per_epoch = len(train_loader)
     unwrapped = accelerator.unwrap_model(model)
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, num_epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         model.train()
@@ -222,7 +233,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
             freeze_norm_statistics(model)
         start = time.perf_counter()
         running_loss, running_cost, seen = 0.0, 0.0, 0
-        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}",
+        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}",
                         disable=not (accelerator.is_local_main_process and _progress_enabled()), leave=False)
         for micro_step, batch in enumerate(progress):
             epochs_done = epoch + micro_step / max(1, micro_batches_per_epoch)
@@ -264,9 +275,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
             progress.set_postfix(loss=f"{running_loss / seen:.3f}", cost=f"{running_cost / seen:.3f}")
             if (config.log_every_steps and progress.disable and accelerator.sync_gradients
                     and global_step % config.log_every_steps == 0):
-                accelerator.print(f"epoch {epoch + 1}/{config.epochs} step {global_step}/{total_steps}: "
+                accelerator.print(f"epoch {epoch + 1}/{num_epochs} step {global_step}/{total_steps}: "
                                   f"loss {running_loss / seen:.4f} cost {running_cost / seen:.4f} "
                                   f"lr {scheduler.get_last_lr()[0]:.3g} [{time.perf_counter() - start:.1f}s]")
+            if config.max_steps is not None and accelerator.sync_gradients and global_step >= config.max_steps:
+                break  # the step budget ends inside this epoch
         train_time = time.perf_counter() - start
         metrics = evaluate_model(model, eval_loader, task, accelerator)
         metrics.update(epoch=epoch + 1, step=global_step, train_loss=running_loss / max(seen, 1),

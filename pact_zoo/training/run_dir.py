@@ -117,12 +117,16 @@ def plan_run(config: TrainConfig, resume: bool = False, overwrite: bool = False)
         raise ConfigError(f"--resume: the checkpoint {checkpoint} belongs to a run with other settings "
                           f"({'; '.join(differences)}); resume with the run's own recipe "
                           f"({output_dir / CONFIG_FILE}), or start a new run (--overwrite or another --output-dir)")
-    epoch = json.loads((checkpoint / STATE_FILE).read_text())["epoch"]
-    if epoch > config.epochs:
-        raise ConfigError(f"--resume: the checkpoint {checkpoint} is at epoch {epoch}, past epochs={config.epochs}")
-    finished = (epoch == config.epochs and (output_dir / MODEL_DIR / "config.json").is_file()
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    # a step budget (max_steps) ends inside an epoch: the steps done say whether it is spent
+    field, unit, what = (("max_steps", "global_step", "steps") if config.max_steps is not None
+                         else ("epochs", "epoch", "epochs"))
+    done, budget = state[unit], getattr(config, field)
+    if done > budget:
+        raise ConfigError(f"--resume: the checkpoint {checkpoint} is at {unit} {done}, past {field}={budget}")
+    finished = (done == budget and (output_dir / MODEL_DIR / "config.json").is_file()
                 and (output_dir / FINAL_METRICS_FILE).is_file())
-    message = (f"--resume: the run in {output_dir} has finished all {config.epochs} epochs: nothing to do"
+    message = (f"--resume: the run in {output_dir} has finished all {budget} {what}: nothing to do"
                if finished else None)
     return RunPlan(checkpoint=checkpoint, finished=finished, message=message)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -20,8 +20,11 @@ from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_r
 from .config import ConfigError, TrainConfig
 from .io import _folder_config
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 __all__ = ["TaskData", "ImageClassificationTask", "SequenceClassificationTask", "TASKS", "register_task",
-           "build_task"]
+           "build_task", "load_weights_fresh_heads"]
 
 #: The training loop's tasks besides timm image classification (the fallback), tried in order: each class's
 #: ``handles(config)`` says whether it trains ``config.model``. A family with a task of its own joins with
@@ -191,19 +194,28 @@ class SequenceClassificationTask:
         from ..hf import PactLSTMConfig, PactLSTMForSequenceClassification
 
         train, _, class_names = self._load_splits()
-        if self.config.pretrained_file:  # a saved model folder
-            return PactLSTMForSequenceClassification.from_pretrained(self.config.pretrained_file,
-                                                                     **self.config.model_kwargs)
         input_size = len(train[0]["inputs_embeds"][0])
         model_config = PactLSTMConfig(input_size=input_size, id2label=dict(enumerate(class_names)),
                                       **self.config.model_kwargs)
-        return PactLSTMForSequenceClassification(model_config)
+        model = PactLSTMForSequenceClassification(model_config)
+        if self.config.pretrained_file:  # a saved model folder: its weights, the recipe's architecture
+            load_weights_fresh_heads(model, self.config.pretrained_file)
+        return model
 
     def load_data(self, model: nn.Module) -> TaskData:
         train, evaluation, class_names = self._load_splits()
         train = _limit(train, self.config.max_train_samples)
         evaluation = _limit(evaluation, self.config.max_eval_samples)
         return TaskData(train=train, eval=evaluation, collate_fn=collate_sequences, class_names=class_names)
+
+    def sample_properties(self) -> Dict[str, torch.Tensor]:
+        """Per-sample properties of the evaluation split (``max_eval_samples`` applied), in loader order: every
+        integer column besides the labels, ``[N]`` each. Parity: ``num_nonzero``, the k of Graves 2016 Fig. 3
+        (arXiv:1603.08983); MNIST-1D: none."""
+        _, evaluation, _ = self._load_splits()
+        evaluation = _limit(evaluation, self.config.max_eval_samples)
+        return {name: torch.as_tensor(evaluation[name]) for name, feature in evaluation.features.items()
+                if name != "labels" and getattr(feature, "dtype", None) in ("int32", "int64")}
 
     @staticmethod
     def forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -220,6 +232,39 @@ def build_task(config: TrainConfig):
         if task_cls.handles(config):
             return task_cls(config)
     return ImageClassificationTask(config)
+
+
+def load_weights_fresh_heads(model: PreTrainedModel, folder: str) -> list[str]:
+    """Load the weights of the Hugging Face model folder ``folder`` (a saved model of ``model``'s class, such as an
+    earlier run's ``model/``) into ``model``, except the halting heads of either model: ``model``'s keep their
+    fresh init (the halting bias of ``model``'s config). Returns the state-dict keys left at init; a folder whose
+    other weights do not fit ``model`` raises :class:`ConfigError`."""
+    import os
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"pretrained_file not found: {folder} (a saved {type(model).__name__} folder)")
+    try:
+        source = type(model).from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"pretrained_file {folder}: not a {type(model).__name__} folder "
+                          f"({' '.join(str(exc).split())[:200]})") from None
+
+    def head_keys(module: nn.Module) -> set[str]:
+        heads = halting_head_parameters(module)
+        return {name for name, param in module.named_parameters() if id(param) in heads}
+
+    fresh = head_keys(model)
+    state = {k: v for k, v in source.state_dict().items() if k not in head_keys(source)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape that differs
+        raise ConfigError(f"pretrained_file {folder} does not fit model_kwargs {dict(model.config.to_diff_dict())}: "
+                          f"{' '.join(str(exc).split())[:300]}") from None
+    misfit = sorted(set(result.missing_keys) - fresh) + sorted(result.unexpected_keys)
+    if misfit:
+        raise ConfigError(f"pretrained_file {folder} does not fit the model: keys {misfit} missing or unexpected "
+                          f"(only halting heads may differ)")
+    return sorted(result.missing_keys)
 
 
 def halting_head_parameters(model: nn.Module) -> set[int]:
