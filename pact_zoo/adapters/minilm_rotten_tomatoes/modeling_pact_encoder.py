@@ -52,7 +52,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .report import halting_loss
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
-from .backbones import load_backbone, pool_tokens, sentence_transformers_pooling
+from .backbones import folder_tokenizer, load_backbone, pool_tokens, sentence_transformers_pooling
 from .halting_model import HaltingModelMixin, UnitsExecutedOutput
 from .losses import IGNORE_INDEX, check_labels, classification_loss, problem_type
 from .remote_code import remote_code_files as shared_remote_code_files
@@ -67,8 +67,6 @@ AUTO_MAP_CLASSES = {
 }
 #: Multiply-adds of self-attention per query, key and channel: Q K^T and softmax(.) V (2 FLOPs each).
 ATTENTION_FLOPS_PER_QK_CHANNEL = 4
-#: Files :meth:`PactEncoderPreTrainedModel.from_pretrained` looks for to reload a saved tokenizer.
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -428,22 +426,17 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         dropped = sorted(set(state) - set(fitting))
         if dropped:
             logger.warning(f"{cls.__name__}.convert_from: source weights without a place in the new model: {dropped}")
-        if any((folder / name).is_file() for name in TOKENIZER_FILES):
-            model.tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
+        model.tokenizer = folder_tokenizer(folder, config)
         return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``; a local folder's saved tokenizer is attached (saved again with the
-        model). The tokenizer is read with the model's config: ``AutoTokenizer`` would otherwise read ``config.json``
-        through ``AutoConfig`` without ``trust_remote_code`` (which the Auto classes do not pass on), and where the
-        model runs as remote code (pact_zoo not installed) that asks ``[y/N]`` on the terminal."""
+        model; :func:`~pact_zoo.hf.backbones.folder_tokenizer`)."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if isinstance(model, PactEncoderPreTrainedModel) and model.config.new_weights is not None:
             model.new_weights = list(model.config.new_weights)
-        folder = Path(str(pretrained_model_name_or_path))
-        if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
-            model.tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)
+        model.tokenizer = folder_tokenizer(str(pretrained_model_name_or_path), model.config)
         return model
 
     auto_map_classes = AUTO_MAP_CLASSES
