@@ -152,6 +152,10 @@ def test_acm_vit_recipes_load():
     assert [config.objective for _, config in phases] == ["module_distillation", "gate_labels", "task"]
     assert all(config.teacher == "out/acm_vit.fashion_mnist/source/model" for _, config in phases)
     assert [e.kind for e in load_comparison(str(folder / "compare.yaml")).entries] == ["model_dir", "convert", "model_dir"]
+    budgets = load_comparison(str(folder / "compare_budgets.yaml"))  # both gatings x 3 budgets, the sweep, timing
+    assert len([e for e in budgets.entries if e.kind == "convert"]) == 6
+    assert [e.budgets for e in budgets.entries if e.budgets] == [[0.834, 0.668, 0.502]]
+    assert budgets.timing["batch_sizes"] == [1, 8, 64]
 
 
 def test_a_timm_conversion_resumes_from_model_folders(tmp_path, reset_accelerate):
