@@ -126,3 +126,27 @@ def test_acm_minilm_recipes_load():
     assert names[0] == "source" and {"minilm-acm-acm_budget0.25", "minilm-condnet-acm_budget0.75"} <= set(names)
     assert comparison.timing["batch_sizes"] == [1, 8, 64]
     assert [e.budgets for e in comparison.entries if e.budgets] == [[0.833, 0.667, 0.5]]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_acm_bert_counts_the_flops_of_its_source(pooling):
+    """At full width ACM-BERT reports per sample the FLOPs its PACT-Encoder source reports (each review at its own
+    length, padding excluded, attention's matmuls included), and its gated forward fewer."""
+    from pact_zoo.hf import PactEncoderForSequenceClassification
+    from test_hf_pact_encoder import padded_batch
+
+    source = PactEncoderForSequenceClassification.from_backbone(tiny_backbone("bert"), num_labels=2, method="none",
+                                                                pooling=pooling).eval()
+    model = acm.acmize(source, **ACM_KWARGS).eval()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        source(input_ids=ids, attention_mask=mask)
+        expected = pact_zoo.halting_report(source).flops
+        with pact_zoo.full_depth(model):
+            model(input_ids=ids, attention_mask=mask)
+            full = pact_zoo.halting_report(model)
+        pact_zoo.set_threshold(model, 0.1)
+        model(input_ids=ids, attention_mask=mask)
+        gated = pact_zoo.halting_report(model)
+    assert torch.equal(full.flops, expected) and torch.equal(full.sample_full_flops, expected)
+    assert torch.equal(gated.sample_full_flops, expected) and (gated.flops < expected).all()

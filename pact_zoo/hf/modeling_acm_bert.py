@@ -7,7 +7,9 @@ keys outside the ACM modules are BERT's own. ``acmize`` also takes a plain PACT-
 backbone (``method="none"``, e.g. a ``pact-zoo train`` fine-tune of all-MiniLM-L6-v2): its embeddings, layers,
 pooling (``config.pooling``: [CLS] or the masked mean / max) and classifier carry over, so at full width the ACM model
 computes what the source computes. A model carries its tokenizer (``model.tokenizer``), saved with the weights.
-``halting_profile_inputs`` makes ``pact_zoo.halting_report`` work.
+``halting_profile_inputs`` and ``halting_sample_lengths`` make ``pact_zoo.halting_report`` work; it counts what
+PACT-Encoder counts (each sample at its own length, padding excluded, attention's matmuls included), so the two
+families' FLOPs compare.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..acm.convert import acm_modules, acmize_structure, register_acm_converter
 from ..acm.module import GATING_CLASSES
+from ..halting.flops import current_profiler, self_attention_flops
 from .backbones import folder_tokenizer, pool_tokens
 from .configuration_acm_bert import ACMIZE_FIELDS, AcmBertConfig
 from .halting_model import ConfigHaltingView
@@ -66,15 +69,36 @@ class _AcmBertMixin:
         ``HaltingConfig``; ``pact_zoo.set_threshold`` keeps ``config.acm_knobs`` in step through it."""
         return ConfigHaltingView(self.config, "acm_method", "acm_knobs", None, GATING_CLASSES.__getitem__)
 
-    def _remember_length(self, input_ids, inputs_embeds) -> None:
+    def _remember_inputs(self, input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor],
+                         attention_mask: Optional[torch.Tensor]) -> None:
+        """Before a forward: its length and each sample's real tokens (``attention_mask`` ``[B, T]``), which the
+        FLOPs report counts (padding is not counted, as for PACT-Encoder); while the report profiles one sample,
+        attention's matmuls, which no module runs."""
         source = input_ids if input_ids is not None else inputs_embeds
-        if source is not None:
-            self._profile_length = source.shape[1]
+        if source is None:
+            return
+        profiler = current_profiler()
+        if profiler is not None:
+            layers, width = self.config.num_hidden_layers, self.config.hidden_size
+            profiler.add(layers * self_attention_flops(source.shape[1], width))
+            return
+        self._profile_length = source.shape[1]
+        self.__dict__["_sample_lengths"] = None if attention_mask is None else attention_mask.sum(1)
+        for _, module in acm_modules(self):
+            module.counted_tokens = attention_mask
 
-    def halting_profile_inputs(self) -> tuple[tuple, dict[str, Any]]:
-        """One-sample input of the last forward's length (pact_zoo.halting_report profiles it once)."""
+    def halting_profile_inputs(self, length: Optional[int] = None) -> tuple[tuple, dict[str, Any]]:
+        """One sample of ``length`` real tokens (default: the last forward's length), for pact_zoo.halting_report
+        to profile."""
         device = next(self.parameters()).device
-        return (), {"input_ids": torch.zeros(1, self._profile_length, dtype=torch.long, device=device)}
+        length = length if length is not None else self._profile_length
+        return (), {"input_ids": torch.zeros(1, length, dtype=torch.long, device=device),
+                    "attention_mask": torch.ones(1, length, dtype=torch.long, device=device)}
+
+    def halting_sample_lengths(self) -> Optional[torch.Tensor]:
+        """``[B]`` real tokens per sample of the last forward (None without an attention mask): the report counts
+        each sample's FLOPs at its own length."""
+        return self.__dict__.get("_sample_lengths")
 
 
 class AcmBertModel(_AcmBertMixin, BertModel):
@@ -85,7 +109,7 @@ class AcmBertModel(_AcmBertMixin, BertModel):
         self._acmize(config)
 
     def forward(self, input_ids=None, *args, inputs_embeds=None, **kwargs):
-        self._remember_length(input_ids, inputs_embeds)
+        self._remember_inputs(input_ids, inputs_embeds, kwargs.get("attention_mask", args[0] if args else None))
         return super().forward(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
 
 
@@ -101,7 +125,7 @@ class AcmBertForSequenceClassification(_AcmBertMixin, BertForSequenceClassificat
     def forward(self, input_ids=None, *args, inputs_embeds=None, **kwargs):
         """BERT's forward; with ``config.pooling`` mean or max the classifier reads the token states pooled over
         the real tokens of ``attention_mask`` ``[B, T]`` (keyword arguments only). Logits ``[B, num_labels]``."""
-        self._remember_length(input_ids, inputs_embeds)
+        self._remember_inputs(input_ids, inputs_embeds, kwargs.get("attention_mask", args[0] if args else None))
         if self.config.pooling == "cls":
             return super().forward(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
         if args:

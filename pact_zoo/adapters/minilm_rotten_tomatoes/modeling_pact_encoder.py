@@ -37,7 +37,7 @@ try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HaltingConfig
     from pact_zoo.halting.deprecation import renamed_kwarg
     from pact_zoo.halting.exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
-    from pact_zoo.halting.flops import current_profiler
+    from pact_zoo.halting.flops import current_profiler, self_attention_flops
     from pact_zoo.halting.heads import VectorHaltingHead
     from pact_zoo.halting.report import halting_loss
     from pact_zoo.halting.stage import AdaptiveStage, zero_touch
@@ -47,7 +47,7 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .config import HaltingConfig
     from .deprecation import renamed_kwarg
     from .exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
-    from .flops import current_profiler
+    from .flops import current_profiler, self_attention_flops
     from .heads import VectorHaltingHead
     from .report import halting_loss
     from .stage import AdaptiveStage, zero_touch
@@ -65,8 +65,6 @@ AUTO_MAP_CLASSES = {
     "AutoModelForSequenceClassification": "PactEncoderForSequenceClassification",
     "AutoModelForTokenClassification": "PactEncoderForTokenClassification",
 }
-#: Multiply-adds of self-attention per query, key and channel: Q K^T and softmax(.) V (2 FLOPs each).
-ATTENTION_FLOPS_PER_QK_CHANNEL = 4
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -155,8 +153,7 @@ class PactEncoderLayerUnit(nn.Module):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         profiler = current_profiler()
         if profiler is not None:  # attention matmuls are not modules: count them for the one profiled sample
-            seq_len = hidden.shape[1]
-            profiler.add(ATTENTION_FLOPS_PER_QK_CHANNEL * seq_len * seq_len * self.attention_width)
+            profiler.add(self_attention_flops(hidden.shape[1], self.attention_width))
         attention_mask = create_bidirectional_mask(config=self.encoder_config, inputs_embeds=hidden,
                                                    attention_mask=mask)
         return self.layers[self.index](hidden, attention_mask)
