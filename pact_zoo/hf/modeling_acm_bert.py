@@ -134,6 +134,8 @@ class AcmBertForSequenceClassification(_AcmBertMixin, BertForSequenceClassificat
 
     def _pooled_forward(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor] = None,
                         labels: Optional[torch.Tensor] = None, **kwargs: Any) -> SequenceClassifierOutput:
+        """``input_ids`` / ``attention_mask`` ``[B, T]`` -> logits ``[B, num_labels]`` of the pooled ``[B, H]`` token
+        states, and the loss of ``labels`` (BERT's problem types)."""
         outputs = self.bert(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         pooled = pool_tokens(outputs.last_hidden_state, attention_mask, self.config.pooling)  # [B, H]
         logits = self.classifier(self.dropout(pooled))
