@@ -3,6 +3,7 @@ on the digits set that ships with scikit-learn, offline."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -38,21 +39,31 @@ def _acm_weights(model: torch.nn.Module) -> tuple[dict, dict]:
             {n: p.detach().clone() for n, p in state.items() if id(p) in gates})
 
 
-def test_convert_runs_the_three_acm_phases(tmp_path, reset_accelerate):
+#: the three ACM phases of a test conversion
+ACM_PHASES = [dict(name="learners", objective="module_distillation", lr=1e-3),
+              dict(name="gates", objective="gate_labels", lr=1e-2),
+              dict(name="end_to_end", acm_budget=0.5, distill_weight=1.0, lr=1e-4, head_lr_mult=10.0)]
+
+
+def run_acm_conversion(tmp_path, **recipe) -> tuple[Path, dict]:
+    """``pact-zoo convert`` of ``recipe`` (the source model as teacher, :data:`ACM_PHASES`) into
+    ``tmp_path/converted``; returns that folder and its ``conversion.json``."""
     from pact_zoo.cli import main
 
-    source = _source(tmp_path)
-    acm_kwargs = dict(VIT, num_learners=4, method="acm")
-    recipe = dict(COMMON, model="acm_vit_tiny_patch16_224", model_kwargs=acm_kwargs, source=source,
-                  teacher="source", output_dir=str(tmp_path / "converted"), phases=[
-                      dict(name="learners", objective="module_distillation", lr=1e-3),
-                      dict(name="gates", objective="gate_labels", lr=1e-2),
-                      dict(name="end_to_end", acm_budget=0.5, distill_weight=1.0, lr=1e-4, head_lr_mult=10.0)])
+    recipe = dict(recipe, teacher="source", output_dir=str(tmp_path / "converted"), phases=ACM_PHASES)
     (tmp_path / "convert.yaml").write_text(json.dumps(recipe))
     assert main(["convert", "--config", str(tmp_path / "convert.yaml")]) == 0
     out = tmp_path / "converted"
     summary = json.loads((out / "conversion.json").read_text())
     assert summary["phases"] == ["learners", "gates", "end_to_end"]
+    return out, summary
+
+
+def test_convert_runs_the_three_acm_phases(tmp_path, reset_accelerate):
+    source = _source(tmp_path)
+    acm_kwargs = dict(VIT, num_learners=4, method="acm")
+    out, summary = run_acm_conversion(tmp_path, **COMMON, model="acm_vit_tiny_patch16_224", model_kwargs=acm_kwargs,
+                                      source=source)
 
     original = load_model_folder(source).eval()
     set_seed(COMMON_SEED)  # the phase's own model before training: same seed, same fresh gates
@@ -141,6 +152,10 @@ def test_acm_vit_recipes_load():
     assert [config.objective for _, config in phases] == ["module_distillation", "gate_labels", "task"]
     assert all(config.teacher == "out/acm_vit.fashion_mnist/source/model" for _, config in phases)
     assert [e.kind for e in load_comparison(str(folder / "compare.yaml")).entries] == ["model_dir", "convert", "model_dir"]
+    budgets = load_comparison(str(folder / "compare_budgets.yaml"))  # both gatings x 3 budgets, the sweep, timing
+    assert len([e for e in budgets.entries if e.kind == "convert"]) == 6
+    assert [e.budgets for e in budgets.entries if e.budgets] == [[0.834, 0.668, 0.502]]
+    assert budgets.timing["batch_sizes"] == [1, 8, 64]
 
 
 def test_a_timm_conversion_resumes_from_model_folders(tmp_path, reset_accelerate):

@@ -322,6 +322,9 @@ class AdaptiveWidth(AdaptiveModule):
         self.reset_parameters()
         self.keep_prefixes = False  # phase 1/2: keep every prefix output of the last forward in ``self.prefixes``
         self.prefixes: Optional[torch.Tensor] = None
+        #: ``[B, T]`` 1 for the tokens of the next forward that the FLOPs report counts, 0 for padding (set by models
+        #: whose inputs are padded sequences); None: every token counts
+        self.counted_tokens: Optional[torch.Tensor] = None
 
     def reset_parameters(self) -> None:
         """Fresh learners (Kaiming-uniform, as the paper's code); the gate keeps PyTorch's default init."""
@@ -362,13 +365,21 @@ class AdaptiveWidth(AdaptiveModule):
 
     def report_flops(self) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
         """FLOPs of the last forward: per sample ``[B]``, per-sample at full width ``[B]``, one sample at full width,
-        and per token ``[B, T]`` (gate where it ran + executed learners)."""
+        and per token ``[B, T]`` (gate where it ran + executed learners; zero for the tokens ``counted_tokens``
+        marks as padding, and the per-sample full width counts the real tokens only)."""
         record = self.record
         units = record.units_executed.cpu()
         gate = self.gate_flops if record.cost is not None else 0
         tokens = units * self.learner_flops + gate
-        full = units.shape[1] * self.num_learners * self.learner_flops
-        return tokens.sum(1), torch.full((units.shape[0],), full, dtype=torch.long), full, tokens
+        token_full = self.num_learners * self.learner_flops
+        full = units.shape[1] * token_full
+        sample_full = torch.full((units.shape[0],), full, dtype=torch.long)
+        counted = self.counted_tokens
+        if counted is not None and tuple(counted.shape) == tuple(units.shape):
+            counted = counted.detach().cpu().long()
+            tokens = tokens * counted
+            sample_full = counted.sum(1) * token_full
+        return tokens.sum(1), sample_full, full, tokens
 
     # -- learners ------------------------------------------------------------------------------------------------------
     def learner_outputs(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,20 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-__all__ = ["FlopsProfiler", "current_profiler", "module_flops_per_sample", "recurrent_cell_flops",
-           "torch_flop_counter_mapping"]
+__all__ = ["ATTENTION_FLOPS_PER_QK_CHANNEL", "FlopsProfiler", "current_profiler", "module_flops_per_sample",
+           "recurrent_cell_flops", "self_attention_flops", "torch_flop_counter_mapping"]
+
+#: Multiply-adds of self-attention per query, key and channel: Q K^T and softmax(.) V (2 FLOPs each).
+ATTENTION_FLOPS_PER_QK_CHANNEL = 4
 
 _ACTIVE: list["FlopsProfiler"] = []
+
+
+def self_attention_flops(seq_len: int, width: int) -> int:
+    """FLOPs per sample of one self-attention's two matmuls, Q K^T and softmax(.) V, over ``seq_len`` tokens of
+    ``width`` channels (all heads): no module runs them, so a model adds them to the profiler
+    (:meth:`FlopsProfiler.add`)."""
+    return ATTENTION_FLOPS_PER_QK_CHANNEL * seq_len * seq_len * width
 
 
 def recurrent_cell_flops(cell: nn.RNNCellBase) -> int:

@@ -9,7 +9,17 @@ from transformers import BertConfig
 
 from ..halting.deprecation import deprecated_alias, renamed_kwarg
 
-__all__ = ["AcmBertConfig"]
+__all__ = ["AcmBertConfig", "ACMIZE_FIELDS", "POOLINGS"]
+
+#: ``acmize`` keyword -> the :class:`AcmBertConfig` field that stores it (the other keywords are the method's knobs)
+ACMIZE_FIELDS = {"num_learners": "acm_num_learners", "method": "acm_method", "attention": "acm_attention",
+                 "width_factor": "acm_width_factor", "attention_min_learners": "acm_attention_min_learners",
+                 "gate_hidden": "acm_gate_hidden", "gate_depth": "acm_gate_depth"}
+#: ``acmize`` keywords that only say how a conversion starts (no field: a saved model has its weights)
+CONVERSION_ONLY = ("init",)
+#: How the sequence classifier reads the ``[B, T, H]`` token states: BERT's [CLS] pooler, or the masked mean / max of
+#: the real tokens (the pooling a sentence-transformers model such as all-MiniLM-L6-v2 was trained with).
+POOLINGS = ("cls", "mean", "max")
 
 
 class AcmBertConfig(BertConfig):
@@ -26,13 +36,19 @@ class AcmBertConfig(BertConfig):
         acm_gate_hidden (`int`, defaults to 16), acm_gate_depth (`int`, defaults to 2): gate MLP size.
         acm_knobs (`dict`, *optional*): the method's knobs (``threshold``, ...); kept in step by
             ``pact_zoo.set_threshold``.
+        acm_source_prefix (`str`, *optional*): where the BERT encoder sits in the model this one was converted from
+            (``"pact_encoder.backbone."`` for a PACT-Encoder; None: the same names as this model's). Each ACM module
+            names the modules it replaced there (``source``), which the conversion phases read on the original.
+        pooling (`str`, defaults to ``"cls"``): what the sequence classifier reads (:data:`POOLINGS`): BERT's [CLS]
+            pooler, or the masked mean / max of the token states (no pooler).
     """
 
     model_type = "acm_bert"
 
     def __init__(self, acm_num_learners: int = 4, acm_method: str = "acm", acm_attention: bool = False,
                  acm_width_factor: float = 1.0, acm_attention_min_learners: int = 1, acm_gate_hidden: int = 16,
-                 acm_gate_depth: int = 2, acm_knobs: Optional[dict[str, Any]] = None, **kwargs) -> None:
+                 acm_gate_depth: int = 2, acm_knobs: Optional[dict[str, Any]] = None,
+                 acm_source_prefix: Optional[str] = None, pooling: str = "cls", **kwargs) -> None:
         from pact_zoo.acm.module import GATINGS
         if not (isinstance(acm_num_learners, int) and not isinstance(acm_num_learners, bool)
                 and acm_num_learners >= 1):
@@ -48,13 +64,26 @@ class AcmBertConfig(BertConfig):
         self.acm_gate_hidden = acm_gate_hidden
         self.acm_gate_depth = acm_gate_depth
         self.acm_knobs = dict(acm_knobs or {})
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.acm_source_prefix = acm_source_prefix
+        self.pooling = pooling
         super().__init__(**kwargs)
 
     def acmize_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`pact_zoo.acm.acmize_structure` that rebuild the structure."""
-        return dict(num_learners=self.acm_num_learners, method=self.acm_method, attention=self.acm_attention,
-                    width_factor=self.acm_width_factor, attention_min_learners=self.acm_attention_min_learners,
-                    gate_hidden=self.acm_gate_hidden, gate_depth=self.acm_gate_depth, **self.acm_knobs)
+        return {**{key: getattr(self, field) for key, field in ACMIZE_FIELDS.items()}, **self.acm_knobs}
+
+    @staticmethod
+    def fields_of(acmize_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The config fields that ``acmize`` keyword arguments set: the structure's (:data:`ACMIZE_FIELDS`) and, if
+        any other keyword is given, ``acm_knobs`` (conversion-only keywords such as ``init`` are left out)."""
+        fields = {ACMIZE_FIELDS[key]: value for key, value in acmize_kwargs.items() if key in ACMIZE_FIELDS}
+        knobs = {key: value for key, value in acmize_kwargs.items()
+                 if key not in ACMIZE_FIELDS and key not in CONVERSION_ONLY}
+        if knobs:
+            fields["acm_knobs"] = knobs
+        return fields
 
     #: deprecated name of :attr:`acm_method` (reads and writes it, with a DeprecationWarning)
     acm_gating = deprecated_alias("acm_method", "acm_gating", "AcmBertConfig")

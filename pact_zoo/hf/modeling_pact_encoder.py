@@ -38,7 +38,7 @@ try:  # the one halting core (pact_zoo/halting)
     from pact_zoo.halting.config import HaltingConfig
     from pact_zoo.halting.deprecation import renamed_kwarg
     from pact_zoo.halting.exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
-    from pact_zoo.halting.flops import current_profiler
+    from pact_zoo.halting.flops import current_profiler, self_attention_flops
     from pact_zoo.halting.heads import VectorHaltingHead
     from pact_zoo.halting.report import halting_loss
     from pact_zoo.halting.stage import AdaptiveStage, zero_touch
@@ -48,12 +48,12 @@ except ModuleNotFoundError as error:  # remote code without pact_zoo: the core f
     from .config import HaltingConfig
     from .deprecation import renamed_kwarg
     from .exits import NUM_CERTAINTY_FEATURES, exit_certainty_features
-    from .flops import current_profiler
+    from .flops import current_profiler, self_attention_flops
     from .heads import VectorHaltingHead
     from .report import halting_loss
     from .stage import AdaptiveStage, zero_touch
 from .configuration_pact_encoder import SUPPORTED_ENCODERS, PactEncoderConfig, check_encoder_type
-from .backbones import load_backbone, pool_tokens, sentence_transformers_pooling
+from .backbones import folder_tokenizer, load_backbone, pool_tokens, sentence_transformers_pooling
 from .halting_model import HaltingModelMixin, UnitsExecutedOutput
 from .losses import IGNORE_INDEX, check_labels, problem_type, sequence_loss, token_loss
 from .remote_code import remote_code_files as shared_remote_code_files
@@ -66,10 +66,6 @@ AUTO_MAP_CLASSES = {
     "AutoModelForSequenceClassification": "PactEncoderForSequenceClassification",
     "AutoModelForTokenClassification": "PactEncoderForTokenClassification",
 }
-#: Multiply-adds of self-attention per query, key and channel: Q K^T and softmax(.) V (2 FLOPs each).
-ATTENTION_FLOPS_PER_QK_CHANNEL = 4
-#: Files :meth:`PactEncoderPreTrainedModel.from_pretrained` looks for to reload a saved tokenizer.
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -158,8 +154,7 @@ class PactEncoderLayerUnit(nn.Module):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         profiler = current_profiler()
         if profiler is not None:  # attention matmuls are not modules: count them for the one profiled sample
-            seq_len = hidden.shape[1]
-            profiler.add(ATTENTION_FLOPS_PER_QK_CHANNEL * seq_len * seq_len * self.attention_width)
+            profiler.add(self_attention_flops(hidden.shape[1], self.attention_width))
         attention_mask = create_bidirectional_mask(config=self.encoder_config, inputs_embeds=hidden,
                                                    attention_mask=mask)
         return self.layers[self.index](hidden, attention_mask)
@@ -429,22 +424,17 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         dropped = sorted(set(state) - set(fitting))
         if dropped:
             logger.warning(f"{cls.__name__}.convert_from: source weights without a place in the new model: {dropped}")
-        if any((folder / name).is_file() for name in TOKENIZER_FILES):
-            model.tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
+        model.tokenizer = folder_tokenizer(folder, config)
         return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``; a local folder's saved tokenizer is attached (saved again with the
-        model). The tokenizer is read with the model's config: ``AutoTokenizer`` would otherwise read ``config.json``
-        through ``AutoConfig`` without ``trust_remote_code`` (which the Auto classes do not pass on), and where the
-        model runs as remote code (pact_zoo not installed) that asks ``[y/N]`` on the terminal."""
+        model; :func:`~pact_zoo.hf.backbones.folder_tokenizer`)."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if isinstance(model, PactEncoderPreTrainedModel) and model.config.new_weights is not None:
             model.new_weights = list(model.config.new_weights)
-        folder = Path(str(pretrained_model_name_or_path))
-        if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
-            model.tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)
+        model.tokenizer = folder_tokenizer(str(pretrained_model_name_or_path), model.config)
         return model
 
     auto_map_classes = AUTO_MAP_CLASSES

@@ -50,7 +50,7 @@ RETIRED_KEYS = ("debug_kill_at_step",)
 
 #: one line of help per field (``pact-zoo train --help``)
 FIELD_HELP = {
-    "model": "registered timm model name (pact_zoo.list_models()) or pact_lstm",
+    "model": "registered timm model name (pact_zoo.list_models()), pact_lstm, pact_encoder or acm_bert",
     "model_kwargs": "model / halting-method kwargs, merged into the recipe's ({tau: 0.02}; {key: null} removes a key)",
     "pretrained": "load the model's registered pretrained weights (hub: needs the network or a cache)",
     "pretrained_file": "backbone checkpoint (.safetensors / .pth) loaded offline; halting heads start fresh",

@@ -1,6 +1,7 @@
 # Copyright 2026 The pact_zoo authors. Licensed under the Apache License, Version 2.0.
 """Building an adaptive model over a plain pretrained transformers encoder: loading the backbone by folder or hub id
-(with a one-line error), the pooling a sentence-transformers folder was trained with, and pooling token states.
+(with a one-line error), the pooling a sentence-transformers folder was trained with, pooling token states, and the
+tokenizer saved in a model folder.
 
 Shipped as remote code beside the modeling files (flat, no imports from pact_zoo).
 """
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
-__all__ = ["SENTENCE_TRANSFORMERS_MODULES", "SENTENCE_TRANSFORMERS_POOLING", "load_backbone", "looks_like_path",
-           "pool_tokens", "sentence_transformers_pooling"]
+__all__ = ["SENTENCE_TRANSFORMERS_MODULES", "SENTENCE_TRANSFORMERS_POOLING", "TOKENIZER_FILES", "folder_tokenizer",
+           "load_backbone", "looks_like_path", "pool_tokens", "sentence_transformers_pooling"]
+
+#: Files that mark a model folder as holding its tokenizer (saved beside the weights).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 
 
 #: Files a sentence-transformers folder describes its pooling with (``modules.json`` names the pooling module's folder).
@@ -83,3 +87,14 @@ def load_backbone(source: str) -> PreTrainedModel:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OSError(f"backbone {source!r} is not a local folder (no such path) and could not be loaded as a hub "
                       f"id{offline}: {reason}") from None
+
+
+def folder_tokenizer(folder: Union[str, os.PathLike], config: Any = None) -> Any:
+    """The tokenizer saved in the local model folder ``folder``, or None when it holds none (or is no folder). It is
+    read with the model's ``config``: ``AutoTokenizer`` would otherwise read ``config.json`` through ``AutoConfig``
+    without ``trust_remote_code`` (which the Auto classes do not pass on), and where the model runs as remote code
+    (pact_zoo not installed) that asks ``[y/N]`` on the terminal."""
+    folder = Path(folder)
+    if not (folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES)):
+        return None
+    return AutoTokenizer.from_pretrained(folder, config=config)
