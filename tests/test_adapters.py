@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification
 import pact_zoo
 from pact_zoo.adapters import load_timm_adapter, save_timm_adapter, shipped_adapters, shipped_adapter
 from pact_zoo.hf import PactEncoderForSequenceClassification
+from pact_zoo.hf.backbones import TOKENIZER_FILES
 from pact_zoo.hf.halting_adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, tensors_sha256
 from pact_zoo.training.io import save_model_folder
 
@@ -80,7 +81,12 @@ def test_hf_adapter_equals_the_full_checkpoint(tmp_path):
     for expected, got in zip(outputs(full), outputs(adapter)):
         assert torch.equal(expected, got)
     assert adapter.tokenizer is not None  # the backbone folder's
-    assert pact_zoo.load_adapter(tmp_path / "adapter").state_dict().keys() == full.state_dict().keys()
+    loaded = pact_zoo.load_adapter(tmp_path / "adapter")
+    assert loaded.state_dict().keys() == full.state_dict().keys()
+    assert loaded.tokenizer is not None  # the backbone folder's: an adapter folder holds none
+    for name in TOKENIZER_FILES + ("special_tokens_map.json",):  # an adapter saved without a tokenizer (as shipped)
+        (tmp_path / "adapter" / name).unlink(missing_ok=True)
+    assert pact_zoo.load_adapter(tmp_path / "adapter", backbone=backbone).tokenizer is not None  # the backbone's
 
 
 def test_hf_adapter_wrong_backbone_raises_one_line_naming_it(tmp_path):

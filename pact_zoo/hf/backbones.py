@@ -90,7 +90,8 @@ def load_backbone(source: str) -> PreTrainedModel:
 
 
 def folder_tokenizer(folder: Union[str, os.PathLike], config: Any = None) -> Any:
-    """The tokenizer saved in the local model folder ``folder``, or None when it holds none (or is no folder). It is
+    """The tokenizer saved in the local model folder ``folder``, or None when it holds none (or is no folder: a caller
+    keeps the tokenizer it has, e.g. its backbone's, as an adapter folder holds none). It is
     read with the model's ``config``: ``AutoTokenizer`` would otherwise read ``config.json`` through ``AutoConfig``
     without ``trust_remote_code`` (which the Auto classes do not pass on), and where the model runs as remote code
     (pact_zoo not installed) that asks ``[y/N]`` on the terminal."""

@@ -424,7 +424,9 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         dropped = sorted(set(state) - set(fitting))
         if dropped:
             logger.warning(f"{cls.__name__}.convert_from: source weights without a place in the new model: {dropped}")
-        model.tokenizer = folder_tokenizer(folder, config)
+        saved = folder_tokenizer(folder, config)
+        if saved is not None:  # else the backbone's, if any
+            model.tokenizer = saved
         return model
 
     @classmethod
@@ -434,7 +436,9 @@ class PactEncoderPreTrainedModel(HaltingModelMixin, PreTrainedModel):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if isinstance(model, PactEncoderPreTrainedModel) and model.config.new_weights is not None:
             model.new_weights = list(model.config.new_weights)
-        model.tokenizer = folder_tokenizer(str(pretrained_model_name_or_path), model.config)
+        saved = folder_tokenizer(str(pretrained_model_name_or_path), model.config)
+        if saved is not None:  # else the one a halting adapter's backbone brought, if any
+            model.tokenizer = saved
         return model
 
     auto_map_classes = AUTO_MAP_CLASSES
