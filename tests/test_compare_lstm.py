@@ -158,3 +158,15 @@ def test_the_lstm_recipes_replace_the_script(monkeypatch):
     mnist = {e.name: e for e in load_comparison("hub_configs/pact_lstm.parity/compare_mnist1d.yaml").entries}
     assert mnist["pact_warm"].init_from == "lstm" and load_config(mnist["lstm_2000"].path,
                                                                   mnist["lstm_2000"].overrides).max_steps == 2000
+
+
+def test_a_data_seed_in_dataset_kwargs_is_the_datas_own():
+    """MNIST-1D's recipes fix the data set with ``dataset_kwargs: {seed: 42}`` whatever the run's seed."""
+    from pact_zoo.training.tasks import build_task
+
+    def first_input(run_seed, data_seed):
+        config = load_config(None, dict(model="pact_lstm", dataset="mnist1d", seed=run_seed, output_dir="unused",
+                                        dataset_kwargs={"num_samples": 100, "seed": data_seed}))
+        return build_task(config)._load_splits()[0][0]["inputs_embeds"]
+
+    assert first_input(0, 42) == first_input(1, 42) != first_input(0, 43)

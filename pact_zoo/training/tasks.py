@@ -178,8 +178,9 @@ class SequenceClassificationTask:
     def _load_splits(self):
         if self._splits is None:
             try:
-                self._splits = load_sequence_splits(self.config.dataset, seed=self.config.seed,
-                                                    **self.config.dataset_kwargs)
+                # a seed in dataset_kwargs is the data's own (MNIST-1D's fixed set); else the run's seed
+                options = {"seed": self.config.seed, **self.config.dataset_kwargs}
+                self._splits = load_sequence_splits(self.config.dataset, **options)
             except TypeError as exc:  # an option the generator does not take
                 if "keyword argument" not in str(exc):
                     raise
