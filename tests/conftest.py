@@ -42,12 +42,13 @@ _TINY_RUN = dict(model="pact_resnet32", model_kwargs={"layers": [2, 2, 2], "chan
 #: the scenarios of tests/two_process_worker.py, in order, with their training configs
 TWO_PROCESS_PLAN = {
     "acm": None,
+    "nan": dict(_TINY_RUN, max_train_samples=32),
     # sampled-path training: with halting bias +4 most rows stop after the first unit, so in most steps no row of a
     # process reaches the later units; DDP must still get a gradient for every parameter (checked from step 2 on).
-    # 97 samples: 3 steps of 2 x 16 rows
+    # 97 samples: 3 steps of 2 x 16 rows. Last: a finished run ends with accelerate's end_training, which destroys
+    # the process group (a scenario after it would rendezvous again on the same port, and may hang)
     "train": dict(_TINY_RUN, max_train_samples=97, model_kwargs=dict(_TINY_RUN["model_kwargs"],
                                                                      method="policy_gradient", halting_bias_init=4.0)),
-    "nan": dict(_TINY_RUN, max_train_samples=32),
 }
 
 
@@ -74,7 +75,7 @@ def two_process_runs(tmp_path_factory):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     command = [*TWO_PROCESS_LAUNCH, "29534", str(REPO / "tests" / "two_process_worker.py"), str(out),
                json.dumps(TWO_PROCESS_PLAN)]
-    return out, subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return out, subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,10 @@ Scenarios (``<out>/<scenario>/`` holds what each writes):
   are biased so that in most steps some learner runs on no token of a process (condnet trains compact: unused
   learners are not in the graph); every parameter must still get a gradient, identical on both processes. Writes
   ``rank<r>.json``.
-- ``train``: the training loop on the scenario's config (its run folder is ``<out>/train``).
 - ``nan``: the training loop on the scenario's config, with the loss of process 1 alone made NaN; every process must
-  stop with the same one-line error. Writes ``rank<r>.txt`` with the error it raised. Runs last (it ends training
-  with an error).
+  stop with the same one-line error. Writes ``rank<r>.txt`` with the error it raised.
+- ``train``: the training loop on the scenario's config (its run folder is ``<out>/train``). Runs last: a finished
+  run ends with accelerate's ``end_training``, which destroys the process group.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def nan_on_one_process(out: Path, config: dict) -> None:
         loop._sample_loss = real
 
 
-SCENARIOS = {"acm": acm_ddp, "train": train_run, "nan": nan_on_one_process}
+SCENARIOS = {"acm": acm_ddp, "nan": nan_on_one_process, "train": train_run}
 
 
 def main(out: Path, plan: dict[str, Any]) -> None:
