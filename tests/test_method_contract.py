@@ -4,6 +4,7 @@ A toy method registered here from outside the package joins the registry before 
 every family too (timm CIFAR and ImageNet ResNets, the ViT, MobileNetV2 with an exit after every stage, the Hugging
 Face PACT-LSTM and PACT-Encoder).
 """
+import re
 from typing import Callable
 
 import pytest
@@ -211,6 +212,8 @@ def test_flops_report_agrees_with_flop_counter(family, method):
         counted = counter.get_total_flops()
         assert abs(report.flops.sum().item() - counted) <= 0.01 * counted, (train, report.flops, counted)
         assert 0 < report.units_fraction <= 1  # recurrent models: relative to every time step's units
+        shown = re.findall(r"([\d.]+) of (\d+)", repr(report).split("at full depth), ")[1])
+        assert len(shown) == len(report.num_units) and all(0 < float(u) <= int(n) for u, n in shown), repr(report)
     with pact_zoo.full_depth(model), torch.no_grad(), FlopCounterMode(display=False,
                                                                      custom_mapping=SDPA_FLOPS) as counter:
         model.eval()

@@ -84,13 +84,19 @@ class HaltingReport:
 
     def __repr__(self) -> str:
         """A short summary (the tensors stay in the attributes): batch size, FLOPs against full depth, mean units
-        per stage out of each stage's depth."""
+        per stage out of each stage's depth (per time step or token where a stage runs once per step)."""
         batch = int(self.flops.shape[0]) if self.flops.dim() else 1
         if batch == 0:
             return f"HaltingReport(batch=0, full depth {self.full_flops / 1e6:.4g} MFLOPs, {len(self.num_units)} stages)"
-        units = " / ".join(f"{float(u):.2f} of {n}" for u, n in zip(self.mean_units.tolist(), self.num_units))
+        mean, label = self.mean_units, "mean units per stage"
+        if self.sample_full_units is not None:
+            steps = self.sample_full_units.double().sum(0) / torch.tensor(self.num_units, dtype=torch.double)
+            if bool((steps > batch).any()):  # a stage applied per time step or token: units per application
+                mean = self.units_executed.double().sum(0) / steps.clamp_min(1)
+                label = "mean units per stage and step"
+        units = " / ".join(f"{float(u):.2f} of {n}" for u, n in zip(mean.tolist(), self.num_units))
         return (f"HaltingReport(batch={batch}, flops ratio {self.flops_ratio:.3f} (mean {self.mean_flops / 1e6:.4g} "
-                f"of {self.full_flops / 1e6:.4g} MFLOPs at full depth), mean units per stage {units or '-'})")
+                f"of {self.full_flops / 1e6:.4g} MFLOPs at full depth), {label} {units or '-'})")
 
 
 def adaptive_stages(model: nn.Module) -> list[tuple[str, AdaptiveModule]]:
