@@ -181,11 +181,17 @@ def test_seed_groups_average_the_same_point_over_seeds():
     assert "| a | pact @ 0.5 | 2 | 75.00 ± 7.07 | 5.00 ± 1.41 | 0.500 ± 0.141 |" in format_seed_groups(groups, "b")
 
 
-def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
+def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate, monkeypatch):
     """A seed grid over one recipe plus thresholds calibrated to a FLOPs budget: rows per seed, a mean over the
     seeds of every point (the budget's included), the training time of every trained entry, and the measured time
-    per sample of every entry (adaptive ones also at full depth)."""
+    per sample of every entry (adaptive ones also at full depth). Every entry's model is loaded once for all its
+    steps, and calibrating a budget leaves the model's own threshold as it was."""
+    from pact_zoo.halting import adaptive_stages
+    from pact_zoo.training import compare_steps
     from pact_zoo.training.compare import compare, load_comparison
+
+    loads, load = [], compare_steps.load_model_folder
+    monkeypatch.setattr(compare_steps, "load_model_folder", lambda path: loads.append(str(path)) or load(path))
 
     _recipes(tmp_path)
     recipe = dict(evaluation=dict(dataset="digits", max_eval_samples=40, eval_batch_size=40), thresholds=[0.5],
@@ -211,6 +217,11 @@ def test_compare_grid_with_seeds_and_budgets(tmp_path, reset_accelerate):
         assert by_rule["truncated 1/1/1"]["mflops"] < by_rule["truncated 2/2/2"]["mflops"]
         for key in ("accuracy", "mflops", "mean_units"):  # every unit and no head: the full-depth network
             assert by_rule["truncated 2/2/2"][key] == pytest.approx(by_rule["full_depth"][key])
+        own = next(s.method.threshold for _, s in adaptive_stages(load(tmp_path / "out" / name / "model"))
+                   if s.adaptive)
+        assert json.loads((tmp_path / "out" / name / "eval" / "tradeoff.json").read_text())["threshold"] == own
+        assert calibration["threshold"] != own
+    assert loads == [str(tmp_path / "out" / n / "model") for n in ("plain", "pact-seed0", "pact-seed1")]
     means = {g["point"]: g for g in saved["seed_groups"] if g["group"] == "pact"}
     assert {"pact @ budget 0.6", "pact @ 0.5", "full_depth", "truncated 1/1/1"} <= set(means)
     both = [r["accuracy"] for r in rows if r["group"] == "pact" and r["point"] == "full_depth"]

@@ -78,12 +78,12 @@ from .compare_init import INIT_KEY, resolve_init_from, with_init_sources
 from .compare_report import (comparison_figure, comparison_rows, format_rows, format_seed_groups,
                              format_training_time, seed_groups, training_time)
 from .compare_methods import build_with_method, load_methods, method_fields, method_label
-from .compare_steps import (EVERY_DEPTH, calibrate_budgets, evaluate_truncations, evaluation_config,
-                             time_entry_models)
+from .compare_steps import (EVERY_DEPTH, LoadedEntry, calibrate_budgets, evaluate_truncations, evaluation_config,
+                            load_entry, time_entry_models)
 from .compare_timing import format_timing, load_timing
 from .config import ConfigError, check_fractions, load_config, read_yaml_mapping
 from .evaluate import EVALUATE_FIELDS, TRADEOFF_JSON, run_evaluation
-from .io import check_model_folder, load_model_folder
+from .io import check_model_folder
 from .run_dir import MODEL_DIR
 
 __all__ = ["ComparisonEntry", "Comparison", "load_comparison", "expand_grid", "apply_overrides", "select_entries",
@@ -328,28 +328,29 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     results, model_dirs, budgets, breakdowns = {}, {}, {}, []
     if comparison.depth_by:  # a property the evaluation task lacks fails before anything trains
         check_property(comparison.evaluation, comparison.entries[0], comparison.depth_by)
+    timed: Dict[str, LoadedEntry] = {}  # every entry's loaded model, when the recipe times them
     for entry in comparison.entries:
         print(f"== {entry.name}: {entry.kind} {entry.path}", flush=True)
         entry.make(overwrite)
         model_dir = model_dirs[entry.name] = entry.model_dir()
-        budgets[entry.name] = calibrate_budgets(model_dir, comparison.evaluation, entry.budgets,
-                                                comparison.calibration_samples) if entry.budgets else []
+        current = load_entry(model_dir, comparison.evaluation, comparison.calibration_samples)
+        budgets[entry.name] = calibrate_budgets(current, entry.budgets) if entry.budgets else []
         thresholds = entry.thresholds + [c["threshold"] for c in budgets[entry.name]]
-        results[entry.name] = run_evaluation(load_model_folder(model_dir),
-                                             evaluation_config(comparison.evaluation, model_dir), entry.eval_dir,
-                                             thresholds)
+        results[entry.name] = run_evaluation(current.model, current.config, entry.eval_dir, thresholds,
+                                             current.task, current.data)
         if entry.truncations:
-            results[entry.name]["points"] += evaluate_truncations(model_dir, comparison.evaluation,
-                                                                  entry.truncations)
+            results[entry.name]["points"] += evaluate_truncations(current, entry.truncations,
+                                                                  f"entry {entry.name!r} ({model_dir})")
         for method, method_thresholds in entry.methods.items():
             print(f"   under {method}", flush=True)
             config = evaluation_config(comparison.evaluation, model_dir, method_fields(model_dir, method))
             results[method_label(entry.name, method)] = run_evaluation(
                 build_with_method(config), config, entry.method_eval_dir(method), method_thresholds)
         if comparison.depth_by:
-            breakdowns.append(depth_breakdown(load_model_folder(model_dir), evaluation_config(
-                comparison.evaluation, model_dir), comparison.depth_by, entry.name,
-                results[entry.name]["default"]["rule"]))
+            breakdowns.append(depth_breakdown(current.model, current.task, current.eval_loader(), comparison.depth_by,
+                                              entry.name, results[entry.name]["default"]["rule"]))
+        if comparison.timing is not None:
+            timed[entry.name] = current
     labels = [(e.name, e.group, e) for e in comparison.entries] + [
         (method_label(e.name, m), method_label(e.group, m), e) for e in comparison.entries for m in e.methods]
     rows = comparison_rows(results, comparison.baseline, {label: group for label, group, _ in labels}, budgets)
@@ -366,7 +367,7 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
                            for e in comparison.entries},
                "rows": rows, "seed_groups": groups}
     if comparison.timing is not None:
-        summary["timing"] = time_entry_models(model_dirs, comparison.evaluation, comparison.timing)
+        summary["timing"] = time_entry_models(timed, comparison.timing)
     if comparison.depth_by:
         summary[DEPTH_BY_KEY] = breakdown_summary(comparison.depth_by, breakdowns)
     out = comparison.output_dir

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..fileio import atomic_path
-from .config import ConfigError, TrainConfig, load_config
+from .config import ConfigError, load_config
 from .evaluate import has_sampled_stops, sampled_stops
 from .io import folder_model_name
 from .loop import evaluate_model
@@ -74,16 +74,13 @@ def _rows(entry: str, rule: str, values: torch.Tensor, units: torch.Tensor, corr
     return rows, None if constant else float(torch.corrcoef(pair)[0, 1])
 
 
-def depth_breakdown(model: nn.Module, config: TrainConfig, name: str, entry: str, rule: str) -> Dict[str, Any]:
-    """The breakdown of ``model`` on ``config``'s evaluation split by property ``name``: ``{"rows": [...],
-    "correlations": [...]}``, rows ``{entry, rule, value, n, mean_units, accuracy}`` and correlations ``{entry,
-    rule, pearson}``, at the model's own rule (named ``rule``) and, for a stochastic method, with sampled stops
-    (``rule:sampled``, seeded as in the comparison's rows)."""
-    task = build_task(config)
-    data = task.load_data(model)
+def depth_breakdown(model: nn.Module, task: Any, loader: DataLoader, name: str, entry: str, rule: str
+                    ) -> Dict[str, Any]:
+    """The breakdown of ``model`` on ``loader``, the evaluation split of ``task``, by property ``name``:
+    ``{"rows": [...], "correlations": [...]}``, rows ``{entry, rule, value, n, mean_units, accuracy}`` and
+    correlations ``{entry, rule, pearson}``, at the model's own rule (named ``rule``) and, for a stochastic method,
+    with sampled stops (``rule:sampled``, seeded as in the comparison's rows)."""
     values = property_values(task, name)
-    loader = DataLoader(data.eval, batch_size=config.eval_batch_size, collate_fn=data.collate_fn,
-                        num_workers=config.num_workers)
     model.eval()
     passes = [(rule, evaluate_model(model, loader, task, keep_units=True))]
     if has_sampled_stops(model):

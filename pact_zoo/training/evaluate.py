@@ -22,7 +22,7 @@ from .config import TrainConfig, add_config_arguments, config_from_args
 from ..fileio import atomic_path, atomic_write_json
 from .io import check_model_folder, folder_model_name, load_model_folder
 from .loop import evaluate_model
-from .tasks import ImageClassificationTask, build_task
+from .tasks import ImageClassificationTask, TaskData, build_task
 
 __all__ = ["evaluate_image_sample", "evaluate_sample", "evaluate_tradeoff", "has_sampled_stops", "load_image_sample",
            "main", "sample_check", "sampled_stops", "standard_error"]
@@ -308,10 +308,12 @@ def check_classes(model: nn.Module, class_names: Sequence[str], dataset: str) ->
 
 
 def run_evaluation(model: nn.Module, config: TrainConfig, output_dir: Path,
-                   thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
-    """Evaluate ``model`` on ``config``'s eval split; write the JSON and plots into ``output_dir``."""
-    task = build_task(config)
-    data = task.load_data(model)
+                   thresholds: Optional[Sequence[float]] = None, task: Any = None,
+                   data: Optional[TaskData] = None) -> Dict[str, Any]:
+    """Evaluate ``model`` on ``config``'s eval split; write the JSON and plots into ``output_dir``. ``task`` and
+    ``data``: the config's task and its data for ``model``, when the caller has them already."""
+    task = task if task is not None else build_task(config)
+    data = data if data is not None else task.load_data(model)
     check_classes(model, data.class_names, config.dataset)
     output_dir.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False, collate_fn=data.collate_fn,
