@@ -327,6 +327,17 @@ def test_methods_a_family_refuses_raise_its_own_error(tmp_path):
     assert "\n" not in str(error.value) and not (tmp_path / "out" / "comparison.json").exists()
 
 
+def test_shipped_recipes_write_to_folders_of_their_own():
+    """Two shipped recipes run on their own never share an output folder (a second run would resume or overwrite
+    the first's)."""
+    owners: dict = {}
+    for path in sorted((REPO / "hub_configs").glob("*/*.yaml")):
+        folder = (yaml.safe_load(path.read_text()) or {}).get("output_dir")
+        if folder is not None:
+            owners.setdefault(folder, []).append(str(path.relative_to(REPO)))
+    assert {folder: paths for folder, paths in owners.items() if len(paths) > 1} == {}
+
+
 def test_the_shipped_comparison_recipes_are_found():
     assert {"hub_configs/methods.compare/compare.yaml", "hub_configs/methods.compare/learning_quality.yaml",
             "hub_configs/acm_vit.fashion_mnist/compare.yaml"} <= set(SHIPPED)
