@@ -173,6 +173,30 @@ def _write_png_folder(root: Path, counts: dict) -> None:
                 Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
+def test_run_seeds_shuffle_the_training_data_in_orders_of_their_own():
+    """accelerate's seedable sampler shuffles epoch e with data_seed + e: passed the run seed itself, seed 1 replays
+    seed 0's epochs one epoch later. The loop's data-order seeds give every run seed orders of its own, and seed 0
+    the orders it always had."""
+    from accelerate.data_loader import SeedableRandomSampler
+
+    from pact_zoo.training.config import TrainConfig
+    from pact_zoo.training.loop import data_order_seed, dataloader_configuration
+
+    def orders(data_seed: int, epochs: int = 4) -> list:
+        sampler = SeedableRandomSampler(data_source=range(50), data_seed=data_seed)
+        result = []
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            result.append(tuple(sampler))
+        return result
+
+    assert orders(1)[0] == orders(0)[1]  # the replay the run seed alone gives
+    seen = {seed: set(orders(data_order_seed(seed))) for seed in range(3)}
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    assert orders(data_order_seed(0)) == orders(0)
+    assert dataloader_configuration(TrainConfig(seed=2)).data_seed == data_order_seed(2) != 2
+
+
 def test_imagefolder_loader(tmp_path):
     _write_png_folder(tmp_path / "imgs", {"train": 3, "test": 2})
     splits = load_image_dataset(f"imagefolder:{tmp_path / 'imgs'}")

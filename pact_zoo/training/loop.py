@@ -47,10 +47,13 @@ from ..acm.phases import average_gradients
 from .io import load_model_folder
 from .tasks import build_task, halting_head_parameters
 
-__all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor", "run_length"]
+__all__ = ["train", "evaluate_model", "latest_checkpoint", "build_optimizer", "lr_factor", "run_length",
+           "data_order_seed", "dataloader_configuration"]
 
 #: fault injection for the resume test (not a config field): SIGKILL the process at this optimiser step
 KILL_AT_STEP_ENV = "PACT_ZOO_TEST_KILL_AT_STEP"
+#: distance between the data-order seeds of consecutive run seeds: a prime above any run's number of epochs
+DATA_ORDER_SEED_STRIDE = 1_000_003
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -140,6 +143,21 @@ def _progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def data_order_seed(seed: int) -> int:
+    """The seed of the training data's order for run seed ``seed``. accelerate's seedable sampler shuffles epoch e
+    with seed ``data_seed + e``, so run seed s would replay run seed 0's epochs shifted by s (seeds 1 and 2 of a seed
+    grid: the same batch orders as seed 0 from its second and third epoch on). Seeds spaced
+    :data:`DATA_ORDER_SEED_STRIDE` apart give every run seed its own orders; seed 0 keeps its own."""
+    return seed * DATA_ORDER_SEED_STRIDE
+
+
+def dataloader_configuration(config: TrainConfig):
+    """accelerate's data-loader settings of a run: the seedable sampler, seeded by :func:`data_order_seed`."""
+    from accelerate.utils import DataLoaderConfiguration
+
+    return DataLoaderConfiguration(use_seedable_sampler=True, data_seed=data_order_seed(config.seed))
+
+
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
     """Run one training job; returns the last epoch's metrics. Works with 1 or N processes.
 
@@ -147,7 +165,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     holds a run unless ``overwrite``; ``resume`` continues the latest checkpoint of the same run only.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     output_dir = Path(config.output_dir)
@@ -160,7 +178,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        dataloader_config=dataloader_configuration(config),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tb")),
         log_with="tensorboard" if _tensorboard_available() else None,
     )
