@@ -130,6 +130,21 @@ def test_recipe_errors_name_the_key(tmp_path, changes, message):
         load_comparison(str(_recipe(tmp_path, **changes)))
 
 
+def test_a_seed_grid_warm_starts_each_seed_from_the_source_of_its_own_seed(tmp_path):
+    from pact_zoo.training.compare import load_comparison, select_entries
+
+    entries = [dict(name="plain", train=str(tmp_path / "train.yaml"), grid={"seed": [0, 1]}),
+               dict(name="warm", train=str(tmp_path / "train.yaml"), init_from="plain", grid={"seed": [0, 1]},
+                    overrides={"model_kwargs": PACT})]
+    comparison = load_comparison(str(_recipe(tmp_path, baseline=None, entries=entries)))
+    runs = {e.name: e for e in comparison.entries}
+    for seed in (0, 1):
+        warm = runs[f"warm-seed{seed}"]
+        assert warm.init_from == f"plain-seed{seed}"
+        assert warm.overrides["pretrained_file"] == str(runs[f"plain-seed{seed}"].model_dir())
+    assert [e.name for e in select_entries(comparison, ["warm-seed1"]).entries] == ["plain-seed1", "warm-seed1"]
+
+
 def test_a_property_the_task_lacks_fails_before_training(tmp_path):
     from pact_zoo.training.compare import compare, load_comparison
 
@@ -148,7 +163,7 @@ def test_entries_flag_keeps_the_warm_start_source(tmp_path):
 
 def test_the_lstm_recipes_replace_the_script(monkeypatch):
     """The parity recipe sweeps tau for PACT (two entropy weights) and ACT beside a one-step LSTM, broken down by
-    k; the MNIST-1D recipe warm-starts PACT from its plain LSTM."""
+    k; the MNIST-1D recipe, five seeds per entry, warm-starts each PACT seed from the plain LSTM of its seed."""
     from pact_zoo.training.compare import load_comparison
 
     monkeypatch.chdir(REPO)
@@ -156,8 +171,11 @@ def test_the_lstm_recipes_replace_the_script(monkeypatch):
     assert parity.depth_by == "num_nonzero" and len(parity.entries) == 10
     assert {e.overrides["max_steps"] for e in parity.entries} == {5000}
     mnist = {e.name: e for e in load_comparison("hub_configs/pact_lstm.parity/compare_mnist1d.yaml").entries}
-    assert mnist["pact_warm"].init_from == "lstm" and load_config(mnist["lstm_2000"].path,
-                                                                  mnist["lstm_2000"].overrides).max_steps == 2000
+    assert len(mnist) == 20  # four entries, five seeds each
+    for seed in range(5):
+        assert mnist[f"pact_warm-seed{seed}"].init_from == f"lstm-seed{seed}"
+        assert load_config(mnist[f"lstm_2000-seed{seed}"].path, mnist[f"lstm_2000-seed{seed}"].overrides).max_steps \
+            == 2000
 
 
 def test_a_data_seed_in_dataset_kwargs_is_the_datas_own():

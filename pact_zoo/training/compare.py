@@ -50,7 +50,8 @@ first evaluation samples at each batch size, timed round robin (:mod:`~pact_zoo.
 ``timing: {batch_sizes: [1, 8, 64], samples: 64, repeats: 3, warmup: 1, clock: wall}``.
 
 ``init_from: <entry>`` (a train entry's key): a warm start from the model of the entry named, which must come
-earlier (its folder becomes ``pretrained_file``; halting heads keep their fresh init); ``--entries`` keeps it.
+earlier (its folder becomes ``pretrained_file``; halting heads keep their fresh init); ``--entries`` keeps it. Named
+a seed grid, each of the entry's seeds starts from the source with the same seed.
 
 ``depth_by: <property>``: every entry's mean units executed and accuracy per value of a per-sample property that
 the evaluation task provides (parity: ``num_nonzero``), at its own rule and with sampled stops, and the correlation
