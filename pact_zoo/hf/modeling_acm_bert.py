@@ -27,6 +27,7 @@ from ..acm.module import GATING_CLASSES
 from ..halting.flops import current_profiler, self_attention_flops
 from .backbones import folder_tokenizer, pool_tokens
 from .configuration_acm_bert import ACMIZE_FIELDS, AcmBertConfig
+from .configuration_pact_encoder import PactEncoderConfig
 from .halting_model import ConfigHaltingView
 from .losses import classification_loss, problem_type
 
@@ -204,11 +205,13 @@ def acm_bert_from_pact_encoder(model: PreTrainedModel, **acm_kwargs: Any) -> Acm
 
 
 def _is_bert(model: nn.Module) -> bool:
-    return isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", None) in ("bert", "acm_bert")
+    return isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", None) in (
+        BertConfig.model_type, AcmBertConfig.model_type)
 
 
 def _is_pact_encoder(model: nn.Module) -> bool:
-    return isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", None) == "pact_encoder"
+    return isinstance(model, PreTrainedModel) and getattr(model.config, "model_type", None) == \
+        PactEncoderConfig.model_type
 
 
 register_acm_converter(_is_bert, acm_bert_from_pretrained_model)

@@ -59,11 +59,12 @@ class TextClassificationTask:
         return self._load_splits().num_classes
 
     def build_model(self, num_classes: int) -> nn.Module:
-        from ..hf import PactEncoderForSequenceClassification
+        from ..hf import PactEncoderConfig, PactEncoderForSequenceClassification
 
         path = self.config.pretrained_file
         config_file = Path(path) / "config.json"
-        if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "pact_encoder":
+        if (config_file.is_file()
+                and json.loads(config_file.read_text()).get("model_type") == PactEncoderConfig.model_type):
             if self.config.model_kwargs:  # conversion: the source's weights, the new settings' fresh weights
                 return PactEncoderForSequenceClassification.convert_from(path, **self.config.model_kwargs)
             return PactEncoderForSequenceClassification.from_pretrained(path)
