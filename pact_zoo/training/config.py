@@ -72,6 +72,9 @@ FIELD_HELP = {
     "max_steps": "train exactly this many optimiser steps instead of whole epochs: the run takes the epochs it needs, "
                  "the last one cut short, and the learning-rate schedule spans these steps (null: epochs decides)",
     "batch_size": "training batch size per process",
+    "bucket_batches": "batches of similar lengths: each epoch's shuffled rows are sorted by length in chunks of this "
+                      "many batches, then the batches shuffled (less padding; needs a length column, as sequence "
+                      "tasks have); 1: plain shuffled batches",
     "eval_batch_size": "evaluation batch size",
     "optimizer": "sgd or adamw",
     "lr": "peak learning rate",
@@ -154,6 +157,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: Optional[int] = None  # a step budget instead of epochs (the last epoch is cut short)
     batch_size: int = 128  # per process
+    bucket_batches: int = 1  # > 1: length-bucketed batches (chunks of this many batches sorted by length)
     eval_batch_size: int = 256
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -195,7 +199,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "bucket_batches", "eval_batch_size", "grad_accum_steps",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "head_lr_mult"):

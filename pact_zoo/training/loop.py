@@ -135,6 +135,21 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
     return result
 
 
+def _train_loader(data, config: TrainConfig) -> DataLoader:
+    """Shuffled training batches, the last partial one dropped (a 1-row batch breaks BatchNorm in training); with
+    ``bucket_batches`` > 1, batches of similar lengths (:class:`~pact_zoo.data.sequences.LengthBucketSampler`)."""
+    if config.bucket_batches == 1:
+        return DataLoader(data.train, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate_fn,
+                          num_workers=config.num_workers, drop_last=True)
+    from ..data.sequences import LengthBucketSampler
+
+    if "length" not in getattr(data.train, "column_names", ()):
+        raise ConfigError(f"bucket_batches={config.bucket_batches} needs a training split with a 'length' column "
+                          f"(sequence tasks have one); {config.dataset!r} has none: set bucket_batches: 1")
+    sampler = LengthBucketSampler(data.train["length"], config.batch_size, config.bucket_batches, config.seed)
+    return DataLoader(data.train, batch_sampler=sampler, collate_fn=data.collate_fn, num_workers=config.num_workers)
+
+
 def _progress_enabled() -> bool:
     """Progress bars only on a terminal: redirected output gets the per-epoch lines, not carriage returns."""
     return sys.stderr.isatty()
@@ -184,8 +199,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     teacher = load_model_folder(config.teacher).to(accelerator.device) if config.teacher else None
     with accelerator.main_process_first():
         data = task.load_data(model)
-    train_loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate_fn,
-                              num_workers=config.num_workers, drop_last=True)  # a 1-row batch breaks BatchNorm in training
+    train_loader = _train_loader(data, config)
     eval_loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False,
                              collate_fn=data.collate_fn, num_workers=config.num_workers)
     if len(train_loader) == 0:

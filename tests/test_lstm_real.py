@@ -1,0 +1,157 @@
+"""The PACT-LSTM on real sequences through the shared training loop: UEA sets with a stratified validation holdout,
+text as token ids remapped to the training vocabulary (the remap saved, loaded, evaluated and exported with the
+model) and length-bucketed batches (``bucket_batches``), on tiny data written into ``tmp_path``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pact_zoo.training.config import ConfigError, load_config
+
+CLASSES, PER_CLASS, CHANNELS = ("a", "b", "c"), 8, 2
+LSTM = {"hidden_size": 8, "max_ponder_steps": 3, "method": "pact", "tau": 0.01, "halting_bias_init": 2.0}
+LOOP = dict(model="pact_lstm", model_kwargs=LSTM, batch_size=4, eval_batch_size=64, optimizer="adamw", lr=0.01,
+            weight_decay=0.0, schedule="constant", eval_thresholds=[0.5], max_steps=2)
+WORDS = "the a movie film plot was good bad great awful dull fun".split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+UNSEEN = "awful"  # only in the evaluation split: the remap sends it to UNK
+
+
+def _ts_files(folder: Path, name: str = "Tiny") -> Path:
+    """A ``.ts`` train file of 3 classes x 8 series and a test file of 3 x 2, 2 channels, 3-9 frames."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("TRAIN", PER_CLASS), ("TEST", 2)):
+        lines = [f"@problemName {name}", "@timeStamps false", "@univariate false", "@equalLength false",
+                 f"@classLabel true {' '.join(CLASSES)}", "@data"]
+        for label in CLASSES:
+            for _ in range(count):
+                length = int(rng.integers(3, 10))
+                channels = [",".join(f"{v:.3f}" for v in rng.normal(CLASSES.index(label), 1.0, length))
+                            for _ in range(CHANNELS)]
+                lines.append(":".join(channels + [label]))
+        (folder / f"{name}_{split}.ts").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _uea_config(tmp_path: Path, **changes):
+    fields = dict(LOOP, dataset="uea:Tiny", data_dir=str(_ts_files(tmp_path / "ts")), eval_split="validation",
+                  dataset_kwargs={"validation_fraction": 0.25, "split_seed": 0}, output_dir=str(tmp_path / "run"))
+    return load_config(None, {**fields, **changes})
+
+
+def _rows(split) -> set:
+    return {tuple(np.asarray(x).ravel().round(3).tolist()) for x in split["inputs_embeds"]}
+
+
+def test_uea_validation_holdout_is_stratified_seeded_and_apart_from_the_training_seed(tmp_path):
+    from pact_zoo.training.tasks import build_task
+
+    task = build_task(_uea_config(tmp_path))
+    data = task.load_data(None)
+    assert len(data.train) == 3 * (PER_CLASS - 2) and len(data.eval) == 3 * 2  # round(0.25 * 8) per class
+    assert sorted(data.eval["labels"]) == [0, 0, 1, 1, 2, 2] and not _rows(data.train) & _rows(data.eval)
+    again = build_task(_uea_config(tmp_path, seed=5)).load_data(None)  # another training seed: the same rows
+    assert _rows(again.eval) == _rows(data.eval) and _rows(again.train) == _rows(data.train)
+    other = build_task(_uea_config(tmp_path, dataset_kwargs={"validation_fraction": 0.25, "split_seed": 1}))
+    assert _rows(other.load_data(None).eval) != _rows(data.eval)
+    test = build_task(_uea_config(tmp_path, eval_split="test"))
+    test_data = test.load_data(None)
+    assert len(test_data.eval) == 6 and _rows(test_data.train) == _rows(data.train)  # the holdout stays out
+    lengths = test.sample_properties()["length"]
+    assert lengths.tolist() == [len(x) for x in test_data.eval["inputs_embeds"]]
+    with pytest.raises(ValueError, match="eval_split must be one of"):
+        build_task(_uea_config(tmp_path, eval_split="dev")).load_data(None)
+    with pytest.raises(ValueError, match="validation_fraction must be a number in"):
+        build_task(_uea_config(tmp_path, dataset_kwargs={"validation_fraction": 1.5})).load_data(None)
+    with pytest.raises(ConfigError, match="do not fit"):
+        build_task(_uea_config(tmp_path, dataset_kwargs={"holdout": 0.2})).load_data(None)
+    with pytest.raises(ValueError, match="unknown dataset 'uea:' for pact_lstm"):
+        build_task(_uea_config(tmp_path, dataset="uea:"))
+
+
+def test_length_bucketed_batches_cover_the_epoch_sorted_within_chunks(tmp_path, reset_accelerate):
+    from pact_zoo.data.sequences import LengthBucketSampler
+    from pact_zoo.training.loop import train
+
+    lengths = np.random.default_rng(0).integers(1, 50, 103).tolist()
+    sampler = LengthBucketSampler(lengths, batch_size=8, bucket_batches=len(lengths) // 8)  # one chunk: sorted
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 12 and all(len(b) == 8 for b in batches)
+    assert len({i for b in batches for i in b}) == 96  # every row once, the partial batch dropped
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(spans, spans[1:]))
+    assert batches == list(sampler)  # the same epoch: the same order
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    metrics = train(_uea_config(tmp_path, bucket_batches=2, max_steps=5))  # 18 rows / 4: 4 batches an epoch
+    assert metrics["step"] == 5
+    with pytest.raises(ConfigError, match="bucket_batches must be >= 1, got 0"):
+        _uea_config(tmp_path, bucket_batches=0)
+    parity = dict(LOOP, dataset="parity", bucket_batches=2, output_dir=str(tmp_path / "parity"),
+                  dataset_kwargs={"vector_size": 4, "train_samples": 16, "test_samples": 8})
+    with pytest.raises(ConfigError, match="bucket_batches=2 needs a training split with a 'length' column"):
+        train(load_config(None, parity))
+
+
+def _text_data(tmp_path: Path) -> tuple[Path, Path]:
+    """A word-level tokenizer folder and a parquet dataset (train / validation / test) of short reviews; the word
+    :data:`UNSEEN` occurs only in the test split."""
+    import pandas as pd
+    from transformers import BertTokenizer
+
+    tokenizer = tmp_path / "tokenizer"
+    BertTokenizer(vocab={w: i for i, w in enumerate(SPECIAL + WORDS)}).save_pretrained(tokenizer)
+    data = tmp_path / "reviews"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    seen = [w for w in WORDS if w != UNSEEN]
+    for split, rows in (("train", 24), ("validation", 8), ("test", 8)):
+        texts = [" ".join(rng.choice(seen, int(rng.integers(1, 7)))) for _ in range(rows)]
+        if split == "test":
+            texts = [f"{text} {UNSEEN}" for text in texts]
+        labels = [int("good" in text or "great" in text) for text in texts]
+        pd.DataFrame({"text": texts, "label": labels}).to_parquet(data / f"{split}.parquet")
+    return tokenizer, data
+
+
+def test_token_remap_is_saved_loaded_evaluated_and_exported_with_the_model(tmp_path, reset_accelerate):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from pact_zoo.data.tokens import FIRST_TOKEN_ID, PAD_ID, TOKEN_REMAP_FILE, UNK_ID
+    from pact_zoo.hub import export_folder
+    from pact_zoo.training import load_model_folder
+    from pact_zoo.training.evaluate import main as evaluate_main
+    from pact_zoo.training.loop import train
+    from pact_zoo.training.tasks import build_task
+
+    tokenizer_dir, data = _text_data(tmp_path)
+    run = tmp_path / "run"
+    config = load_config(None, dict(LOOP, dataset=f"parquet:{data}", eval_split="test", max_steps=3,
+                                    dataset_kwargs={"tokenizer": str(tokenizer_dir), "max_length": 8},
+                                    output_dir=str(run)))
+    metrics = train(config)
+    model = load_model_folder(run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    remap = model.token_remap
+    seen = [tokenizer.convert_tokens_to_ids(t) for t in ["[CLS]", "[SEP]"] + [w for w in WORDS if w != UNSEEN]]
+    assert torch.equal(remap[sorted(seen)], torch.arange(FIRST_TOKEN_ID, FIRST_TOKEN_ID + len(seen)))
+    assert int(remap[tokenizer.convert_tokens_to_ids(UNSEEN)]) == UNK_ID and int(remap[0]) == PAD_ID
+    assert model.config.vocab_size == len(seen) + FIRST_TOKEN_ID and len(remap) == len(tokenizer)
+    # a saved folder evaluates as the run did: the same accuracy and FLOPs on the same split
+    assert evaluate_main(["--model-dir", str(run / "model")]) == 0
+    tradeoff = json.loads((run / "eval" / "tradeoff.json").read_text())
+    assert tradeoff["default"]["accuracy"] == metrics["accuracy"]
+    assert tradeoff["default"]["mean_flops"] == pytest.approx(metrics["mean_flops"])
+    hub = export_folder(str(run / "model"), str(tmp_path / "hub"))
+    assert torch.equal(load_file(str(hub / TOKEN_REMAP_FILE))["token_remap"], remap)
+    (run / "model" / TOKEN_REMAP_FILE).unlink()  # a folder without its remap is refused, not misread
+    with pytest.raises(ConfigError, match=f"holds {TOKEN_REMAP_FILE}"):
+        evaluate_main(["--model-dir", str(run / "model")])
+    with pytest.raises(ConfigError, match="and need tokenizer"):
+        build_task(load_config(None, dict(config.to_dict(), dataset_kwargs={"max_length": 8})))
