@@ -22,10 +22,10 @@ UNSEEN = "awful"  # only in the evaluation split: the remap sends it to UNK
 
 
 def _ts_files(folder: Path, name: str = "Tiny") -> Path:
-    """A ``.ts`` train file of 3 classes x 8 series and a test file of 3 x 2, 2 channels, 3-9 frames."""
+    """A ``.ts`` train file of 3 classes x 8 series and a test file of 3 x 3, 2 channels, 3-9 frames."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
-    for split, count in (("TRAIN", PER_CLASS), ("TEST", 2)):
+    for split, count in (("TRAIN", PER_CLASS), ("TEST", 3)):
         lines = [f"@problemName {name}", "@timeStamps false", "@univariate false", "@equalLength false",
                  f"@classLabel true {' '.join(CLASSES)}", "@data"]
         for label in CLASSES:
@@ -61,7 +61,7 @@ def test_uea_validation_holdout_is_stratified_seeded_and_apart_from_the_training
     assert _rows(other.load_data(None).eval) != _rows(data.eval)
     test = build_task(_uea_config(tmp_path, eval_split="test"))
     test_data = test.load_data(None)
-    assert len(test_data.eval) == 6 and _rows(test_data.train) == _rows(data.train)  # the holdout stays out
+    assert len(test_data.eval) == 9 and _rows(test_data.train) == _rows(data.train)  # the holdout stays out
     lengths = test.sample_properties()["length"]
     assert lengths.tolist() == [len(x) for x in test_data.eval["inputs_embeds"]]
     with pytest.raises(ValueError, match="eval_split must be one of"):
@@ -96,6 +96,42 @@ def test_length_bucketed_batches_cover_the_epoch_sorted_within_chunks(tmp_path, 
                   dataset_kwargs={"vector_size": 4, "train_samples": 16, "test_samples": 8})
     with pytest.raises(ConfigError, match="bucket_batches=2 needs a training split with a 'length' column"):
         train(load_config(None, parity))
+
+
+def test_a_test_split_recipe_reuses_the_validation_recipes_runs(tmp_path, reset_accelerate):
+    """Two comparison recipes share output_dir: the second (evaluation_name: test) evaluates the first one's trained
+    runs on the test split, without training again or overwriting the validation results; depth by length."""
+    import yaml
+
+    from pact_zoo.training.compare import compare, load_comparison
+
+    config = _uea_config(tmp_path)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({k: v for k, v in config.to_dict().items()
+                                                          if k in LOOP or k.startswith(("data", "eval"))}))
+    evaluation = dict(dataset=config.dataset, data_dir=config.data_dir, eval_split="validation",
+                      dataset_kwargs=config.dataset_kwargs, eval_batch_size=64)
+    entries = [dict(name="lstm", train=str(tmp_path / "train.yaml"),
+                    overrides={"model_kwargs": {"hidden_size": 8, "max_ponder_steps": 1, "method": "none"}}),
+               dict(name="pact", train=str(tmp_path / "train.yaml"))]
+    out = tmp_path / "compare"
+    recipe = dict(output_dir=str(out), evaluation=evaluation, baseline="lstm", depth_by="length", entries=entries)
+    (tmp_path / "validation.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(dict(recipe, evaluation_name="test",
+                                                            evaluation=dict(evaluation, eval_split="test"))))
+    validation = compare(load_comparison(str(tmp_path / "validation.yaml")))
+    trained = {p: p.stat().st_mtime_ns for p in out.glob("*/model/*")}
+    assert len(trained) >= 4  # both entries' weights and configs
+    test = compare(load_comparison(str(tmp_path / "test.yaml")))
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/model/*")} == trained  # no second training
+    assert json.loads((out / "comparison.json").read_text())["evaluation"]["eval_split"] == "validation"
+    assert json.loads((out / "comparison.test.json").read_text()) == json.loads(json.dumps(test))
+    for name in ("comparison.test.md", "comparison.test.png", "depth_by.test.png", "pact/eval.test/tradeoff.json"):
+        assert (out / name).is_file(), name
+    assert {r["num_samples"] for r in test["rows"]} == {9} and {r["num_samples"] for r in validation["rows"]} == {6}
+    assert test["depth_by"]["property"] == "length"
+    with pytest.raises(ConfigError, match="evaluation_name must be a name"):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(dict(recipe, evaluation_name="a/b")))
+        load_comparison(str(tmp_path / "bad.yaml"))
 
 
 def _text_data(tmp_path: Path) -> tuple[Path, Path]:
