@@ -98,11 +98,13 @@ def test_length_bucketed_batches_cover_the_epoch_sorted_within_chunks(tmp_path, 
         train(load_config(None, parity))
 
 
-def test_a_test_split_recipe_reuses_the_validation_recipes_runs(tmp_path, reset_accelerate):
-    """Two comparison recipes share output_dir: the second (evaluation_name: test) evaluates the first one's trained
-    runs on the test split, without training again or overwriting the validation results; depth by length."""
+def test_a_test_split_evaluation_reuses_the_validation_recipes_runs(tmp_path, reset_accelerate, capsys):
+    """A recipe evaluated on validation, then with ``--eval-split test`` (evaluation_name test): the second reads
+    the first one's trained runs on the test split, without training again or overwriting the validation results;
+    depth by length."""
     import yaml
 
+    from pact_zoo.cli import main
     from pact_zoo.training.compare import compare, load_comparison
 
     config = _uea_config(tmp_path)
@@ -113,25 +115,25 @@ def test_a_test_split_recipe_reuses_the_validation_recipes_runs(tmp_path, reset_
     entries = [dict(name="lstm", train=str(tmp_path / "train.yaml"),
                     overrides={"model_kwargs": {"hidden_size": 8, "max_ponder_steps": 1, "method": "none"}}),
                dict(name="pact", train=str(tmp_path / "train.yaml"))]
-    out = tmp_path / "compare"
+    out, path = tmp_path / "compare", tmp_path / "compare.yaml"
     recipe = dict(output_dir=str(out), evaluation=evaluation, baseline="lstm", depth_by="length", entries=entries)
-    (tmp_path / "validation.yaml").write_text(yaml.safe_dump(recipe))
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(dict(recipe, evaluation_name="test",
-                                                            evaluation=dict(evaluation, eval_split="test"))))
-    validation = compare(load_comparison(str(tmp_path / "validation.yaml")))
+    path.write_text(yaml.safe_dump(recipe))
+    validation = compare(load_comparison(str(path)))
     trained = {p: p.stat().st_mtime_ns for p in out.glob("*/model/*")}
     assert len(trained) >= 4  # both entries' weights and configs
-    test = compare(load_comparison(str(tmp_path / "test.yaml")))
+    assert main(["compare", "--config", str(path), "--eval-split", "test"]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/model/*")} == trained  # no second training
     assert json.loads((out / "comparison.json").read_text())["evaluation"]["eval_split"] == "validation"
-    assert json.loads((out / "comparison.test.json").read_text()) == json.loads(json.dumps(test))
+    test = json.loads((out / "comparison.test.json").read_text())
     for name in ("comparison.test.md", "comparison.test.png", "depth_by.test.png", "pact/eval.test/tradeoff.json"):
         assert (out / name).is_file(), name
     assert {r["num_samples"] for r in test["rows"]} == {9} and {r["num_samples"] for r in validation["rows"]} == {6}
-    assert test["depth_by"]["property"] == "length"
-    with pytest.raises(ConfigError, match="evaluation_name must be a name"):
-        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(dict(recipe, evaluation_name="a/b")))
-        load_comparison(str(tmp_path / "bad.yaml"))
+    assert test["depth_by"]["property"] == "length" and test["evaluation"]["eval_split"] == "test"
+    path.write_text(yaml.safe_dump(dict(recipe, evaluation_name="test")))  # the same, named in the recipe
+    assert load_comparison(str(path)).entries[1].eval_dir == out / "pact" / "eval.test"
+    path.write_text(yaml.safe_dump(dict(recipe, evaluation_name="a/b")))
+    with pytest.raises(ConfigError, match=r"evaluation_name \(or --eval-split\) must be a name"):
+        load_comparison(str(path))
 
 
 def _text_data(tmp_path: Path) -> tuple[Path, Path]:

@@ -55,6 +55,7 @@ earlier (its folder becomes ``pretrained_file``; halting heads keep their fresh 
 ``evaluation_name: <name>``: recipes that share ``output_dir`` (so their trained runs: a finished run is not run
 again) but evaluate on different splits keep apart: this recipe's evaluations go to ``<entry>/eval.<name>`` and its
 results to ``comparison.<name>.{json,md,png}`` (a choice made on a validation split, then read on the test split).
+``--eval-split test`` does this for a recipe as it is: the evaluation's ``eval_split`` and the name become ``test``.
 
 ``depth_by: <property>``: every entry's mean units executed and accuracy per value of a per-sample property that
 the evaluation task provides (parity: ``num_nonzero``), at its own rule and with sampled stops, and the correlation
@@ -304,15 +305,19 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
     return entries
 
 
-def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
+def load_comparison(path: str, output_dir: Optional[str] = None, eval_split: Optional[str] = None) -> Comparison:
     """Read and check a comparison recipe: grids expanded, every train entry's config resolved, every recipe file
-    present (nothing runs)."""
+    present (nothing runs). ``eval_split`` replaces the evaluation's split and names the evaluation
+    (``evaluation_name``)."""
     recipe = read_yaml_mapping(path)
     unknown = sorted(set(recipe) - RECIPE_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(RECIPE_KEYS))}")
     out = Path(output_dir or recipe.get("output_dir") or "out/compare")
     evaluation = recipe.get("evaluation") or {}
+    if eval_split is not None:
+        recipe["evaluation_name"] = eval_split
+        evaluation = {**evaluation, "eval_split": eval_split} if isinstance(evaluation, dict) else evaluation
     if not isinstance(evaluation, dict) or set(evaluation) - set(EVALUATE_FIELDS) or "dataset" not in evaluation:
         raise ConfigError(f"{path}: evaluation must be a mapping with a dataset and any of "
                           f"{', '.join(EVALUATE_FIELDS)}: the one split every entry is evaluated on; "
@@ -340,7 +345,7 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     resolve_init_from(path, raw_entries, entries)
     name = recipe.get("evaluation_name")
     if name is not None and not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):
-        raise ConfigError(f"{path}: evaluation_name must be a name of letters, digits and _ . = + - (it names the "
+        raise ConfigError(f"{path}: evaluation_name (or --eval-split) must be a name of letters, digits and _ . = + - (it names the "
                           f"eval.<name> folders and comparison.<name>.json), got {name!r}")
     return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path),
                       check_depth_by(recipe.get(DEPTH_BY_KEY), path), name)
@@ -442,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="rerun every entry (default: finished runs are kept)")
     parser.add_argument("--entries", help="comma-separated entries to run (names, or a grid's recipe name: all it "
                                           "expands to); the baseline always runs. The results cover these only")
+    parser.add_argument("--eval-split", help="evaluate on this split instead of the evaluation's eval_split, into "
+                                             "<entry>/eval.<split> and comparison.<split>.*: the runs of output_dir "
+                                             "are reused (e.g. test, after the choices made on validation)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list every entry (grids expanded) with its recipe and overrides, and run nothing")
     return parser
@@ -462,7 +470,7 @@ def describe(comparison: Comparison) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    comparison = load_comparison(args.config, args.output_dir)
+    comparison = load_comparison(args.config, args.output_dir, args.eval_split)
     if args.entries:
         comparison = select_entries(comparison, [name for name in args.entries.split(",") if name])
     if args.dry_run:
