@@ -193,3 +193,34 @@ def test_token_remap_is_saved_loaded_evaluated_and_exported_with_the_model(tmp_p
         evaluate_main(["--model-dir", str(run / "model")])
     with pytest.raises(ConfigError, match="and need tokenizer"):
         build_task(load_config(None, dict(config.to_dict(), dataset_kwargs={"max_length": 8})))
+
+
+def test_the_real_sequence_recipes_carry_the_replaced_scripts_settings(monkeypatch):
+    """The results recipes sweep tau for PACT, ACT and policy gradient beside the plain LSTMs with seed groups; the
+    diagnosis recipes change one thing each on the issue's PACT; the training recipes hold the shared settings."""
+    from pact_zoo.training.compare import load_comparison
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    prefix = "hub_configs/pact_lstm.real/"
+    vowels, rt = (load_comparison(f"{prefix}compare_{task}.yaml") for task in ("vowels", "rt"))
+    assert len(vowels.entries) == 45 and len(rt.entries) == 35 and vowels.depth_by == rt.depth_by == "length"
+    taus = {load_config(e.path, e.overrides).model_kwargs["tau"] for e in vowels.entries if e.recipe_name == "pact"}
+    assert taus == {0.001, 0.003, 0.01, 0.03} and vowels.evaluation["eval_split"] == "validation"
+    assert {e.group for e in vowels.entries if e.recipe_name == "act"} == {f"act-tau{t:g}" for t in sorted(taus)}
+    configs = [load_config(e.path, e.overrides) for e in vowels.entries + rt.entries]
+    assert {(c.lr, c.batch_size, c.max_grad_norm, c.weight_decay, c.schedule) for c in configs} == {
+        (0.003, 32, 1.0, 0.0, "constant")}
+    assert {c.epochs for c in configs} == {30, 3} and {c.bucket_batches for c in configs if c.epochs == 3} == {20}
+    issue = [c for c in configs if c.model_kwargs.get("halting_bias_init") == -3.0]
+    assert issue and {c.head_lr_mult for c in issue} == {1.0}
+    assert {c.head_lr_mult for c in configs if c not in issue} == {10.0}
+    for task in ("vowels", "rt"):
+        ladder = {e.name: load_config(e.path, e.overrides) for e in
+                  load_comparison(f"{prefix}compare_{task}_diagnosis.yaml").entries}
+        base = ladder["D0_baseline"]
+        assert (base.model_kwargs["halting_terms_over_time"], base.model_kwargs["halting_bias_init"],
+                base.head_lr_mult) == ("sum", -3.0, 1.0) and len(ladder) == 11
+        assert ladder["D4_heads_lr_x10"].head_lr_mult == 10.0 and ladder["D7_anytime_half"].anytime
+        fix = ladder["F3_per_sequence_bias_plus2_heads_lr_x10"]
+        assert (fix.model_kwargs["halting_terms_over_time"], fix.model_kwargs["halting_bias_init"],
+                fix.head_lr_mult) == ("mean", 2.0, 10.0)
