@@ -85,9 +85,9 @@ def test_length_bucketed_batches_cover_the_epoch_sorted_within_chunks(tmp_path, 
     assert len({i for b in batches for i in b}) == 96  # every row once, the partial batch dropped
     spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
     assert all(high <= next_low for (_, high), (next_low, _) in zip(spans, spans[1:]))
-    assert batches == list(sampler)  # the same epoch: the same order
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
+    assert list(sampler) != batches  # the next epoch: another order
+    sampler.set_epoch(0)
+    assert list(sampler) == batches  # the same epoch: the same order
     metrics = train(_uea_config(tmp_path, bucket_batches=2, max_steps=5))  # 18 rows / 4: 4 batches an epoch
     assert metrics["step"] == 5
     with pytest.raises(ConfigError, match="bucket_batches must be >= 1, got 0"):
@@ -191,6 +191,8 @@ def test_token_remap_is_saved_loaded_evaluated_and_exported_with_the_model(tmp_p
     (run / "model" / TOKEN_REMAP_FILE).unlink()  # a folder without its remap is refused, not misread
     with pytest.raises(ConfigError, match=f"holds {TOKEN_REMAP_FILE}"):
         evaluate_main(["--model-dir", str(run / "model")])
+    with pytest.raises(ConfigError, match=r"model_kwargs \['vocab_size'\]: a text dataset's token remap sets them"):
+        build_task(load_config(None, dict(config.to_dict(), model_kwargs=dict(LSTM, vocab_size=9)))).build_model(2)
     with pytest.raises(ConfigError, match="and need tokenizer"):
         build_task(load_config(None, dict(config.to_dict(), dataset_kwargs={"max_length": 8})))
 
@@ -224,3 +226,16 @@ def test_the_real_sequence_recipes_carry_the_replaced_scripts_settings(monkeypat
         fix = ladder["F3_per_sequence_bias_plus2_heads_lr_x10"]
         assert (fix.model_kwargs["halting_terms_over_time"], fix.model_kwargs["halting_bias_init"],
                 fix.head_lr_mult) == ("mean", 2.0, 10.0)
+
+
+def test_token_remap_errors_name_the_argument():
+    from pact_zoo.data.tokens import token_remap
+
+    assert token_remap([[2, 5, 5], [3]], 8, pad_token_id=0).tolist() == [0, 1, 2, 3, 1, 4, 1, 1]
+    assert token_remap([[2, 5, 5], [3]], 8, pad_token_id=0, min_count=2).tolist() == [0, 1, 1, 1, 1, 2, 1, 1]
+    with pytest.raises(ValueError, match="pad_token_id must be one of the tokenizer's 8 ids"):
+        token_remap([[2]], 8, pad_token_id=None)
+    with pytest.raises(ValueError, match="min_count must be an int >= 1, got 0"):
+        token_remap([[2]], 8, pad_token_id=0, min_count=0)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 8\)"):
+        token_remap([[9]], 8, pad_token_id=0)

@@ -286,7 +286,8 @@ class LengthBucketSampler:
     """Batches of similar lengths (less padding): every epoch the rows are shuffled, each chunk of
     ``bucket_batches * batch_size`` rows is sorted by length and cut into batches, and the batches are shuffled
     again; a last partial batch is dropped (as the training loop's loader does). The order depends on ``seed`` and
-    the epoch (:meth:`set_epoch`, which the training loop calls), so a resumed run repeats it.
+    the epoch: :meth:`set_epoch` (which the training loop calls, so a resumed run repeats it), else one more than the
+    last iteration's (accelerate's sharded sampler of a multi-process run does not pass the epoch on).
 
     Args:
         lengths: ``[N]`` length of every row (a ``length`` column).
@@ -309,6 +310,7 @@ class LengthBucketSampler:
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])  # a stream of its own per (seed, epoch)
+        self.epoch += 1
         order = rng.permutation(len(self.lengths)).tolist()
         chunk = self.batch_size * self.bucket_batches
         order = [i for start in range(0, len(order), chunk)

@@ -34,6 +34,9 @@ def token_remap(rows: Sequence[Sequence[int]], tokenizer_size: int, pad_token_id
     :data:`UNK_ID`; ``pad_token_id`` :data:`PAD_ID`. The compact vocabulary size is ``int(remap.max()) + 1``."""
     if not (isinstance(min_count, int) and not isinstance(min_count, bool) and min_count >= 1):
         raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    if not (isinstance(pad_token_id, int) and 0 <= pad_token_id < tokenizer_size):
+        raise ValueError(f"pad_token_id must be one of the tokenizer's {tokenizer_size} ids (a tokenizer with a "
+                         f"padding token), got {pad_token_id!r}")
     ids = np.concatenate([np.asarray(row, dtype=np.int64) for row in rows]) if len(rows) else np.zeros(0, np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= tokenizer_size):
         raise ValueError(f"token ids must lie in [0, {tokenizer_size}) (the tokenizer's size)")

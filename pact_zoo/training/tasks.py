@@ -253,6 +253,9 @@ class SequenceClassificationTask:
         fields = dict(id2label=dict(enumerate(class_names)), **self.config.model_kwargs)
         remap = None
         if self.source == "tokens":  # a warm start keeps its folder's remap (its embedding rows follow it)
+            clash = sorted({"vocab_size", "pad_token_id"} & set(self.config.model_kwargs))
+            if clash:
+                raise ConfigError(f"model_kwargs {clash}: a text dataset's token remap sets them; remove them")
             folder = self.config.pretrained_file
             remap = load_token_remap(folder) if folder else None
             if remap is None:
