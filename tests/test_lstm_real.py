@@ -239,3 +239,32 @@ def test_token_remap_errors_name_the_argument():
         token_remap([[2]], 8, pad_token_id=0, min_count=0)
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 8\)"):
         token_remap([[9]], 8, pad_token_id=0)
+
+
+def test_halting_diagnostics_are_logged_without_changing_the_run(tmp_path, reset_accelerate):
+    """``diagnose_every`` logs the loss terms and their gradients on the halting heads on a fixed batch; the trained
+    weights equal those of the same run without it."""
+    from safetensors.torch import load_file
+
+    from pact_zoo.training.diagnose import DIAGNOSTICS_FILE
+    from pact_zoo.training.loop import train
+
+    runs = {}
+    for every in (0, 2):
+        config = _uea_config(tmp_path, max_steps=4, diagnose_every=every, output_dir=str(tmp_path / f"run{every}"),
+                             model_kwargs=dict(LSTM, halting_terms_over_time="sum"))
+        train(config)
+        runs[every] = load_file(str(tmp_path / f"run{every}" / "model" / "model.safetensors"))
+    assert runs[0].keys() == runs[2].keys() and all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+    assert not (tmp_path / "run0" / DIAGNOSTICS_FILE).exists()
+    lines = [json.loads(line) for line in (tmp_path / "run2" / DIAGNOSTICS_FILE).read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    for line in lines:
+        terms, grads = line["loss_terms"], line["head_grad_norm"]
+        cost = next(key for key in terms if key.endswith(".cost"))
+        entropy = next(key for key in terms if key.endswith(".entropy"))
+        assert {"task", "halting", cost, entropy} <= set(grads) and all(np.isfinite(v) for v in grads.values())
+        assert terms["halting"] == pytest.approx(terms[cost] + terms[entropy], rel=1e-5)
+        assert grads["task"] > 0 and grads[cost] > 0
+    with pytest.raises(ConfigError, match="diagnose_every must be >= 0, got -1"):
+        _uea_config(tmp_path, diagnose_every=-1)

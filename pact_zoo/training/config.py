@@ -113,6 +113,9 @@ FIELD_HELP = {
     "output_dir": "run folder: checkpoints, metrics, model/",
     "keep_checkpoints": "checkpoints kept in output_dir/checkpoints",
     "num_workers": "data-loader worker processes",
+    "diagnose_every": "every N optimiser steps, log the halting diagnostics of a fixed training batch (loss terms, the "
+                      "gradient each sends to the halting heads, the weights over units) to diagnostics.jsonl, "
+                      "without changing the run (0: off)",
     "log_every_steps": "when the output is not a terminal (a log file), print a progress line every N optimiser "
                        "steps (0: only the per-epoch lines)",
 }
@@ -190,6 +193,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_workers: int = 0
     log_every_steps: int = 50  # progress line every N steps when not on a terminal (0: off)
+    diagnose_every: int = 0  # halting diagnostics of a fixed training batch every N steps (0: off)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -225,7 +229,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1 (or null for every row), got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 optimiser step (or null: epochs decides), got {self.max_steps}")
-        for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers", "log_every_steps"):
+        for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers", "log_every_steps",
+                     "diagnose_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.momentum < 1.0:

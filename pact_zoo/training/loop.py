@@ -150,6 +150,27 @@ def _train_loader(data, config: TrainConfig) -> DataLoader:
     return DataLoader(data.train, batch_sampler=sampler, collate_fn=data.collate_fn, num_workers=config.num_workers)
 
 
+def _first_batch(data, config: TrainConfig, device) -> Dict[str, Any]:
+    """The first ``batch_size`` training rows as one batch on ``device`` (the fixed batch of ``diagnose_every``)."""
+    with torch.random.fork_rng(devices=[]):  # an augmentation's draws leave the run's random state as it was
+        rows = [data.train[i] for i in range(min(config.batch_size, len(data.train)))]
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.collate_fn(rows).items()}
+
+
+def _log_diagnostics(model: nn.Module, task, batch: Dict[str, Any], config: TrainConfig, output_dir: Path,
+                     step: int) -> None:
+    """Append :func:`~pact_zoo.training.diagnose.halting_diagnostics` of ``batch`` at ``step`` to the run's
+    ``diagnostics.jsonl``."""
+    from .diagnose import DIAGNOSTICS_FILE, halting_diagnostics
+
+    heads = halting_head_parameters(model)
+    result = halting_diagnostics(model, lambda: task.forward(model, batch),
+                                 lambda logits: _sample_loss(logits, batch["labels"], None, config),
+                                 [p for p in model.parameters() if id(p) in heads])
+    with open(output_dir / DIAGNOSTICS_FILE, "a") as handle:
+        handle.write(json.dumps({"step": step, **result}) + "\n")
+
+
 def _progress_enabled() -> bool:
     """Progress bars only on a terminal: redirected output gets the per-epoch lines, not carriage returns."""
     return sys.stderr.isatty()
@@ -239,6 +260,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         if accelerator.is_main_process else {}
     micro_batches_per_epoch = len(train_loader)
     unwrapped = accelerator.unwrap_model(model)
+    diagnose_batch = _first_batch(data, config, accelerator.device) if config.diagnose_every else None
     for epoch in range(start_epoch, num_epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -283,6 +305,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                 global_step += 1
                 if kill_at_step is not None and global_step == kill_at_step:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die mid-run, no clean-up
+                if diagnose_batch is not None and global_step % config.diagnose_every == 0 \
+                        and accelerator.is_main_process:
+                    _log_diagnostics(unwrapped, task, diagnose_batch, config, output_dir, global_step)
             running_loss += float(task_loss.detach()) * batch["labels"].shape[0]
             running_cost += float(cost.detach()) * batch["labels"].shape[0]
             seen += batch["labels"].shape[0]
