@@ -223,6 +223,7 @@ def test_the_real_sequence_recipes_carry_the_replaced_scripts_settings(monkeypat
         assert (base.model_kwargs["halting_terms_over_time"], base.model_kwargs["halting_bias_init"],
                 base.head_lr_mult) == ("sum", -3.0, 1.0) and len(ladder) == 11
         assert ladder["D4_heads_lr_x10"].head_lr_mult == 10.0 and ladder["D7_anytime_half"].anytime
+        assert {c.diagnose_every for c in ladder.values()} == {30 if task == "vowels" else 320}  # the last step too
         fix = ladder["F3_per_sequence_bias_plus2_heads_lr_x10"]
         assert (fix.model_kwargs["halting_terms_over_time"], fix.model_kwargs["halting_bias_init"],
                 fix.head_lr_mult) == ("mean", 2.0, 10.0)
