@@ -23,7 +23,7 @@ from datasets import Array2D, ClassLabel, Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
 __all__ = [
-    "LOGIC_GATES", "PARITY_PLACEMENTS", "SEQUENCE_CLASSIFICATION_DATASETS", "addition_dataset", "collate_sequences",
+    "LOGIC_GATES", "LengthBucketSampler", "PARITY_PLACEMENTS", "SEQUENCE_CLASSIFICATION_DATASETS", "addition_dataset", "collate_sequences",
     "load_sequence_splits", "logic_dataset", "parity_dataset", "sort_dataset",
 ]
 
@@ -236,29 +236,37 @@ def sort_dataset(num_samples: int, seed: int = 0, min_numbers: int = 2, max_numb
 
 # ---------------------------------------------------------------------------------------------------------------------
 def collate_sequences(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Pad a list of examples (rows of the datasets above) into a batch, right-padded.
+    """Pad a list of examples (rows of the datasets above, or token-id rows of :mod:`pact_zoo.data.tokens`) into a
+    batch, right-padded.
 
     Returns:
-        ``inputs_embeds`` ``[B, T_max, F]`` (zeros at padding), ``attention_mask`` ``[B, T_max]`` (long, 1 = real),
-        ``labels`` (``[B]`` for one label per sequence; per-step labels padded to ``T_max`` with ``-100`` for class
-        ids and 0 for float targets, which the mask excludes), and any other per-example scalar columns.
+        ``inputs_embeds`` ``[B, T_max, F]`` (zeros at padding) or, for token rows, ``input_ids`` ``[B, T_max]``
+        (long, :data:`~pact_zoo.data.tokens.PAD_ID` at padding), ``attention_mask`` ``[B, T_max]`` (long, 1 =
+        real), ``labels`` (``[B]`` for one label per sequence; per-step labels padded to ``T_max`` with ``-100`` for
+        class ids and 0 for float targets, which the mask excludes), and any other per-example scalar columns.
     """
     if not examples:
         raise ValueError("examples must hold at least one example")
-    inputs = [torch.as_tensor(np.asarray(e["inputs_embeds"], dtype=np.float32)) for e in examples]
-    if any(x.dim() != 2 for x in inputs) or len({x.shape[1] for x in inputs}) != 1:
-        raise ValueError("every example's inputs_embeds must be [T, F] with the same F")
+    input_key = "input_ids" if "input_ids" in examples[0] else "inputs_embeds"
+    if input_key == "input_ids":
+        inputs = [torch.as_tensor(np.asarray(e["input_ids"], dtype=np.int64)) for e in examples]
+        if any(x.dim() != 1 for x in inputs):
+            raise ValueError("every example's input_ids must be [T] token ids")
+    else:
+        inputs = [torch.as_tensor(np.asarray(e["inputs_embeds"], dtype=np.float32)) for e in examples]
+        if any(x.dim() != 2 for x in inputs) or len({x.shape[1] for x in inputs}) != 1:
+            raise ValueError("every example's inputs_embeds must be [T, F] with the same F")
     lengths = [x.shape[0] for x in inputs]
     seq_len, batch_size = max(lengths), len(inputs)
     batch: dict[str, torch.Tensor] = {
-        "inputs_embeds": inputs[0].new_zeros(batch_size, seq_len, inputs[0].shape[1]),
+        input_key: inputs[0].new_zeros((batch_size, seq_len) + tuple(inputs[0].shape[1:])),  # PAD_ID is 0
         "attention_mask": torch.zeros(batch_size, seq_len, dtype=torch.long),
     }
     for row, (x, length) in enumerate(zip(inputs, lengths)):
-        batch["inputs_embeds"][row, :length] = x
+        batch[input_key][row, :length] = x
         batch["attention_mask"][row, :length] = 1
     for key in examples[0]:
-        if key == "inputs_embeds":
+        if key == input_key:
             continue
         values = [torch.as_tensor(np.asarray(e[key])) for e in examples]
         if values[0].dtype == torch.float64:  # python floats from the arrow rows
@@ -272,6 +280,44 @@ def collate_sequences(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Ten
             padded[row, :value.shape[0]] = value
         batch[key] = padded
     return batch
+
+
+class LengthBucketSampler:
+    """Batches of similar lengths (less padding): every epoch the rows are shuffled, each chunk of
+    ``bucket_batches * batch_size`` rows is sorted by length and cut into batches, and the batches are shuffled
+    again; a last partial batch is dropped (as the training loop's loader does). The order depends on ``seed`` and
+    the epoch: :meth:`set_epoch` (which the training loop calls, so a resumed run repeats it), else one more than the
+    last iteration's (accelerate's sharded sampler of a multi-process run does not pass the epoch on).
+
+    Args:
+        lengths: ``[N]`` length of every row (a ``length`` column).
+        batch_size: rows per batch.
+        bucket_batches: batches per length-sorted chunk (1: plain shuffled batches).
+        seed: seed of the shuffles.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, bucket_batches: int, seed: int = 0) -> None:
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = _check_count("batch_size", batch_size)
+        self.bucket_batches = _check_count("bucket_batches", bucket_batches)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])  # a stream of its own per (seed, epoch)
+        self.epoch += 1
+        order = rng.permutation(len(self.lengths)).tolist()
+        chunk = self.batch_size * self.bucket_batches
+        order = [i for start in range(0, len(order), chunk)
+                 for i in sorted(order[start:start + chunk], key=self.lengths.__getitem__)]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
+        for index in rng.permutation(len(batches)).tolist():
+            yield batches[index]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

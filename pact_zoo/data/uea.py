@@ -7,7 +7,8 @@ speakers, the archive's split of 270 train / 370 test utterances.
 
 Every example has ``inputs_embeds`` ``[T, F]`` float32 (only its real frames: the archive pads unequal lengths with
 NaN, which are cut off here), ``labels`` (class ids in the order of the archive's class names) and ``length`` (T),
-the layout of :func:`pact_zoo.data.sequences.collate_sequences`.
+the layout of :func:`pact_zoo.data.sequences.collate_sequences`. :func:`load_uea_classification` adds a validation
+split held out of the archive's train split (a fraction of every class, seeded), for choices made off the test split.
 """
 from __future__ import annotations
 
@@ -17,10 +18,17 @@ from typing import Optional
 import numpy as np
 from datasets import Array2D, ClassLabel, Dataset, Features, Value
 
-__all__ = ["UEA_EXTRA", "load_uea_splits", "read_ts_file", "uea_dataset_path"]
+__all__ = ["UEA_EXTRA", "UEA_PREFIX", "UEA_EVAL_SPLITS", "load_uea_classification", "load_uea_splits", "read_ts_file",
+           "stratified_holdout", "uea_dataset_path"]
 
 #: The optional dependency group of pyproject.toml that installs the ``.ts`` files.
 UEA_EXTRA = "uea"
+#: a training recipe's ``dataset: uea:<name>`` (``uea:JapaneseVowels``)
+UEA_PREFIX = "uea:"
+#: evaluation splits of :func:`load_uea_classification`: the archive's test split, or the held-out validation split
+UEA_EVAL_SPLITS = ("test", "validation")
+#: share of every class of the archive's train split held out as the validation split, unless a recipe says
+DEFAULT_VALIDATION_FRACTION = 0.25
 
 
 def uea_dataset_path(name: str) -> Path:
@@ -117,3 +125,41 @@ def load_uea_splits(name: str = "JapaneseVowels", standardise: bool = True,
                                  features=features)
 
     return to_dataset(train_x, train_y), to_dataset(test_x, test_y), list(class_names)
+
+
+def stratified_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """``dataset`` split into (rest, held out): ``round(fraction * n_c)`` rows of every class c (``labels`` column)
+    are held out, drawn with a ``torch.Generator`` seeded with ``seed`` (apart from any training seed, so every run
+    trains on the same rows); both parts keep the original row order."""
+    import torch
+
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1):
+        raise ValueError(f"validation_fraction must be a number in [0, 1), got {fraction!r}")
+    labels = torch.as_tensor(dataset["labels"])
+    generator = torch.Generator().manual_seed(seed)
+    held: list[int] = []
+    for label in labels.unique().tolist():
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held += members[:round(fraction * len(members))].tolist()
+    held_set = set(held)
+    return (dataset.select([i for i in range(len(dataset)) if i not in held_set]), dataset.select(sorted(held)))
+
+
+def load_uea_classification(name: str, eval_split: Optional[str] = None,
+                            validation_fraction: float = DEFAULT_VALIDATION_FRACTION, split_seed: int = 0,
+                            folder: Optional[Path] = None,
+                            standardise: bool = True) -> tuple[Dataset, Dataset, list[str]]:
+    """Train and evaluation splits of a UEA set for training: the archive's train split less a stratified
+    validation holdout (:func:`stratified_holdout` of ``validation_fraction`` with ``split_seed``; 0: none), and
+    as evaluation split the archive's test split (``eval_split`` ``"test"`` or None) or the holdout
+    (``"validation"``). Channels are z-scored with the whole archive train split's statistics
+    (:func:`load_uea_splits`)."""
+    if eval_split not in (None,) + UEA_EVAL_SPLITS:
+        raise ValueError(f"eval_split must be one of {UEA_EVAL_SPLITS} for a UEA set, got {eval_split!r}")
+    train, test, class_names = load_uea_splits(name, standardise=standardise, folder=folder)
+    if eval_split == "validation" and not validation_fraction:
+        raise ValueError("eval_split: validation needs dataset_kwargs.validation_fraction > 0 (the share of every "
+                         "class of the archive's train split held out)")
+    train, validation = stratified_holdout(train, validation_fraction, split_seed)
+    return train, validation if eval_split == "validation" else test, class_names

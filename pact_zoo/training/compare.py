@@ -53,6 +53,11 @@ first evaluation samples at each batch size, timed round robin (:mod:`~pact_zoo.
 earlier (its folder becomes ``pretrained_file``; halting heads keep their fresh init); ``--entries`` keeps it. Named
 a seed grid, each of the entry's seeds starts from the source with the same seed.
 
+``evaluation_name: <name>``: recipes that share ``output_dir`` (so their trained runs: a finished run is not run
+again) but evaluate on different splits keep apart: this recipe's evaluations go to ``<entry>/eval.<name>`` and its
+results to ``comparison.<name>.{json,md,png}`` (a choice made on a validation split, then read on the test split).
+``--eval-split test`` does this for a recipe as it is: the evaluation's ``eval_split`` and the name become ``test``.
+
 ``depth_by: <property>``: every entry's mean units executed and accuracy per value of a per-sample property that
 the evaluation task provides (parity: ``num_nonzero``), at its own rule and with sampled stops, and the correlation
 of units with the value (Graves 2016 Fig. 3; :mod:`~pact_zoo.training.compare_breakdown`): a table, JSON, depth_by.png.
@@ -94,7 +99,7 @@ RESULT_JSON, RESULT_TABLE, RESULT_PLOT = "comparison.json", "comparison.md", "co
 #: how an entry gets its model
 SOURCES = ("train", "convert", "model_dir")
 RECIPE_KEYS = {"output_dir", "evaluation", "thresholds", "baseline", "overrides", "calibration_samples", "entries",
-               "timing", DEPTH_BY_KEY}
+               "timing", DEPTH_BY_KEY, "evaluation_name"}
 ENTRY_KEYS = set(SOURCES) | {"name", "overrides", "thresholds", "grid", "budgets", "truncations", "methods", INIT_KEY}
 #: training samples that calibrate an entry's thresholds to its budgets, unless the recipe says
 DEFAULT_CALIBRATION_SAMPLES = 500
@@ -122,14 +127,15 @@ class ComparisonEntry:
         self.budgets, self.group, self.seed = budgets or [], group or name, seed
         self.truncations, self.methods = truncations or [], methods or {}
         self.init_from: Optional[str] = None  # the earlier entry whose model starts this one (compare_init)
+        self.evaluation_name: Optional[str] = None  # the recipe's evaluation_name: eval.<name> folders
 
     @property
     def eval_dir(self) -> Path:
-        return self.run_dir / "eval"
+        return self.run_dir / _named("eval", self.evaluation_name)
 
     def method_eval_dir(self, method: str) -> Path:
         """Where the evaluation under another halting method (``methods:``) is written."""
-        return self.run_dir / f"eval_{method}"
+        return self.run_dir / _named(f"eval_{method}", self.evaluation_name)
 
     def model_dir(self) -> Path:
         """The entry's model folder (after :meth:`make`)."""
@@ -160,16 +166,30 @@ class ComparisonEntry:
                     resume=not overwrite and self.run_dir.is_dir(), overwrite=overwrite)
 
 
+def _named(stem: str, name: Optional[str], suffix: str = "") -> str:
+    """``stem.name`` + ``suffix`` (``comparison.test.json``), or ``stem`` + ``suffix`` without an evaluation name."""
+    return f"{stem}.{name}{suffix}" if name else stem + suffix
+
+
 class Comparison:
     """A loaded comparison recipe: its entries (grids expanded), the evaluation split, the baseline entry, the
     results folder, the number of training samples that calibrate budgets, the timing settings (or None) and the
-    per-sample property the depth is broken down by (or None)."""
+    per-sample property the depth is broken down by (or None), and the name of its evaluation (or None)."""
 
     def __init__(self, entries: List[ComparisonEntry], evaluation: Dict[str, Any], baseline: Optional[str],
                  output_dir: Path, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-                 timing: Optional[Dict[str, Any]] = None, depth_by: Optional[str] = None) -> None:
+                 timing: Optional[Dict[str, Any]] = None, depth_by: Optional[str] = None,
+                 evaluation_name: Optional[str] = None) -> None:
         self.entries, self.evaluation, self.baseline, self.output_dir = entries, evaluation, baseline, output_dir
         self.calibration_samples, self.timing, self.depth_by = calibration_samples, timing, depth_by
+        self.evaluation_name = evaluation_name
+        for entry in entries:
+            entry.evaluation_name = evaluation_name
+
+    def result_path(self, filename: str) -> Path:
+        """``output_dir / filename``, named by the evaluation (``comparison.json`` -> ``comparison.test.json``)."""
+        stem, dot, suffix = filename.rpartition(".")
+        return self.output_dir / _named(stem, self.evaluation_name, dot + suffix)
 
 
 def apply_overrides(recipe: Dict[str, Any], overrides: Dict[str, Any], where: str) -> Dict[str, Any]:
@@ -286,15 +306,19 @@ def _entries(path: str, raw: Dict[str, Any], common: Dict[str, Any], default_thr
     return entries
 
 
-def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
+def load_comparison(path: str, output_dir: Optional[str] = None, eval_split: Optional[str] = None) -> Comparison:
     """Read and check a comparison recipe: grids expanded, every train entry's config resolved, every recipe file
-    present (nothing runs)."""
+    present (nothing runs). ``eval_split`` replaces the evaluation's split and names the evaluation
+    (``evaluation_name``)."""
     recipe = read_yaml_mapping(path)
     unknown = sorted(set(recipe) - RECIPE_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(RECIPE_KEYS))}")
     out = Path(output_dir or recipe.get("output_dir") or "out/compare")
     evaluation = recipe.get("evaluation") or {}
+    if eval_split is not None:
+        recipe["evaluation_name"] = eval_split
+        evaluation = {**evaluation, "eval_split": eval_split} if isinstance(evaluation, dict) else evaluation
     if not isinstance(evaluation, dict) or set(evaluation) - set(EVALUATE_FIELDS) or "dataset" not in evaluation:
         raise ConfigError(f"{path}: evaluation must be a mapping with a dataset and any of "
                           f"{', '.join(EVALUATE_FIELDS)}: the one split every entry is evaluated on; "
@@ -320,8 +344,12 @@ def load_comparison(path: str, output_dir: Optional[str] = None) -> Comparison:
     if baseline is not None and baseline not in names:
         raise ConfigError(f"{path}: baseline must name an entry ({', '.join(names)}), got {baseline!r}")
     resolve_init_from(path, raw_entries, entries)
+    name = recipe.get("evaluation_name")
+    if name is not None and not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):
+        raise ConfigError(f"{path}: evaluation_name (or --eval-split) must be a name of letters, digits and _ . = + - (it names the "
+                          f"eval.<name> folders and comparison.<name>.json), got {name!r}")
     return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path),
-                      check_depth_by(recipe.get(DEPTH_BY_KEY), path))
+                      check_depth_by(recipe.get(DEPTH_BY_KEY), path), name)
 
 
 def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
@@ -373,7 +401,8 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
         summary[DEPTH_BY_KEY] = breakdown_summary(comparison.depth_by, breakdowns)
     out = comparison.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RESULT_JSON, summary)
+    paths = {name: comparison.result_path(name) for name in (RESULT_JSON, RESULT_TABLE, RESULT_PLOT, BREAKDOWN_PLOT)}
+    atomic_write_json(paths[RESULT_JSON], summary)
     sections = [format_rows(rows, comparison.baseline)]
     if groups:
         sections.append("Mean ± standard deviation over seeds:\n\n" + format_seed_groups(groups, comparison.baseline))
@@ -382,18 +411,18 @@ def compare(comparison: Comparison, overwrite: bool = False) -> Dict[str, Any]:
     if "timing" in summary:
         sections.append("Measured time per sample:\n\n" + format_timing(summary["timing"], comparison.baseline))
     if DEPTH_BY_KEY in summary:
-        sections.append(breakdown_section(summary[DEPTH_BY_KEY], out / BREAKDOWN_PLOT))
+        sections.append(breakdown_section(summary[DEPTH_BY_KEY], paths[BREAKDOWN_PLOT]))
     table = "\n".join(sections)
-    atomic_write_text(out / RESULT_TABLE, table)
+    atomic_write_text(paths[RESULT_TABLE], table)
     figure = comparison_figure(rows, f"{out.name}: {len(comparison.entries)} entries on "
                                      f"{comparison.evaluation['dataset']}")
-    with atomic_path(out / RESULT_PLOT) as tmp:
+    with atomic_path(paths[RESULT_PLOT]) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
     import matplotlib.pyplot as plt
 
     plt.close(figure)
     print(table)
-    print(f"wrote {out / RESULT_JSON}, {out / RESULT_TABLE} and {out / RESULT_PLOT}")
+    print(f"wrote {paths[RESULT_JSON]}, {paths[RESULT_TABLE]} and {paths[RESULT_PLOT]}")
     return summary
 
 
@@ -419,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="rerun every entry (default: finished runs are kept)")
     parser.add_argument("--entries", help="comma-separated entries to run (names, or a grid's recipe name: all it "
                                           "expands to); the baseline always runs. The results cover these only")
+    parser.add_argument("--eval-split", help="evaluate on this split instead of the evaluation's eval_split, into "
+                                             "<entry>/eval.<split> and comparison.<split>.*: the runs of output_dir "
+                                             "are reused (e.g. test, after the choices made on validation)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list every entry (grids expanded) with its recipe and overrides, and run nothing")
     return parser
@@ -439,7 +471,7 @@ def describe(comparison: Comparison) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    comparison = load_comparison(args.config, args.output_dir)
+    comparison = load_comparison(args.config, args.output_dir, args.eval_split)
     if args.entries:
         comparison = select_entries(comparison, [name for name in args.entries.split(",") if name])
     if args.dry_run:

@@ -72,6 +72,9 @@ FIELD_HELP = {
     "max_steps": "train exactly this many optimiser steps instead of whole epochs: the run takes the epochs it needs, "
                  "the last one cut short, and the learning-rate schedule spans these steps (null: epochs decides)",
     "batch_size": "training batch size per process",
+    "bucket_batches": "batches of similar lengths: each epoch's shuffled rows are sorted by length in chunks of this "
+                      "many batches, then the batches shuffled (less padding; needs a length column, as sequence "
+                      "tasks have); 1: plain shuffled batches",
     "eval_batch_size": "evaluation batch size",
     "optimizer": "sgd or adamw",
     "lr": "peak learning rate",
@@ -110,6 +113,9 @@ FIELD_HELP = {
     "output_dir": "run folder: checkpoints, metrics, model/",
     "keep_checkpoints": "checkpoints kept in output_dir/checkpoints",
     "num_workers": "data-loader worker processes",
+    "diagnose_every": "every N optimiser steps, log the halting diagnostics of a fixed training batch (loss terms, the "
+                      "gradient each sends to the halting heads, the weights over units) to diagnostics.jsonl, "
+                      "without changing the run (0: off)",
     "log_every_steps": "when the output is not a terminal (a log file), print a progress line every N optimiser "
                        "steps (0: only the per-epoch lines)",
 }
@@ -154,6 +160,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: Optional[int] = None  # a step budget instead of epochs (the last epoch is cut short)
     batch_size: int = 128  # per process
+    bucket_batches: int = 1  # > 1: length-bucketed batches (chunks of this many batches sorted by length)
     eval_batch_size: int = 256
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -186,6 +193,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_workers: int = 0
     log_every_steps: int = 50  # progress line every N steps when not on a terminal (0: off)
+    diagnose_every: int = 0  # halting diagnostics of a fixed training batch every N steps (0: off)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -195,7 +203,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "bucket_batches", "eval_batch_size", "grad_accum_steps",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "head_lr_mult"):
@@ -220,7 +229,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1 (or null for every row), got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 optimiser step (or null: epochs decides), got {self.max_steps}")
-        for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers", "log_every_steps"):
+        for name in ("weight_decay", "warmup_epochs", "tau_warmup_epochs", "num_workers", "log_every_steps",
+                     "diagnose_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.momentum < 1.0:

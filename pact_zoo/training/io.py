@@ -9,6 +9,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from ..data.tokens import TOKEN_REMAP_ATTR, load_token_remap, save_token_remap
 from ..fileio import atomic_directory
 from ..models._checkpoint import check_safetensors
 from ..models.adaptive import MADE_ADAPTIVE_ATTR
@@ -66,11 +67,16 @@ def save_model_folder(model: nn.Module, path: PathLike) -> None:
     timm models are saved with ``timm.models.save_for_hf``; ``model_args.num_classes`` is dropped so that
     transformers' ``TimmWrapper`` also loads the folder (it passes ``num_classes`` itself; timm reads the
     top-level ``num_classes``); the class names in ``model.pretrained_cfg["label_names"]`` (set by the training loop
-    from the dataset) are kept as ``label_names``. Hugging Face models use ``save_pretrained``.
+    from the dataset) are kept as ``label_names``. Hugging Face models use ``save_pretrained``; a token-sequence
+    model's remap of its tokenizer's ids (``model.token_remap``, :mod:`pact_zoo.data.tokens`) is written beside
+    the weights, and :func:`load_model_folder` puts it back.
     """
     with atomic_directory(path) as tmp:
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(tmp)
+            remap = getattr(model, TOKEN_REMAP_ATTR, None)
+            if remap is not None:
+                save_token_remap(remap, tmp)
             return
         from timm.models import save_for_hf
 
@@ -122,7 +128,11 @@ def load_model_folder(path: PathLike, device: Union[str, torch.device] = "cpu") 
         if MADE_ADAPTIVE_ATTR in config:  # a plain timm architecture made adaptive: rebuild it, then load
             return _load_made_adaptive(path, config).to(device)
         return timm.create_model(f"local-dir:{path}", pretrained=True).to(device)
-    return hf_auto_class(path).from_pretrained(path).to(device)
+    model = hf_auto_class(path).from_pretrained(path).to(device)
+    remap = load_token_remap(path)
+    if remap is not None:  # a token-sequence model: the remap of its tokenizer's ids is part of it
+        setattr(model, TOKEN_REMAP_ATTR, remap)
+    return model
 
 
 def hf_auto_class(path: PathLike) -> type:

@@ -138,6 +138,42 @@ def evaluate_model(model: nn.Module, loader: DataLoader, task, accelerator=None,
     return result
 
 
+def _train_loader(data, config: TrainConfig) -> DataLoader:
+    """Shuffled training batches, the last partial one dropped (a 1-row batch breaks BatchNorm in training); with
+    ``bucket_batches`` > 1, batches of similar lengths (:class:`~pact_zoo.data.sequences.LengthBucketSampler`)."""
+    if config.bucket_batches == 1:
+        return DataLoader(data.train, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate_fn,
+                          num_workers=config.num_workers, drop_last=True)
+    from ..data.sequences import LengthBucketSampler
+
+    if "length" not in getattr(data.train, "column_names", ()):
+        raise ConfigError(f"bucket_batches={config.bucket_batches} needs a training split with a 'length' column "
+                          f"(sequence tasks have one); {config.dataset!r} has none: set bucket_batches: 1")
+    sampler = LengthBucketSampler(data.train["length"], config.batch_size, config.bucket_batches, config.seed)
+    return DataLoader(data.train, batch_sampler=sampler, collate_fn=data.collate_fn, num_workers=config.num_workers)
+
+
+def _first_batch(data, config: TrainConfig, device) -> Dict[str, Any]:
+    """The first ``batch_size`` training rows as one batch on ``device`` (the fixed batch of ``diagnose_every``)."""
+    with torch.random.fork_rng(devices=[]):  # an augmentation's draws leave the run's random state as it was
+        rows = [data.train[i] for i in range(min(config.batch_size, len(data.train)))]
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.collate_fn(rows).items()}
+
+
+def _log_diagnostics(model: nn.Module, task, batch: Dict[str, Any], config: TrainConfig, output_dir: Path,
+                     step: int) -> None:
+    """Append :func:`~pact_zoo.training.diagnose.halting_diagnostics` of ``batch`` at ``step`` to the run's
+    ``diagnostics.jsonl``."""
+    from .diagnose import DIAGNOSTICS_FILE, halting_diagnostics
+
+    heads = halting_head_parameters(model)
+    result = halting_diagnostics(model, lambda: task.forward(model, batch),
+                                 lambda logits: _sample_loss(logits, batch["labels"], None, config),
+                                 [p for p in model.parameters() if id(p) in heads])
+    with open(output_dir / DIAGNOSTICS_FILE, "a") as handle:
+        handle.write(json.dumps({"step": step, **result}) + "\n")
+
+
 def _progress_enabled() -> bool:
     """Progress bars only on a terminal: redirected output gets the per-epoch lines, not carriage returns."""
     return sys.stderr.isatty()
@@ -202,8 +238,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     teacher = load_model_folder(config.teacher).to(accelerator.device) if config.teacher else None
     with accelerator.main_process_first():
         data = task.load_data(model)
-    train_loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, collate_fn=data.collate_fn,
-                              num_workers=config.num_workers, drop_last=True)  # a 1-row batch breaks BatchNorm in training
+    train_loader = _train_loader(data, config)
     eval_loader = DataLoader(data.eval, batch_size=config.eval_batch_size, shuffle=False,
                              collate_fn=data.collate_fn, num_workers=config.num_workers)
     if len(train_loader) == 0:
@@ -243,6 +278,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         if accelerator.is_main_process else {}
     micro_batches_per_epoch = len(train_loader)
     unwrapped = accelerator.unwrap_model(model)
+    diagnose_batch = _first_batch(data, config, accelerator.device) if config.diagnose_every else None
     for epoch in range(start_epoch, num_epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -287,6 +323,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                 global_step += 1
                 if kill_at_step is not None and global_step == kill_at_step:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die mid-run, no clean-up
+                if diagnose_batch is not None and global_step % config.diagnose_every == 0 \
+                        and accelerator.is_main_process:
+                    _log_diagnostics(unwrapped, task, diagnose_batch, config, output_dir, global_step)
             running_loss += float(task_loss.detach()) * batch["labels"].shape[0]
             running_cost += float(cost.detach()) * batch["labels"].shape[0]
             seen += batch["labels"].shape[0]

@@ -15,6 +15,9 @@ from ..data import (
     SEQUENCE_CLASSIFICATION_DATASETS, collate_images, collate_sequences, image_transforms, load_image_dataset,
     load_sequence_splits, with_image_transform,
 )
+from ..data.tokens import (PAD_ID, TOKEN_REMAP_ATTR, TOKEN_REMAP_FILE, load_token_remap, remap_token_split,
+                           token_remap)
+from ..data.uea import UEA_PREFIX, load_uea_classification
 from ..acm.convert import acm_modules
 from ..halting import HaltingHead, VectorHaltingHead, adaptive_stages, halting_report
 from .config import ConfigError, TrainConfig
@@ -156,9 +159,34 @@ class ImageClassificationTask:
         return report.flops, report.units_executed, report.sample_full_flops
 
 
+#: dataset_kwargs of a text dataset read as token ids by :class:`SequenceClassificationTask`
+TOKEN_DATASET_KWARGS = ("tokenizer", "max_length", "min_count", "text_column")
+#: tokens per text (special tokens included) unless ``dataset_kwargs.max_length`` says
+DEFAULT_TOKEN_MAX_LENGTH = 64
+
+
+def _sequence_source(dataset: str) -> str:
+    """How :class:`SequenceClassificationTask` reads ``dataset``: ``generated``, ``uea`` or ``tokens`` (text)."""
+    if dataset in SEQUENCE_CLASSIFICATION_DATASETS:
+        return "generated"
+    if dataset.startswith(UEA_PREFIX) and len(dataset) > len(UEA_PREFIX):
+        return "uea"
+    if dataset.startswith("parquet:") or ("/" in dataset and ":" not in dataset):
+        return "tokens"
+    raise ValueError(f"unknown dataset {dataset!r} for pact_lstm; valid choices: "
+                     f"{', '.join(SEQUENCE_CLASSIFICATION_DATASETS)}, {UEA_PREFIX}<name> (a UEA set, extra uea) or a "
+                     f"text dataset (parquet:<dir> or a hub id) read as token ids with dataset_kwargs.tokenizer")
+
+
 @register_task
 class SequenceClassificationTask:
-    """Hugging Face PACT-LSTM classifiers on generated sequence tasks (parity, MNIST-1D)."""
+    """Hugging Face PACT-LSTM classifiers on sequence data: generated tasks (parity, MNIST-1D), UEA sets
+    (``uea:JapaneseVowels``; ``eval_split`` test or validation, the stratified holdout of
+    :func:`~pact_zoo.data.uea.load_uea_classification` with ``dataset_kwargs`` ``validation_fraction``,
+    ``split_seed``; ``data_dir``: a folder of ``.ts`` files instead of the sktime wheel) and text datasets as token
+    ids for the model's embedding (``dataset_kwargs``: ``tokenizer`` folder or hub id, ``max_length``,
+    ``min_count``, ``text_column``; the ids are remapped to those seen in training, :mod:`pact_zoo.data.tokens`, and
+    the remap travels with the model)."""
 
     kind = "sequence"
 
@@ -169,24 +197,51 @@ class SequenceClassificationTask:
         return config.model == PactLSTMConfig.model_type
 
     def __init__(self, config: TrainConfig) -> None:
-        if config.dataset not in SEQUENCE_CLASSIFICATION_DATASETS:
-            raise ValueError(f"unknown dataset {config.dataset!r} for {config.model}; valid choices: "
-                             f"{', '.join(SEQUENCE_CLASSIFICATION_DATASETS)}")
+        self.source = _sequence_source(config.dataset)
+        if self.source == "tokens":
+            unknown = sorted(set(config.dataset_kwargs) - set(TOKEN_DATASET_KWARGS))
+            if unknown or "tokenizer" not in config.dataset_kwargs:
+                raise ConfigError(f"dataset_kwargs of a text dataset read as token ids take {TOKEN_DATASET_KWARGS} "
+                                  f"and need tokenizer (a tokenizer folder or hub id); got {config.dataset_kwargs}")
         self.config = config
         self._splits = None
+        self.tokenizer = None
 
     def _load_splits(self):
         if self._splits is None:
+            c = self.config
             try:
-                # a seed in dataset_kwargs is the data's own (MNIST-1D's fixed set); else the run's seed
-                options = {"seed": self.config.seed, **self.config.dataset_kwargs}
-                self._splits = load_sequence_splits(self.config.dataset, **options)
-            except TypeError as exc:  # an option the generator does not take
+                if self.source == "uea":
+                    self._splits = load_uea_classification(c.dataset[len(UEA_PREFIX):], eval_split=c.eval_split,
+                                                           folder=c.data_dir, **c.dataset_kwargs)
+                elif self.source == "tokens":
+                    self._splits = self._token_splits()
+                else:  # a seed in dataset_kwargs is the data's own (MNIST-1D's fixed set); else the run's seed
+                    self._splits = load_sequence_splits(c.dataset, **{"seed": c.seed, **c.dataset_kwargs})
+            except TypeError as exc:  # an option the loader does not take
                 if "keyword argument" not in str(exc):
                     raise
-                raise ConfigError(f"dataset_kwargs {self.config.dataset_kwargs} do not fit {self.config.dataset!r} "
-                                  f"({exc})") from None
+                raise ConfigError(f"dataset_kwargs {c.dataset_kwargs} do not fit {c.dataset!r} ({exc})") from None
         return self._splits
+
+    def _token_splits(self):
+        """Train and eval splits of the text dataset as the tokenizer's ids (not yet remapped; rows limited by
+        ``max_train_samples`` / ``max_eval_samples``), and the class names."""
+        from transformers import AutoTokenizer
+
+        from ..data.text import load_text_dataset, tokenize_split
+
+        c, options = self.config, self.config.dataset_kwargs
+        splits = load_text_dataset(c.dataset, data_dir=c.data_dir, data_files=c.data_files,
+                                   train_split=c.train_split, eval_split=c.eval_split,
+                                   text_column=options.get("text_column"), label_column=c.label_column)
+        self.tokenizer = AutoTokenizer.from_pretrained(options["tokenizer"])
+        max_length = options.get("max_length", DEFAULT_TOKEN_MAX_LENGTH)
+        train, evaluation = (tokenize_split(_limit(split, limit), self.tokenizer, splits.text_column,
+                                            splits.label_column, max_length)
+                             for split, limit in ((splits.train, c.max_train_samples),
+                                                  (splits.eval, c.max_eval_samples)))
+        return train, evaluation, splits.class_names
 
     def num_classes(self) -> int:
         return len(self._load_splits()[2])
@@ -195,33 +250,59 @@ class SequenceClassificationTask:
         from ..hf import PactLSTMConfig, PactLSTMForSequenceClassification
 
         train, _, class_names = self._load_splits()
-        input_size = len(train[0]["inputs_embeds"][0])
-        model_config = PactLSTMConfig(input_size=input_size, id2label=dict(enumerate(class_names)),
-                                      **self.config.model_kwargs)
-        model = PactLSTMForSequenceClassification(model_config)
+        fields = dict(id2label=dict(enumerate(class_names)), **self.config.model_kwargs)
+        remap = None
+        if self.source == "tokens":  # a warm start keeps its folder's remap (its embedding rows follow it)
+            clash = sorted({"vocab_size", "pad_token_id"} & set(self.config.model_kwargs))
+            if clash:
+                raise ConfigError(f"model_kwargs {clash}: a text dataset's token remap sets them; remove them")
+            folder = self.config.pretrained_file
+            remap = load_token_remap(folder) if folder else None
+            if remap is None:
+                remap = token_remap(train["input_ids"], len(self.tokenizer), self.tokenizer.pad_token_id,
+                                    self.config.dataset_kwargs.get("min_count", 1))
+            fields.update(vocab_size=int(remap.max()) + 1, pad_token_id=PAD_ID)
+        else:
+            fields["input_size"] = len(train[0]["inputs_embeds"][0])
+        model = PactLSTMForSequenceClassification(PactLSTMConfig(**fields))
+        if remap is not None:
+            setattr(model, TOKEN_REMAP_ATTR, remap)  # saved beside the weights (save_model_folder)
         if self.config.pretrained_file:  # a saved model folder: its weights, the recipe's architecture
             load_weights_fresh_heads(model, self.config.pretrained_file)
         return model
 
     def load_data(self, model: nn.Module) -> TaskData:
         train, evaluation, class_names = self._load_splits()
-        train = _limit(train, self.config.max_train_samples)
-        evaluation = _limit(evaluation, self.config.max_eval_samples)
+        if self.source == "tokens":
+            remap = getattr(model, TOKEN_REMAP_ATTR, None)
+            if remap is None or len(remap) != len(self.tokenizer):
+                name = self.config.dataset_kwargs["tokenizer"]
+                raise ConfigError(f"the model has no token remap for the tokenizer {name!r} ({len(self.tokenizer)} "
+                                  f"ids): a token-id pact_lstm folder holds {TOKEN_REMAP_FILE} from its training run, "
+                                  f"made with that tokenizer")
+            train, evaluation = remap_token_split(train, remap), remap_token_split(evaluation, remap)
+        else:
+            train = _limit(train, self.config.max_train_samples)
+            evaluation = _limit(evaluation, self.config.max_eval_samples)
         return TaskData(train=train, eval=evaluation, collate_fn=collate_sequences, class_names=class_names)
 
     def sample_properties(self) -> Dict[str, torch.Tensor]:
-        """Per-sample properties of the evaluation split (``max_eval_samples`` applied), in loader order: every
-        integer column besides the labels, ``[N]`` each. Parity: ``num_nonzero``, the k of Graves 2016 Fig. 3
-        (arXiv:1603.08983); MNIST-1D: none."""
+        """Per-sample properties of the evaluation split (``max_eval_samples`` applied), in loader order, ``[N]``
+        each: every integer column besides the labels, and ``length`` (time steps or tokens). Parity:
+        ``num_nonzero``, the k of Graves 2016 Fig. 3 (arXiv:1603.08983); UEA sets and token ids: ``length``."""
         _, evaluation, _ = self._load_splits()
         evaluation = _limit(evaluation, self.config.max_eval_samples)
-        return {name: torch.as_tensor(evaluation[name]) for name, feature in evaluation.features.items()
-                if name != "labels" and getattr(feature, "dtype", None) in ("int32", "int64")}
+        properties = {name: torch.as_tensor(evaluation[name]) for name, feature in evaluation.features.items()
+                      if name != "labels" and getattr(feature, "dtype", None) in ("int32", "int64")}
+        if "length" not in properties and "input_ids" in evaluation.column_names:
+            properties["length"] = torch.tensor([len(row) for row in evaluation["input_ids"]])
+        return properties
 
     @staticmethod
     def forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits ``[B, num_labels]``."""
-        return model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+        """Logits ``[B, num_labels]`` of ``inputs_embeds`` ``[B, T, F]`` or ``input_ids`` ``[B, T]``."""
+        key = "input_ids" if "input_ids" in batch else "inputs_embeds"
+        return model(**{key: batch[key]}, attention_mask=batch["attention_mask"]).logits
 
     report = staticmethod(ImageClassificationTask.report)
 
