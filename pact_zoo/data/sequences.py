@@ -23,8 +23,8 @@ from datasets import Array2D, ClassLabel, Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
 __all__ = [
-    "LOGIC_GATES", "LengthBucketSampler", "PARITY_PLACEMENTS", "SEQUENCE_CLASSIFICATION_DATASETS", "addition_dataset", "collate_sequences",
-    "load_sequence_splits", "logic_dataset", "parity_dataset", "sort_dataset",
+    "LOGIC_GATES", "LengthBucketSampler", "PARITY_PLACEMENTS", "SEQUENCE_CLASSIFICATION_DATASETS", "addition_dataset",
+    "collate_sequences", "load_sequence_splits", "logic_dataset", "parity_dataset", "sort_dataset",
 ]
 
 PARITY_PLACEMENTS = ("first", "random")

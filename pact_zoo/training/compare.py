@@ -346,8 +346,8 @@ def load_comparison(path: str, output_dir: Optional[str] = None, eval_split: Opt
     resolve_init_from(path, raw_entries, entries)
     name = recipe.get("evaluation_name")
     if name is not None and not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):
-        raise ConfigError(f"{path}: evaluation_name (or --eval-split) must be a name of letters, digits and _ . = + - (it names the "
-                          f"eval.<name> folders and comparison.<name>.json), got {name!r}")
+        raise ConfigError(f"{path}: evaluation_name (or --eval-split) must be a name of letters, digits and "
+                          f"_ . = + - (it names the eval.<name> folders and comparison.<name>.json), got {name!r}")
     return Comparison(entries, evaluation, baseline, out, samples, load_timing(recipe.get("timing"), path),
                       check_depth_by(recipe.get(DEPTH_BY_KEY), path), name)
 
